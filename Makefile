@@ -1,0 +1,31 @@
+# jobcompd — every target builds its own virtualenv first (see README).
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed-stamp
+
+.PHONY: test demo bench-parse lint clean venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,lint]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+demo: $(STAMP)
+	$(PY) -m jobcompd.demo
+
+bench-parse: $(STAMP)
+	$(PY) bench/bench_parse.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check jobcompd tests bench
+	$(VENV)/bin/mypy jobcompd
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

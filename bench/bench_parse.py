@@ -1,0 +1,85 @@
+"""Parse + encode throughput on one core: ``make bench-parse``.
+
+Prints lines/s for jobcompd's parser + encoder (+ record id) over >= 200k generated lines of mixed
+Slurm generations, next to a baseline measured in the same run on the same lines: the naive
+split-on-spaces reader (what Slurm's own filetxt reader does, wrong on hostile names) feeding
+orjson. The machine is shared and noisy, so compare the ratio, not the absolute figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import time
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from jobcompd.encode import Encoder  # noqa: E402
+from jobcompd.record import ParseError, parse_line  # noqa: E402
+from tests.slurmctld import mixed_lines  # noqa: E402
+
+
+def naive(lines: list[bytes]) -> int:
+    n = 0
+    for line in lines:
+        fields = dict(tok.split(b"=", 1) for tok in line.split() if b"=" in tok)
+        n += len(orjson.dumps({k.decode(): v.decode(errors="replace") for k, v in fields.items()}))
+    return n
+
+
+def jobcompd(lines: list[bytes], encoder: Encoder, with_id: bool) -> int:
+    n = 0
+    for line in lines:
+        record = parse_line(line)
+        if isinstance(record, ParseError):
+            raise SystemExit(f"benchmark line did not parse: {record.reason}")
+        n += len(encoder.encode(record))
+        if with_id:
+            encoder.record_id(line, record)
+    return n
+
+
+def best_of(runs: int, fn, *args) -> float:  # type: ignore[no-untyped-def]
+    times = []
+    for _ in range(runs):
+        gc.collect()
+        start = time.perf_counter()
+        fn(*args)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--lines", type=int, default=200_000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--tz", default="Europe/Berlin")
+    args = ap.parse_args()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core
+    zone = ZoneInfo(args.tz)
+    print(f"generating {args.lines} mixed-generation lines ...", flush=True)
+    lines = mixed_lines(args.lines, seed=42, zone=zone)
+    mb = sum(map(len, lines)) / 1e6
+    encoder = Encoder(zone, "bench")
+    t_base = best_of(args.runs, naive, lines)
+    t_pe = best_of(args.runs, jobcompd, lines, encoder, False)
+    t_all = best_of(args.runs, jobcompd, lines, encoder, True)
+    n = len(lines)
+    print(f"lines: {n} ({mb:.1f} MB), best of {args.runs} runs, one core, tz {args.tz}")
+    print(f"{'':32}{'lines/s':>12}{'µs/line':>10}{'vs naive':>10}")
+    for label, t in (("naive split + orjson (baseline)", t_base),
+                     ("jobcompd parse + encode", t_pe),
+                     ("jobcompd parse + encode + id", t_all)):
+        print(f"{label:32}{n / t:12,.0f}{t / n * 1e6:10.2f}{t_base / t:10.2f}")
+    print("goal: >= 150,000 lines/s for parse + encode")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""``jobcompd`` command line, run as the installed console script (a real subprocess)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from tests.slurmctld import mixed_lines
+from tests.test_encode import GOLDEN
+
+SAMPLE = Path(__file__).resolve().parent.parent / "jobcompd" / "data" / "sample_jobcomp.log"
+
+
+def jobcompd(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    exe = shutil.which("jobcompd", path=str(Path(sys.executable).parent)) or "jobcompd"
+    return subprocess.run([exe, *args], input=stdin, capture_output=True, timeout=60)
+
+
+def test_version_and_help() -> None:
+    version = jobcompd("--version")
+    assert version.returncode == 0 and version.stdout.startswith(b"jobcompd ")
+    assert jobcompd("--help").returncode == 0
+    helped = jobcompd("parse", "--help")
+    assert helped.returncode == 0 and b"--tz" in helped.stdout
+
+
+def test_parse_writes_json_in_order_and_reasons_to_stderr(tmp_path: Path) -> None:
+    log = tmp_path / "jobcomp.log"
+    lines = [g[1] for g in GOLDEN]
+    lines.insert(2, b"garbage line\n")
+    log.write_bytes(b"".join(lines))
+    done = jobcompd("parse", "--tz", "Europe/Berlin", str(log))
+    assert done.returncode == 1
+    out = done.stdout.decode().splitlines()
+    assert out == [g[2] for g in GOLDEN]
+    assert done.stderr.decode() == f"{log}:3: not a jobcomp/filetxt record (no leading JobId=)\n"
+
+
+def test_parse_stdin_gzip_and_exit_zero(tmp_path: Path) -> None:
+    lines = mixed_lines(300, seed=7, zone=ZoneInfo("UTC"))
+    gz = tmp_path / "jobcomp.log.1.gz"
+    gz.write_bytes(gzip.compress(b"".join(lines[:150])))
+    done = jobcompd("parse", "--tz", "UTC", str(gz), "-", stdin=b"".join(lines[150:]))
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(x) for x in done.stdout.splitlines()]
+    assert [r["jobid"] for r in records] == list(range(1000, 1300))
+
+
+def test_parse_usage_and_io_errors(tmp_path: Path) -> None:
+    assert jobcompd("parse", str(tmp_path / "missing.log")).returncode == 2
+    bad_zone = jobcompd("parse", "--tz", "Nowhere/Land", str(SAMPLE))
+    assert bad_zone.returncode == 2 and b"Nowhere/Land" in bad_zone.stderr
+    assert jobcompd("parse", "--no-such-flag").returncode == 2
+    assert jobcompd().returncode == 2
+
+
+def test_shipped_sample_has_one_bad_line() -> None:
+    done = jobcompd("parse", "--tz", "Europe/Berlin", str(SAMPLE))
+    assert done.returncode == 1
+    assert len(done.stdout.splitlines()) == 6
+    assert done.stderr.count(b"\n") == 1
+
+
+@pytest.mark.parametrize("generation_lines", [1, 5000])
+def test_parse_many_lines(tmp_path: Path, generation_lines: int) -> None:
+    log = tmp_path / "big.log"
+    log.write_bytes(b"".join(mixed_lines(generation_lines, seed=3)))
+    done = jobcompd("parse", "--tz", "UTC", str(log))
+    assert done.returncode == 0, done.stderr[:500]
+    assert len(done.stdout.splitlines()) == generation_lines

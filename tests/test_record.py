@@ -1,0 +1,287 @@
+"""Parser: every Slurm generation, hostile values, and a corpus of bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from jobcompd.encode import Encoder
+from jobcompd.record import JobRecord, ParseError, parse_line
+from tests.slurmctld import GENERATIONS, FakeJob, local_time, render, utc_time
+
+UTC = ZoneInfo("UTC")
+
+
+def parsed(line: bytes) -> JobRecord:
+    record = parse_line(line)
+    assert isinstance(record, JobRecord), record
+    return record
+
+
+# --- hand-picked cases ------------------------------------------------------------------------
+
+
+def test_fake_keys_inside_name_and_workdir() -> None:
+    job = FakeJob(
+        name="x JobState=FAILED Partition=evil TimeLimit=1 = ==",
+        work_dir="/home/a ReservationName=r Tres=cpu=1 Account=x QOS=y WcKey= Cluster=z "
+        "SubmitTime=unknown EligibleTime=unknown DerivedExitCode=0:0 ExitCode=0:0 /sub",
+    )
+    for generation in GENERATIONS[1:]:
+        r = parsed(render(job, generation, UTC))
+        assert r.name == job.name
+        assert r.work_dir == job.work_dir
+        assert r.state == "COMPLETED" and r.account == "proj" and r.cluster == "mycluster"
+
+
+def test_generations_are_recognised() -> None:
+    job = FakeJob(het=(5, 1), array=(4, 2))
+    kinds = {g: parsed(render(job, g, UTC)) for g in GENERATIONS}
+    assert kinds["17.02"].generation == "17.02" and kinds["17.02"].account is None
+    assert kinds["17.11"].generation == "17.11" and kinds["17.11"].het_job_id == 5
+    assert kinds["20.02"].generation == "17.11" and kinds["20.02"].tres == job.tres
+    assert kinds["20.11"].generation == "20.11" and kinds["20.11"].het_job_offset == 1
+    assert kinds["23.02"].array_job_id == 4 and kinds["23.02"].array_task_id == 2
+
+
+def test_trailing_space_optional_and_crlf() -> None:
+    line = render(FakeJob(), "23.02", UTC)
+    assert parsed(line) == parsed(line.rstrip(b" \n")) == parsed(line[:-1] + b"\r\n")
+
+
+def test_null_strings_and_unknown_words() -> None:
+    job = FakeJob(user=None, group=None, nodes=None, partition=None, name=None, work_dir=None,
+                  cluster=None, submit=0, eligible=0, start=0)
+    r = parsed(render(job, "23.02", UTC))
+    assert (r.username, r.groupname, r.nodes, r.partition, r.name) == (None,) * 5
+    assert (r.work_dir, r.cluster, r.submit, r.eligible, r.start) == (None,) * 5
+    d = json.loads(Encoder(UTC).encode(r))
+    assert d["username"] is None and d["nodes"] is None and d["partition"] is None
+    assert "job_name" not in d and "work_dir" not in d and "cluster" not in d
+    assert "@start" not in d and "@submit" not in d and "@queue_wait" not in d
+
+
+def test_procs_and_select_plugin_text_on_legacy_lines() -> None:
+    line = render(FakeJob(select_text="Connection=TORUS Reboot=no"), "17.02", UTC)
+    r = parsed(line.replace(b" ProcCnt=", b" Procs="))
+    assert r.cpus == 8 and r.work_dir == "/home/alice" and r.extra == "Connection=TORUS Reboot=no"
+
+
+def test_raw_exit_status_of_17_11_prerelease() -> None:
+    line = render(FakeJob(), "17.11", UTC)
+    line = line.replace(b"DerivedExitCode=0:0 ExitCode=0:0", b"DerivedExitCode=256 ExitCode=9")
+    r = parsed(line)
+    assert (r.derived_ec, r.exit_code) == ("1:0", "0:9")
+
+
+def test_unlimited_and_number_names() -> None:
+    r = parsed(render(FakeJob(time_limit=None, name="42", user="1234"), "20.11", UTC))
+    assert r.time_limit_min is None and r.name == "42" and r.username == "1234"
+    d = json.loads(Encoder(UTC).encode(r))
+    assert "time_limit" not in d and d["job_name"] == "42" and d["username"] == "1234"
+
+
+def test_non_utf8_bytes_become_replacement_characters() -> None:
+    line = render(FakeJob(name="n\udcff\udce9x", work_dir="/d\udcc3"), "23.02", UTC)
+    r = parsed(line)
+    assert r.name == "n\ufffd\ufffdx" and r.work_dir == "/d\ufffd"
+    json.loads(Encoder(UTC).encode(r).decode("utf-8"))  # valid UTF-8 JSON
+
+
+# --- property-based round trip -----------------------------------------------------------------
+
+_FRAGMENTS = [" ", "=", "==", " JobState=FAILED", " Partition=x", " WorkDir=/", " Name=",
+              " ExitCode=0:0", " ReservationName=", "(null)", "unknown", "é", "日本", "\t"]
+_hostile = st.lists(
+    st.one_of(st.sampled_from(_FRAGMENTS),
+              st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r\x00"),
+                       max_size=8)),
+    max_size=8,
+).map("".join)
+_word = st.text("abcdefghijklmnopqrstuvwxyz0123456789_-.", min_size=1, max_size=12)
+_epoch = st.integers(min_value=946_684_800, max_value=2_000_000_000)
+_ZONES = [ZoneInfo("UTC"), ZoneInfo("Asia/Kolkata"), ZoneInfo("America/New_York")]
+
+
+def _ambiguous(epoch: int, zone: ZoneInfo) -> bool:
+    from datetime import datetime
+
+    naive = datetime.fromisoformat(local_time(epoch, zone))
+    return naive.replace(tzinfo=zone, fold=0).utcoffset() != naive.replace(
+        tzinfo=zone, fold=1).utcoffset()
+
+
+@st.composite
+def jobs(draw: st.DrawFn) -> tuple[FakeJob, str, ZoneInfo]:
+    generation = draw(st.sampled_from(GENERATIONS))
+    zone = draw(st.sampled_from(_ZONES))
+    end = draw(_epoch)
+    start = draw(st.one_of(st.just(0), st.integers(end - 10**6, end + 100)))
+    eligible = draw(st.one_of(st.just(0), st.integers(max(1, end - 2 * 10**6), end)))
+    submit = draw(st.one_of(st.just(0), st.integers(max(1, end - 3 * 10**6), end)))
+    job = FakeJob(
+        job_id=draw(st.integers(1, 2**32 - 1)),
+        user=draw(st.one_of(st.none(), _word)),
+        uid=draw(st.integers(0, 2**32 - 1)),
+        group=draw(st.one_of(st.none(), _word)),
+        gid=draw(st.integers(0, 2**32 - 1)),
+        name=draw(st.one_of(st.none(), _hostile)),
+        state=draw(st.sampled_from(["COMPLETED", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY"])),
+        partition=draw(st.one_of(st.none(), _word)),
+        time_limit=draw(st.one_of(st.none(), st.integers(0, 10**6))),
+        start=start, end=end,
+        nodes=draw(st.one_of(st.none(), _word)),
+        node_cnt=draw(st.integers(0, 10**5)),
+        cpus=draw(st.integers(0, 10**6)),
+        work_dir=draw(st.one_of(st.none(), _hostile.map(lambda s: "/" + s))),
+        resv=draw(st.sampled_from(["", "maint"])),
+        tres=draw(st.sampled_from(["", "cpu=1,mem=1G,node=1,billing=1"])),
+        account=draw(st.sampled_from(["", "acct"])),
+        qos=draw(st.sampled_from(["", "normal"])),
+        wckey=draw(st.sampled_from(["", "wk"])),
+        cluster=draw(st.one_of(st.none(), _word)),
+        submit=submit, eligible=eligible,
+        array=draw(st.one_of(st.none(), st.tuples(st.integers(1, 2**31), st.integers(0, 10**6)))),
+        het=draw(st.one_of(st.none(), st.tuples(st.integers(1, 2**31), st.integers(0, 100)))),
+        derived_ec=draw(st.tuples(st.integers(0, 255), st.integers(0, 64))),
+        exit_code=draw(st.tuples(st.integers(0, 255), st.integers(0, 64))),
+        select_text=draw(st.sampled_from(["", "Connection=TORUS Reboot=no"])),
+    )
+    # A job name that holds a complete fake run of the fixed fields makes a line genuinely
+    # ambiguous (documented); legacy lines cannot tell a working directory's trailing Key=value
+    # words from select-plugin text.
+    assume(job.name is None or not re.search(r" JobState=[A-Z_]+ Partition=", job.name))
+    assume(job.name != "(null)")  # a job really named "(null)" reads as slurmctld's NULL
+    if generation == "17.02" and job.work_dir is not None:
+        assume(not re.search(r" [A-Z][A-Za-z_]*=\S*$", job.work_dir.rstrip(" ")))
+        assume(" ReservationName=" not in job.work_dir)
+        assume(not job.work_dir.endswith(" ") or not job.select_text)
+    for epoch in (start, end, eligible, submit):
+        if epoch:
+            assume(not _ambiguous(epoch, zone))
+    return job, generation, zone
+
+
+def _expected(job: FakeJob, generation: str) -> dict[str, object]:
+    """Reference §2, applied to what slurmctld knew (epochs), independently of the encoder."""
+    import struct
+
+    def f32(x: float) -> float:
+        return struct.unpack("f", struct.pack("f", x))[0]
+
+    start_known = job.start != 0 and job.start <= job.end
+    modern = generation != "17.02"
+    elapsed = job.end - job.start if start_known and job.start < job.end else 0
+    d: dict[str, object] = {"jobid": job.job_id, "username": job.user, "user_id": job.uid,
+                            "groupname": job.group, "group_id": job.gid}
+    if start_known:
+        d["@start"] = utc_time(job.start)
+    d["@end"] = utc_time(job.end)
+    d.update(elapsed=elapsed, partition=job.partition, nodes=job.nodes, total_cpus=job.cpus,
+             total_nodes=job.node_cnt)
+    if modern:
+        d["derived_ec"] = "%d:%d" % job.derived_ec
+        d["exit_code"] = "%d:%d" % job.exit_code
+    d["state"] = job.state
+    d["cpu_hours"] = f32(f32(float(elapsed * job.cpus)) / 3600.0)
+    if modern and job.array:
+        d["array_job_id"], d["array_task_id"] = job.array
+    het = job.het if (modern and job.het) else (0, 0)
+    d.update(pack_job_id=het[0], pack_job_offset=het[1], het_job_id=het[0], het_job_offset=het[1])
+    if modern and job.submit:
+        d["@submit"] = utc_time(job.submit)
+    if modern and job.eligible:
+        d["@eligible"] = utc_time(job.eligible)
+        if start_known and job.start >= job.eligible:
+            d["@queue_wait"] = job.start - job.eligible
+    if job.work_dir is not None:
+        d["work_dir"] = job.work_dir
+    if modern and job.cluster is not None:
+        d["cluster"] = job.cluster
+    if modern and job.qos:
+        d["qos"] = job.qos
+    if job.time_limit is not None:
+        d["time_limit"] = job.time_limit * 60
+    if job.name is not None:
+        d["job_name"] = job.name
+    for key, value in (("reservation_name", job.resv), ("wc_key", job.wckey),
+                       ("tres_req", job.tres), ("account", job.account)):
+        if modern and value:
+            d[key] = value
+    return d
+
+
+@settings(max_examples=int(os.environ.get("JOBCOMPD_HYPOTHESIS_EXAMPLES", "400")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(jobs())
+def test_round_trip_every_generation(case: tuple[FakeJob, str, ZoneInfo]) -> None:
+    job, generation, zone = case
+    line = render(job, generation, zone)
+    record = parsed(line)
+    assert record.jobid == job.job_id
+    assert record.name == job.name
+    assert record.work_dir == job.work_dir
+    produced = json.loads(Encoder(zone).encode(record))
+    expected = _expected(job, generation)
+    assert list(produced) == list(expected)  # key order
+    for key in expected:
+        assert produced[key] == expected[key], key
+        assert type(produced[key]) is type(expected[key]), key
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+_GOOD = render(FakeJob(), "23.02", UTC)
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (b"", "empty"),
+        (b"\n", "empty"),
+        (b"   \r\n", "empty"),
+        (b"hello world\n", "no leading JobId="),
+        (_GOOD[:60] + b"\n", "missing"),
+        (_GOOD[:-40] + b"\n", "truncated"),
+        (_GOOD[:30] + b"\x00" + _GOOD[30:], "NUL"),
+        (b"x" * 70_000, "longer than"),
+        (_GOOD.replace(b"NodeCnt=2", b"NodeCnt=two"), "malformed"),
+        (_GOOD.replace(b"StartTime=2023", b"StartTime=2023-13-45T99:00:00 X="), "malformed"),
+        (_GOOD.replace(b"T22:13:20", b"T25:13:20", 1), "invalid StartTime"),
+        (_GOOD[:-30] + _GOOD, "second record"),
+        (_GOOD.replace(b"ExitCode=0:0 \n", b"ExitCode=0:0\r\nJobId=3\n"), "embedded newline"),
+    ],
+)
+def test_bad_lines_give_reasons(line: bytes, reason: str) -> None:
+    result = parse_line(line)
+    assert isinstance(result, ParseError), result
+    assert reason in result.reason
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600))
+def test_random_bytes_never_raise(data: bytes) -> None:
+    result = parse_line(data)
+    assert isinstance(result, (JobRecord, ParseError))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, len(_GOOD) - 2))
+def test_every_truncation_is_an_error_or_a_shorter_valid_record(cut: int) -> None:
+    result = parse_line(_GOOD[:cut] + b"\n")
+    if isinstance(result, JobRecord):
+        # Cutting inside the last value can still leave a well-formed record; never a wrong job.
+        assert result.jobid == 1 and result.state == "COMPLETED"
+    else:
+        assert result.reason
+
+
+def test_max_bytes_is_configurable() -> None:
+    assert isinstance(parse_line(_GOOD, max_bytes=100), ParseError)
+    assert isinstance(parse_line(_GOOD, max_bytes=len(_GOOD)), JobRecord)

@@ -1,0 +1,713 @@
+"""Tests for jobcompd.state on real SQLite files: atomic batches, crash safety, operator views."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from jobcompd.state import (
+    DB_NAME,
+    SCHEMA_VERSION,
+    BatchResult,
+    Delivery,
+    NewRecord,
+    QuarantinedLine,
+    ReadPosition,
+    State,
+    StateError,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+LOG = "/var/log/slurm/jobcomp.log"
+
+
+def records(start: int, stop: int, *, size: int = 40, source: str = "log") -> list[NewRecord]:
+    return [
+        NewRecord(f"r{i:09d}", i, b'{"jobid":%d,"pad":"%s"}' % (i, b"x" * size), source)
+        for i in range(start, stop)
+    ]
+
+
+def at(offset: int, source: str = "log") -> ReadPosition:
+    return ReadPosition(source, LOG, "fp-" + source, offset, offset, inode=42, dev=7, size=offset)
+
+
+def listing(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def all_rids(state: State) -> list[str]:
+    return [r.rid for r in state.pending(limit=10**9)]
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def state(state_dir: Path) -> Iterator[State]:
+    with State.open(state_dir) as s:
+        yield s
+
+
+# -- batches -------------------------------------------------------------------------------------
+
+
+def test_commit_batch_spools_records_and_moves_position(state: State) -> None:
+    result = state.commit_batch(records(0, 5), position=at(5))
+
+    assert result == BatchResult(spooled=5, already_known=0, quarantined=0)
+    assert state.position("log") == at(5)
+    assert state.position("other") is None
+    assert state.spool_depth() == 5
+    got = state.pending()
+    assert [r.rid for r in got] == [r.rid for r in records(0, 5)]
+    assert got[0].payload == records(0, 1)[0].payload
+    assert got[0].attempts == 0 and got[0].last_error is None
+    assert state.oldest_pending_at() == pytest.approx(time.time(), abs=5)
+
+
+class _Exploding(list[QuarantinedLine]):
+    def __iter__(self) -> Iterator[QuarantinedLine]:
+        yield QuarantinedLine("log", 1, 0, b"bad", "unparsable")
+        raise RuntimeError("reader died mid-batch")
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [
+        pytest.param(
+            {"records": records(10, 20) + [NewRecord("r-bad", 99, "not bytes")]},  # type: ignore[arg-type]
+            id="payload-not-bytes",
+        ),
+        pytest.param(
+            {"quarantined": [QuarantinedLine("log", 3, 9, "str", "not json")]},  # type: ignore[arg-type]
+            id="raw-not-bytes",
+        ),
+        pytest.param({"position": at(-1)}, id="negative-offset"),
+        pytest.param(
+            {"quarantined": _Exploding([QuarantinedLine("log", 1, 0, b"?", "bad")])},
+            id="python-exception",
+        ),
+    ],
+)
+def test_a_failing_batch_leaves_neither_records_nor_position(
+    state: State, batch: dict[str, object]
+) -> None:
+    state.commit_batch(records(0, 10), position=at(10))
+    before = state.stats()
+    args: dict[str, object] = {"records": records(10, 20), "position": at(20)}
+    args.update(batch)
+
+    with pytest.raises((StateError, RuntimeError)) as failure:
+        state.commit_batch(**args)  # type: ignore[arg-type]
+
+    if isinstance(failure.value, StateError):
+        assert not failure.value.transient
+    assert state.position("log") == at(10)
+    assert all_rids(state) == [r.rid for r in records(0, 10)]
+    assert state.quarantined() == []
+    assert {k: v for k, v in state.stats().items() if k != "db_bytes"} == {
+        k: v for k, v in before.items() if k != "db_bytes"
+    }
+    assert state.commit_batch(records(10, 20), position=at(20)).spooled == 10
+
+
+def test_records_already_spooled_dead_lettered_or_delivered_are_skipped(state: State) -> None:
+    state.commit_batch(records(0, 4))
+    state.mark_delivered([Delivery("r000000000", 0, 1)])
+    state.dead_letter("r000000001", "too large")
+
+    again = records(0, 4) + records(4, 6) + records(5, 6)
+    result = state.commit_batch(again, position=at(6))
+
+    assert result == BatchResult(spooled=2, already_known=5, quarantined=0)
+    assert all_rids(state) == ["r000000002", "r000000003", "r000000004", "r000000005"]
+    assert [d.rid for d in state.dead_letters()] == ["r000000001"]
+    assert state.stats()["already_known_total"] == 5
+    assert all(state.is_known(f"r{i:09d}") for i in range(6))
+    assert not state.is_known("r000000006")
+
+
+def test_pending_is_in_seq_order_and_pages_with_after_seq(state: State) -> None:
+    for start in range(0, 30, 10):
+        state.commit_batch(records(start, start + 10), position=at(start + 10))
+
+    first = state.pending(limit=12)
+    rest = state.pending(after_seq=first[-1].seq, limit=100)
+
+    assert [r.jobid for r in first + rest] == list(range(30))
+    seqs = [r.seq for r in first + rest]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 30
+    assert state.pending(after_seq=rest[-1].seq) == []
+
+
+# -- deliveries ----------------------------------------------------------------------------------
+
+
+def test_mark_delivered_moves_records_to_the_ledger(state: State) -> None:
+    state.commit_batch(records(0, 5), position=at(5))
+    spooled = state.pending()
+
+    removed = state.mark_delivered(
+        [Delivery(r.rid, 2, 100 + r.seq) for r in spooled[:3]] + [Delivery("unknown", 0, 0)]
+    )
+
+    assert removed == 3
+    assert all_rids(state) == ["r000000003", "r000000004"]
+    assert all(state.is_known(r.rid) for r in spooled)
+    assert state.mark_delivered([Delivery(spooled[0].rid, 2, 100)]) == 0
+    stats = state.stats()
+    assert stats["delivered_total"] == 3
+    assert stats["last_delivered_jobid"] == 2
+    assert stats["last_delivered_at"] == pytest.approx(time.time(), abs=5)
+    assert stats["spool_depth"] == 2
+    with sqlite3.connect(state.path) as raw:
+        ledger = raw.execute(
+            "SELECT rid, jobid, kafka_partition, kafka_offset FROM delivered ORDER BY rid"
+        ).fetchall()
+    assert ledger == [(r.rid, r.jobid, 2, 100 + r.seq) for r in spooled[:3]]
+
+
+def test_a_delivery_report_resolves_a_dead_letter(state: State) -> None:
+    state.commit_batch(records(0, 2))
+    state.dead_letter("r000000000", "gave up after timeouts")
+
+    assert state.mark_delivered([Delivery("r000000000", 0, 7)]) == 1
+
+    assert state.dead_letters() == []
+    assert state.stats()["delivered_total"] == 1
+    assert state.commit_batch(records(0, 1)).already_known == 1
+
+
+def test_prune_delivered_forgets_old_ids_and_counts_them(state: State) -> None:
+    state.commit_batch(records(0, 3))
+    state.mark_delivered([Delivery(r.rid, 0, r.seq) for r in state.pending()])
+
+    assert state.prune_delivered(time.time() - 3600) == 0
+    assert state.prune_delivered(time.time() + 1) == 3
+
+    assert not state.is_known("r000000000")
+    assert state.stats()["pruned_total"] == 3
+
+
+def test_record_attempt_keeps_the_record_with_its_error(state: State) -> None:
+    state.commit_batch(records(0, 2))
+
+    state.record_attempt("r000000001", "Local: Message timed out")
+    state.record_attempt("r000000001", "Broker: Not enough in-sync replicas")
+    state.record_attempt("unknown", "ignored")
+
+    first, second = state.pending()
+    assert (first.attempts, first.last_error) == (0, None)
+    assert (second.attempts, second.last_error) == (2, "Broker: Not enough in-sync replicas")
+
+
+# -- dead letters and quarantine -----------------------------------------------------------------
+
+
+def test_dead_letters_can_be_retried_and_purged_never_silently(state: State) -> None:
+    state.commit_batch(records(0, 4))
+    state.record_attempt("r000000001", "Broker: Message size too large")
+
+    assert state.dead_letter("r000000001", "Broker: Message size too large")
+    assert state.dead_letter("r000000002", "schema rejected")
+    assert not state.dead_letter("r000000001", "already moved")
+    with pytest.raises(StateError):
+        state.dead_letter("r000000003", "")
+
+    letters = state.dead_letters()
+    assert [(d.rid, d.reason, d.attempts) for d in letters] == [
+        ("r000000001", "Broker: Message size too large", 1),
+        ("r000000002", "schema rejected", 0),
+    ]
+    assert letters[0].payload == records(1, 2)[0].payload
+    assert state.dead_letters(limit=1) == letters[:1]
+    assert all_rids(state) == ["r000000000", "r000000003"]
+
+    assert state.retry_dead_letters(["r000000002", "nope"]) == 1
+    back = state.pending()[-1]
+    assert back.rid == "r000000002"
+    assert back.seq > max(r.seq for r in state.pending()[:-1])
+    assert back.last_error == "schema rejected"
+
+    assert state.purge_dead_letters() == 1
+    assert state.dead_letters() == []
+    stats = state.stats()
+    assert stats["deadlettered_total"] == 2
+    assert stats["retried_total"] == 1
+    assert stats["purged_total"] == 1
+    assert stats["deadletter_count"] == 0
+
+
+def test_retry_all_dead_letters_keeps_their_order(state: State) -> None:
+    state.commit_batch(records(0, 5))
+    moved = state.dead_letter_many({"r000000003": "x", "r000000001": "y", "r000000004": "z"})
+    assert moved == 3
+
+    assert state.retry_dead_letters() == 3
+
+    assert all_rids(state) == [f"r{i:09d}" for i in (0, 2, 1, 3, 4)]
+
+
+def test_quarantined_lines_are_kept_with_their_reason(state: State) -> None:
+    bad = [
+        QuarantinedLine("log", 7, 812, b"JobId=12 UserId=\xff", "invalid utf-8"),
+        QuarantinedLine("log", 9, 1020, b"garbage", "no JobId"),
+    ]
+
+    result = state.commit_batch(records(0, 1), position=at(2000), quarantined=bad)
+
+    assert result == BatchResult(spooled=1, already_known=0, quarantined=2)
+    kept = state.quarantined()
+    assert kept == bad
+    assert all(q.at == pytest.approx(time.time(), abs=5) for q in kept)
+    assert state.quarantined(limit=1) == bad[:1]
+    assert state.stats()["quarantine_count"] == 2
+    assert state.stats()["quarantined_total"] == 2
+
+
+# -- positions -----------------------------------------------------------------------------------
+
+
+def test_positions_are_upserted_per_source(state: State) -> None:
+    huge = ReadPosition("b", "/rotated", "fp", 10, 1, inode=2**64 - 1, dev=2**63, size=10)
+    state.commit_batch([], position=at(100, "a"))
+    state.commit_batch([], position=huge)
+    state.commit_batch([], position=at(250, "a"))
+
+    assert state.positions() == [at(250, "a"), huge]
+    assert state.position("b") == huge
+    assert state.position("a").updated_at == pytest.approx(time.time(), abs=5)  # type: ignore[union-attr]
+    assert state.forget_position("b")
+    assert not state.forget_position("b")
+    assert state.positions() == [at(250, "a")]
+
+
+# -- files, reopening, read-only -----------------------------------------------------------------
+
+
+def test_files_are_private(tmp_path: Path) -> None:
+    directory = tmp_path / "deep" / "state"
+    old = os.umask(0)
+    try:
+        with State.open(directory) as s:
+            s.commit_batch(records(0, 1))
+            assert mode(directory) == 0o700
+            for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm"):
+                assert mode(directory / name) == 0o600, name
+    finally:
+        os.umask(old)
+
+
+def test_reopen_after_close_keeps_everything(state_dir: Path) -> None:
+    with State.open(state_dir) as s:
+        s.commit_batch(
+            records(0, 6),
+            position=at(6),
+            quarantined=[QuarantinedLine("log", 3, 30, b"?", "bad")],
+        )
+        s.mark_delivered([Delivery("r000000000", 1, 5)])
+        s.dead_letter("r000000001", "too big")
+        s.record_attempt("r000000002", "timeout")
+        before = (s.pending(), s.dead_letters(), s.quarantined(), s.positions())
+
+    with State.open(state_dir, synchronous="normal") as s:
+        assert (s.pending(), s.dead_letters(), s.quarantined(), s.positions()) == before
+        assert s.is_known("r000000000")
+        assert s.stats()["delivered_total"] == 1
+
+
+def test_closed_state_refuses_calls(state: State) -> None:
+    state.close()
+    state.close()
+    with pytest.raises(StateError, match="closed"):
+        state.spool_depth()
+
+
+def test_readonly_open_of_a_missing_state_creates_nothing(tmp_path: Path) -> None:
+    with pytest.raises(StateError) as failure:
+        State.open(tmp_path / "nothing-here", readonly=True)
+
+    assert str(tmp_path / "nothing-here" / DB_NAME) in str(failure.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_readonly_open_creates_nothing_and_refuses_writes(state_dir: Path) -> None:
+    with State.open(state_dir) as s:
+        s.commit_batch(records(0, 3), position=at(3))
+    before = listing(state_dir)
+
+    with State.open(state_dir, readonly=True) as ro:
+        assert ro.spool_depth() == 3
+        assert ro.position("log") == at(3)
+        assert ro.stats()["spooled_total"] == 3
+        for write in (
+            lambda: ro.commit_batch(records(3, 4), position=at(4)),
+            lambda: ro.mark_delivered([Delivery("r000000000", 0, 0)]),
+            lambda: ro.dead_letter("r000000000", "x"),
+            lambda: ro.purge_dead_letters(),
+            lambda: ro.prune_delivered(time.time()),
+        ):
+            with pytest.raises(StateError, match="read-only"):
+                write()
+
+    assert listing(state_dir) == before
+
+
+def test_readonly_open_sees_a_running_writer(state: State) -> None:
+    state.commit_batch(records(0, 2), position=at(2))
+
+    with State.open(state.path.parent, readonly=True) as ro:
+        assert ro.spool_depth() == 2
+        state.commit_batch(records(2, 3), position=at(3))
+        assert ro.position("log") == at(3)
+
+
+def test_bad_synchronous_setting_is_refused(state_dir: Path) -> None:
+    with pytest.raises(ValueError, match="synchronous"):
+        State.open(state_dir, synchronous="off")
+
+
+# -- damaged, foreign and future files -----------------------------------------------------------
+
+
+def assert_refused(state_dir: Path, *, readonly: bool = False) -> StateError:
+    before = listing(state_dir)
+    with pytest.raises(StateError) as failure:
+        State.open(state_dir, readonly=readonly)
+    assert str(state_dir / DB_NAME) in str(failure.value)
+    assert listing(state_dir) == before, "a refused file must be left exactly as it was"
+    return failure.value
+
+
+def test_a_garbage_file_is_refused_with_the_recovery_path(state_dir: Path) -> None:
+    with State.open(state_dir) as s:
+        s.commit_batch(records(0, 3), position=at(3))
+    (state_dir / DB_NAME).write_bytes(b"this is not sqlite at all\n" * 400)
+
+    error = assert_refused(state_dir)
+
+    assert ".recover" in error.recovery and "jobcompd replay" in error.recovery
+    assert not error.transient
+    assert_refused(state_dir, readonly=True)
+
+
+def test_damaged_pages_are_found_at_open(state_dir: Path) -> None:
+    with State.open(state_dir) as s:
+        s.commit_batch(records(0, 2000, size=300), position=at(2000))
+    db = state_dir / DB_NAME
+    data = bytearray(db.read_bytes())
+    page = 4096
+    rng = random.Random(1)
+    for n in range(3, len(data) // page, 2):
+        data[n * page : n * page + 64] = rng.randbytes(64)
+    db.write_bytes(bytes(data))
+
+    error = assert_refused(state_dir)
+
+    assert ".recover" in error.recovery
+
+
+def test_a_database_from_a_newer_jobcompd_is_refused(state_dir: Path) -> None:
+    with State.open(state_dir) as s:
+        s.commit_batch(records(0, 1))
+    with sqlite3.connect(state_dir / DB_NAME) as raw:
+        raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    raw.close()
+
+    error = assert_refused(state_dir)
+
+    assert "newer" in error.reason and str(SCHEMA_VERSION + 1) in error.reason
+
+
+def test_another_programs_database_is_refused(state_dir: Path) -> None:
+    state_dir.mkdir()
+    with sqlite3.connect(state_dir / DB_NAME) as raw:
+        raw.execute("CREATE TABLE accounts (id INTEGER)")
+    raw.close()
+
+    error = assert_refused(state_dir)
+
+    assert "not a jobcompd state database" in error.reason
+
+
+def test_a_leftover_write_ahead_log_without_its_database_is_refused(state_dir: Path) -> None:
+    state_dir.mkdir()
+    (state_dir / (DB_NAME + "-wal")).write_bytes(b"\x37\x7f\x06\x82" + bytes(28))
+
+    error = assert_refused(state_dir)
+
+    assert "-wal" in error.reason
+    assert not (state_dir / DB_NAME).exists()
+
+
+# -- disk trouble --------------------------------------------------------------------------------
+
+
+@contextmanager
+def mounted_tmpfs(where: Path, size: str) -> Iterator[Path]:
+    """A small tmpfs of our own; skips the test where mounting is not allowed."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    where.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        unmounted = subprocess.run(["umount", str(where)], capture_output=True, check=False)
+        if unmounted.returncode != 0:
+            subprocess.run(["umount", "-l", str(where)], capture_output=True, check=False)
+
+
+def fill(path: Path) -> None:
+    chunk = b"\0" * 65536
+    with open(path, "wb", buffering=0) as f:
+        while True:
+            try:
+                f.write(chunk)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+                if len(chunk) == 1:
+                    return
+                chunk = chunk[: len(chunk) // 2]
+
+
+def check_full_disk_round(
+    state: State, exhaust: Callable[[], object], make_room: Callable[[], object]
+) -> None:
+    state.commit_batch(records(0, 10), position=at(10))
+    exhaust()
+    before = state.stats()
+    big = records(10, 400, size=4000)
+
+    with pytest.raises(StateError) as failure:
+        state.commit_batch(big, position=at(400))
+
+    assert failure.value.transient
+    assert "full" in failure.value.reason
+    assert state.position("log") == at(10)
+    assert all_rids(state) == [r.rid for r in records(0, 10)]
+    assert state.stats()["spooled_total"] == before["spooled_total"]
+
+    make_room()
+    assert state.commit_batch(big, position=at(400)).spooled == 390
+    assert state.spool_depth() == 400
+
+
+def test_a_full_filesystem_rolls_back_and_recovers(tmp_path: Path) -> None:
+    with mounted_tmpfs(tmp_path / "small", "8m") as fs:
+        state_dir = fs / "state"
+        with State.open(state_dir) as s:
+            check_full_disk_round(s, lambda: fill(fs / "filler"), (fs / "filler").unlink)
+        with State.open(state_dir) as s:
+            assert s.position("log") == at(400)
+            assert s.spool_depth() == 400
+
+
+def test_a_full_database_rolls_back_and_recovers(state: State) -> None:
+    """Simulates a full disk with max_page_count; runs even where no tmpfs can be mounted."""
+
+    def limit(pages: int | None) -> None:
+        with state._lock:
+            assert state._db is not None
+            count = state._db.execute("PRAGMA page_count").fetchone()[0]
+            state._db.execute(f"PRAGMA max_page_count = {pages or count + 8}")
+
+    check_full_disk_round(state, lambda: limit(None), lambda: limit(2**30))
+
+
+def test_a_read_only_filesystem_is_refused_with_a_reason(tmp_path: Path) -> None:
+    with mounted_tmpfs(tmp_path / "ro", "4m") as fs:
+        state_dir = fs / "state"
+        with State.open(state_dir) as s:
+            s.commit_batch(records(0, 2), position=at(2))
+        subprocess.run(["mount", "-o", "remount,ro", str(fs)], check=True)
+
+        error = assert_refused(state_dir)
+        assert "not writable" in error.reason
+        with State.open(state_dir, readonly=True) as ro:
+            assert ro.position("log") == at(2)
+
+
+def test_an_unwritable_directory_is_refused_with_a_reason(state_dir: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root can write anyway; see the read-only filesystem test")
+    State.open(state_dir).close()
+    state_dir.chmod(0o500)
+    try:
+        error = assert_refused(state_dir)
+        assert "not writable" in error.reason
+    finally:
+        state_dir.chmod(0o700)
+
+
+# -- concurrency and crashes ---------------------------------------------------------------------
+
+
+def test_reader_and_producer_threads_share_one_state(state: State) -> None:
+    total = 5000
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            for start in range(0, total, 100):
+                state.commit_batch(records(start, start + 100), position=at(start + 100))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    def producer() -> None:
+        try:
+            seen = delivered = 0
+            deadline = time.monotonic() + 30
+            while delivered < total and time.monotonic() < deadline:
+                batch = state.pending(after_seq=seen, limit=250)
+                if batch:
+                    seen = batch[-1].seq
+                    delivered += state.mark_delivered([Delivery(r.rid, 0, r.seq) for r in batch])
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader), threading.Thread(target=producer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert errors == []
+    assert state.spool_depth() == 0
+    assert state.stats()["delivered_total"] == total
+    assert state.position("log") == at(total)
+
+
+CRASHING_WRITER = r"""
+import random, sys
+from jobcompd.state import Delivery, NewRecord, ReadPosition, State
+
+directory, synchronous, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rng = random.Random(seed)
+state = State.open(directory, synchronous=synchronous)
+position = state.position("log")
+n = position.offset if position else 0
+print("ready", n, flush=True)
+while True:
+    k = rng.randint(1, 400)
+    batch = [NewRecord(f"r{i:09d}", i, b"j" * rng.randint(10, 3000), "log") for i in range(n, n + k)]
+    result = state.commit_batch(
+        batch, position=ReadPosition("log", "/var/log/slurm/jobcomp.log", "fp", n + k, n + k)
+    )
+    if result.already_known:
+        print("REREAD", n, flush=True)
+    n += k
+    print(n, flush=True)
+    roll = rng.random()
+    if roll < 0.5:
+        sent = state.pending(limit=rng.randint(1, 600))
+        state.mark_delivered([Delivery(r.rid, 0, r.seq) for r in sent])
+    elif roll < 0.6:
+        sent = state.pending(limit=5)
+        state.dead_letter_many({r.rid: "rejected by broker" for r in sent})
+    elif roll < 0.65:
+        state.retry_dead_letters()
+"""
+
+
+def test_kill_9_loses_nothing_and_rereads_nothing(state_dir: Path) -> None:
+    trials = 24
+    rng = random.Random(20240601)
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    acknowledged = 0
+    killed_after: list[int] = []
+    in_flight = 0  # kills that hit after a commit became durable but before the child said so
+    for trial in range(trials):
+        synchronous = "full" if trial % 2 == 0 else "normal"
+        child = subprocess.Popen(
+            [sys.executable, "-c", CRASHING_WRITER, str(state_dir), synchronous, str(trial)],
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+            env=env,
+        )
+        assert child.stdout is not None
+        ready = child.stdout.readline().split()
+        assert ready[:1] == [b"ready"], ready
+        assert int(ready[1]) >= acknowledged
+        time.sleep(rng.uniform(0.0, 0.3))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        assert child.returncode == -signal.SIGKILL
+        lines = child.stdout.read().split(b"\n")[:-1]  # the last piece may be a torn line
+        child.stdout.close()
+        assert not [line for line in lines if line.startswith(b"REREAD")]
+        if lines:
+            acknowledged = max(acknowledged, int(lines[-1]))
+
+        with State.open(state_dir) as s:
+            position = s.position("log")
+            committed = position.offset if position else 0
+            spooled = all_rids(s)
+            dead = [d.rid for d in s.dead_letters()]
+            depth = s.spool_depth()
+            stats = s.stats()
+        with sqlite3.connect(state_dir / DB_NAME) as raw:
+            delivered = [row[0] for row in raw.execute("SELECT rid FROM delivered")]
+        raw.close()
+
+        assert acknowledged <= committed <= acknowledged + 400, "a committed batch was lost"
+        held = spooled + dead + delivered
+        assert len(held) == len(set(held)) == committed, "records held twice or missing"
+        assert set(held) == {f"r{i:09d}" for i in range(committed)}, "records beyond the position"
+        assert stats["spooled_total"] == committed
+        assert stats["already_known_total"] == 0
+        assert depth + len(dead) == committed - len(delivered)
+        in_flight += committed > acknowledged
+        acknowledged = committed
+        killed_after.append(committed)
+
+    print(
+        f"kill -9 trials: {trials}, records committed: {acknowledged}, "
+        f"commits durable but unacknowledged at the kill: {in_flight}, per trial: {killed_after}"
+    )
+    assert acknowledged > 0
+
+
+def test_round_trip_of_a_10k_batch(state: State) -> None:
+    batch = records(0, 10_000, size=900)
+    started = time.perf_counter()
+    state.commit_batch(batch, position=at(10_000))
+    committed = time.perf_counter()
+    pending = state.pending(limit=10_000)
+    read = time.perf_counter()
+    assert state.mark_delivered([Delivery(r.rid, 0, r.seq) for r in pending]) == 10_000
+    done = time.perf_counter()
+    print(
+        f"10k records (~1 KB each): commit_batch {committed - started:.3f}s, "
+        f"pending {read - committed:.3f}s, mark_delivered {done - read:.3f}s, "
+        f"total {done - started:.3f}s"
+    )
+    assert state.spool_depth() == 0
