@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import json
+import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Iterator, Sequence
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from jobcompd import __version__
+from jobcompd.config import ConfigError, Settings, load_settings, redacted
 from jobcompd.encode import Encoder, TimeZoneError, resolve_zone
+from jobcompd.lock import StateDirBusy, StateDirLock
 from jobcompd.record import DEFAULT_MAX_LINE_BYTES, ParseError, parse_line
+from jobcompd.state import State, StateError
 
 EXIT_OK = 0
 EXIT_SOME_BAD = 1
@@ -80,6 +88,176 @@ def _cmd_parse(args: argparse.Namespace) -> int:
     return status
 
 
+def _settings(args: argparse.Namespace) -> Settings | None:
+    """Load the configuration, or print every problem (file, key or line, reason) and give up."""
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"jobcompd: {problem}", file=sys.stderr)
+        return None
+    except OSError as exc:
+        print(f"jobcompd: {exc}", file=sys.stderr)
+        return None
+    return settings
+
+
+def _open_state(settings: Settings, *, readonly: bool = False) -> State | None:
+    try:
+        return State.open(settings.state.dir, synchronous=settings.state.synchronous,
+                          readonly=readonly)
+    except StateError as exc:
+        print(f"jobcompd: {exc}", file=sys.stderr)
+        return None
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if settings is None:
+        return EXIT_USAGE
+    for warning in settings.warnings:
+        print(f"jobcompd: warning: {warning}", file=sys.stderr)
+    view = redacted(settings)
+    if args.json:
+        print(json.dumps(view, indent=2, default=str))
+    else:
+        _print_tree(view)
+    if args.connect:
+        from jobcompd.preflight import check_connection
+
+        problems = check_connection(settings, timeout=args.timeout)
+        for line in problems.report:
+            print(line)
+        if not problems.ok:
+            return EXIT_SOME_BAD
+    return EXIT_OK
+
+
+def _print_tree(view: dict[str, Any], prefix: str = "") -> None:
+    for key, value in view.items():
+        if isinstance(value, dict):
+            _print_tree(value, f"{prefix}{key}.")
+        else:
+            print(f"{prefix}{key} = {json.dumps(value, default=str)}")
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from jobcompd import logs
+    from jobcompd.ingest import Ingestor
+    from jobcompd.producer import Sender
+    from jobcompd.replay import Replayer
+
+    settings = _settings(args)
+    if settings is None:
+        return EXIT_USAGE
+    missing = [f for f in args.files if f != "-" and not os.path.isfile(f)]
+    if missing:
+        for name in missing:
+            print(f"jobcompd replay: {name}: no such file", file=sys.stderr)
+        return EXIT_USAGE
+    logs.configure(settings.log)
+    import structlog
+
+    log = structlog.get_logger("jobcompd.replay")
+    for warning in settings.warnings:
+        log.warning(warning)
+    try:
+        lock = StateDirLock(settings.state.dir).acquire()
+    except (StateDirBusy, OSError) as exc:
+        print(f"jobcompd replay: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    state = _open_state(settings)
+    if state is None:
+        lock.release()
+        return EXIT_USAGE
+    stop = _stop_on_signals()
+    try:
+        encoder = Encoder(settings.source.tz, settings.cluster)  # type: ignore[arg-type]
+        sender = Sender(state, settings.kafka, debug_jobcomp=settings.log.debug_jobcomp)
+        replayer = Replayer(
+            state,
+            Ingestor(state, encoder, max_line_bytes=settings.source.max_line_bytes),
+            sender,
+            max_spool_records=settings.state.max_spool_records,
+            progress=sys.stderr if sys.stderr.isatty() and not args.quiet else None,
+            stop=stop,
+        )
+        started = time.monotonic()
+        summary = replayer.run(list(args.files))
+    except StateError as exc:
+        print(f"jobcompd replay: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        state.close()
+        lock.release()
+    elapsed = time.monotonic() - started
+    lines = summary.lines_text()
+    lines.append(f"elapsed:        {elapsed:.1f} s")
+    lines.append("result:         " + ("complete" if summary.complete else "INCOMPLETE"))
+    if args.json:
+        doc = {k: getattr(summary, k) for k in summary.__slots__}  # type: ignore[attr-defined]
+        doc.update(complete=summary.complete, elapsed_s=round(elapsed, 3))
+        print(json.dumps(doc))
+    else:
+        print("\n".join(lines))
+    return EXIT_OK if summary.complete else EXIT_SOME_BAD
+
+
+def _cmd_deadletter(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if settings is None:
+        return EXIT_USAGE
+    if args.action == "list":
+        state = _open_state(settings, readonly=True)
+        if state is None:
+            return EXIT_USAGE
+        with state:
+            letters = state.dead_letters(limit=args.limit)
+        if args.json:
+            print(json.dumps([
+                {"rid": d.rid, "jobid": d.jobid, "reason": d.reason, "failed_at": d.failed_at,
+                 "attempts": d.attempts, "source": d.source,
+                 "payload": d.payload.decode(errors="replace")} for d in letters]))
+        else:
+            for d in letters:
+                when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(d.failed_at))
+                print(f"{d.rid}  job {d.jobid}  {when}  attempts={d.attempts}  {d.reason}")
+            print(f"{len(letters)} dead letter(s)", file=sys.stderr)
+        return EXIT_OK
+    if not args.all and not args.rids:
+        print(f"jobcompd deadletter {args.action}: name record ids, or --all", file=sys.stderr)
+        return EXIT_USAGE
+    state = _open_state(settings)
+    if state is None:
+        return EXIT_USAGE
+    rids = None if args.all else list(args.rids)
+    with state:
+        if args.action == "retry":
+            n = state.retry_dead_letters(rids)
+            print(f"{n} dead letter(s) moved back to the spool; a running jobcompd sends them")
+        else:
+            n = state.purge_dead_letters(rids)
+            print(f"{n} dead letter(s) purged (counted in the state's purged total)")
+    return EXIT_OK
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", default=None, metavar="FILE",
+                   help="configuration file (default: $JOBCOMPD_CONFIG or "
+                        "/etc/jobcompd/jobcompd.toml)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``jobcompd`` and all its subcommands."""
     parser = _Parser(
@@ -118,6 +296,53 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"longest accepted line (default {DEFAULT_MAX_LINE_BYTES})",
     )
     p.set_defaults(func=_cmd_parse)
+
+    p = sub.add_parser(
+        "check-config",
+        help="validate the configuration and print the effective settings",
+        description="Print the effective settings (secrets redacted). Exit 2 on errors; "
+                    "with --connect, exit 1 when the brokers or the topic do not answer.",
+    )
+    _config_arg(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--connect", action="store_true",
+                   help="also check that the brokers answer and the topic is usable")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds for --connect")
+    p.set_defaults(func=_cmd_check_config)
+
+    p = sub.add_parser(
+        "replay",
+        help="backfill log files (plain, .gz, or - for stdin) to Kafka through the state",
+        description="One-shot backfill through the same durable path as the daemon. Records "
+                    "already delivered are not sent again. Exit 0 only when every record read was "
+                    "delivered; 1 when lines were quarantined, records dead-lettered or left in "
+                    "the spool; 2 on usage, configuration or state errors.",
+    )
+    _config_arg(p)
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_replay)
+
+    p = sub.add_parser(
+        "deadletter",
+        help="list, retry or purge records Kafka refused",
+        description="Dead letters are records a delivery report refused (too large, not "
+                    "authorized, timed out without requeue_on_msg_timeout, ...).",
+    )
+    dl = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    dl.required = True
+    q = dl.add_parser("list", help="show dead letters and why")
+    q.add_argument("--limit", type=int, default=None)
+    q.add_argument("--json", action="store_true")
+    for action, text in (("retry", "move dead letters back to the spool to send again"),
+                         ("purge", "drop dead letters on purpose (counted)")):
+        q = dl.add_parser(action, help=text)
+        q.add_argument("rids", nargs="*", metavar="RECORD_ID")
+        q.add_argument("--all", action="store_true", help="every dead letter")
+    for q in dl.choices.values():
+        _config_arg(q)
+    p.set_defaults(func=_cmd_deadletter)
     return parser
 
 

@@ -1,0 +1,318 @@
+"""The producer worker: spooled records → Kafka, delivery reports → the durable state.
+
+It mirrors the ``jobcomp/kafka`` plugin's delivery rules (reference §3) but never discards:
+
+==========================  ================================  ====================================
+event                       the plugin                        jobcompd
+==========================  ================================  ====================================
+delivered                   debug log                         record leaves the spool (ledger)
+``_MSG_TIMED_OUT``          produce again if                  produce again if
+                            ``requeue_on_msg_timeout``,       ``requeue_on_msg_timeout``, else
+                            else discard                      dead letter with the reason
+other delivery error        discard                           dead letter with the reason
+queue full on produce       discard                           wait (backpressure) and retry
+message too large/refused   discard                           dead letter with the reason
+shutdown                    purge, flush, state file          flush up to ``flush_timeout``;
+                                                              unacknowledged records stay spooled
+==========================  ================================  ====================================
+
+Each message carries the record id as its key and as the ``record_id`` header, so a consumer can
+drop the rare duplicate a crash can cause (a message acknowledged by Kafka whose report was not yet
+committed to the state is sent again after a restart).
+
+The worker is driven from one thread through :meth:`Sender.pump`; confluent-kafka serves delivery
+reports inside ``poll()``, on that same thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from jobcompd.config import KafkaSettings
+from jobcompd.state import Delivery, SpooledRecord, State
+
+__all__ = ["DeliveryReport", "Sender", "SenderCounters"]
+
+RECORD_ID_HEADER = "record_id"
+
+# Reported for messages we purged ourselves (shutdown, producer rebuild): they stay in the spool.
+_PURGED = frozenset((KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT))
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReport:
+    """One delivery report as the worker saw it (``error`` is ``None`` on success)."""
+
+    rid: str
+    error: KafkaError | None
+    partition: int
+    offset: int
+
+
+@dataclass(slots=True)
+class SenderCounters:
+    """What this worker did since it started (the state keeps the durable totals)."""
+
+    produced: int = 0
+    delivered: int = 0
+    dead_lettered: int = 0
+    requeued: int = 0
+    backpressure_waits: int = 0
+    last_delivery_at: float | None = None
+
+
+def _reason(error: KafkaError) -> str:
+    return f"{error.name()}: {error.str()}"
+
+
+class Sender:
+    """Moves spooled records to Kafka and settles each one by its delivery report.
+
+    ``window`` bounds the records handed to librdkafka and not yet reported; the spool, not
+    librdkafka's queue, is where the backlog waits.
+    """
+
+    def __init__(
+        self,
+        state: State,
+        kafka: KafkaSettings,
+        *,
+        debug_jobcomp: bool = False,
+        window: int = 10_000,
+        fetch: int = 2_000,
+        logger: Any = None,
+        producer_factory: Callable[[dict[str, Any]], Producer] = Producer,
+    ) -> None:
+        self._state = state
+        self._kafka = kafka
+        self._debug = debug_jobcomp
+        self._window = window
+        self._fetch = fetch
+        self._log = logger or structlog.get_logger("jobcompd.producer")
+        self._factory = producer_factory
+        self._producer: Producer | None = None
+        self._cursor = 0  # highest spool seq handed to librdkafka
+        self._in_flight: dict[str, SpooledRecord] = {}
+        self._backlog: list[SpooledRecord] = []  # fetched, not yet accepted by librdkafka
+        self._reports: list[DeliveryReport] = []
+        self._rebuild = False
+        self._spool_exhausted = False
+        self._fetched_at = 0.0
+        self.counters = SenderCounters()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def kafka(self) -> KafkaSettings:
+        """The Kafka settings in force."""
+        return self._kafka
+
+    def start(self) -> None:
+        """Create the librdkafka producer (idempotent)."""
+        if self._producer is None:
+            conf: dict[str, Any] = dict(self._kafka.producer_config())
+            conf["on_delivery"] = self._on_delivery
+            conf["error_cb"] = self._on_error
+            self._producer = self._factory(conf)
+
+    def reconfigure(self, kafka: KafkaSettings) -> None:
+        """Apply new settings: topic and params at once; new librdkafka properties rebuild the producer.
+
+        A rebuild flushes what is in flight (up to ``flush_timeout``), purges the rest, and sends it
+        again from the spool with the new producer — nothing is lost, and what Kafka acknowledged
+        is not sent twice.
+        """
+        rebuild = dict(kafka.producer_config()) != dict(self._kafka.producer_config())
+        self._kafka = kafka
+        if rebuild and self._producer is not None:
+            self._log.info("rebuilding producer for changed librdkafka properties")
+            self._drain(self._kafka.params.flush_timeout)
+            self._producer = None
+            self.start()
+
+    def close(self, flush_timeout_ms: int | None = None) -> int:
+        """Stop: flush up to ``flush_timeout`` ms, settle reports; return what is left unacknowledged.
+
+        Whatever is left stays in the spool and is sent again at the next start.
+        """
+        if self._producer is None:
+            return 0
+        if flush_timeout_ms is None:
+            flush_timeout_ms = self._kafka.params.flush_timeout
+        self._drain(flush_timeout_ms)
+        self._producer = None
+        return self._state.spool_depth()
+
+    def _drain(self, flush_timeout_ms: int) -> None:
+        producer = self._producer
+        assert producer is not None
+        self._backlog.clear()
+        if flush_timeout_ms < 0:
+            producer.flush()
+        else:
+            producer.flush(flush_timeout_ms / 1000.0)
+        producer.purge(in_queue=True, in_flight=True, blocking=False)
+        producer.poll(0)
+        producer.flush(0)
+        self._settle()
+        # Anything still unreported stays in the spool; start over from its first record.
+        self._in_flight.clear()
+        self._cursor = 0
+        self._spool_exhausted = False
+
+    # -- the work ----------------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        """Records handed to librdkafka and not yet settled by a delivery report."""
+        return len(self._in_flight) + len(self._backlog)
+
+    def idle(self) -> bool:
+        """Nothing in flight and nothing in the spool beyond what was already sent."""
+        return not self._in_flight and not self._backlog and self._spool_exhausted
+
+    def pump(self, timeout: float = 0.1) -> int:
+        """Produce what the window allows, serve delivery reports for up to ``timeout`` s, settle them.
+
+        Returns the number of delivery reports settled.
+        """
+        if self._producer is None:
+            self.start()
+        if self._rebuild:
+            self._rebuild_after_fatal()
+        self._produce_more()
+        producer = self._producer
+        assert producer is not None
+        producer.poll(timeout if not self._reports else 0)
+        return self._settle()
+
+    def wake(self) -> None:
+        """New records were spooled: look for them at the next pump."""
+        self._spool_exhausted = False
+
+    def _produce_more(self) -> None:
+        if self._spool_exhausted and (
+            time.monotonic() - self._fetched_at >= self._kafka.params.poll_interval
+        ):
+            # Records can reach the spool from elsewhere (``deadletter retry``): look again now
+            # and then, at the plugin's poll_interval.
+            self._spool_exhausted = False
+        while len(self._in_flight) < self._window:
+            if not self._backlog:
+                if self._spool_exhausted:
+                    return
+                self._fetched_at = time.monotonic()
+                batch = self._state.pending(after_seq=self._cursor, limit=self._fetch)
+                if len(batch) < self._fetch:
+                    self._spool_exhausted = True
+                if not batch:
+                    return
+                self._cursor = batch[-1].seq
+                self._backlog = batch[::-1]  # pop() from the end keeps spool order
+            if not self._produce(self._backlog[-1]):
+                return
+            self._backlog.pop()
+
+    def _produce(self, record: SpooledRecord) -> bool:
+        """Hand one record to librdkafka; ``False`` when its queue is full (backpressure)."""
+        producer = self._producer
+        assert producer is not None
+        try:
+            producer.produce(
+                self._kafka.topic,
+                value=record.payload,
+                key=record.rid,
+                headers=[(RECORD_ID_HEADER, record.rid)],
+            )
+        except BufferError:
+            self.counters.backpressure_waits += 1
+            return False
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if error.fatal():
+                self._log.error("producer fatal error", error=_reason(error))
+                self._rebuild = True
+                return False
+            reason = _reason(error)
+            self._log.error("record refused by librdkafka, dead-lettered", jobid=record.jobid,
+                            rid=record.rid, reason=reason)
+            self._state.dead_letter_many({record.rid: reason})
+            self.counters.dead_lettered += 1
+            return True
+        self._in_flight[record.rid] = record
+        self.counters.produced += 1
+        return True
+
+    def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
+        key = message.key()
+        rid = key.decode() if isinstance(key, bytes) else str(key)
+        self._reports.append(DeliveryReport(rid, error, message.partition(), message.offset()))
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self._log.error("producer fatal error", error=_reason(error))
+            self._rebuild = True
+        else:
+            self._log.warning("kafka client error", error=_reason(error))
+
+    def _settle(self) -> int:
+        reports, self._reports = self._reports, []
+        if not reports:
+            return 0
+        delivered: list[Delivery] = []
+        dead: dict[str, str] = {}
+        requeue: list[SpooledRecord] = []
+        attempts: dict[str, str | None] = {}
+        requeue_timeouts = self._kafka.params.requeue_on_msg_timeout
+        for report in reports:
+            record = self._in_flight.pop(report.rid, None)
+            error = report.error
+            if error is None:
+                delivered.append(Delivery(report.rid, report.partition, report.offset))
+                if self._debug and record is not None:
+                    self._log.info("job delivered", jobid=record.jobid, rid=report.rid,
+                                   partition=report.partition, offset=report.offset)
+                continue
+            code = error.code()
+            if code in _PURGED or record is None:
+                continue  # stays in the spool
+            reason = _reason(error)
+            if code == KafkaError._MSG_TIMED_OUT and requeue_timeouts:
+                requeue.append(record)
+                attempts[record.rid] = reason
+                self._log.warning("message timed out, producing again", jobid=record.jobid,
+                                  rid=record.rid)
+            elif error.fatal():
+                self._rebuild = True
+            else:
+                dead[record.rid] = reason
+                self._log.error("delivery failed, dead-lettered", jobid=record.jobid,
+                                rid=record.rid, reason=reason)
+        if delivered:
+            self._state.mark_delivered(delivered)
+            self.counters.delivered += len(delivered)
+            self.counters.last_delivery_at = time.time()
+        if dead:
+            self._state.dead_letter_many(dead)
+            self.counters.dead_lettered += len(dead)
+        if attempts:
+            self._state.record_attempts(attempts)
+        for record in requeue:
+            self.counters.requeued += 1
+            if not self._produce(record):
+                self._backlog.append(record)
+        return len(reports)
+
+    def _rebuild_after_fatal(self) -> None:
+        self._rebuild = False
+        self._log.warning("recreating the producer after a fatal error")
+        if self._producer is not None:
+            self._drain(0)
+        self._producer = None
+        self.start()

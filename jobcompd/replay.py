@@ -1,0 +1,253 @@
+"""``jobcompd replay``: a one-shot backfill of log files through the same durable path as the daemon.
+
+Each file is read in batches of complete lines; every batch is parsed, encoded and committed to
+the state together with the read position (one transaction), then the producer worker sends the
+spool to Kafka. Running replay again on the same files sends nothing twice:
+
+* a plain file whose first line was seen before resumes from its committed position (the rest is
+  not even re-read);
+* every record id already spooled, dead-lettered or delivered is skipped (the delivered ledger), so
+  a gzip-compressed copy, stdin, or a file that was rotated and renamed is safe to replay too.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, TextIO
+
+from jobcompd.identity import fingerprint
+from jobcompd.ingest import Ingestor
+from jobcompd.producer import Sender
+from jobcompd.state import ReadPosition, State
+
+__all__ = ["ReplaySummary", "Replayer"]
+
+BATCH_LINES = 2000
+_STDIN = "-"
+
+
+@dataclass(slots=True)
+class ReplaySummary:
+    """What one replay did; ``complete`` is true when everything read was delivered."""
+
+    files: int = 0
+    lines: int = 0
+    records: int = 0
+    already_known: int = 0
+    quarantined: int = 0
+    produced: int = 0  # records handed to librdkafka (a record produced again counts again)
+    delivered: int = 0
+    dead_lettered: int = 0
+    left_in_spool: int = 0
+    skipped_bytes: int = 0
+    interrupted: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return not (self.quarantined or self.dead_lettered or self.left_in_spool
+                    or self.interrupted)
+
+    def lines_text(self) -> list[str]:
+        return [
+            f"files:          {self.files}",
+            f"lines read:     {self.lines}"
+            + (f" (+{self.skipped_bytes} bytes skipped, read before)" if self.skipped_bytes else ""),
+            f"records:        {self.records} new, {self.already_known} already known (not resent)",
+            f"delivered:      {self.delivered}",
+            f"quarantined:    {self.quarantined}" + (" (see: jobcompd status)" if self.quarantined else ""),
+            f"dead-lettered:  {self.dead_lettered}"
+            + (" (see: jobcompd deadletter list)" if self.dead_lettered else ""),
+            f"left in spool:  {self.left_in_spool}",
+        ]
+
+
+def _open(name: str) -> tuple[BinaryIO, int, bool]:
+    """(stream, size on disk or 0, gzip?) — gzip recognised by its magic bytes."""
+    if name == _STDIN:
+        return sys.stdin.buffer, 0, False
+    raw = open(name, "rb")  # noqa: SIM115 - closed by the caller
+    size = os.fstat(raw.fileno()).st_size
+    if raw.peek(2)[:2] == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=raw, mode="rb"), size, True  # type: ignore[return-value]
+    return raw, size, False
+
+
+class _Progress:
+    """A one-line progress display on a terminal: records/s and ETA by bytes."""
+
+    def __init__(self, stream: TextIO, total_bytes: int) -> None:
+        self._stream = stream
+        self._total = total_bytes
+        self._start = time.monotonic()
+        self._last = 0.0
+
+    def show(self, done_bytes: int, records: int, delivered: int, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < 0.25:
+            return
+        self._last = now
+        elapsed = max(now - self._start, 1e-6)
+        rate = delivered / elapsed
+        eta = ""
+        if self._total and done_bytes:
+            remaining = elapsed * (self._total - done_bytes) / done_bytes
+            eta = f" ETA {int(remaining // 60)}:{int(remaining % 60):02d}"
+        pct = f"{100 * done_bytes / self._total:5.1f}% " if self._total else ""
+        self._stream.write(
+            f"\r{pct}read {records} delivered {delivered} ({rate:,.0f} rec/s){eta}   ")
+        self._stream.flush()
+
+    def end(self) -> None:
+        self._stream.write("\n")
+        self._stream.flush()
+
+
+class Replayer:
+    """Reads files into the state and drives the sender until the spool is empty."""
+
+    def __init__(
+        self,
+        state: State,
+        ingestor: Ingestor,
+        sender: Sender,
+        *,
+        max_spool_records: int = 1_000_000,
+        progress: TextIO | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self._state = state
+        self._ingestor = ingestor
+        self._sender = sender
+        self._max_spool = max_spool_records
+        self._progress_stream = progress
+        self._stop = stop or threading.Event()
+        self.summary = ReplaySummary()
+
+    def run(self, names: list[str]) -> ReplaySummary:
+        """Replay ``names`` (paths, ``.gz`` files, ``-`` for stdin) and wait for delivery."""
+        total = sum(os.path.getsize(n) for n in names if n != _STDIN and os.path.exists(n))
+        progress = _Progress(self._progress_stream, total) if self._progress_stream else None
+        done_before = 0
+        sender = self._sender
+        dead_before = sender.counters.dead_lettered
+        delivered_before = sender.counters.delivered
+        produced_before = sender.counters.produced
+        try:
+            for name in names:
+                if self._stop.is_set():
+                    break
+                self.summary.files += 1
+                for consumed in self._read_file(name):
+                    sender.wake()
+                    self._send_while_full(progress, done_before + consumed)
+                    sender.pump(0)
+                    if progress:
+                        progress.show(done_before + consumed, self.summary.records,
+                                      sender.counters.delivered - delivered_before)
+                    if self._stop.is_set():
+                        break
+                if name != _STDIN and os.path.exists(name):
+                    done_before += os.path.getsize(name)
+            sender.wake()
+            while not self._stop.is_set() and not sender.idle():
+                sender.pump(0.1)
+                if progress:
+                    progress.show(done_before, self.summary.records,
+                                  sender.counters.delivered - delivered_before)
+        finally:
+            if progress:
+                progress.show(done_before, self.summary.records,
+                              sender.counters.delivered - delivered_before, force=True)
+                progress.end()
+        self.summary.interrupted = self._stop.is_set()
+        self.summary.left_in_spool = sender.close()
+        self.summary.delivered = sender.counters.delivered - delivered_before
+        self.summary.produced = sender.counters.produced - produced_before
+        self.summary.dead_lettered = sender.counters.dead_lettered - dead_before
+        return self.summary
+
+    def _send_while_full(self, progress: _Progress | None, done: int) -> None:
+        """Backpressure: past ``max_spool_records``, send before reading more."""
+        while not self._stop.is_set() and self._state.spool_depth() > self._max_spool:
+            self._sender.pump(0.1)
+
+    def _read_file(self, name: str) -> Iterator[int]:
+        """Read one file in committed batches; yield the compressed bytes consumed so far."""
+        label = "<stdin>" if name == _STDIN else str(Path(name).resolve())
+        fh, _size, gz = _open(name)
+        try:
+            raw = fh.fileobj if gz else fh  # type: ignore[attr-defined]
+            first = fh.readline()
+            if not first:
+                return
+            key = None
+            offset = line_no = 0
+            if name != _STDIN:
+                key = f"replay:{fingerprint(first)}"
+                known = self._state.position(key)
+                if known is not None and known.offset > 0:
+                    offset, line_no = known.offset, known.line_no
+                    self.summary.skipped_bytes += offset
+            if offset:
+                if gz:
+                    _skip(fh, offset)
+                else:
+                    fh.seek(offset)
+                pending: list[bytes] = []
+            else:
+                pending = [first]
+            st = os.fstat(raw.fileno()) if name != _STDIN else None
+            while True:
+                pending.extend(_take(fh, BATCH_LINES - len(pending)))
+                if not pending:
+                    break
+                consumed = sum(len(x) for x in pending)
+                position = None
+                if key is not None:
+                    position = ReadPosition(
+                        source=key, path=label, fingerprint=key.split(":", 1)[1],
+                        offset=offset + consumed, line_no=line_no + len(pending),
+                        inode=st.st_ino if st else 0, dev=st.st_dev if st else 0,
+                        size=st.st_size if st else 0)
+                result = self._ingestor.commit(
+                    pending, source=label, first_line_no=line_no + 1, first_offset=offset,
+                    position=position)
+                self.summary.lines += len(pending)
+                self.summary.records += result.spooled
+                self.summary.already_known += result.already_known
+                self.summary.quarantined += result.quarantined
+                offset += consumed
+                line_no += len(pending)
+                pending = []
+                yield raw.tell() if name != _STDIN else 0
+                if self._stop.is_set():
+                    return
+        finally:
+            if name != _STDIN:
+                fh.close()
+
+
+def _take(fh: BinaryIO, count: int) -> list[bytes]:
+    lines = []
+    for _ in range(count):
+        line = fh.readline()
+        if not line:
+            break
+        lines.append(line)
+    return lines
+
+
+def _skip(fh: BinaryIO, count: int) -> None:
+    while count > 0:
+        chunk = fh.read(min(count, io.DEFAULT_BUFFER_SIZE * 16))
+        if not chunk:
+            return
+        count -= len(chunk)

@@ -1,0 +1,150 @@
+"""A configured jobcompd for end-to-end tests: config files in a temp dir, the CLI as a subprocess.
+
+Reused by the replay, daemon and benchmark tests; it only writes files and runs the installed
+``jobcompd`` console script — the code under test runs in its own process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from confluent_kafka import Message
+
+from jobcompd.encode import Encoder
+from jobcompd.record import JobRecord, parse_line
+
+JOBCOMPD = str(Path(sys.executable).parent / "jobcompd")
+
+
+@dataclass
+class JobcompdEnv:
+    """Files for one jobcompd instance under ``root``: config, librdkafka properties, state dir."""
+
+    root: Path
+    bootstrap: str
+    topic: str = "mycluster"
+    params: str = ""
+    properties: dict[str, str] = field(default_factory=dict)
+    extra_toml: str = ""
+    log_path: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.log_path or self.root / "slurm_jobcomp.log"
+        self.write_config()
+
+    @property
+    def config(self) -> Path:
+        return self.root / "jobcompd.toml"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def db(self) -> Path:
+        return self.state_dir / "jobcompd.db"
+
+    def write_config(self) -> None:
+        props = {"bootstrap.servers": self.bootstrap, "linger.ms": "5", **self.properties}
+        (self.root / "rdkafka.conf").write_text(
+            "# written by tests/jobcompd_env.py\n" + "".join(f"{k}={v}\n" for k, v in props.items())
+        )
+        params = ",".join(p for p in (f"topic={self.topic}", self.params) if p)
+        self.config.write_text(
+            f'[source]\npath = "{self.log_path}"\ntimezone = "UTC"\n'
+            f'[kafka]\nrdkafka_conf = "{self.root / "rdkafka.conf"}"\nparams = "{params}"\n'
+            f'[state]\ndir = "{self.state_dir}"\nsynchronous = "normal"\n' + self.extra_toml
+        )
+
+    def run(self, *args: str, timeout: float = 300, **kw: Any) -> subprocess.CompletedProcess[str]:
+        """``jobcompd ARGS -c CONFIG`` to completion."""
+        return subprocess.run([JOBCOMPD, *args, "-c", str(self.config)], capture_output=True,
+                              text=True, timeout=timeout, **kw)
+
+    def popen(self, *args: str, **kw: Any) -> subprocess.Popen[str]:
+        return subprocess.Popen([JOBCOMPD, *args, "-c", str(self.config)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+    def count(self, table: str) -> int:
+        """Rows in a state table, read without disturbing a running jobcompd."""
+        if not self.db.exists():
+            return 0
+        con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5)
+        try:
+            return int(con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+        except sqlite3.OperationalError:
+            return 0
+        finally:
+            con.close()
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        done = self.run("deadletter", "list", "--json")
+        assert done.returncode == 0, done.stderr
+        return list(json.loads(done.stdout))
+
+
+def expected_messages(lines: list[bytes], cluster: str | None = None) -> dict[str, bytes]:
+    """Record id → the plugin JSON each line must arrive as (times in UTC)."""
+    encoder = Encoder(ZoneInfo("UTC"), cluster)
+    out: dict[str, bytes] = {}
+    for line in lines:
+        record = parse_line(line)
+        assert isinstance(record, JobRecord), record
+        out[encoder.record_id(line, record)] = encoder.encode(record)
+    return out
+
+
+@dataclass
+class Arrival:
+    """What arrived in a topic, checked record by record against what was expected."""
+
+    missing: set[str]
+    unexpected: set[str]
+    duplicates: int
+    wrong_payload: list[str]
+    bad_header: list[str]
+
+    @property
+    def exactly_once(self) -> bool:
+        return not (self.missing or self.unexpected or self.duplicates or self.wrong_payload
+                    or self.bad_header)
+
+
+def check_arrival(messages: list[Message], expected: dict[str, bytes]) -> Arrival:
+    keys = Counter()
+    wrong: list[str] = []
+    bad_header: list[str] = []
+    for msg in messages:
+        key = (msg.key() or b"").decode()
+        keys[key] += 1
+        if key in expected and msg.value() != expected[key]:
+            wrong.append(key)
+        headers = dict(msg.headers() or [])
+        if headers.get("record_id") != key.encode():
+            bad_header.append(key)
+    return Arrival(
+        missing=set(expected) - set(keys),
+        unexpected=set(keys) - set(expected),
+        duplicates=sum(n - 1 for n in keys.values() if n > 1),
+        wrong_payload=wrong,
+        bad_header=bad_header,
+    )
+
+
+def summary_json(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """The ``--json`` summary line a replay printed last on stdout."""
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def environ_without_tty() -> dict[str, str]:
+    return dict(os.environ)
