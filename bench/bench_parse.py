@@ -20,9 +20,9 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jobcompd.encode import Encoder  # noqa: E402
-from jobcompd.record import ParseError, parse_line  # noqa: E402
-from tests.slurmctld import mixed_lines  # noqa: E402
+from jobcompd.encode import Encoder
+from jobcompd.record import ParseError, parse_line
+from tests.slurmctld import mixed_lines
 
 
 def naive(lines: list[bytes]) -> int:
@@ -74,9 +74,11 @@ def main() -> None:
     n = len(lines)
     print(f"lines: {n} ({mb:.1f} MB), best of {args.runs} runs, one core, tz {args.tz}")
     print(f"{'':32}{'lines/s':>12}{'µs/line':>10}{'vs naive':>10}")
-    for label, t in (("naive split + orjson (baseline)", t_base),
-                     ("jobcompd parse + encode", t_pe),
-                     ("jobcompd parse + encode + id", t_all)):
+    for label, t in (
+        ("naive split + orjson (baseline)", t_base),
+        ("jobcompd parse + encode", t_pe),
+        ("jobcompd parse + encode + id", t_all),
+    ):
         print(f"{label:32}{n / t:12,.0f}{t / n * 1e6:10.2f}{t_base / t:10.2f}")
     print("goal: >= 150,000 lines/s for parse + encode")
 

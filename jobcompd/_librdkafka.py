@@ -60,16 +60,14 @@ def _declare(lib: ctypes.CDLL) -> None:
 
 
 def conf_set_errors(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Feed ``(key, value)`` pairs to ``rd_kafka_conf_set()``; return ``(key, error)`` for each refused one."""
+    """Feed ``(key, value)`` pairs to ``rd_kafka_conf_set()``; return each refused ``(key, error)``."""
     lib = load()
     conf = lib.rd_kafka_conf_new()
     errbuf = ctypes.create_string_buffer(512)
     refused = []
     try:
         for key, value in pairs:
-            rc = lib.rd_kafka_conf_set(
-                conf, key.encode(), value.encode(), errbuf, ctypes.sizeof(errbuf)
-            )
+            rc = lib.rd_kafka_conf_set(conf, key.encode(), value.encode(), errbuf, ctypes.sizeof(errbuf))
             if rc != 0:  # RD_KAFKA_CONF_OK
                 refused.append((key, errbuf.value.decode(errors="replace")))
     finally:

@@ -104,8 +104,9 @@ def _settings(args: argparse.Namespace) -> Settings | None:
 
 def _open_state(settings: Settings, *, readonly: bool = False) -> State | None:
     try:
-        return State.open(settings.state.dir, synchronous=settings.state.synchronous,
-                          readonly=readonly)
+        return State.open(
+            settings.state.dir, synchronous=settings.state.synchronous, readonly=readonly
+        )
     except StateError as exc:
         print(f"jobcompd: {exc}", file=sys.stderr)
         return None
@@ -225,10 +226,22 @@ def _cmd_deadletter(args: argparse.Namespace) -> int:
         with state:
             letters = state.dead_letters(limit=args.limit)
         if args.json:
-            print(json.dumps([
-                {"rid": d.rid, "jobid": d.jobid, "reason": d.reason, "failed_at": d.failed_at,
-                 "attempts": d.attempts, "source": d.source,
-                 "payload": d.payload.decode(errors="replace")} for d in letters]))
+            print(
+                json.dumps(
+                    [
+                        {
+                            "rid": d.rid,
+                            "jobid": d.jobid,
+                            "reason": d.reason,
+                            "failed_at": d.failed_at,
+                            "attempts": d.attempts,
+                            "source": d.source,
+                            "payload": d.payload.decode(errors="replace"),
+                        }
+                        for d in letters
+                    ]
+                )
+            )
         else:
             for d in letters:
                 when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(d.failed_at))
@@ -253,9 +266,13 @@ def _cmd_deadletter(args: argparse.Namespace) -> int:
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--config", default=None, metavar="FILE",
-                   help="configuration file (default: $JOBCOMPD_CONFIG or "
-                        "/etc/jobcompd/jobcompd.toml)")
+    p.add_argument(
+        "-c",
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="configuration file (default: $JOBCOMPD_CONFIG or /etc/jobcompd/jobcompd.toml)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -277,7 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Exit 0 when every line parsed, 1 when some were quarantined, 2 on usage or I/O errors."
         ),
     )
-    p.add_argument("files", nargs="*", metavar="FILE", help="log files (.gz allowed); - or none: stdin")
+    p.add_argument(
+        "files", nargs="*", metavar="FILE", help="log files (.gz allowed); - or none: stdin"
+    )
     p.add_argument(
         "--tz",
         default=None,
@@ -301,12 +320,15 @@ def build_parser() -> argparse.ArgumentParser:
         "check-config",
         help="validate the configuration and print the effective settings",
         description="Print the effective settings (secrets redacted). Exit 2 on errors; "
-                    "with --connect, exit 1 when the brokers or the topic do not answer.",
+        "with --connect, exit 1 when the brokers or the topic do not answer.",
     )
     _config_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--connect", action="store_true",
-                   help="also check that the brokers answer and the topic is usable")
+    p.add_argument(
+        "--connect",
+        action="store_true",
+        help="also check that the brokers answer and the topic is usable",
+    )
     p.add_argument("--timeout", type=float, default=10.0, help="seconds for --connect")
     p.set_defaults(func=_cmd_check_config)
 
@@ -314,9 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
         "replay",
         help="backfill log files (plain, .gz, or - for stdin) to Kafka through the state",
         description="One-shot backfill through the same durable path as the daemon. Records "
-                    "already delivered are not sent again. Exit 0 only when every record read was "
-                    "delivered; 1 when lines were quarantined, records dead-lettered or left in "
-                    "the spool; 2 on usage, configuration or state errors.",
+        "already delivered are not sent again. Exit 0 only when every record read was "
+        "delivered; 1 when lines were quarantined, records dead-lettered or left in "
+        "the spool; 2 on usage, configuration or state errors.",
     )
     _config_arg(p)
     p.add_argument("files", nargs="+", metavar="FILE")
@@ -328,15 +350,17 @@ def build_parser() -> argparse.ArgumentParser:
         "deadletter",
         help="list, retry or purge records Kafka refused",
         description="Dead letters are records a delivery report refused (too large, not "
-                    "authorized, timed out without requeue_on_msg_timeout, ...).",
+        "authorized, timed out without requeue_on_msg_timeout, ...).",
     )
     dl = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
     dl.required = True
     q = dl.add_parser("list", help="show dead letters and why")
     q.add_argument("--limit", type=int, default=None)
     q.add_argument("--json", action="store_true")
-    for action, text in (("retry", "move dead letters back to the spool to send again"),
-                         ("purge", "drop dead letters on purpose (counted)")):
+    for action, text in (
+        ("retry", "move dead letters back to the spool to send again"),
+        ("purge", "drop dead letters on purpose (counted)"),
+    ):
         q = dl.add_parser(action, help=text)
         q.add_argument("rids", nargs="*", metavar="RECORD_ID")
         q.add_argument("--all", action="store_true", help="every dead letter")

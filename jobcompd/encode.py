@@ -38,6 +38,7 @@ def _f32(value: float) -> float:
     """``value`` rounded to C ``float`` (single precision), as the plugin's arithmetic does."""
     return _F32.unpack(_F32.pack(value))[0]  # type: ignore[no-any-return]
 
+
 _ONE_SECOND_BEFORE_NEXT_HOUR = timedelta(minutes=59, seconds=59)
 
 
@@ -155,10 +156,39 @@ class Encoder:
 
     def to_dict(self, r: JobRecord) -> dict[str, object]:
         """The plugin's JSON object for ``r`` as an ordered dict."""
-        (jobid, username, user_id, groupname, group_id, name, state, partition, limit, start_l,
-         end_l, nodes, node_count, cpus, work_dir, _generation, reservation, tres, account, qos,
-         wckey, cluster, submit_l, eligible_l, array_job_id, array_task_id, het_job_id,
-         het_job_offset, derived_ec, exit_code, _extra) = r
+        (
+            jobid,
+            username,
+            user_id,
+            groupname,
+            group_id,
+            name,
+            state,
+            partition,
+            limit,
+            start_l,
+            end_l,
+            nodes,
+            node_count,
+            cpus,
+            work_dir,
+            _generation,
+            reservation,
+            tres,
+            account,
+            qos,
+            wckey,
+            cluster,
+            submit_l,
+            eligible_l,
+            array_job_id,
+            array_task_id,
+            het_job_id,
+            het_job_offset,
+            derived_ec,
+            exit_code,
+            _extra,
+        ) = r
         convert = self._clock.convert
         d: dict[str, object] = {
             "jobid": jobid,

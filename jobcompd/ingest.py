@@ -51,8 +51,12 @@ class Ingestor:
                 )
             else:
                 records.append(
-                    NewRecord(encoder.record_id(line, record), record.jobid,
-                              encoder.encode(record), source)
+                    NewRecord(
+                        encoder.record_id(line, record),
+                        record.jobid,
+                        encoder.encode(record),
+                        source,
+                    )
                 )
             offset += len(line)
         return self._state.commit_batch(records, position=position, quarantined=quarantined)

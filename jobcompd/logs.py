@@ -18,8 +18,12 @@ from jobcompd.config import LogSettings
 
 __all__ = ["configure", "librdkafka_logger"]
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-           "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 class _SyslogIdent(logging.Formatter):
@@ -31,7 +35,8 @@ def _handler(settings: LogSettings) -> logging.Handler:
     if settings.target == "syslog":
         address = "/dev/log" if os.path.exists("/dev/log") else ("localhost", 514)
         facility = logging.handlers.SysLogHandler.facility_names.get(
-            settings.facility, logging.handlers.SysLogHandler.LOG_DAEMON)
+            settings.facility, logging.handlers.SysLogHandler.LOG_DAEMON
+        )
         handler: logging.Handler = logging.handlers.SysLogHandler(address, facility=facility)
         handler.setFormatter(_SyslogIdent())
         return handler
@@ -48,7 +53,8 @@ def configure(settings: LogSettings | None = None) -> None:
         renderer = structlog.processors.JSONRenderer()
     else:
         renderer = structlog.processors.KeyValueRenderer(
-            key_order=["timestamp", "level", "event"], drop_missing=True)
+            key_order=["timestamp", "level", "event"], drop_missing=True
+        )
     processors: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

@@ -240,8 +240,12 @@ class Sender:
                 self._rebuild = True
                 return False
             reason = _reason(error)
-            self._log.error("record refused by librdkafka, dead-lettered", jobid=record.jobid,
-                            rid=record.rid, reason=reason)
+            self._log.error(
+                "record refused by librdkafka, dead-lettered",
+                jobid=record.jobid,
+                rid=record.rid,
+                reason=reason,
+            )
             self._state.dead_letter_many({record.rid: reason})
             self.counters.dead_lettered += 1
             return True
@@ -252,7 +256,7 @@ class Sender:
     def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
         key = message.key()
         rid = key.decode() if isinstance(key, bytes) else str(key)
-        self._reports.append(DeliveryReport(rid, error, message.partition(), message.offset()))
+        self._reports.append(DeliveryReport(rid, error, message.partition() or 0, message.offset() or 0))
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
@@ -276,8 +280,13 @@ class Sender:
             if error is None:
                 delivered.append(Delivery(report.rid, report.partition, report.offset))
                 if self._debug and record is not None:
-                    self._log.info("job delivered", jobid=record.jobid, rid=report.rid,
-                                   partition=report.partition, offset=report.offset)
+                    self._log.info(
+                        "job delivered",
+                        jobid=record.jobid,
+                        rid=report.rid,
+                        partition=report.partition,
+                        offset=report.offset,
+                    )
                 continue
             code = error.code()
             if code in _PURGED or record is None:
@@ -286,14 +295,17 @@ class Sender:
             if code == KafkaError._MSG_TIMED_OUT and requeue_timeouts:
                 requeue.append(record)
                 attempts[record.rid] = reason
-                self._log.warning("message timed out, producing again", jobid=record.jobid,
-                                  rid=record.rid)
+                self._log.warning("message timed out, producing again", jobid=record.jobid, rid=record.rid)
             elif error.fatal():
                 self._rebuild = True
             else:
                 dead[record.rid] = reason
-                self._log.error("delivery failed, dead-lettered", jobid=record.jobid,
-                                rid=record.rid, reason=reason)
+                self._log.error(
+                    "delivery failed, dead-lettered",
+                    jobid=record.jobid,
+                    rid=record.rid,
+                    reason=reason,
+                )
         if delivered:
             self._state.mark_delivered(delivered)
             self.counters.delivered += len(delivered)

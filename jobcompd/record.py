@@ -263,8 +263,24 @@ def _assemble(
         values.extend(_LEGACY_DEFAULTS)
         values[-1] = extra.strip() if extra else ""
         return JobRecord._make(values)
-    (resv, tres_key, tres, account, qos, wckey, cluster, submit, eligible,
-     array_job, array_task, het_id, het_offset, derived, exit_code, _) = t
+    (
+        resv,
+        tres_key,
+        tres,
+        account,
+        qos,
+        wckey,
+        cluster,
+        submit,
+        eligible,
+        array_job,
+        array_task,
+        het_id,
+        het_offset,
+        derived,
+        exit_code,
+        _,
+    ) = t
     submit_t = _time(submit, "SubmitTime")  # type: ignore[arg-type]
     eligible_t = _time(eligible, "EligibleTime")  # type: ignore[arg-type]
     if submit_t.__class__ is ParseError:
@@ -294,9 +310,19 @@ def _assemble(
 
 _LEGACY_DEFAULTS = tuple(JobRecord._field_defaults.values())
 
-_KEYS = (
-    "JobId UserId GroupId Name JobState Partition TimeLimit StartTime EndTime NodeList NodeCnt"
-).split()
+_KEYS = [
+    "JobId",
+    "UserId",
+    "GroupId",
+    "Name",
+    "JobState",
+    "Partition",
+    "TimeLimit",
+    "StartTime",
+    "EndTime",
+    "NodeList",
+    "NodeCnt",
+]
 
 
 def _diagnose(text: str) -> str:

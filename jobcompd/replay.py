@@ -52,17 +52,21 @@ class ReplaySummary:
 
     @property
     def complete(self) -> bool:
-        return not (self.quarantined or self.dead_lettered or self.left_in_spool
-                    or self.interrupted)
+        return not (
+            self.quarantined or self.dead_lettered or self.left_in_spool or self.interrupted
+        )
 
     def lines_text(self) -> list[str]:
         return [
             f"files:          {self.files}",
             f"lines read:     {self.lines}"
-            + (f" (+{self.skipped_bytes} bytes skipped, read before)" if self.skipped_bytes else ""),
+            + (
+                f" (+{self.skipped_bytes} bytes skipped, read before)" if self.skipped_bytes else ""
+            ),
             f"records:        {self.records} new, {self.already_known} already known (not resent)",
             f"delivered:      {self.delivered}",
-            f"quarantined:    {self.quarantined}" + (" (see: jobcompd status)" if self.quarantined else ""),
+            f"quarantined:    {self.quarantined}"
+            + (" (see: jobcompd status)" if self.quarantined else ""),
             f"dead-lettered:  {self.dead_lettered}"
             + (" (see: jobcompd deadletter list)" if self.dead_lettered else ""),
             f"left in spool:  {self.left_in_spool}",
@@ -102,7 +106,8 @@ class _Progress:
             eta = f" ETA {int(remaining // 60)}:{int(remaining % 60):02d}"
         pct = f"{100 * done_bytes / self._total:5.1f}% " if self._total else ""
         self._stream.write(
-            f"\r{pct}read {records} delivered {delivered} ({rate:,.0f} rec/s){eta}   ")
+            f"\r{pct}read {records} delivered {delivered} ({rate:,.0f} rec/s){eta}   "
+        )
         self._stream.flush()
 
     def end(self) -> None:
@@ -150,8 +155,11 @@ class Replayer:
                     self._send_while_full(progress, done_before + consumed)
                     sender.pump(0)
                     if progress:
-                        progress.show(done_before + consumed, self.summary.records,
-                                      sender.counters.delivered - delivered_before)
+                        progress.show(
+                            done_before + consumed,
+                            self.summary.records,
+                            sender.counters.delivered - delivered_before,
+                        )
                     if self._stop.is_set():
                         break
                 if name != _STDIN and os.path.exists(name):
@@ -160,12 +168,19 @@ class Replayer:
             while not self._stop.is_set() and not sender.idle():
                 sender.pump(0.1)
                 if progress:
-                    progress.show(done_before, self.summary.records,
-                                  sender.counters.delivered - delivered_before)
+                    progress.show(
+                        done_before,
+                        self.summary.records,
+                        sender.counters.delivered - delivered_before,
+                    )
         finally:
             if progress:
-                progress.show(done_before, self.summary.records,
-                              sender.counters.delivered - delivered_before, force=True)
+                progress.show(
+                    done_before,
+                    self.summary.records,
+                    sender.counters.delivered - delivered_before,
+                    force=True,
+                )
                 progress.end()
         self.summary.interrupted = self._stop.is_set()
         self.summary.left_in_spool = sender.close()
@@ -213,13 +228,22 @@ class Replayer:
                 position = None
                 if key is not None:
                     position = ReadPosition(
-                        source=key, path=label, fingerprint=key.split(":", 1)[1],
-                        offset=offset + consumed, line_no=line_no + len(pending),
-                        inode=st.st_ino if st else 0, dev=st.st_dev if st else 0,
-                        size=st.st_size if st else 0)
+                        source=key,
+                        path=label,
+                        fingerprint=key.split(":", 1)[1],
+                        offset=offset + consumed,
+                        line_no=line_no + len(pending),
+                        inode=st.st_ino if st else 0,
+                        dev=st.st_dev if st else 0,
+                        size=st.st_size if st else 0,
+                    )
                 result = self._ingestor.commit(
-                    pending, source=label, first_line_no=line_no + 1, first_offset=offset,
-                    position=position)
+                    pending,
+                    source=label,
+                    first_line_no=line_no + 1,
+                    first_offset=offset,
+                    position=position,
+                )
                 self.summary.lines += len(pending)
                 self.summary.records += result.spooled
                 self.summary.already_known += result.already_known

@@ -68,12 +68,22 @@ class JobcompdEnv:
 
     def run(self, *args: str, timeout: float = 300, **kw: Any) -> subprocess.CompletedProcess[str]:
         """``jobcompd ARGS -c CONFIG`` to completion."""
-        return subprocess.run([JOBCOMPD, *args, "-c", str(self.config)], capture_output=True,
-                              text=True, timeout=timeout, **kw)
+        return subprocess.run(
+            [JOBCOMPD, *args, "-c", str(self.config)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            **kw,
+        )
 
     def popen(self, *args: str, **kw: Any) -> subprocess.Popen[str]:
-        return subprocess.Popen([JOBCOMPD, *args, "-c", str(self.config)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+        return subprocess.Popen(
+            [JOBCOMPD, *args, "-c", str(self.config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            **kw,
+        )
 
     def count(self, table: str) -> int:
         """Rows in a state table, read without disturbing a running jobcompd."""
@@ -116,8 +126,13 @@ class Arrival:
 
     @property
     def exactly_once(self) -> bool:
-        return not (self.missing or self.unexpected or self.duplicates or self.wrong_payload
-                    or self.bad_header)
+        return not (
+            self.missing
+            or self.unexpected
+            or self.duplicates
+            or self.wrong_payload
+            or self.bad_header
+        )
 
 
 def check_arrival(messages: list[Message], expected: dict[str, bytes]) -> Arrival:

@@ -11,7 +11,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -61,7 +61,7 @@ def local_time(epoch: int, zone: ZoneInfo) -> str:
 
 
 def utc_time(epoch: int) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _s(value: str | None) -> str:
@@ -88,8 +88,11 @@ def render(job: FakeJob, generation: str, zone: ZoneInfo) -> bytes:
     array = f" ArrayJobId={job.array[0]} ArrayTaskId={job.array[1]}" if job.array else ""
     het = ""
     if job.het and job.het[0]:
-        names = ("PackJobId", "PackJobOffset") if generation == "17.11" else (
-            "HetJobId", "HetJobOffset")
+        names = (
+            ("PackJobId", "PackJobOffset")
+            if generation == "17.11"
+            else ("HetJobId", "HetJobOffset")
+        )
         het = f" {names[0]}={job.het[0]} {names[1]}={job.het[1]}"
     tres_key = "Gres" if generation in ("17.11", "20.02") else "Tres"
     select = "" if generation == "23.02" else job.select_text
@@ -153,9 +156,7 @@ def mixed_lines(count: int, *, seed: int = 1, zone: ZoneInfo | None = None) -> l
     """``count`` lines of random jobs, each in a random generation (same seed, same lines)."""
     rng = random.Random(seed)
     zone = zone or ZoneInfo("UTC")
-    return [
-        render(random_job(rng, 1000 + i), rng.choice(GENERATIONS), zone) for i in range(count)
-    ]
+    return [render(random_job(rng, 1000 + i), rng.choice(GENERATIONS), zone) for i in range(count)]
 
 
 class SlurmctldWriter:
@@ -168,7 +169,7 @@ class SlurmctldWriter:
     def write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
-            view = view[os.write(self._fd, view):]
+            view = view[os.write(self._fd, view) :]
 
     def reopen(self) -> None:
         """What ``scontrol reconfigure`` / a logrotate postrotate does: close and reopen the path."""

@@ -56,8 +56,18 @@ def test_trailing_space_optional_and_crlf() -> None:
 
 
 def test_null_strings_and_unknown_words() -> None:
-    job = FakeJob(user=None, group=None, nodes=None, partition=None, name=None, work_dir=None,
-                  cluster=None, submit=0, eligible=0, start=0)
+    job = FakeJob(
+        user=None,
+        group=None,
+        nodes=None,
+        partition=None,
+        name=None,
+        work_dir=None,
+        cluster=None,
+        submit=0,
+        eligible=0,
+        start=0,
+    )
     r = parsed(render(job, "23.02", UTC))
     assert (r.username, r.groupname, r.nodes, r.partition, r.name) == (None,) * 5
     assert (r.work_dir, r.cluster, r.submit, r.eligible, r.start) == (None,) * 5
@@ -96,12 +106,29 @@ def test_non_utf8_bytes_become_replacement_characters() -> None:
 
 # --- property-based round trip -----------------------------------------------------------------
 
-_FRAGMENTS = [" ", "=", "==", " JobState=FAILED", " Partition=x", " WorkDir=/", " Name=",
-              " ExitCode=0:0", " ReservationName=", "(null)", "unknown", "é", "日本", "\t"]
+_FRAGMENTS = [
+    " ",
+    "=",
+    "==",
+    " JobState=FAILED",
+    " Partition=x",
+    " WorkDir=/",
+    " Name=",
+    " ExitCode=0:0",
+    " ReservationName=",
+    "(null)",
+    "unknown",
+    "é",
+    "日本",
+    "\t",
+]
 _hostile = st.lists(
-    st.one_of(st.sampled_from(_FRAGMENTS),
-              st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r\x00"),
-                       max_size=8)),
+    st.one_of(
+        st.sampled_from(_FRAGMENTS),
+        st.text(
+            st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r\x00"), max_size=8
+        ),
+    ),
     max_size=8,
 ).map("".join)
 _word = st.text("abcdefghijklmnopqrstuvwxyz0123456789_-.", min_size=1, max_size=12)
@@ -113,8 +140,10 @@ def _ambiguous(epoch: int, zone: ZoneInfo) -> bool:
     from datetime import datetime
 
     naive = datetime.fromisoformat(local_time(epoch, zone))
-    return naive.replace(tzinfo=zone, fold=0).utcoffset() != naive.replace(
-        tzinfo=zone, fold=1).utcoffset()
+    return (
+        naive.replace(tzinfo=zone, fold=0).utcoffset()
+        != naive.replace(tzinfo=zone, fold=1).utcoffset()
+    )
 
 
 @st.composite
@@ -135,7 +164,8 @@ def jobs(draw: st.DrawFn) -> tuple[FakeJob, str, ZoneInfo]:
         state=draw(st.sampled_from(["COMPLETED", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY"])),
         partition=draw(st.one_of(st.none(), _word)),
         time_limit=draw(st.one_of(st.none(), st.integers(0, 10**6))),
-        start=start, end=end,
+        start=start,
+        end=end,
         nodes=draw(st.one_of(st.none(), _word)),
         node_cnt=draw(st.integers(0, 10**5)),
         cpus=draw(st.integers(0, 10**6)),
@@ -146,7 +176,8 @@ def jobs(draw: st.DrawFn) -> tuple[FakeJob, str, ZoneInfo]:
         qos=draw(st.sampled_from(["", "normal"])),
         wckey=draw(st.sampled_from(["", "wk"])),
         cluster=draw(st.one_of(st.none(), _word)),
-        submit=submit, eligible=eligible,
+        submit=submit,
+        eligible=eligible,
         array=draw(st.one_of(st.none(), st.tuples(st.integers(1, 2**31), st.integers(0, 10**6)))),
         het=draw(st.one_of(st.none(), st.tuples(st.integers(1, 2**31), st.integers(0, 100)))),
         derived_ec=draw(st.tuples(st.integers(0, 255), st.integers(0, 64))),
@@ -178,13 +209,23 @@ def _expected(job: FakeJob, generation: str) -> dict[str, object]:
     start_known = job.start != 0 and job.start <= job.end
     modern = generation != "17.02"
     elapsed = job.end - job.start if start_known and job.start < job.end else 0
-    d: dict[str, object] = {"jobid": job.job_id, "username": job.user, "user_id": job.uid,
-                            "groupname": job.group, "group_id": job.gid}
+    d: dict[str, object] = {
+        "jobid": job.job_id,
+        "username": job.user,
+        "user_id": job.uid,
+        "groupname": job.group,
+        "group_id": job.gid,
+    }
     if start_known:
         d["@start"] = utc_time(job.start)
     d["@end"] = utc_time(job.end)
-    d.update(elapsed=elapsed, partition=job.partition, nodes=job.nodes, total_cpus=job.cpus,
-             total_nodes=job.node_cnt)
+    d.update(
+        elapsed=elapsed,
+        partition=job.partition,
+        nodes=job.nodes,
+        total_cpus=job.cpus,
+        total_nodes=job.node_cnt,
+    )
     if modern:
         d["derived_ec"] = "%d:%d" % job.derived_ec
         d["exit_code"] = "%d:%d" % job.exit_code
@@ -210,15 +251,22 @@ def _expected(job: FakeJob, generation: str) -> dict[str, object]:
         d["time_limit"] = job.time_limit * 60
     if job.name is not None:
         d["job_name"] = job.name
-    for key, value in (("reservation_name", job.resv), ("wc_key", job.wckey),
-                       ("tres_req", job.tres), ("account", job.account)):
+    for key, value in (
+        ("reservation_name", job.resv),
+        ("wc_key", job.wckey),
+        ("tres_req", job.tres),
+        ("account", job.account),
+    ):
         if modern and value:
             d[key] = value
     return d
 
 
-@settings(max_examples=int(os.environ.get("JOBCOMPD_HYPOTHESIS_EXAMPLES", "400")), deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@settings(
+    max_examples=int(os.environ.get("JOBCOMPD_HYPOTHESIS_EXAMPLES", "400")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 @given(jobs())
 def test_round_trip_every_generation(case: tuple[FakeJob, str, ZoneInfo]) -> None:
     job, generation, zone = case

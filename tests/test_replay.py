@@ -44,7 +44,11 @@ def test_replay_50k_lines_arrive_exactly_once(broker: Broker, tmp_path: Path) ->
     got = consume_all(broker.bootstrap, "mycluster", expected=len(expected), timeout=60)
     arrival = check_arrival(got, expected)
     print(f"{broker.kind}: {len(got)} messages, duplicates {arrival.duplicates}")
-    assert arrival.exactly_once, (len(arrival.missing), arrival.duplicates, arrival.wrong_payload[:3])
+    assert arrival.exactly_once, (
+        len(arrival.missing),
+        arrival.duplicates,
+        arrival.wrong_payload[:3],
+    )
 
     # Replaying the same file — and a gzip copy of it — sends nothing again.
     again = env.run("replay", "--json", str(log))
@@ -92,8 +96,12 @@ def test_broker_outage_in_the_middle(mock_cluster: MockCluster, tmp_path: Path) 
     # jobcompd handed every record to librdkafka exactly once: it re-sent nothing itself.
     assert summary["produced"] == 50_000 and summary["delivered"] == 50_000
     expected = expected_messages(lines)
-    arrival = check_arrival(consume_all(mock_cluster.bootstrap, "mycluster",
-                                        expected=len(expected) + 5_000, timeout=60), expected)
+    arrival = check_arrival(
+        consume_all(
+            mock_cluster.bootstrap, "mycluster", expected=len(expected) + 5_000, timeout=60
+        ),
+        expected,
+    )
     assert not arrival.missing and not arrival.unexpected and not arrival.wrong_payload
     # librdkafka retries the requests that were in flight when the brokers went away. Kafka
     # de-duplicates them by the idempotent producer's sequence numbers; librdkafka's mock cluster
@@ -105,12 +113,16 @@ def test_broker_outage_in_the_middle(mock_cluster: MockCluster, tmp_path: Path) 
 
 
 @pytest.mark.parametrize("requeue", [False, True], ids=["discard-would-be", "requeue"])
-def test_message_timeouts_lose_nothing(mock_cluster: MockCluster, tmp_path: Path,
-                                       requeue: bool) -> None:
+def test_message_timeouts_lose_nothing(
+    mock_cluster: MockCluster, tmp_path: Path, requeue: bool
+) -> None:
     mock_cluster.create_topic("mycluster", partitions=4)
-    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap,
-                      params="requeue_on_msg_timeout" if requeue else "",
-                      properties={"message.timeout.ms": "1500", "request.timeout.ms": "1000"})
+    env = JobcompdEnv(
+        tmp_path,
+        mock_cluster.bootstrap,
+        params="requeue_on_msg_timeout" if requeue else "",
+        properties={"message.timeout.ms": "1500", "request.timeout.ms": "1000"},
+    )
     lines = mixed_lines(2_000, seed=13)
     log = tmp_path / "jobcomp.log"
     log.write_bytes(b"".join(lines))
@@ -118,6 +130,7 @@ def test_message_timeouts_lose_nothing(mock_cluster: MockCluster, tmp_path: Path
         mock_cluster.set_rtt(broker_id, 4000)  # every produce request outlives message.timeout.ms
 
     if requeue:
+
         def heal() -> None:
             time.sleep(6)
             for broker_id in mock_cluster.broker_ids:
@@ -146,21 +159,25 @@ def test_message_timeouts_lose_nothing(mock_cluster: MockCluster, tmp_path: Path
         assert again.returncode == 0, again.stderr[-3000:]
         assert env.count("deadletter") == 0 and env.count("spool") == 0
     expected = expected_messages(lines)
-    arrival = check_arrival(consume_all(mock_cluster.bootstrap, "mycluster",
-                                        expected=len(expected), timeout=60), expected)
+    arrival = check_arrival(
+        consume_all(mock_cluster.bootstrap, "mycluster", expected=len(expected), timeout=60),
+        expected,
+    )
     # A timed-out message may still have been written by the broker: sent again, it is a
     # duplicate with the same record id. Nothing may be missing.
     print(f"timeouts (requeue={requeue}): duplicates {arrival.duplicates}")
     assert not arrival.missing and not arrival.unexpected and not arrival.wrong_payload
 
 
-def test_oversized_message_is_dead_lettered_with_reason(mock_cluster: MockCluster,
-                                                        tmp_path: Path) -> None:
+def test_oversized_message_is_dead_lettered_with_reason(
+    mock_cluster: MockCluster, tmp_path: Path
+) -> None:
     mock_cluster.create_topic("mycluster", partitions=2)
     env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, properties={"message.max.bytes": "20000"})
     lines = mixed_lines(50, seed=14)
-    huge = render(FakeJob(job_id=999_999, name="n" * 30_000), "23.02", __import__(
-        "zoneinfo").ZoneInfo("UTC"))
+    huge = render(
+        FakeJob(job_id=999_999, name="n" * 30_000), "23.02", __import__("zoneinfo").ZoneInfo("UTC")
+    )
     log = tmp_path / "jobcomp.log"
     log.write_bytes(b"".join(lines[:25] + [huge] + lines[25:]))
     done = env.run("replay", "--json", str(log))
@@ -169,13 +186,16 @@ def test_oversized_message_is_dead_lettered_with_reason(mock_cluster: MockCluste
     assert [d["jobid"] for d in letters] == [999_999]
     assert "MSG_SIZE_TOO_LARGE" in letters[0]["reason"]
     expected = expected_messages(lines)
-    arrival = check_arrival(consume_all(mock_cluster.bootstrap, "mycluster",
-                                        expected=len(expected), timeout=30), expected)
+    arrival = check_arrival(
+        consume_all(mock_cluster.bootstrap, "mycluster", expected=len(expected), timeout=30),
+        expected,
+    )
     assert arrival.exactly_once
 
 
-def test_broker_refusal_in_delivery_report_is_dead_lettered(mock_cluster: MockCluster,
-                                                            tmp_path: Path) -> None:
+def test_broker_refusal_in_delivery_report_is_dead_lettered(
+    mock_cluster: MockCluster, tmp_path: Path
+) -> None:
     mock_cluster.create_topic("mycluster", partitions=1)
     env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, properties={"linger.ms": "0"})
     lines = mixed_lines(20, seed=15)
@@ -193,8 +213,9 @@ def test_broker_refusal_in_delivery_report_is_dead_lettered(mock_cluster: MockCl
     assert len(env.dead_letters()) == len(letters) - 1
 
 
-def test_kill_9_at_random_points_then_rerun_loses_nothing(mock_cluster: MockCluster,
-                                                          tmp_path: Path) -> None:
+def test_kill_9_at_random_points_then_rerun_loses_nothing(
+    mock_cluster: MockCluster, tmp_path: Path
+) -> None:
     trials = 20
     rng = random.Random(20261124)
     lines = mixed_lines(8_000, seed=16)
@@ -208,8 +229,12 @@ def test_kill_9_at_random_points_then_rerun_loses_nothing(mock_cluster: MockClus
     for trial in range(trials):
         topic = f"kill{trial}"
         mock_cluster.create_topic(topic, partitions=4)
-        env = JobcompdEnv(tmp_path / topic, mock_cluster.bootstrap, topic=topic,
-                          properties={"batch.num.messages": "100"})  # so kills land inside it
+        env = JobcompdEnv(
+            tmp_path / topic,
+            mock_cluster.bootstrap,
+            topic=topic,
+            properties={"batch.num.messages": "100"},
+        )  # so kills land inside it
         proc = env.popen("replay", "--json", str(log))
         time.sleep(rng.uniform(0.05, 2.5))
         at_kill = env.count("delivered"), env.count("spool")
@@ -218,21 +243,25 @@ def test_kill_9_at_random_points_then_rerun_loses_nothing(mock_cluster: MockClus
         mid_run += proc.returncode == -signal.SIGKILL and at_kill[0] < len(lines)
         done = env.run("replay", "--json", str(log))
         assert done.returncode == 0, done.stderr[-3000:]
-        arrival = check_arrival(consume_all(mock_cluster.bootstrap, topic,
-                                            expected=len(expected), timeout=60), expected)
+        arrival = check_arrival(
+            consume_all(mock_cluster.bootstrap, topic, expected=len(expected), timeout=60), expected
+        )
         assert not arrival.missing and not arrival.unexpected and not arrival.wrong_payload, trial
         total_dups += arrival.duplicates
-        print(f"trial {trial}: killed with {at_kill[0]} delivered, {at_kill[1]} spooled; "
-              f"duplicates after re-run {arrival.duplicates}")
-    print(f"kill -9 x{trials} ({mid_run} in the middle of a run): nothing lost, "
-          f"{total_dups} duplicates in total, each detectable by its record id")
+        print(
+            f"trial {trial}: killed with {at_kill[0]} delivered, {at_kill[1]} spooled; "
+            f"duplicates after re-run {arrival.duplicates}"
+        )
+    print(
+        f"kill -9 x{trials} ({mid_run} in the middle of a run): nothing lost, "
+        f"{total_dups} duplicates in total, each detectable by its record id"
+    )
     assert mid_run >= trials // 2, "too few kills landed in the middle of a replay"
 
 
 def test_check_config_connect(mock_cluster: MockCluster, tmp_path: Path) -> None:
     mock_cluster.create_topic("mycluster", partitions=3)
-    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap,
-                      properties={"sasl.password": "hunter2"})
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, properties={"sasl.password": "hunter2"})
     shown = env.run("check-config")
     assert shown.returncode == 0, shown.stderr
     assert "hunter2" not in shown.stdout and "***" in shown.stdout
@@ -244,8 +273,9 @@ def test_check_config_connect(mock_cluster: MockCluster, tmp_path: Path) -> None
     assert bad.returncode == 1 and "FAIL" in bad.stdout
 
 
-def test_replay_refuses_bad_config_and_second_writer(mock_cluster: MockCluster,
-                                                     tmp_path: Path) -> None:
+def test_replay_refuses_bad_config_and_second_writer(
+    mock_cluster: MockCluster, tmp_path: Path
+) -> None:
     env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="flush_timeout=abc")
     log = tmp_path / "x.log"
     log.write_bytes(b"".join(mixed_lines(10)))

@@ -579,7 +579,7 @@ def test_reader_and_producer_threads_share_one_state(state: State) -> None:
         try:
             for start in range(0, total, 100):
                 state.commit_batch(records(start, start + 100), position=at(start + 100))
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     def producer() -> None:
@@ -591,7 +591,7 @@ def test_reader_and_producer_threads_share_one_state(state: State) -> None:
                 if batch:
                     seen = batch[-1].seq
                     delivered += state.mark_delivered([Delivery(r.rid, 0, r.seq) for r in batch])
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=reader), threading.Thread(target=producer)]

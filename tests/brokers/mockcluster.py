@@ -651,7 +651,7 @@ def _serve(argv: Sequence[str] | None = None) -> int:
 
     try:
         server = _Server(lib, args.brokers)
-    except Exception as exc:  # noqa: BLE001 - report any startup failure to the parent
+    except Exception as exc:
         reply({"ok": False, "error": f"startup failed: {exc}", "code": None})
         return 1
     try:

@@ -197,7 +197,7 @@ class TansuBroker(Broker):
                     # Own process group: a terminal Ctrl-C goes to pytest, which stops us.
                     process_group=0,
                     # Only a prctl() call runs between fork and exec.
-                    preexec_fn=_die_with_parent if _libc is not None else None,  # noqa: PLW1509
+                    preexec_fn=_die_with_parent if _libc is not None else None,
                 )
             except OSError as exc:
                 raise TansuError(f"cannot run tansu binary {binary!r}: {exc}") from exc
