@@ -63,7 +63,7 @@ DEFAULT_CONFIG_PATH = "/etc/jobcompd/jobcompd.toml"
 CONFIG_ENV_VAR = "JOBCOMPD_CONFIG"
 DEFAULT_RDKAFKA_CONF = "/etc/jobcompd/rdkafka.conf"
 DEFAULT_SOURCE_PATH = "/var/log/slurm_jobcomp.log"  # also Slurm's default JobCompLoc for filetxt
-DEFAULT_STATE_DIR = "/var/spool/jobcompd"
+DEFAULT_STATE_DIR = "/var/lib/jobcompd"
 LOCAL_ZONE = "localtime"
 REDACTED = "***"
 

@@ -97,7 +97,7 @@ def test_example_config_loads_with_the_example_properties_file(tmp_path: Path) -
         *DEFAULTS,
     ]
     assert settings.state == config.StateSettings(
-        dir=Path("/var/spool/jobcompd"), synchronous="full", max_spool_records=1_000_000
+        dir=Path("/var/lib/jobcompd"), synchronous="full", max_spool_records=1_000_000
     )
     assert settings.log == config.LogSettings(
         level="info", format="kv", target="stderr", facility="daemon", debug_jobcomp=False
@@ -619,7 +619,7 @@ def test_slurm_conf_with_another_jobcomp_type_is_not_a_source(tmp_path: Path) ->
     path = write(tmp_path, 'slurm_conf = "slurm.conf"\n' + minimal(params=""))
     settings = load(path)
     assert settings.source.path == Path("/var/log/slurm_jobcomp.log")
-    assert settings.state.dir == Path("/var/spool/jobcompd")
+    assert settings.state.dir == Path("/var/lib/jobcompd")
     assert settings.kafka.topic == "c1"
     assert settings.warnings == (
         (
