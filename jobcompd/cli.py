@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 from jobcompd import __version__
 from jobcompd.config import ConfigError, Settings, load_settings, redacted
 from jobcompd.encode import Encoder, TimeZoneError, resolve_zone
-from jobcompd.lock import StateDirBusy, StateDirLock
+from jobcompd.lock import StateDirLock, StateDirUnusable
 from jobcompd.record import DEFAULT_MAX_LINE_BYTES, ParseError, parse_line
 from jobcompd.state import State, StateError
 
@@ -175,7 +175,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         log.warning(warning)
     try:
         lock = StateDirLock(settings.state.dir).acquire()
-    except (StateDirBusy, OSError) as exc:
+    except StateDirUnusable as exc:
         print(f"jobcompd replay: {exc}", file=sys.stderr)
         return EXIT_USAGE
     state = _open_state(settings)
@@ -265,6 +265,85 @@ def _cmd_deadletter(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from jobcompd import logs
+
+    settings = _settings(args)
+    if settings is None:
+        return EXIT_USAGE
+    if args.daemon:
+        if not args.pidfile:
+            print("jobcompd run: --daemon needs --pidfile PATH", file=sys.stderr)
+            return EXIT_USAGE
+        context = _daemon_context(args.pidfile)
+        if context is None:
+            return EXIT_USAGE
+        with context:
+            return _run_daemon(settings)
+    logs.configure(settings.log)
+    return _run_daemon(settings)
+
+
+def _daemon_context(pidfile: str) -> Any:
+    """python-daemon's context: detach, close std streams, chdir /, a locked pid file."""
+    from pathlib import Path
+
+    import daemon
+    import daemon.pidfile
+
+    from jobcompd.daemon import default_pidfile_check
+
+    path = Path(pidfile).absolute()
+    alive = default_pidfile_check(path)
+    if alive is not None:
+        print(f"jobcompd run: already running as pid {alive} ({path})", file=sys.stderr)
+        return None
+    if path.exists():
+        path.unlink()  # stale: its process is gone
+    return daemon.DaemonContext(
+        working_directory="/",
+        umask=0o077,
+        pidfile=daemon.pidfile.TimeoutPIDLockFile(str(path), acquire_timeout=0),
+        detach_process=True,
+    )
+
+
+def _run_daemon(settings: Settings) -> int:
+    import sdnotify
+    import structlog
+
+    from jobcompd import logs
+    from jobcompd.daemon import Daemon
+    from jobcompd.lock import StateDirUnusable
+
+    logs.configure(settings.log)
+    log = structlog.get_logger("jobcompd")
+    daemon_ = Daemon(settings, notifier=sdnotify.SystemdNotifier())
+    daemon_.install_signal_handlers()
+    try:
+        return daemon_.run()
+    except StateDirUnusable as exc:
+        log.error("cannot start", error=str(exc))
+        return EXIT_USAGE
+    except StateError as exc:
+        log.error("cannot start: the state cannot be opened", error=str(exc))
+        return EXIT_USAGE
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from jobcompd.status import collect, render
+
+    settings = _settings(args)
+    if settings is None:
+        return EXIT_USAGE  # critical: no usable configuration
+    report = collect(settings)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2, default=str))
+    else:
+        print(render(report))
+    return report.exit_code
+
+
 def _config_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-c",
@@ -315,6 +394,29 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"longest accepted line (default {DEFAULT_MAX_LINE_BYTES})",
     )
     p.set_defaults(func=_cmd_parse)
+
+    p = sub.add_parser(
+        "run",
+        help="run the daemon: tail the log and ship every finished job to Kafka",
+        description="Run in the foreground (right under systemd: Type=notify, SIGHUP reloads, "
+        "SIGTERM stops after flushing up to flush_timeout). With --daemon, detach "
+        "(for init systems without systemd).",
+    )
+    _config_arg(p)
+    p.add_argument("--daemon", action="store_true", help="detach from the terminal")
+    p.add_argument("--pidfile", metavar="PATH", help="pid file (locked; a stale one is replaced)")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser(
+        "status",
+        help="read-only view of the state; exit 0/1/2 = ok/warning/critical (monitoring check)",
+        description="Spool depth, oldest undelivered age, dead letters, quarantined lines, read "
+        "position against the file (lag), last delivery, whether a daemon runs. "
+        "Exit 0 ok, 1 warning, 2 critical, 3 unknown (thresholds in [status]).",
+    )
+    _config_arg(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser(
         "check-config",

@@ -33,21 +33,24 @@ class Ingestor:
         first_line_no: int,
         first_offset: int,
         position: ReadPosition | None,
+        offsets: Sequence[int] | None = None,
     ) -> BatchResult:
         """Turn ``lines`` (each with its newline, if it had one) into one committed batch.
 
         ``source`` names the file for operators (``path``); line numbers and byte offsets of
-        quarantined lines are counted from ``first_line_no`` and ``first_offset``.
+        quarantined lines are counted from ``first_line_no`` and ``first_offset``, unless the
+        reader gives each line's exact ``offsets`` (an over-long line is cut short when read).
         """
         encoder = self._encoder
         records: list[NewRecord] = []
         quarantined: list[QuarantinedLine] = []
         offset = first_offset
-        for line_no, line in enumerate(lines, first_line_no):
+        for index, line in enumerate(lines):
             record = parse_line(line, max_bytes=self._max)
             if isinstance(record, ParseError):
+                at = offsets[index] if offsets is not None else offset
                 quarantined.append(
-                    QuarantinedLine(source, line_no, offset, bytes(line), record.reason)
+                    QuarantinedLine(source, first_line_no + index, at, bytes(line), record.reason)
                 )
             else:
                 records.append(

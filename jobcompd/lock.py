@@ -6,10 +6,14 @@ import fcntl
 import os
 from pathlib import Path
 
-__all__ = ["StateDirBusy", "StateDirLock"]
+__all__ = ["StateDirBusy", "StateDirLock", "StateDirUnusable"]
 
 
-class StateDirBusy(RuntimeError):
+class StateDirUnusable(RuntimeError):
+    """The state directory cannot be locked (missing permissions, read-only file system, …)."""
+
+
+class StateDirBusy(StateDirUnusable):
     """Another jobcompd process holds the state directory."""
 
 
@@ -21,8 +25,14 @@ class StateDirLock:
         self._fd: int | None = None
 
     def acquire(self) -> StateDirLock:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StateDirUnusable(
+                f"cannot use the state directory {self.path.parent}: {exc.strerror} "
+                "(it must be writable by jobcompd: check the mount, permissions and state.dir)"
+            ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -266,59 +266,66 @@ class Sender:
             self._log.warning("kafka client error", error=_reason(error))
 
     def _settle(self) -> int:
-        reports, self._reports = self._reports, []
+        """Write the served delivery reports to the state, then forget them.
+
+        If the state cannot be written (disk full, read-only), nothing is forgotten: the reports
+        stay queued and are settled again at the next pump, so no record is stranded.
+        """
+        reports = self._reports
         if not reports:
             return 0
         delivered: list[Delivery] = []
         dead: dict[str, str] = {}
         requeue: list[SpooledRecord] = []
         attempts: dict[str, str | None] = {}
+        dead_jobs: dict[str, int] = {}
         requeue_timeouts = self._kafka.params.requeue_on_msg_timeout
         for report in reports:
-            record = self._in_flight.pop(report.rid, None)
+            record = self._in_flight.get(report.rid)
             error = report.error
             if error is None:
                 delivered.append(Delivery(report.rid, report.partition, report.offset))
-                if self._debug and record is not None:
-                    self._log.info(
-                        "job delivered",
-                        jobid=record.jobid,
-                        rid=report.rid,
-                        partition=report.partition,
-                        offset=report.offset,
-                    )
                 continue
             code = error.code()
             if code in _PURGED or record is None:
                 continue  # stays in the spool
-            reason = _reason(error)
             if code == KafkaError._MSG_TIMED_OUT and requeue_timeouts:
                 requeue.append(record)
-                attempts[record.rid] = reason
-                self._log.warning("message timed out, producing again", jobid=record.jobid, rid=record.rid)
+                attempts[record.rid] = _reason(error)
             elif error.fatal():
                 self._rebuild = True
             else:
-                dead[record.rid] = reason
-                self._log.error(
-                    "delivery failed, dead-lettered",
-                    jobid=record.jobid,
-                    rid=record.rid,
-                    reason=reason,
-                )
+                dead[record.rid] = _reason(error)
+                dead_jobs[record.rid] = record.jobid
+        # Durable first (each call is idempotent, so a retry after a partial failure is safe).
         if delivered:
             self._state.mark_delivered(delivered)
-            self.counters.delivered += len(delivered)
-            self.counters.last_delivery_at = time.time()
         if dead:
             self._state.dead_letter_many(dead)
-            self.counters.dead_lettered += len(dead)
         if attempts:
             self._state.record_attempts(attempts)
+        self._reports = []
+        for report in reports:
+            record = self._in_flight.pop(report.rid, None)
+            if self._debug and report.error is None and record is not None:
+                self._log.info(
+                    "job delivered",
+                    jobid=record.jobid,
+                    rid=report.rid,
+                    partition=report.partition,
+                    offset=report.offset,
+                )
+        if delivered:
+            self.counters.delivered += len(delivered)
+            self.counters.last_delivery_at = time.time()
         for record in requeue:
             self.counters.requeued += 1
+            self._log.warning("message timed out, producing again", jobid=record.jobid, rid=record.rid)
             if not self._produce(record):
                 self._backlog.append(record)
+        for rid, reason in dead.items():
+            self.counters.dead_lettered += 1
+            self._log.error("delivery failed, dead-lettered", jobid=dead_jobs[rid], rid=rid, reason=reason)
         return len(reports)
 
     def _rebuild_after_fatal(self) -> None:

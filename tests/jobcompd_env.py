@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +105,73 @@ class JobcompdEnv:
         return list(json.loads(done.stdout))
 
 
+class DaemonProcess:
+    """``jobcompd run`` as a real subprocess: logs to a file, signals, kill -9, restart."""
+
+    def __init__(self, env: JobcompdEnv, *extra: str) -> None:
+        self.env = env
+        self.extra = extra
+        self.log = env.root / "daemon.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._mark = 0
+
+    def start(self, *, wait_ready: bool = True, timeout: float = 30) -> DaemonProcess:
+        self._mark = self.log.stat().st_size if self.log.exists() else 0
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [JOBCOMPD, "run", "-c", str(self.env.config), *self.extra], stdout=out, stderr=out
+            )
+        if wait_ready:
+            self.wait_log("jobcompd started", timeout=timeout)
+        return self
+
+    def output(self) -> str:
+        """What the daemon logged since its last start."""
+        if not self.log.exists():
+            return ""
+        with open(self.log, "rb") as fh:
+            fh.seek(self._mark)
+            return fh.read().decode(errors="replace")
+
+    def wait_log(self, text: str, *, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.output():
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited ({self.proc.returncode}):\n{self.output()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {text!r} in the daemon log:\n{self.output()[-3000:]}")
+            time.sleep(0.05)
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM and wait; returns the exit status."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"daemon ignored SIGTERM:\n{self.output()[-3000:]}") from None
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
+    def __enter__(self) -> DaemonProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
 def expected_messages(lines: list[bytes], cluster: str | None = None) -> dict[str, bytes]:
     """Record id → the plugin JSON each line must arrive as (times in UTC)."""
     encoder = Encoder(ZoneInfo("UTC"), cluster)
@@ -127,11 +196,7 @@ class Arrival:
     @property
     def exactly_once(self) -> bool:
         return not (
-            self.missing
-            or self.unexpected
-            or self.duplicates
-            or self.wrong_payload
-            or self.bad_header
+            self.missing or self.unexpected or self.duplicates or self.wrong_payload or self.bad_header
         )
 
 

@@ -1,0 +1,423 @@
+"""``jobcompd run``: the long-running daemon — tail the log, spool durably, send, reload, notify.
+
+Threads:
+
+* the **main thread** reads: it asks the tailer for the next batch of complete lines and commits
+  it (records, quarantined lines and the read position in one transaction); it also serves
+  signals (SIGTERM/SIGINT stop, SIGHUP reload), systemd notifications and the watchdog;
+* the **sender thread** runs the producer worker: it produces from the spool and settles
+  delivery reports, and is woken as soon as a batch is committed.
+
+Above ``state.max_spool_records`` undelivered records the reader pauses (the log file is the
+buffer) and says so in the log and the status.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from jobcompd import logs
+from jobcompd.config import ConfigError, KafkaSettings, Settings, load_settings
+from jobcompd.encode import Encoder
+from jobcompd.ingest import Ingestor
+from jobcompd.lock import StateDirLock
+from jobcompd.producer import Sender
+from jobcompd.state import ReadPosition, State, StateError
+from jobcompd.tailer import LineBatch, StoredPosition, Tailer
+
+__all__ = ["Daemon"]
+
+_STATE_RETRY_S = 1.0  # after a failed commit (disk full, read-only), wait before trying again
+_BACKPRESSURE_CHECK_S = 0.5
+
+
+@dataclass(slots=True)
+class _Health:
+    backpressure: bool = False
+    state_error: str | None = None
+    last_batch_at: float | None = None
+
+
+class SenderThread(threading.Thread):
+    """Runs :class:`Sender` on its own thread; other threads talk to it through :meth:`call`."""
+
+    def __init__(self, sender: Sender, log: Any) -> None:
+        super().__init__(name="jobcompd-sender", daemon=True)
+        self.sender = sender
+        self._log = log
+        self._wake = threading.Event()
+        self._halt = threading.Event()  # not _stop: that would shadow Thread._stop()
+        self._calls: queue.Queue[tuple[Callable[[], Any], queue.Queue[Any]]] = queue.Queue()
+        self.error: BaseException | None = None
+        self.left_in_spool = 0
+
+    def wake(self) -> None:
+        """New records are in the spool."""
+        self._wake.set()
+
+    def call(self, fn: Callable[[], Any], timeout: float | None = None) -> Any:
+        """Run ``fn`` on the sender thread (the producer is not thread-safe) and return its result."""
+        reply: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self._calls.put((fn, reply))
+        self._wake.set()
+        ok, value = reply.get(timeout=timeout)
+        if not ok:
+            raise value
+        return value
+
+    def stop(self) -> None:
+        self._halt.set()
+        self._wake.set()
+
+    def run(self) -> None:
+        sender = self.sender
+        poll_interval = max(0.05, float(sender.kafka.params.poll_interval))
+        try:
+            sender.start()
+            while not self._halt.is_set():
+                self._serve_calls()
+                if self._wake.is_set():
+                    self._wake.clear()
+                    sender.wake()
+                if sender.idle():
+                    # Nothing in flight: sleep until a batch is committed (or a poll_interval
+                    # passes, to pick up records that reach the spool another way).
+                    self._wake.wait(poll_interval)
+                    sender.pump(0)
+                else:
+                    try:
+                        sender.pump(0.05)
+                    except StateError as exc:
+                        self._log.error("state error while settling deliveries", error=str(exc))
+                        time.sleep(_STATE_RETRY_S)
+            self._serve_calls()
+        except BaseException as exc:  # pragma: no cover - surfaced by the main loop
+            self.error = exc
+            self._log.exception("sender thread failed")
+        finally:
+            try:
+                self.left_in_spool = sender.close()
+            except Exception as exc:  # pragma: no cover
+                self._log.error("closing the producer failed", error=str(exc))
+
+    def _serve_calls(self) -> None:
+        while True:
+            try:
+                fn, reply = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                reply.put((True, fn()))
+            except Exception as exc:
+                reply.put((False, exc))
+
+
+class Daemon:
+    """Wires settings, state, tailer, ingestor and sender together and runs until stopped."""
+
+    def __init__(self, settings: Settings, *, notifier: Any = None) -> None:
+        self.settings = settings
+        self._log = structlog.get_logger("jobcompd.daemon")
+        self._notifier = notifier
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._health = _Health()
+        self._state: State | None = None
+        self._tailer: Tailer | None = None
+        self._sender: SenderThread | None = None
+
+    # -- signals -----------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        signal.signal(signal.SIGINT, lambda *_: self.stop())
+        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+
+    def stop(self) -> None:
+        """Ask the daemon to stop gracefully (thread- and signal-safe)."""
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    # -- run ---------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until stopped; return the process exit status."""
+        settings = self.settings
+        lock = StateDirLock(settings.state.dir).acquire()
+        try:
+            self._state = State.open(settings.state.dir, synchronous=settings.state.synchronous)
+            try:
+                return self._run()
+            finally:
+                self._state.close()
+        finally:
+            lock.release()
+
+    def _run(self) -> int:
+        settings = self.settings
+        state = self._state
+        assert state is not None
+        encoder = Encoder(settings.source.tz, settings.cluster)  # type: ignore[arg-type]
+        ingestor = Ingestor(state, encoder, max_line_bytes=settings.source.max_line_bytes)
+        sender = Sender(
+            state,
+            settings.kafka,
+            debug_jobcomp=settings.log.debug_jobcomp,
+            logger=structlog.get_logger("jobcompd.producer"),
+        )
+        self._sender = SenderThread(sender, self._log)
+        self._sender.start()
+        self._tailer = Tailer(
+            settings.source.path,
+            lookup=self._lookup,
+            known=self._known,
+            start_at=settings.source.start_at,
+            poll=settings.source.poll,
+            max_line_bytes=settings.source.max_line_bytes,
+            logger=structlog.get_logger("jobcompd.tailer"),
+        )
+        self._tailer.start()
+        depth = state.spool_depth()
+        self._log.info(
+            "jobcompd started",
+            source=str(settings.source.path),
+            topic=settings.kafka.topic,
+            state_dir=str(settings.state.dir),
+            spooled=depth,
+            pid=os.getpid(),
+        )
+        for warning in settings.warnings:
+            self._log.warning(warning)
+        self._notify("READY=1", self._status_line(depth))
+        try:
+            self._loop(ingestor)
+        finally:
+            self._notify("STOPPING=1")
+            self._log.info("stopping")
+            self._tailer.stop()
+            self._sender.stop()
+            self._sender.join(timeout=max(5.0, settings.kafka.params.flush_timeout / 1000 + 5))
+            self._log.info("stopped", left_in_spool=self._sender.left_in_spool)
+        if self._sender.error is not None:
+            return 1
+        return 0
+
+    def _loop(self, ingestor: Ingestor) -> None:
+        state = self._state
+        tailer = self._tailer
+        sender = self._sender
+        assert state is not None and tailer is not None and sender is not None
+        watchdog_s = _watchdog_interval()
+        next_ping = next_status = next_depth = 0.0
+        depth = state.spool_depth()
+        retry_batch: LineBatch | None = None
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if self._reload.is_set():
+                self._reload.clear()
+                self._apply_reload()
+            if watchdog_s and now >= next_ping:
+                self._notify("WATCHDOG=1")
+                next_ping = now + watchdog_s
+            if now >= next_depth:
+                depth = state.spool_depth()
+                next_depth = now + _BACKPRESSURE_CHECK_S
+                self._set_backpressure(depth >= self.settings.state.max_spool_records, depth)
+            if now >= next_status:
+                self._notify(self._status_line(depth))
+                next_status = now + 2.0
+            if sender.error is not None:
+                self._log.error("the sender stopped; exiting so the service manager restarts us")
+                self._stop.set()
+                break
+            if self._health.backpressure:
+                self._stop.wait(0.2)
+                continue
+            batch = retry_batch or tailer.read(timeout=0.2)
+            retry_batch = None
+            if batch is None:
+                continue
+            if self._commit(ingestor, batch):
+                depth += len(batch.lines)
+                sender.wake()
+            else:
+                retry_batch = batch
+                self._stop.wait(_STATE_RETRY_S)
+
+    def _commit(self, ingestor: Ingestor, batch: LineBatch) -> bool:
+        identity = batch.identity
+        position = ReadPosition(
+            source=identity.key,
+            path=batch.path,
+            fingerprint=identity.fingerprint,
+            offset=batch.end_offset,
+            line_no=batch.end_line_no,
+            inode=identity.inode,
+            dev=identity.dev,
+            size=batch.end_offset,
+        )
+        try:
+            result = ingestor.commit(
+                batch.lines,
+                source=batch.path,
+                first_line_no=batch.first_line_no,
+                first_offset=batch.offsets[0] if batch.offsets else 0,
+                position=position,
+                offsets=batch.offsets,
+            )
+        except StateError as exc:
+            if self._health.state_error != str(exc):
+                self._log.error("cannot write the state; reading paused until it can", error=str(exc))
+            self._health.state_error = str(exc)
+            self._notify(f"STATUS=state error: {exc.reason}")
+            return False
+        if self._health.state_error is not None:
+            self._log.info("state writable again; reading resumed")
+            self._health.state_error = None
+        self._health.last_batch_at = time.time()
+        if result.quarantined:
+            self._log.warning(
+                "malformed lines quarantined",
+                count=result.quarantined,
+                path=batch.path,
+                first_line=batch.first_line_no,
+            )
+        return True
+
+    def _set_backpressure(self, on: bool, depth: int) -> None:
+        if on and not self._health.backpressure:
+            self._log.warning(
+                "spool full: reading paused, the log file is the buffer",
+                spooled=depth,
+                limit=self.settings.state.max_spool_records,
+            )
+        elif not on and self._health.backpressure:
+            self._log.info("spool below its limit: reading resumed", spooled=depth)
+        self._health.backpressure = on
+
+    # -- reload ------------------------------------------------------------------------------
+
+    def _apply_reload(self) -> None:
+        old = self.settings
+        try:
+            new = load_settings(old.config_path)
+        except (ConfigError, OSError) as exc:
+            problems = getattr(exc, "problems", None) or [exc]
+            for problem in problems:
+                self._log.error("reload refused, keeping the running configuration", problem=str(problem))
+            return
+        self._notify("RELOADING=1")
+        if new.source != old.source:
+            self._log.warning("source.* changed: takes effect at the next restart")
+            new = _replace(new, source=old.source)
+        if (new.state.dir, new.state.synchronous) != (old.state.dir, old.state.synchronous):
+            self._log.warning("state.dir/state.synchronous changed: take effect at the next restart")
+            new = _replace(
+                new, state=_replace(new.state, dir=old.state.dir, synchronous=old.state.synchronous)
+            )
+        logs.configure(new.log)
+        self._log = structlog.get_logger("jobcompd.daemon")
+        kafka: KafkaSettings = new.kafka
+        assert self._sender is not None
+        try:
+            self._sender.call(lambda: self._sender.sender.reconfigure(kafka), timeout=120)  # type: ignore[union-attr]
+        except Exception as exc:
+            self._log.error("reload: applying Kafka settings failed", error=str(exc))
+            return
+        self.settings = new
+        for warning in new.warnings:
+            self._log.warning(warning)
+        self._log.info(
+            "configuration reloaded", topic=kafka.topic, params=str(kafka.params), log_level=new.log.level
+        )
+        self._notify("READY=1")
+
+    # -- positions for the tailer ------------------------------------------------------------
+
+    def _lookup(self, fingerprint: str) -> StoredPosition | None:
+        assert self._state is not None
+        p = self._state.position(f"file:{fingerprint}")
+        if p is None:
+            return None
+        return StoredPosition(
+            offset=p.offset, line_no=p.line_no, path=p.path, updated_at=getattr(p, "updated_at", None) or 0.0
+        )
+
+    def _known(self) -> list[tuple[str, StoredPosition]]:
+        assert self._state is not None
+        out = []
+        for p in self._state.positions():
+            if p.source.startswith("file:"):
+                out.append(
+                    (
+                        p.fingerprint,
+                        StoredPosition(
+                            offset=p.offset,
+                            line_no=p.line_no,
+                            path=p.path,
+                            updated_at=getattr(p, "updated_at", None) or 0.0,
+                        ),
+                    )
+                )
+        return out
+
+    # -- systemd -----------------------------------------------------------------------------
+
+    def _status_line(self, depth: int) -> str:
+        sender = self._sender.sender if self._sender else None
+        parts = [f"spool {depth}"]
+        if sender is not None and sender.counters.last_delivery_at:
+            parts.append(f"delivered {sender.counters.delivered}")
+        if self._health.backpressure:
+            parts.append("PAUSED (spool full)")
+        if self._health.state_error:
+            parts.append("STATE ERROR")
+        return "STATUS=" + ", ".join(parts)
+
+    def _notify(self, *lines: str) -> None:
+        if self._notifier is not None:
+            self._notifier.notify("\n".join(lines))
+
+
+def _watchdog_interval() -> float:
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return 0.0
+    try:
+        return int(usec) / 1e6 / 2
+    except ValueError:
+        return 0.0
+
+
+def _replace(obj: Any, **changes: Any) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)
+
+
+def default_pidfile_check(path: Path) -> int | None:
+    """The pid in ``path`` if that process is alive, else ``None`` (a stale or absent pid file)."""
+    try:
+        pid = int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid

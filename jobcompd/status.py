@@ -1,0 +1,160 @@
+"""``jobcompd status``: a read-only view of the state, usable as a monitoring check.
+
+Exit status follows the monitoring-plugin convention: 0 ok, 1 warning, 2 critical. Thresholds come
+from the ``[status]`` section of the configuration. Nothing is written: the database is opened
+read-only and the log file is only read.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from jobcompd.config import Settings
+from jobcompd.identity import fingerprint
+from jobcompd.lock import StateDirLock
+from jobcompd.state import DB_NAME, State, StateError
+
+__all__ = ["StatusReport", "collect", "render"]
+
+OK, WARNING, CRITICAL = 0, 1, 2
+_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL"}
+_LAG_SCAN_LIMIT = 256 * 1024 * 1024  # count unread lines in at most this many bytes
+
+
+@dataclass(slots=True)
+class StatusReport:
+    """Everything ``status`` found, and the verdict."""
+
+    state_dir: str
+    source: str
+    daemon_pid: int | None = None
+    spool_depth: int = 0
+    oldest_pending_age_s: float | None = None
+    dead_letters: int = 0
+    quarantined: int = 0
+    delivered_total: int = 0
+    last_delivered_at: float | None = None
+    last_delivered_jobid: int | None = None
+    file_size: int | None = None
+    read_offset: int | None = None
+    lag_bytes: int | None = None
+    lag_lines: int | None = None
+    problems: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return max((level for level, _ in self.problems), default=OK)
+
+    def flag(self, level: int, text: str) -> None:
+        self.problems.append((level, text))
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["problems"] = [{"level": _NAMES[lvl], "problem": text} for lvl, text in self.problems]
+        d["status"] = _NAMES[self.exit_code]
+        return d
+
+
+def collect(settings: Settings) -> StatusReport:
+    """Look at the state and the log without changing either."""
+    report = StatusReport(state_dir=str(settings.state.dir), source=str(settings.source.path))
+    th = settings.status
+    report.daemon_pid = StateDirLock(settings.state.dir).holder()
+    if report.daemon_pid is None:
+        report.flag(CRITICAL, "no jobcompd is running on this state directory")
+    if not (settings.state.dir / DB_NAME).exists():
+        report.flag(WARNING, "no state yet: jobcompd has never run with this state.dir")
+        return report
+    try:
+        with State.open(settings.state.dir, readonly=True, verify=False) as state:
+            stats = state.stats()
+            positions = state.positions()
+    except StateError as exc:
+        report.flag(CRITICAL, f"state unreadable: {exc}")
+        return report
+    now = time.time()
+    report.spool_depth = int(stats.get("spool_depth") or 0)
+    oldest = stats.get("oldest_pending_at")
+    report.oldest_pending_age_s = round(now - float(oldest), 1) if oldest else None  # type: ignore[arg-type]
+    report.dead_letters = int(stats.get("deadletter_count") or 0)
+    report.quarantined = int(stats.get("quarantine_count") or 0)
+    report.delivered_total = int(stats.get("delivered_total") or 0)
+    report.last_delivered_at = stats.get("last_delivered_at")  # type: ignore[assignment]
+    report.last_delivered_jobid = stats.get("last_delivered_jobid")  # type: ignore[assignment]
+    _file_lag(report, settings, {p.fingerprint: p for p in positions if p.source.startswith("file:")})
+
+    for value, warn, crit, what in (
+        (report.spool_depth, th.warn_spool, th.crit_spool, "undelivered records in the spool"),
+        (report.lag_lines or 0, th.warn_spool, th.crit_spool, "log lines not read yet"),
+    ):
+        if value >= crit:
+            report.flag(CRITICAL, f"{value} {what} (critical at {crit})")
+        elif value >= warn:
+            report.flag(WARNING, f"{value} {what} (warning at {warn})")
+    age = report.oldest_pending_age_s
+    if age is not None:
+        if age >= th.crit_age_s:
+            report.flag(CRITICAL, f"oldest undelivered record waits since {age:.0f} s")
+        elif age >= th.warn_age_s:
+            report.flag(WARNING, f"oldest undelivered record waits since {age:.0f} s")
+    if report.dead_letters:
+        report.flag(WARNING, f"{report.dead_letters} dead letter(s): jobcompd deadletter list")
+    if report.quarantined:
+        report.flag(WARNING, f"{report.quarantined} quarantined line(s) (malformed input)")
+    return report
+
+
+def _file_lag(report: StatusReport, settings: Settings, by_fp: dict[str, Any]) -> None:
+    path = settings.source.path
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            first = fh.readline()
+            report.file_size = size
+            if not first.endswith(b"\n"):
+                return  # no complete line yet: nothing to read
+            known = by_fp.get(fingerprint(first))
+            offset = known.offset if known is not None else 0
+            report.read_offset = offset
+            report.lag_bytes = max(0, size - offset)
+            if size - offset > _LAG_SCAN_LIMIT:
+                return
+            fh.seek(offset)
+            report.lag_lines = fh.read(size - offset).count(b"\n")
+    except FileNotFoundError:
+        report.flag(WARNING, f"log file {path} does not exist (yet)")
+    except OSError as exc:
+        report.flag(CRITICAL, f"cannot read the log file {path}: {exc.strerror}")
+
+
+def _when(epoch: float | None) -> str:
+    if not epoch:
+        return "never"
+    ago = time.time() - epoch
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(epoch))} ({ago:.0f} s ago)"
+
+
+def render(r: StatusReport) -> str:
+    """The human-readable report."""
+    lag = "unknown"
+    if r.lag_bytes is not None:
+        lines = f", {r.lag_lines} line(s)" if r.lag_lines is not None else ""
+        lag = f"{r.lag_bytes} byte(s){lines} (read {r.read_offset} of {r.file_size})"
+    oldest = f"{r.oldest_pending_age_s:.0f} s" if r.oldest_pending_age_s is not None else "-"
+    rows = [
+        f"jobcompd {_NAMES[r.exit_code]}",
+        f"daemon:          {'running, pid ' + str(r.daemon_pid) if r.daemon_pid else 'not running'}",
+        f"source:          {r.source}",
+        f"lag:             {lag}",
+        f"spool:           {r.spool_depth} undelivered, oldest waiting {oldest}",
+        f"dead letters:    {r.dead_letters}",
+        f"quarantined:     {r.quarantined}",
+        f"delivered:       {r.delivered_total} in total, last {_when(r.last_delivered_at)}"
+        + (f", job {r.last_delivered_jobid}" if r.last_delivered_jobid is not None else ""),
+        f"state dir:       {r.state_dir}",
+    ]
+    rows += [f"{_NAMES[level]}: {text}" for level, text in r.problems]
+    return "\n".join(rows)

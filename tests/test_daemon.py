@@ -1,0 +1,378 @@
+"""``jobcompd run`` end to end: the daemon as a real subprocess, a real broker, real files rotated.
+
+Every test asserts on what arrived in Kafka, record by record (record id → the plugin's JSON).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import random
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.brokers.mockcluster import MockCluster
+from tests.brokers.readback import consume_all
+from tests.jobcompd_env import JOBCOMPD, DaemonProcess, JobcompdEnv, check_arrival, expected_messages
+from tests.slurmctld import SlurmctldWriter, mixed_lines
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def kafka(mock_cluster: MockCluster) -> MockCluster:
+    mock_cluster.create_topic("mycluster", partitions=8)
+    return mock_cluster
+
+
+@pytest.fixture
+def env(kafka: MockCluster, tmp_path: Path) -> JobcompdEnv:
+    return JobcompdEnv(tmp_path, kafka.bootstrap, params="poll_interval=1")
+
+
+@pytest.fixture
+def daemon(env: JobcompdEnv) -> Iterator[DaemonProcess]:
+    with DaemonProcess(env) as proc:
+        yield proc
+
+
+def assert_all_arrived(
+    kafka: MockCluster,
+    env: JobcompdEnv,
+    lines: list[bytes],
+    *,
+    topic: str = "mycluster",
+    allow_duplicates: bool = False,
+    timeout: float = 60,
+) -> int:
+    """Wait until the daemon delivered every line, then check the topic record by record."""
+    expected = expected_messages(lines)
+    wait_for(lambda: env.count("delivered") >= len(expected), timeout, f"{len(expected)} deliveries")
+    arrival = check_arrival(consume_all(kafka.bootstrap, topic, expected=len(expected), timeout=30), expected)
+    assert not arrival.missing, f"{len(arrival.missing)} missing"
+    assert not arrival.unexpected and not arrival.wrong_payload and not arrival.bad_header
+    if not allow_duplicates:
+        assert arrival.duplicates == 0
+    return arrival.duplicates
+
+
+def test_live_appends_single_bursts_and_partial_line(
+    kafka: MockCluster, env: JobcompdEnv, daemon: DaemonProcess
+) -> None:
+    daemon.start()
+    lines = mixed_lines(3_000, seed=21)
+    assert env.log_path is not None
+    with SlurmctldWriter(env.log_path) as w:
+        for line in lines[:20]:  # single lines
+            w.write(line)
+            time.sleep(0.01)
+        w.write(b"".join(lines[20:2_990]))  # a burst
+        partial = lines[2_990]
+        w.write(partial[:50])  # a partial line: must wait for its newline
+        time.sleep(0.5)
+        assert env.count("spool") + env.count("delivered") == 2_990
+        w.write(partial[50:])
+        for line in lines[2_991:]:
+            w.write(line)
+    assert_all_arrived(kafka, env, lines)
+    assert daemon.stop() == 0
+    assert "stopped" in daemon.output()
+
+
+def test_logrotate_create_mode_with_late_writes_to_old_file(
+    kafka: MockCluster, env: JobcompdEnv, daemon: DaemonProcess
+) -> None:
+    daemon.start()
+    lines = mixed_lines(900, seed=22)
+    log = env.log_path
+    assert log is not None
+    with SlurmctldWriter(log) as w:
+        w.write(b"".join(lines[:300]))
+        time.sleep(0.3)
+        os.rename(log, f"{log}.1")  # logrotate create: rename, new file at the path
+        log.touch(mode=0o644)
+        w.write(b"".join(lines[300:400]))  # slurmctld still writes to the old fd …
+        time.sleep(0.3)
+        w.reopen()  # … until `scontrol reconfigure` (postrotate)
+        w.write(b"".join(lines[400:900]))
+    assert_all_arrived(kafka, env, lines)
+    # delaycompress then compresses .1 at the next rotation: nothing is read twice.
+    with open(f"{log}.1", "rb") as src, gzip.open(f"{log}.2.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    os.unlink(f"{log}.1")
+    time.sleep(1)
+    assert_all_arrived(kafka, env, lines)
+
+
+def test_copytruncate(kafka: MockCluster, env: JobcompdEnv, daemon: DaemonProcess) -> None:
+    daemon.start()
+    lines = mixed_lines(600, seed=23)
+    log = env.log_path
+    assert log is not None
+    with SlurmctldWriter(log) as w:
+        w.write(b"".join(lines[:300]))
+        wait_for(lambda: env.count("spool") + env.count("delivered") >= 300, 30, "first 300")
+        shutil.copyfile(log, f"{log}.1")  # copytruncate: copy, then truncate in place
+        os.truncate(log, 0)
+        w.write(b"".join(lines[300:]))  # O_APPEND: lands at the new end
+    assert_all_arrived(kafka, env, lines)
+    assert "truncat" in daemon.output().lower()
+
+
+def test_rotation_while_stopped(kafka: MockCluster, env: JobcompdEnv, daemon: DaemonProcess) -> None:
+    lines = mixed_lines(1_000, seed=24)
+    log = env.log_path
+    assert log is not None
+    daemon.start()
+    with SlurmctldWriter(log) as w:
+        w.write(b"".join(lines[:200]))
+        wait_for(lambda: env.count("delivered") >= 200, 30, "first 200")
+        assert daemon.stop() == 0
+        w.write(b"".join(lines[200:500]))  # written while jobcompd is stopped …
+        os.rename(log, f"{log}.1")  # … then rotated …
+        w.reopen()
+        w.write(b"".join(lines[500:800]))  # … and more in the new file
+        os.rename(f"{log}.1", f"{log}.2")  # rotated again, and compressed
+        with open(f"{log}.2", "rb") as src, gzip.open(f"{log}.2.gz", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        os.unlink(f"{log}.2")
+        os.rename(log, f"{log}.1")
+        w.reopen()
+        w.write(b"".join(lines[800:]))
+    daemon.start()
+    assert_all_arrived(kafka, env, lines)
+
+
+def test_kill_9_while_appending(kafka: MockCluster, env: JobcompdEnv) -> None:
+    trials = 20
+    rng = random.Random(424242)
+    lines = mixed_lines(12_000, seed=25)
+    log = env.log_path
+    assert log is not None
+    stop = threading.Event()
+
+    def append() -> None:
+        with SlurmctldWriter(log) as w:
+            for i in range(0, len(lines), 20):
+                if stop.is_set():
+                    return
+                w.write(b"".join(lines[i : i + 20]))
+                time.sleep(0.004)
+
+    writer = threading.Thread(target=append)
+    with DaemonProcess(env) as proc:
+        writer.start()
+        try:
+            for trial in range(trials):
+                proc.start(wait_ready=False)
+                time.sleep(rng.uniform(0.2, 1.2))
+                at = env.count("delivered")
+                proc.kill9()
+                print(f"trial {trial}: kill -9 with {at} delivered")
+        finally:
+            writer.join()
+        proc.start()
+        dups = assert_all_arrived(kafka, env, lines, allow_duplicates=True, timeout=120)
+        assert proc.stop() == 0
+    print(
+        f"kill -9 x{trials} while appending: nothing lost, {dups} duplicate(s) (each carries its record id)"
+    )
+
+
+def test_sighup_topic_properties_and_broken_config(
+    kafka: MockCluster, env: JobcompdEnv, daemon: DaemonProcess
+) -> None:
+    kafka.create_topic("second", partitions=4)
+    daemon.start()
+    lines = mixed_lines(900, seed=26)
+    log = env.log_path
+    assert log is not None
+    with SlurmctldWriter(log) as w:
+        w.write(b"".join(lines[:300]))
+        assert_all_arrived(kafka, env, lines[:300])
+
+        env.topic = "second"  # params (topic) apply at once
+        env.write_config()
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_log("configuration reloaded")
+        w.write(b"".join(lines[300:500]))
+        assert_all_arrived(kafka, env, lines[300:500], topic="second")
+
+        env.properties = {"linger.ms": "50", "batch.num.messages": "500"}  # producer rebuilt
+        env.write_config()
+        daemon.signal(signal.SIGHUP)
+        w.write(b"".join(lines[500:700]))
+        daemon.wait_log("rebuilding producer")
+        wait_for(lambda: env.count("delivered") >= 700, 60, "700 deliveries")
+
+        good = env.config.read_text()
+        env.config.write_text(good.replace("[kafka]", "[kafka]\nbogus_key = 1"))
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_log("reload refused")
+        w.write(b"".join(lines[700:]))  # the old configuration keeps running
+        wait_for(lambda: env.count("delivered") >= 900, 60, "900 deliveries")
+    assert "bogus_key" in daemon.output()
+    assert daemon.proc is not None and daemon.proc.poll() is None
+    first = check_arrival(
+        consume_all(kafka.bootstrap, "mycluster", expected=300, timeout=10), expected_messages(lines[:300])
+    )
+    second = check_arrival(
+        consume_all(kafka.bootstrap, "second", expected=600, timeout=30), expected_messages(lines[300:])
+    )
+    assert first.exactly_once and second.exactly_once
+    assert daemon.stop() == 0
+
+
+def test_broker_down_30s_while_tailing(kafka: MockCluster, env: JobcompdEnv, daemon: DaemonProcess) -> None:
+    daemon.start()
+    lines = mixed_lines(2_000, seed=27)
+    log = env.log_path
+    assert log is not None
+    with SlurmctldWriter(log) as w:
+        w.write(b"".join(lines[:500]))
+        wait_for(lambda: env.count("delivered") >= 500, 30, "first 500")
+        for broker_id in kafka.broker_ids:
+            kafka.broker_down(broker_id)
+        for i in range(500, 1_500, 50):  # jobs keep finishing during the outage
+            w.write(b"".join(lines[i : i + 50]))
+            time.sleep(1.0)
+        time.sleep(10)
+        assert env.count("delivered") < 1_500  # nothing could be delivered …
+        assert env.count("spool") > 0  # … so it is held durably
+        for broker_id in kafka.broker_ids:
+            kafka.broker_up(broker_id)
+        w.write(b"".join(lines[1_500:]))
+    dups = assert_all_arrived(kafka, env, lines, allow_duplicates=True, timeout=120)
+    # Duplicates here can only be librdkafka protocol retries of requests in flight when the
+    # brokers went away (Kafka de-duplicates those; the mock cluster does not).
+    print(f"broker down 30 s: nothing lost, {dups} duplicate(s) from in-flight retries")
+
+
+def _alive(pid: int) -> bool:
+    """Running (a detached daemon that exited may linger as a zombie of an init that never reaps)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _mount_tmpfs(path: Path, size: str) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"cannot mount a small tmpfs for the disk-full test: {done.stderr}")
+
+
+def test_disk_full_and_read_only_state(kafka: MockCluster, tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.fail("this test mounts a small filesystem and needs root (CI runs as root)")
+    env = JobcompdEnv(tmp_path, kafka.bootstrap, params="poll_interval=1")
+    _mount_tmpfs(env.state_dir, "16m")
+    try:
+        lines = mixed_lines(3_000, seed=28)
+        log = env.log_path
+        assert log is not None
+        with DaemonProcess(env) as daemon:
+            daemon.start()
+            with SlurmctldWriter(log) as w:
+                w.write(b"".join(lines[:200]))
+                wait_for(lambda: env.count("delivered") >= 200, 30, "first 200")
+                for broker_id in kafka.broker_ids:  # records pile up in the spool …
+                    kafka.broker_down(broker_id)
+                filler = env.state_dir / "filler"
+                subprocess.run(
+                    ["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True
+                )  # … on a disk that is now full
+                w.write(b"".join(lines[200:3_000]))
+                daemon.wait_log("cannot write the state", timeout=30)
+                filler.unlink()
+                for broker_id in kafka.broker_ids:
+                    kafka.broker_up(broker_id)
+                daemon.wait_log("state writable again", timeout=60)
+                assert_all_arrived(kafka, env, lines, allow_duplicates=True, timeout=120)
+
+            assert daemon.stop() == 0
+            # A read-only state at start: refused with a clear error; the log keeps the lines.
+            subprocess.run(["mount", "-o", "remount,ro", str(env.state_dir)], check=True)
+            more = mixed_lines(3_100, seed=28)[3_000:]
+            with SlurmctldWriter(log) as w:
+                w.write(b"".join(more))
+            refused = env.run("run", timeout=60)
+            assert refused.returncode == 2, refused.stderr[-2000:]
+            assert "read-only" in (refused.stdout + refused.stderr).lower()
+            subprocess.run(["mount", "-o", "remount,rw", str(env.state_dir)], check=True)
+            daemon.start()
+            assert_all_arrived(kafka, env, lines + more, allow_duplicates=True, timeout=120)
+            assert daemon.stop() == 0
+    finally:
+        subprocess.run(["umount", "-l", str(env.state_dir)], capture_output=True)
+
+
+def test_status_exit_codes(kafka: MockCluster, env: JobcompdEnv, daemon: DaemonProcess) -> None:
+    not_yet = env.run("status")
+    assert not_yet.returncode == 2 and "not running" in not_yet.stdout
+    daemon.start()
+    lines = mixed_lines(100, seed=29) + [b"garbage\n"]
+    assert env.log_path is not None
+    with SlurmctldWriter(env.log_path) as w:
+        w.write(b"".join(lines))
+    assert_all_arrived(kafka, env, lines[:-1])
+    wait_for(lambda: env.count("quarantine") == 1, 10, "the quarantined line")
+    shown = env.run("status", "--json")
+    import json
+
+    doc = json.loads(shown.stdout)
+    assert doc["daemon_pid"] == daemon.proc.pid  # type: ignore[union-attr]
+    assert doc["spool_depth"] == 0 and doc["lag_bytes"] == 0 and doc["lag_lines"] == 0
+    assert doc["quarantined"] == 1 and doc["delivered_total"] == 100
+    assert shown.returncode == 1 and doc["status"] == "WARNING"  # the quarantined line
+    assert daemon.stop() == 0
+
+
+def test_daemon_mode_with_pidfile(kafka: MockCluster, env: JobcompdEnv, tmp_path: Path) -> None:
+    pidfile = tmp_path / "jobcompd.pid"
+    pidfile.write_text("999999\n")  # stale: no such process
+    started = subprocess.run(
+        [JOBCOMPD, "run", "-c", str(env.config), "--daemon", "--pidfile", str(pidfile)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert started.returncode == 0, started.stderr
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip() != "999999", 10, "pid file")
+    pid = int(pidfile.read_text())
+    try:
+        again = subprocess.run(
+            [JOBCOMPD, "run", "-c", str(env.config), "--daemon", "--pidfile", str(pidfile)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert again.returncode == 2 and "already running" in again.stderr
+        lines = mixed_lines(50, seed=30)
+        assert env.log_path is not None
+        with SlurmctldWriter(env.log_path) as w:
+            w.write(b"".join(lines))
+        assert_all_arrived(kafka, env, lines)
+        assert os.readlink(f"/proc/{pid}/cwd") == "/"
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not _alive(pid), 30, "the daemon to exit")
+    assert not pidfile.exists()
