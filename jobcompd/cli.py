@@ -104,9 +104,7 @@ def _settings(args: argparse.Namespace) -> Settings | None:
 
 def _open_state(settings: Settings, *, readonly: bool = False) -> State | None:
     try:
-        return State.open(
-            settings.state.dir, synchronous=settings.state.synchronous, readonly=readonly
-        )
+        return State.open(settings.state.dir, synchronous=settings.state.synchronous, readonly=readonly)
     except StateError as exc:
         print(f"jobcompd: {exc}", file=sys.stderr)
         return None
@@ -373,9 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Exit 0 when every line parsed, 1 when some were quarantined, 2 on usage or I/O errors."
         ),
     )
-    p.add_argument(
-        "files", nargs="*", metavar="FILE", help="log files (.gz allowed); - or none: stdin"
-    )
+    p.add_argument("files", nargs="*", metavar="FILE", help="log files (.gz allowed); - or none: stdin")
     p.add_argument(
         "--tz",
         default=None,

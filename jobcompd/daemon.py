@@ -252,6 +252,8 @@ class Daemon:
             if self._commit(ingestor, batch):
                 depth += len(batch.lines)
                 sender.wake()
+                if depth >= self.settings.state.max_spool_records:
+                    self._set_backpressure(True, depth)
             else:
                 retry_batch = batch
                 self._stop.wait(_STATE_RETRY_S)

@@ -73,9 +73,10 @@ def main() -> int:
             _say(f"reading topic {TOPIC!r} back from Kafka")
             messages = consume_all(kafka.bootstrap, TOPIC, expected=expected, timeout=30)
             for msg in messages:
-                record = json.loads(msg.value())
-                print(f"  key {msg.key().decode()}  job {record['jobid']}:")
-                print("   ", msg.value().decode())
+                value, key = msg.value() or b"", msg.key() or b""
+                record = json.loads(value)
+                print(f"  key {key.decode()}  job {record['jobid']}:")
+                print("   ", value.decode())
             print(f"\n  {len(messages)} message(s) for {expected} job line(s)")
             _say("jobcompd status")
             status = subprocess.run([exe, "status", "-c", str(config)], capture_output=True, text=True)

@@ -33,7 +33,11 @@ class _SyslogIdent(logging.Formatter):
 
 def _handler(settings: LogSettings) -> logging.Handler:
     if settings.target == "syslog":
-        address = "/dev/log" if os.path.exists("/dev/log") else ("localhost", 514)
+        # JOBCOMPD_SYSLOG_SOCKET: another local syslog socket (a chroot, a container, the tests).
+        socket_path = os.environ.get("JOBCOMPD_SYSLOG_SOCKET", "/dev/log")
+        address: str | tuple[str, int] = socket_path
+        if not os.path.exists(socket_path):
+            address = ("localhost", 514)
         facility = logging.handlers.SysLogHandler.facility_names.get(
             settings.facility, logging.handlers.SysLogHandler.LOG_DAEMON
         )
@@ -78,6 +82,22 @@ def configure(settings: LogSettings | None = None) -> None:
     )
 
 
+class _ToStructlog(logging.Handler):
+    """Hands librdkafka's log records (via confluent-kafka's ``logger``) to our structlog chain."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            structlog.get_logger("jobcompd.kafka").log(
+                record.levelno, "librdkafka", message=record.getMessage()
+            )
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+
 def librdkafka_logger() -> logging.Logger:
-    """A stdlib logger for confluent-kafka's ``logger`` setting, rendered like ours."""
-    return logging.getLogger("jobcompd.librdkafka")
+    """The stdlib logger for confluent-kafka's ``logger`` setting, rendered like ours."""
+    logger = logging.getLogger("jobcompd.librdkafka")
+    if not any(isinstance(h, _ToStructlog) for h in logger.handlers):
+        logger.addHandler(_ToStructlog())
+        logger.propagate = False  # its records reach the output once, through structlog
+    return logger

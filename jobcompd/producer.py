@@ -35,6 +35,7 @@ import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from jobcompd.config import KafkaSettings
+from jobcompd.logs import librdkafka_logger
 from jobcompd.state import Delivery, SpooledRecord, State
 
 __all__ = ["DeliveryReport", "Sender", "SenderCounters"]
@@ -119,6 +120,7 @@ class Sender:
             conf: dict[str, Any] = dict(self._kafka.producer_config())
             conf["on_delivery"] = self._on_delivery
             conf["error_cb"] = self._on_error
+            conf.setdefault("logger", librdkafka_logger())
             self._producer = self._factory(conf)
 
     def reconfigure(self, kafka: KafkaSettings) -> None:

@@ -52,21 +52,16 @@ class ReplaySummary:
 
     @property
     def complete(self) -> bool:
-        return not (
-            self.quarantined or self.dead_lettered or self.left_in_spool or self.interrupted
-        )
+        return not (self.quarantined or self.dead_lettered or self.left_in_spool or self.interrupted)
 
     def lines_text(self) -> list[str]:
         return [
             f"files:          {self.files}",
             f"lines read:     {self.lines}"
-            + (
-                f" (+{self.skipped_bytes} bytes skipped, read before)" if self.skipped_bytes else ""
-            ),
+            + (f" (+{self.skipped_bytes} bytes skipped, read before)" if self.skipped_bytes else ""),
             f"records:        {self.records} new, {self.already_known} already known (not resent)",
             f"delivered:      {self.delivered}",
-            f"quarantined:    {self.quarantined}"
-            + (" (see: jobcompd status)" if self.quarantined else ""),
+            f"quarantined:    {self.quarantined}" + (" (see: jobcompd status)" if self.quarantined else ""),
             f"dead-lettered:  {self.dead_lettered}"
             + (" (see: jobcompd deadletter list)" if self.dead_lettered else ""),
             f"left in spool:  {self.left_in_spool}",
@@ -105,9 +100,7 @@ class _Progress:
             remaining = elapsed * (self._total - done_bytes) / done_bytes
             eta = f" ETA {int(remaining // 60)}:{int(remaining % 60):02d}"
         pct = f"{100 * done_bytes / self._total:5.1f}% " if self._total else ""
-        self._stream.write(
-            f"\r{pct}read {records} delivered {delivered} ({rate:,.0f} rec/s){eta}   "
-        )
+        self._stream.write(f"\r{pct}read {records} delivered {delivered} ({rate:,.0f} rec/s){eta}   ")
         self._stream.flush()
 
     def end(self) -> None:

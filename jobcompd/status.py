@@ -70,7 +70,7 @@ def collect(settings: Settings) -> StatusReport:
         return report
     try:
         with State.open(settings.state.dir, readonly=True, verify=False) as state:
-            stats = state.stats()
+            stats: dict[str, Any] = dict(state.stats())
             positions = state.positions()
     except StateError as exc:
         report.flag(CRITICAL, f"state unreadable: {exc}")

@@ -79,8 +79,13 @@ def test_parse_many_lines(tmp_path: Path, generation_lines: int) -> None:
 
 def test_make_demo_pipeline_runs() -> None:
     """The README's ``make demo``: broker, daemon, appended lines, JSON read back, clean stop."""
-    done = subprocess.run([sys.executable, "-m", "jobcompd.demo"], capture_output=True, text=True,
-                          timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    done = subprocess.run(
+        [sys.executable, "-m", "jobcompd.demo"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "6 message(s) for 6 job line(s)" in done.stdout
     assert '"job_name":"hostile JobState=FAILED name"' in done.stdout

@@ -376,3 +376,83 @@ def test_daemon_mode_with_pidfile(kafka: MockCluster, env: JobcompdEnv, tmp_path
         os.kill(pid, signal.SIGTERM)
     wait_for(lambda: not _alive(pid), 30, "the daemon to exit")
     assert not pidfile.exists()
+
+
+def test_systemd_notify_ready_status_watchdog_reload_stopping(
+    kafka: MockCluster, env: JobcompdEnv, tmp_path: Path
+) -> None:
+    """The sd_notify protocol over a real NOTIFY_SOCKET, as systemd would receive it."""
+    import socket
+
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(0.2)
+    got: list[str] = []
+
+    def collect(until: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(until in m for m in got):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {until!r} from the daemon; got {got}")
+            try:
+                got.append(sock.recv(4096).decode())
+            except TimeoutError:
+                pass
+
+    proc = subprocess.Popen(
+        [JOBCOMPD, "run", "-c", str(env.config)],
+        env={**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        collect("READY=1")
+        ready = next(m for m in got if "READY=1" in m)
+        assert "STATUS=spool 0" in ready
+        collect("WATCHDOG=1")
+        assert env.log_path is not None
+        with SlurmctldWriter(env.log_path) as w:
+            w.write(b"".join(mixed_lines(20, seed=31)))
+        collect("delivered 20")  # STATUS= carries the spool depth and deliveries
+        proc.send_signal(signal.SIGHUP)
+        collect("RELOADING=1")
+        got.clear()
+        collect("READY=1")
+        proc.send_signal(signal.SIGTERM)
+        collect("STOPPING=1")
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sock.close()
+
+
+def test_backpressure_pauses_reading_and_resumes(kafka: MockCluster, tmp_path: Path) -> None:
+    env = JobcompdEnv(tmp_path, kafka.bootstrap, params="poll_interval=1")
+    env.config.write_text(
+        env.config.read_text().replace(
+            'synchronous = "normal"\n', 'synchronous = "normal"\nmax_spool_records = 100\n'
+        )
+    )
+    lines = mixed_lines(1_000, seed=32)
+    assert env.log_path is not None
+    with DaemonProcess(env) as daemon:
+        daemon.start()
+        for broker_id in kafka.broker_ids:
+            kafka.broker_down(broker_id)
+        with SlurmctldWriter(env.log_path) as w:
+            for i in range(0, len(lines), 50):
+                w.write(b"".join(lines[i : i + 50]))
+                time.sleep(0.05)
+        daemon.wait_log("spool full: reading paused")
+        time.sleep(1.5)
+        held = env.count("spool")
+        assert 100 <= held < 1_000  # the rest waits in the log file itself
+        status = env.run("status", "--json")
+        assert '"lag_lines": ' in status.stdout and '"lag_lines": 0' not in status.stdout
+        for broker_id in kafka.broker_ids:
+            kafka.broker_up(broker_id)
+        daemon.wait_log("reading resumed", timeout=60)
+        assert_all_arrived(kafka, env, lines, allow_duplicates=True, timeout=120)
+        assert daemon.stop() == 0

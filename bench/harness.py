@@ -1,0 +1,374 @@
+"""What the end-to-end benchmark needs around the processes it measures.
+
+Process sampling from ``/proc`` (RSS, CPU ticks), read-only views of jobcompd's state database, the
+number of messages a mock-cluster topic holds, a fresh mock cluster per measurement, the Debian
+packages and py-spy the benchmark installs when they are missing, and the machine's description.
+Nothing here knows which figure is being measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import platform
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from confluent_kafka import Consumer, TopicPartition
+
+from tests.brokers.mockcluster import MockCluster
+
+DEBIAN_PACKAGES = ("kcat", "rsyslog", "rsyslog-kafka")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(RuntimeError):
+    """A measurement could not be taken; the message says which step and why."""
+
+
+# -- waiting -------------------------------------------------------------------------------------
+
+
+def wait_until(
+    done: Callable[[], bool],
+    *,
+    timeout: float,
+    what: str,
+    interval: float = 0.1,
+    alive: Callable[[], str | None] | None = None,
+) -> float:
+    """Poll ``done`` until it is true; return ``time.time()`` at that moment.
+
+    ``alive`` returns a reason when a process the wait depends on has died, so a crash is reported
+    at once instead of after ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if done():
+            return time.time()
+        if alive is not None and (reason := alive()) is not None:
+            raise BenchError(f"{what}: {reason}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"{what}: not reached within {timeout:.0f} s")
+        time.sleep(interval)
+
+
+# -- /proc ---------------------------------------------------------------------------------------
+
+
+def rss_kb(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of ``pid`` in kB."""
+    rss = hwm = 0
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+            elif line.startswith("VmHWM:"):
+                hwm = int(line.split()[1])
+    return rss, hwm
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (all its threads), in seconds."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+class RssSampler:
+    """Samples a process's VmRSS every ``interval`` seconds on a thread; keeps the peak."""
+
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak_rss_kb = 0
+        self.hwm_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"rss-{pid}", daemon=True)
+
+    def start(self) -> RssSampler:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def sample(self) -> None:
+        try:
+            rss, hwm = rss_kb(self.pid)
+        except OSError:
+            return
+        self.peak_rss_kb = max(self.peak_rss_kb, rss)
+        self.hwm_kb = max(self.hwm_kb, hwm)
+
+    def stop(self) -> None:
+        self.sample()
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+
+def _set_pdeathsig() -> None:
+    """In a child before exec: die with the benchmark, even if it is killed with -9."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def spawn(argv: Sequence[str], **kw: object) -> subprocess.Popen[bytes]:
+    """Popen a helper process that dies with the benchmark."""
+    return subprocess.Popen(list(argv), preexec_fn=_set_pdeathsig, **kw)  # type: ignore[call-overload]
+
+
+def terminate(proc: subprocess.Popen[bytes] | None, *, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+    """Signal ``proc`` and reap it, killing it if it does not exit within ``timeout``."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# -- jobcompd's state, read-only -----------------------------------------------------------------
+
+
+class StateView:
+    """Read-only queries on a running jobcompd's ``jobcompd.db`` (never blocks the writer)."""
+
+    def __init__(self, db: Path) -> None:
+        self.db = db
+
+    def _query(self, sql: str, args: Sequence[object] = ()) -> list[tuple[object, ...]]:
+        if not self.db.exists():
+            return []
+        con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=10)
+        try:
+            return con.execute(sql, tuple(args)).fetchall()
+        except sqlite3.OperationalError:
+            return []
+        finally:
+            con.close()
+
+    def counter(self, name: str) -> int:
+        """A durable counter from the ``meta`` table (``spooled_total``, ``delivered_total``, …)."""
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (name,))
+        return int(rows[0][0] or 0) if rows else 0  # type: ignore[arg-type]
+
+    def count(self, table: str) -> int:
+        rows = self._query(f"SELECT count(*) FROM {table}")
+        return int(rows[0][0]) if rows else 0  # type: ignore[arg-type]
+
+    def delivered_span(self) -> tuple[float, float]:
+        """(first, last) ``delivered_at`` in the delivered ledger (wall-clock seconds)."""
+        rows = self._query("SELECT min(delivered_at), max(delivered_at) FROM delivered")
+        if not rows or rows[0][0] is None:
+            raise BenchError("the delivered ledger is empty")
+        return float(rows[0][0]), float(rows[0][1])  # type: ignore[arg-type]
+
+    def delivered_at(self) -> dict[str, float]:
+        """Record id → when its delivery report was committed (wall-clock seconds)."""
+        return {str(r): float(t) for r, t in self._query("SELECT rid, delivered_at FROM delivered")}  # type: ignore[arg-type]
+
+
+# -- the broker ----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def mock_cluster(topic: str, partitions: int) -> Iterator[MockCluster]:
+    """A fresh 3-broker mock cluster (its own process) with ``topic`` created, stopped afterwards.
+
+    A fresh cluster per measurement keeps measurements apart (and the mock's memory bounded: it
+    keeps ~5 MB per partition).
+    """
+    cluster = MockCluster(brokers=3).start()
+    try:
+        cluster.create_topic(topic, partitions)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+class TopicSize:
+    """How many messages a topic holds: the sum of its partitions' high watermarks.
+
+    The mock trims old messages but never lowers a high watermark, so on a topic created for one
+    measurement this counts every message the brokers accepted, without reading any back.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+        self._consumer = Consumer(
+            {"bootstrap.servers": bootstrap, "group.id": "jobcompd-bench-size", "enable.auto.commit": False}
+        )
+        self._parts = [TopicPartition(topic, p) for p in range(partitions)]
+
+    def __call__(self) -> int:
+        return sum(self._consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in self._parts)
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def append_bulk(src: Path, dst: Path, chunk: int = 4 << 20) -> None:
+    """Append ``src`` to ``dst`` in large writes cut at line ends (O_APPEND, like slurmctld)."""
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        with open(src, "rb") as fh:
+            rest = b""
+            while block := fh.read(chunk):
+                block = rest + block
+                cut = block.rfind(b"\n") + 1
+                view = memoryview(block)[:cut]
+                while view:
+                    view = view[os.write(fd, view) :]
+                rest = block[cut:]
+            if rest:
+                os.write(fd, rest)
+    finally:
+        os.close(fd)
+
+
+# -- tools ---------------------------------------------------------------------------------------
+
+
+def _rsyslog_module(name: str) -> Path | None:
+    for base in ("/usr/lib/x86_64-linux-gnu/rsyslog", "/usr/lib/aarch64-linux-gnu/rsyslog", "/usr/lib/rsyslog"):
+        if Path(base, name).exists():
+            return Path(base, name)
+    return None
+
+
+def baseline_tools_present() -> bool:
+    return bool(shutil.which("kcat") and shutil.which("rsyslogd") and _rsyslog_module("omkafka.so"))
+
+
+def ensure_debian_packages() -> str | None:
+    """Install kcat, rsyslog and rsyslog-kafka if missing; return why the baselines cannot run, or None.
+
+    ``apt-get update`` runs only when apt does not know the packages yet. The packages' services are
+    kept from starting (a policy-rc.d that refuses, only while installing, if the system has none):
+    the benchmark runs its own rsyslogd, never the system's.
+    """
+    if baseline_tools_present():
+        return None
+    install = "apt-get install -y --no-install-recommends " + " ".join(DEBIAN_PACKAGES)
+    if os.geteuid() != 0:
+        return (
+            f"the kcat and rsyslog baselines need the Debian packages {', '.join(DEBIAN_PACKAGES)}; "
+            f"run `make bench` as root to install them, or install them first: sudo {install}"
+        )
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    known = subprocess.run(
+        ["apt-cache", "show", *DEBIAN_PACKAGES], capture_output=True, env=env
+    ).returncode == 0
+    if not known:
+        print("bench: apt-get update (the package lists do not know kcat/rsyslog-kafka yet)", flush=True)
+        subprocess.run(["apt-get", "update"], check=False, env=env, stdout=subprocess.DEVNULL)
+    policy = Path("/usr/sbin/policy-rc.d")
+    own_policy = not policy.exists()
+    try:
+        if own_policy:
+            policy.write_text("#!/bin/sh\n# written by jobcompd's bench while installing\nexit 101\n")
+            policy.chmod(0o755)
+        print(f"bench: {install}", flush=True)
+        done = subprocess.run(install.split(), env=env, capture_output=True, text=True)
+    finally:
+        if own_policy:
+            policy.unlink(missing_ok=True)
+    if done.returncode != 0 or not baseline_tools_present():
+        return f"`{install}` failed:\n{done.stdout[-1500:]}{done.stderr[-1500:]}"
+    return None
+
+
+def ensure_py_spy() -> str | None:
+    """The py-spy next to this interpreter (pip-installed into the venv if missing), or None."""
+    candidate = Path(sys.executable).parent / "py-spy"
+    if not candidate.exists():
+        print("bench: pip install py-spy (for the profile)", flush=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "py-spy"],
+            check=False,
+        )
+    if candidate.exists():
+        return str(candidate)
+    return shutil.which("py-spy")
+
+
+def _first_line(argv: Sequence[str]) -> str:
+    try:
+        out = subprocess.run(list(argv), capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "not installed"
+    text = (out.stdout or out.stderr).strip().splitlines()
+    return text[0] if text else "?"
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What the figures were measured on."""
+
+    cpus: int
+    cpu_model: str
+    memory_gib: float
+    kernel: str
+    python: str
+    librdkafka: str
+    kcat: str
+    rsyslog: str
+    load_at_start: str
+
+    @classmethod
+    def describe(cls) -> Machine:
+        import confluent_kafka
+
+        model = "?"
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+        mem_kb = 0
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemTotal:"):
+                    mem_kb = int(line.split()[1])
+        kcat = "not installed"
+        if shutil.which("kcat"):
+            version = subprocess.run(["kcat", "-V"], capture_output=True, text=True).stdout
+            found = re.search(r"Version (\S+).*?(librdkafka \S+)", version)
+            kcat = f"{found.group(1)} ({found.group(2)})" if found else "?"
+        rsyslog = "not installed"
+        if shutil.which("rsyslogd"):
+            rsyslog = _first_line(["rsyslogd", "-v"]).replace(" compiled with:", "").replace("  ", " ")
+        return cls(
+            cpus=len(os.sched_getaffinity(0)),
+            cpu_model=model,
+            memory_gib=mem_kb / 1024 / 1024,
+            kernel=platform.release(),
+            python=platform.python_version(),
+            librdkafka=f"{confluent_kafka.libversion()[0]} (confluent-kafka {confluent_kafka.version()})",
+            kcat=kcat,
+            rsyslog=rsyslog,
+            load_at_start="%.2f %.2f %.2f" % os.getloadavg(),
+        )
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of already sorted values, nearest-rank."""
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, int(round(q * len(sorted_values) + 0.5)) - 1))
+    return sorted_values[index]

@@ -1,0 +1,737 @@
+"""End-to-end benchmark of jobcompd against a local Kafka broker: ``make bench``.
+
+Every figure is taken in one run, on this machine, against librdkafka's mock cluster (a
+three-broker Kafka in its own process, on loopback; a fresh one per measurement):
+
+1. throughput: N mixed-generation lines from the first byte to the last delivery report, through
+   ``jobcompd replay`` and through the live daemon (``jobcompd run``, lines appended in bulk), next
+   to two baselines on the same lines and broker: ``kcat -P -l`` and rsyslog imfile → omkafka;
+2. latency: lines appended one at a time at a steady rate, write → delivery report (the state's
+   ``delivered_at``) and write → a consumer receiving the message (matched by record id);
+3. memory: the daemon's peak RSS while a 1M-record backlog builds up (brokers down) and drains;
+4. recovery: restart with 1M records in the spool: time to the first delivery and to an empty spool;
+5. idle: the daemon's CPU over a quiet minute;
+then a py-spy profile of replay and of the daemon on the same workload, reduced to hot spots.
+
+Producers everywhere: ``linger.ms=5``, idempotent (``acks=all``). ``--quick`` runs everything in a
+few minutes with smaller figures. The machine may be shared: the load average is printed, and the
+ratios to the baselines measured in the same run are the figures to compare between runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from bench import baselines, hotspots
+from bench.harness import (
+    BenchError,
+    Machine,
+    RssSampler,
+    StateView,
+    append_bulk,
+    cpu_seconds,
+    ensure_debian_packages,
+    ensure_py_spy,
+    mock_cluster,
+    percentile,
+    spawn,
+    terminate,
+    wait_until,
+)
+from jobcompd.encode import Encoder
+from jobcompd.record import ParseError, parse_line
+from tests.jobcompd_env import JOBCOMPD, DaemonProcess, JobcompdEnv
+from tests.slurmctld import SlurmctldWriter, mixed_lines
+
+GOAL_RATE = 100_000  # records/s, end to end
+GOAL_P99_MS = 50.0  # with linger.ms=5
+GOAL_RSS_MB = 100.0  # at a 1M-record backlog
+GOAL_IDLE_PCT = 1.0  # of one core
+
+TOPIC = "bench"
+WARMUP_LINES = 50
+MEASUREMENTS = ("replay", "daemon", "kcat", "rsyslog", "latency", "memory", "recovery", "idle", "profile")
+
+
+@dataclass
+class Run:
+    """One benchmark run: its options, its workspace, the lines file, and what was measured."""
+
+    args: argparse.Namespace
+    workspace: Path
+    lines_file: Path
+    n: int
+    baselines_unavailable: str | None = None
+    figures: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    profile: list[str] = field(default_factory=list)
+
+    @property
+    def partitions(self) -> int:
+        return int(self.args.partitions)
+
+    def timeout(self, records: int | None = None) -> float:
+        """How long any step on ``records`` may take before the run gives up on it."""
+        return max(180.0, (records or self.n) / 2_000)
+
+    def env(self, name: str, bootstrap: str) -> JobcompdEnv:
+        """A jobcompd configuration of its own under the workspace (state, log, rdkafka.conf).
+
+        linger.ms=5 (JobcompdEnv's default); jobcompd adds enable.idempotence and acks=all itself.
+        The spool limit is raised above the backlog the run builds, so reading never pauses.
+        """
+        return JobcompdEnv(
+            self.workspace / name,
+            bootstrap,
+            topic=TOPIC,
+            params="requeue_on_msg_timeout",
+            extra_toml=f"max_spool_records = {max(2 * self.n, 1_000_000)}\n",
+        )
+
+
+@contextlib.contextmanager
+def running_daemon(env: JobcompdEnv) -> Iterator[DaemonProcess]:
+    """``jobcompd run`` until the block ends: SIGTERM then, or SIGKILL if it does not stop."""
+    daemon = DaemonProcess(env)
+    try:
+        daemon.start(timeout=120)
+        yield daemon
+    finally:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            with contextlib.suppress(AssertionError):
+                daemon.stop(timeout=60)
+
+
+def alive(daemon: DaemonProcess) -> Callable[[], str | None]:
+    def check() -> str | None:
+        if daemon.proc is None or daemon.proc.poll() is None:
+            return None
+        return f"the daemon exited ({daemon.proc.returncode}):\n{daemon.output()[-2000:]}"
+
+    return check
+
+
+def rate(records: int, seconds: float) -> float:
+    return records / seconds if seconds > 0 else float("nan")
+
+
+# -- 1. throughput -------------------------------------------------------------------------------
+
+
+def throughput_replay(run: Run) -> None:
+    """``jobcompd replay`` of the N lines, timed from exec to exit (it exits once all are delivered)."""
+    with mock_cluster(TOPIC, run.partitions) as cluster:
+        env = run.env("replay", cluster.bootstrap)
+        argv = [JOBCOMPD, "replay", "--json", "-q", str(run.lines_file), "-c", str(env.config)]
+        start = time.monotonic()
+        proc = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            out, err = proc.communicate(timeout=run.timeout())
+        finally:
+            terminate(proc)
+        elapsed = time.monotonic() - start
+        summary = json.loads(out.decode().strip().splitlines()[-1]) if out.strip() else {}
+        delivered = StateView(env.db).count("delivered")
+    if delivered != run.n or proc.returncode != 0:
+        raise BenchError(
+            f"replay exited {proc.returncode}, delivered ledger {delivered} of {run.n}; "
+            f"summary {summary}; stderr: {err.decode(errors='replace')[-1500:]}"
+        )
+    r = rate(run.n, elapsed)
+    run.figures["replay"] = {"rate": r, "elapsed": elapsed, "summary": summary}
+    print(
+        f"  jobcompd replay: {run.n:,} records delivered in {elapsed:.2f} s = {r:,.0f} records/s "
+        f"(replay's own summary: {summary.get('elapsed_s')} s, delivered {summary.get('delivered'):,}; "
+        f"delivered ledger {delivered:,})"
+    )
+
+
+def throughput_daemon(run: Run) -> None:
+    """The live daemon: N lines appended in bulk to its log, until the ledger holds all N."""
+    with mock_cluster(TOPIC, run.partitions) as cluster:
+        env = run.env("daemon", cluster.bootstrap)
+        state = StateView(env.db)
+        assert env.log_path is not None
+        with running_daemon(env) as daemon:
+            start = time.time()
+            append_bulk(run.lines_file, env.log_path)
+            written = time.time()
+            read = wait_until(
+                lambda: state.counter("spooled_total") >= run.n,
+                timeout=run.timeout(), what="daemon: read every line", alive=alive(daemon),
+            )
+            wait_until(
+                lambda: state.counter("delivered_total") >= run.n,
+                timeout=run.timeout(), what="daemon: deliver every record", alive=alive(daemon),
+            )
+            _first, last = state.delivered_span()
+            delivered = state.count("delivered")
+    if delivered != run.n:
+        raise BenchError(f"daemon: delivered ledger holds {delivered}, expected {run.n}")
+    elapsed = last - start
+    r = rate(run.n, elapsed)
+    run.figures["daemon"] = {"rate": r, "elapsed": elapsed}
+    print(
+        f"  jobcompd run:    {run.n:,} records delivered in {elapsed:.2f} s = {r:,.0f} records/s "
+        f"(file written in {written - start:.2f} s; every line read and spooled after "
+        f"{read - start:.1f} s, ±0.1 s)"
+    )
+
+
+def baseline_kcat(run: Run) -> None:
+    """kcat -P -l on the same file: one message per line, no parsing."""
+    if run.baselines_unavailable:
+        raise BenchError(f"skipped: {run.baselines_unavailable}")
+    with mock_cluster(TOPIC, run.partitions) as cluster:
+        result = baselines.run_kcat(run.lines_file, cluster, TOPIC, run.partitions, timeout=run.timeout())
+    if result.stored != run.n:
+        raise BenchError(f"kcat: the topic holds {result.stored} messages, expected {run.n}")
+    r = rate(run.n, result.elapsed)
+    run.figures["kcat"] = {"rate": r, "elapsed": result.elapsed}
+    print(f"  kcat -P -l:      {run.n:,} lines delivered in {result.elapsed:.2f} s = {r:,.0f} records/s")
+
+
+def baseline_rsyslog(run: Run) -> None:
+    """rsyslog imfile → omkafka on the same file, its own rsyslogd in the foreground."""
+    if run.baselines_unavailable:
+        raise BenchError(f"skipped: {run.baselines_unavailable}")
+    with mock_cluster(TOPIC, run.partitions) as cluster:
+        result = baselines.run_rsyslog(
+            run.lines_file, run.n, cluster, TOPIC, run.partitions, run.workspace / "rsyslog",
+            timeout=run.timeout(),
+        )
+    if result.stored != run.n:
+        raise BenchError(f"rsyslog: the topic holds {result.stored} messages, expected {run.n}")
+    r = rate(run.n, result.elapsed)
+    run.figures["rsyslog"] = {"rate": r, "elapsed": result.elapsed, "note": result.note}
+    print(
+        f"  rsyslog omkafka: {run.n:,} lines delivered in {result.elapsed:.2f} s = {r:,.0f} records/s"
+        + (f" ({result.note})" if result.note else "")
+    )
+
+
+# -- 2. latency ----------------------------------------------------------------------------------
+
+
+class LatencyConsumer(threading.Thread):
+    """Reads the topic from the start (assigned, no group) and notes when each record id arrives.
+
+    The mock answers an empty fetch only after ``fetch.wait.max.ms`` even when data arrives
+    meanwhile (a real broker answers at once), so that wait is kept at 2 ms; it is part of the
+    write → consumer figure.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+        super().__init__(name="latency-consumer", daemon=True)
+        self.received: dict[str, float] = {}
+        self.error: str | None = None
+        self._halt = threading.Event()
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": "jobcompd-bench-latency",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 2,
+                "fetch.queue.backoff.ms": 0,
+                "enable.partition.eof": False,
+            }
+        )
+        self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+
+    def run(self) -> None:
+        received = self.received
+        try:
+            while not self._halt.is_set():
+                msg = self._consumer.poll(0.05)
+                if msg is None:
+                    continue
+                now = time.time()
+                if msg.error():
+                    self.error = str(msg.error())
+                    continue
+                key = msg.key()
+                if key is not None:
+                    received.setdefault(key.decode(), now)
+        finally:
+            self._consumer.close()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=10)
+
+
+def _summary_ms(values: list[float]) -> dict[str, float]:
+    values = sorted(v * 1000 for v in values)
+    return {
+        "p50": percentile(values, 0.50),
+        "p99": percentile(values, 0.99),
+        "max": values[-1] if values else float("nan"),
+        "n": len(values),
+    }
+
+
+def latency(run: Run) -> None:
+    """One line at a time at ``--latency-rate`` lines/s: write → delivery report and → consumer."""
+    per_s, seconds = run.args.latency_rate, run.args.latency_seconds
+    count = int(per_s * seconds)
+    lines = mixed_lines(WARMUP_LINES + count, seed=20261124)
+    encoder = Encoder(ZoneInfo("UTC"), None)
+    rids = []
+    for line in lines:
+        record = parse_line(line)
+        if isinstance(record, ParseError):
+            raise BenchError(f"a generated line did not parse: {record.reason}")
+        rids.append(encoder.record_id(line, record))
+    partitions = run.args.latency_partitions
+    with mock_cluster(TOPIC, partitions) as cluster:
+        env = run.env("latency", cluster.bootstrap)
+        state = StateView(env.db)
+        consumer = LatencyConsumer(cluster.bootstrap, TOPIC, partitions)
+        consumer.start()
+        try:
+            with running_daemon(env) as daemon:
+                assert env.log_path is not None
+                writer = SlurmctldWriter(env.log_path)
+                try:
+                    for line in lines[:WARMUP_LINES]:  # file creation, first connections
+                        writer.write(line)
+                        time.sleep(0.01)
+                    wait_until(
+                        lambda: len(consumer.received) >= WARMUP_LINES
+                        and state.counter("delivered_total") >= WARMUP_LINES,
+                        timeout=60, what="latency warm-up", alive=alive(daemon),
+                    )
+                    written: list[float] = []
+                    start = time.time() + 0.05
+                    for i, line in enumerate(lines[WARMUP_LINES:]):
+                        delay = start + i / per_s - time.time()
+                        if delay > 0:
+                            time.sleep(delay)
+                        written.append(time.time())
+                        writer.write(line)
+                finally:
+                    writer.close()
+                total = WARMUP_LINES + count
+                wait_until(
+                    lambda: len(consumer.received) >= total and state.counter("delivered_total") >= total,
+                    timeout=120, what="latency: every line delivered and consumed", alive=alive(daemon),
+                )
+                delivered_at = state.delivered_at()
+        finally:
+            consumer.stop()
+    measured = rids[WARMUP_LINES:]
+    dr = [delivered_at[rid] - w for rid, w in zip(measured, written, strict=True) if rid in delivered_at]
+    consumed = [consumer.received[rid] - w for rid, w in zip(measured, written, strict=True) if rid in consumer.received]
+    if len(dr) != count or len(consumed) != count:
+        raise BenchError(f"latency: {len(dr)} delivery reports and {len(consumed)} consumed of {count}")
+    achieved = rate(count - 1, written[-1] - written[0])
+    run.figures["latency"] = {
+        "dr": _summary_ms(dr),
+        "consumer": _summary_ms(consumed),
+        "rate": achieved,
+        "count": count,
+        "seconds": seconds,
+    }
+    for label, key in (("write → delivery report", "dr"), ("write → consumer       ", "consumer")):
+        s = run.figures["latency"][key]
+        print(
+            f"  {label}: p50 {s['p50']:.1f} ms, p99 {s['p99']:.1f} ms, max {s['max']:.1f} ms "
+            f"({s['n']:,} lines at {achieved:,.0f} lines/s)"
+        )
+
+
+# -- 3. memory -----------------------------------------------------------------------------------
+
+
+def memory(run: Run) -> None:
+    """Peak RSS of the daemon while N records pile up (brokers down) and then drain (brokers up)."""
+    with mock_cluster(TOPIC, run.partitions) as cluster:
+        env = run.env("memory", cluster.bootstrap)
+        state = StateView(env.db)
+        assert env.log_path is not None
+        cluster.broker_down(-1)
+        with running_daemon(env) as daemon:
+            assert daemon.proc is not None
+            sampler = RssSampler(daemon.proc.pid).start()
+            try:
+                start = time.time()
+                append_bulk(run.lines_file, env.log_path)
+                backlog = wait_until(
+                    lambda: state.counter("spooled_total") >= run.n,
+                    timeout=run.timeout(), what="memory: spool the backlog", alive=alive(daemon),
+                )
+                peak_backlog = sampler.peak_rss_kb
+                cluster.broker_up(-1)
+                up = time.time()
+                drained = wait_until(
+                    lambda: state.counter("delivered_total") >= run.n,
+                    timeout=run.timeout(), what="memory: drain the backlog", alive=alive(daemon),
+                )
+            finally:
+                sampler.stop()
+            dead = state.count("deadletter")
+    run.figures["memory"] = {
+        "hwm_mb": sampler.hwm_kb / 1024,
+        "peak_backlog_mb": peak_backlog / 1024,
+        "peak_mb": sampler.peak_rss_kb / 1024,
+        "spool_s": backlog - start,
+        "drain_s": drained - up,
+    }
+    print(
+        f"  peak RSS (VmHWM) {sampler.hwm_kb / 1024:.1f} MB; sampled peak while the backlog built "
+        f"{peak_backlog / 1024:.1f} MB, overall {sampler.peak_rss_kb / 1024:.1f} MB "
+        f"(backlog of {run.n:,} spooled in {backlog - start:.1f} s with brokers down; drained in "
+        f"{drained - up:.1f} s after brokers up; dead letters {dead})"
+    )
+
+
+# -- 4. recovery ---------------------------------------------------------------------------------
+
+
+def recovery(run: Run) -> None:
+    """Fill the spool with N records (brokers down), stop; brokers up, start: first delivery, empty spool."""
+    with mock_cluster(TOPIC, run.partitions) as cluster:
+        env = run.env("recovery", cluster.bootstrap)
+        state = StateView(env.db)
+        assert env.log_path is not None
+        cluster.broker_down(-1)
+        with running_daemon(env) as daemon:
+            append_bulk(run.lines_file, env.log_path)
+            wait_until(
+                lambda: state.counter("spooled_total") >= run.n,
+                timeout=run.timeout(), what="recovery: spool the backlog", alive=alive(daemon),
+            )
+            daemon.stop(timeout=60)
+        spooled = state.count("spool")
+        if spooled != run.n:
+            raise BenchError(f"recovery: {spooled} records spooled after the stop, expected {run.n}")
+        cluster.broker_up(-1)
+        start = time.time()
+        with running_daemon(env) as daemon:
+            ready = time.time()
+            assert daemon.proc is not None
+            sampler = RssSampler(daemon.proc.pid).start()
+            try:
+                wait_until(
+                    lambda: state.counter("delivered_total") >= run.n,
+                    timeout=run.timeout(), what="recovery: empty the spool", alive=alive(daemon),
+                )
+            finally:
+                sampler.stop()
+            first, last = state.delivered_span()
+            left = state.count("spool")
+    if left:
+        raise BenchError(f"recovery: {left} records still spooled")
+    run.figures["recovery"] = {
+        "ready_s": ready - start,
+        "first_s": first - start,
+        "empty_s": last - start,
+        "drain_rate": rate(run.n, last - first),
+        "hwm_mb": sampler.hwm_kb / 1024,
+    }
+    print(
+        f"  restart with {run.n:,} spooled: started in {ready - start:.2f} s, first delivery after "
+        f"{first - start:.2f} s, spool empty after {last - start:.1f} s "
+        f"({rate(run.n, last - first):,.0f} records/s; peak RSS {sampler.hwm_kb / 1024:.1f} MB)"
+    )
+
+
+# -- 5. idle -------------------------------------------------------------------------------------
+
+
+def idle(run: Run) -> None:
+    """CPU (utime + stime, all threads) of a connected daemon over ``--idle-seconds`` with no writes."""
+    seconds = run.args.idle_seconds
+    sample = run.workspace / "idle-lines.log"
+    with open(run.lines_file, "rb") as src:
+        sample.write_bytes(b"".join(src.readline() for _ in range(1000)))
+    with mock_cluster(TOPIC, run.partitions) as cluster:
+        env = run.env("idle", cluster.bootstrap)
+        state = StateView(env.db)
+        assert env.log_path is not None
+        with running_daemon(env) as daemon:
+            assert daemon.proc is not None
+            append_bulk(sample, env.log_path)
+            wait_until(
+                lambda: state.counter("delivered_total") >= 1000,
+                timeout=60, what="idle: deliver the first lines", alive=alive(daemon),
+            )
+            time.sleep(3)
+            cpu0, t0 = cpu_seconds(daemon.proc.pid), time.monotonic()
+            time.sleep(seconds)
+            cpu1, t1 = cpu_seconds(daemon.proc.pid), time.monotonic()
+    pct = 100 * (cpu1 - cpu0) / (t1 - t0)
+    run.figures["idle"] = {"pct": pct, "seconds": t1 - t0}
+    print(f"  idle: {cpu1 - cpu0:.2f} s of CPU in {t1 - t0:.0f} s = {pct:.2f}% of one core")
+
+
+# -- profile -------------------------------------------------------------------------------------
+
+
+def profile(run: Run) -> None:
+    """py-spy on replay and on the daemon, each on the first ``--profile-lines`` lines."""
+    py_spy = ensure_py_spy()
+    if py_spy is None:
+        raise BenchError("py-spy is not installed and `pip install py-spy` failed")
+    count = min(run.n, run.args.profile_lines)
+    subset = run.workspace / "profile-lines.log"
+    with open(run.lines_file, "rb") as src, open(subset, "wb") as dst:
+        for _ in range(count):
+            dst.write(src.readline())
+    with mock_cluster(TOPIC, run.partitions) as cluster:
+        env = run.env("profile-replay", cluster.bootstrap)
+        out = run.workspace / "replay.pyspy.txt"
+        start = time.monotonic()
+        hotspots.record_command(
+            py_spy, out, [JOBCOMPD, "replay", "--json", "-q", str(subset), "-c", str(env.config)],
+            timeout=run.timeout(count),
+        )
+        elapsed = time.monotonic() - start
+        delivered = StateView(env.db).count("delivered")
+        if delivered != count:
+            raise BenchError(f"profiled replay delivered {delivered} of {count}")
+    run.profile += hotspots.Profile.load(out).report(
+        f"jobcompd replay of {count:,} lines under py-spy ({rate(count, elapsed):,.0f} records/s)"
+    )
+    with mock_cluster(TOPIC, run.partitions) as cluster:
+        env = run.env("profile-daemon", cluster.bootstrap)
+        state = StateView(env.db)
+        out = run.workspace / "daemon.pyspy.txt"
+        assert env.log_path is not None
+        with running_daemon(env) as daemon:
+            assert daemon.proc is not None
+            spy = hotspots.Attached(py_spy, daemon.proc.pid, out)
+            try:
+                time.sleep(1.0)  # py-spy attaches
+                start = time.monotonic()
+                append_bulk(subset, env.log_path)
+                wait_until(
+                    lambda: state.counter("delivered_total") >= count,
+                    timeout=run.timeout(count), what="profiled daemon: deliver", alive=alive(daemon),
+                )
+                elapsed = time.monotonic() - start
+            finally:
+                spy.stop()
+    run.profile += hotspots.Profile.load(out).report(
+        f"jobcompd run on {count:,} appended lines under py-spy ({rate(count, elapsed):,.0f} records/s)"
+    )
+    for line in run.profile:
+        print("  " + line)
+
+
+# -- the table -----------------------------------------------------------------------------------
+
+
+def _met(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: float) -> str:
+    f = run.figures
+    n = f"{run.n:,}"
+    rows: list[tuple[str, str, str, str, str]] = []
+
+    def failed(name: str) -> str:
+        return "failed: " + run.failures[name].splitlines()[0][:120] if name in run.failures else "not run"
+
+    def ratios(r: float) -> str:
+        parts = []
+        for base in ("kcat", "rsyslog"):
+            if base in f:
+                parts.append(f"{r / f[base]['rate']:.2f}× {base}")
+        return ", ".join(parts) or "—"
+
+    for key, label in (
+        ("replay", f"throughput `jobcompd replay`, {n} lines, exec → exit (last delivery report)"),
+        ("daemon", f"throughput `jobcompd run`, {n} lines appended in bulk, first byte → last delivery report"),
+    ):
+        if key in f:
+            r = f[key]["rate"]
+            rows.append((label, f"{r:,.0f} records/s ({f[key]['elapsed']:.1f} s)", "≥ 100,000 records/s",
+                         _met(r >= GOAL_RATE), ratios(r)))
+        else:
+            rows.append((label, failed(key), "≥ 100,000 records/s", "—", "—"))
+    for key, label in (
+        ("kcat", f"baseline `kcat -P -l`, {n} lines (raw lines, no parsing)"),
+        ("rsyslog", f"baseline rsyslog imfile → omkafka, {n} lines (raw lines)"),
+    ):
+        value = f"{f[key]['rate']:,.0f} records/s ({f[key]['elapsed']:.2f} s)" if key in f else failed(key)
+        rows.append((label, value, "—", "—", "baseline"))
+    lat = f.get("latency")
+    for key, label in (("dr", "write → delivery report"), ("consumer", "write → consumer")):
+        title = (
+            f"latency {label}, {run.args.latency_rate:,} lines/s for {run.args.latency_seconds} s, linger.ms=5"
+        )
+        if lat:
+            s = lat[key]
+            rows.append((title, f"p50 {s['p50']:.1f} ms / p99 {s['p99']:.1f} ms / max {s['max']:.1f} ms",
+                         "p99 ≤ 50 ms", _met(s["p99"] <= GOAL_P99_MS), "—"))
+        else:
+            rows.append((title, failed("latency"), "p99 ≤ 50 ms", "—", "—"))
+    mem = f.get("memory")
+    title = f"peak RSS of the daemon, {n}-record backlog (brokers down, then up)"
+    if mem:
+        rows.append((title, f"{mem['hwm_mb']:.0f} MB (VmHWM; {mem['peak_backlog_mb']:.0f} MB while backlogged)",
+                     "≤ 100 MB", _met(mem["hwm_mb"] <= GOAL_RSS_MB), "—"))
+    else:
+        rows.append((title, failed("memory"), "≤ 100 MB", "—", "—"))
+    rec = f.get("recovery")
+    title = f"recovery: restart with {n} spooled → first delivery / empty spool"
+    if rec:
+        rows.append((title, f"{rec['first_s']:.2f} s / {rec['empty_s']:.1f} s ({rec['drain_rate']:,.0f} records/s, "
+                            f"peak RSS {rec['hwm_mb']:.0f} MB)", "—", "—", "—"))
+    else:
+        rows.append((title, failed("recovery"), "—", "—", "—"))
+    idle_f = f.get("idle")
+    title = f"idle CPU over {run.args.idle_seconds} s, no writes"
+    if idle_f:
+        rows.append((title, f"{idle_f['pct']:.2f}% of one core", "< 1%", _met(idle_f["pct"] < GOAL_IDLE_PCT), "—"))
+    else:
+        rows.append((title, failed("idle"), "< 1%", "—", "—"))
+
+    out = [
+        "| figure | jobcompd | goal | met | jobcompd / baseline |",
+        "|---|---|---|---|---|",
+        *(f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows),
+        "",
+        f"- date: {started.strftime('%Y-%m-%d %H:%M %Z')}; whole run {wall / 60:.1f} min"
+        + (" (--quick)" if run.args.quick else ""),
+        f"- machine: {machine.cpus} CPUs ({machine.cpu_model}), {machine.memory_gib:.1f} GiB memory, "
+        f"Linux {machine.kernel}, Python {machine.python}; load average at start {machine.load_at_start}, "
+        f"at end {'%.2f %.2f %.2f' % os.getloadavg()}",
+        f"- software: jobcompd with librdkafka {machine.librdkafka}; kcat {machine.kcat}; {machine.rsyslog} with omkafka",
+        f"- broker: librdkafka mock cluster, 3 brokers on loopback, topic of {run.partitions} partitions "
+        f"(fresh cluster per measurement); producers linger.ms=5, idempotent, acks=all",
+    ]
+    if "rsyslog" in f and f["rsyslog"].get("note"):
+        out.append(f"- rsyslog: {f['rsyslog']['note']} (end taken from the broker's last Produce request)")
+    return "\n".join(out)
+
+
+# -- main ----------------------------------------------------------------------------------------
+
+
+STEPS: dict[str, tuple[str, Callable[[Run], None]]] = {
+    "replay": ("1. throughput: jobcompd replay", throughput_replay),
+    "daemon": ("1. throughput: jobcompd run (live daemon)", throughput_daemon),
+    "kcat": ("1. throughput baseline: kcat", baseline_kcat),
+    "rsyslog": ("1. throughput baseline: rsyslog imfile → omkafka", baseline_rsyslog),
+    "latency": ("2. latency", latency),
+    "memory": ("3. memory at a backlog", memory),
+    "recovery": ("4. recovery from a full spool", recovery),
+    "idle": ("5. idle CPU", idle),
+    "profile": ("profile (py-spy)", profile),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="100k lines, 10 s latency, 10 s idle, 50k profiled")
+    ap.add_argument("--lines", type=int, help="N for throughput, memory and recovery (default 1,000,000)")
+    ap.add_argument("--partitions", type=int, default=64, help="partitions of the throughput topics")
+    ap.add_argument("--latency-rate", type=int, default=1000, help="lines/s written one at a time")
+    ap.add_argument("--latency-seconds", type=int, help="default 30 (10 with --quick)")
+    ap.add_argument("--latency-partitions", type=int, default=16)
+    ap.add_argument("--idle-seconds", type=int, help="default 60 (10 with --quick)")
+    ap.add_argument("--profile-lines", type=int, help="lines replayed / tailed under py-spy (default 200,000)")
+    ap.add_argument("--only", help=f"comma-separated subset of: {','.join(MEASUREMENTS)}")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--keep", action="store_true", help="keep the workspace (state, logs, profiles)")
+    args = ap.parse_args(argv)
+    quick = args.quick
+    args.lines = args.lines or (100_000 if quick else 1_000_000)
+    args.latency_seconds = args.latency_seconds or (10 if quick else 30)
+    args.idle_seconds = args.idle_seconds or (10 if quick else 60)
+    args.profile_lines = args.profile_lines or (50_000 if quick else 200_000)
+    args.only = [s.strip() for s in args.only.split(",")] if args.only else list(MEASUREMENTS)
+    unknown = set(args.only) - set(MEASUREMENTS)
+    if unknown:
+        ap.error(f"unknown measurement(s): {', '.join(sorted(unknown))}")
+    return args
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    began = time.monotonic()
+    started = datetime.datetime.now().astimezone()
+    signal.signal(signal.SIGTERM, _interrupt)
+    if os.geteuid() != 0:
+        print(
+            "bench: not running as root: missing Debian packages (kcat, rsyslog, rsyslog-kafka) cannot "
+            "be installed, and their baselines are skipped if absent. Run `make bench` as root.",
+            flush=True,
+        )
+    unavailable = None
+    if {"kcat", "rsyslog"} & set(args.only):
+        unavailable = ensure_debian_packages()
+        if unavailable:
+            print(f"bench: {unavailable}", flush=True)
+    machine = Machine.describe()
+    workspace = Path(tempfile.mkdtemp(prefix="jobcompd-bench-"))
+    try:
+        lines_file = workspace / "lines.log"
+        print(f"bench: generating {args.lines:,} mixed-generation lines (seed {args.seed}) ...", flush=True)
+        t = time.monotonic()
+        lines = mixed_lines(args.lines, seed=args.seed)
+        lines_file.write_bytes(b"".join(lines))
+        size = lines_file.stat().st_size
+        del lines
+        print(f"bench: {size / 1e6:.0f} MB ({size / args.lines:.0f} bytes/line) in {time.monotonic() - t:.0f} s; "
+              f"workspace {workspace}", flush=True)
+        run = Run(args, workspace, lines_file, args.lines, baselines_unavailable=unavailable)
+        for name in MEASUREMENTS:
+            if name not in args.only:
+                continue
+            title, step = STEPS[name]
+            print(f"\n== {title}", flush=True)
+            t = time.monotonic()
+            try:
+                step(run)
+            except BenchError as exc:
+                run.failures[name] = str(exc)
+                print(f"  FAILED: {exc}", flush=True)
+            except Exception as exc:
+                run.failures[name] = f"{type(exc).__name__}: {exc}"
+                print(f"  FAILED: {type(exc).__name__}: {exc}", flush=True)
+                traceback.print_exc()
+            print(f"  ({time.monotonic() - t:.0f} s)", flush=True)
+        print("\n== results\n")
+        print(results_table(run, machine, started, time.monotonic() - began))
+        if run.profile:
+            print("\n== profile hot spots\n")
+            print("\n".join(run.profile))
+        return 1 if run.failures else 0
+    finally:
+        if args.keep:
+            print(f"\nbench: workspace kept in {workspace}")
+        else:
+            shutil.rmtree(workspace, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
