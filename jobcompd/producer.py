@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,21 @@ RECORD_ID_HEADER = "record_id"
 
 # Reported for messages we purged ourselves (shutdown, producer rebuild): they stay in the spool.
 _PURGED = frozenset((KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT))
+# Failures of the idempotent producer's own state, not of the record: the producer is rebuilt
+# and the record, still in the spool, is sent again by the new one.
+_PRODUCER_STATE = frozenset(
+    (
+        KafkaError._FATAL,
+        KafkaError._INCONSISTENT,
+        KafkaError._GAPLESS_GUARANTEE,
+        KafkaError._FENCED,
+        KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+        KafkaError.UNKNOWN_PRODUCER_ID,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+        KafkaError.INVALID_PRODUCER_ID_MAPPING,
+        KafkaError.PRODUCER_FENCED,
+    )
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,13 +171,19 @@ class Sender:
         producer = self._producer
         assert producer is not None
         self._backlog.clear()
-        if flush_timeout_ms < 0:
-            producer.flush()
-        else:
-            producer.flush(flush_timeout_ms / 1000.0)
-        producer.purge(in_queue=True, in_flight=True, blocking=False)
-        producer.poll(0)
-        producer.flush(0)
+        # A producer that hit a fatal error raises from every call: what it did not report
+        # stays in the spool either way.
+        with suppress(KafkaException):
+            if flush_timeout_ms < 0:
+                producer.flush()
+            else:
+                producer.flush(flush_timeout_ms / 1000.0)
+        with suppress(KafkaException):
+            producer.purge(in_queue=True, in_flight=True, blocking=False)
+        with suppress(KafkaException):
+            producer.poll(0)
+        with suppress(KafkaException):
+            producer.flush(0)
         self._settle()
         # Anything still unreported stays in the spool; start over from its first record.
         self._in_flight.clear()
@@ -191,7 +213,12 @@ class Sender:
         self._produce_more()
         producer = self._producer
         assert producer is not None
-        producer.poll(timeout if not self._reports else 0)
+        try:
+            producer.poll(timeout if not self._reports else 0)
+        except KafkaException as exc:
+            # confluent-kafka raises a fatal error (e.g. the idempotent producer lost its
+            # sequence) from poll(): recreate the producer and send the spool again.
+            self._on_error(exc.args[0])
         return self._settle()
 
     def wake(self) -> None:
@@ -291,11 +318,12 @@ class Sender:
             code = error.code()
             if code in _PURGED or record is None:
                 continue  # stays in the spool
-            if code == KafkaError._MSG_TIMED_OUT and requeue_timeouts:
+            if code in _PRODUCER_STATE or error.fatal() or self._rebuild:
+                self._rebuild = True  # stays in the spool, for the rebuilt producer
+                attempts[record.rid] = _reason(error)
+            elif code == KafkaError._MSG_TIMED_OUT and requeue_timeouts:
                 requeue.append(record)
                 attempts[record.rid] = _reason(error)
-            elif error.fatal():
-                self._rebuild = True
             else:
                 dead[record.rid] = _reason(error)
                 dead_jobs[record.rid] = record.jobid

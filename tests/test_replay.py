@@ -339,3 +339,23 @@ def test_progress_line_on_a_terminal(mock_cluster: MockCluster, tmp_path: Path) 
     text = shown.decode(errors="replace")
     assert "rec/s" in text and "ETA" in text and "100.0%" in text
     assert "delivered:      20000" in out and "result:         complete" in out
+
+
+@pytest.mark.parametrize("code", [45, 59], ids=["OUT_OF_ORDER_SEQUENCE_NUMBER", "UNKNOWN_PRODUCER_ID"])
+def test_fatal_idempotence_error_rebuilds_the_producer(mock_cluster: MockCluster, tmp_path: Path,
+                                                      code: int) -> None:
+    """A fatal error of the idempotent producer is not the records' fault: rebuild and resend."""
+    mock_cluster.create_topic("mycluster", partitions=2)
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap)
+    lines = mixed_lines(3_000, seed=40)
+    log = tmp_path / "jobcomp.log"
+    log.write_bytes(b"".join(lines))
+    mock_cluster.push_request_errors(PRODUCE, [code] * 3)
+    done = env.run("replay", "--json", str(log))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert env.count("deadletter") == 0 and env.count("spool") == 0
+    expected = expected_messages(lines)
+    arrival = check_arrival(consume_all(mock_cluster.bootstrap, "mycluster",
+                                        expected=len(expected), timeout=30), expected)
+    assert not arrival.missing and not arrival.unexpected and not arrival.wrong_payload
+    print(f"fatal {code}: rebuilt, nothing lost, {arrival.duplicates} duplicate(s)")
