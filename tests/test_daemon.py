@@ -20,16 +20,15 @@ import pytest
 
 from tests.brokers.mockcluster import MockCluster
 from tests.brokers.readback import consume_all
-from tests.jobcompd_env import JOBCOMPD, DaemonProcess, JobcompdEnv, check_arrival, expected_messages
+from tests.jobcompd_env import (
+    JOBCOMPD,
+    DaemonProcess,
+    JobcompdEnv,
+    check_arrival,
+    expected_messages,
+    wait_for,
+)
 from tests.slurmctld import SlurmctldWriter, mixed_lines
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -15,19 +15,11 @@ import pytest
 from tests.brokers import Broker
 from tests.brokers.mockcluster import MockCluster
 from tests.brokers.readback import consume_all
-from tests.jobcompd_env import JOBCOMPD, JobcompdEnv, check_arrival, expected_messages, summary_json
+from tests.jobcompd_env import JOBCOMPD, JobcompdEnv, check_arrival, expected_messages, summary_json, wait_for
 from tests.slurmctld import FakeJob, mixed_lines, render
 
 MSG_SIZE_TOO_LARGE = 10
 PRODUCE = 0
-
-
-def _wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_replay_50k_lines_arrive_exactly_once(broker: Broker, tmp_path: Path) -> None:
@@ -78,7 +70,7 @@ def test_broker_outage_in_the_middle(mock_cluster: MockCluster, tmp_path: Path) 
         mock_cluster.set_rtt(broker_id, 20)  # slow enough to be caught in the middle
     proc = env.popen("replay", "--json", str(log))
     try:
-        _wait_for(lambda: env.count("delivered") > 2_000, 60, "the first deliveries")
+        wait_for(lambda: env.count("delivered") > 2_000, 60, "the first deliveries")
         for broker_id in mock_cluster.broker_ids:
             mock_cluster.broker_down(broker_id)
         down_at = env.count("delivered")
@@ -280,7 +272,7 @@ def test_replay_refuses_bad_config_and_second_writer(mock_cluster: MockCluster, 
         mock_cluster.broker_down(broker_id)
     first = env.popen("replay", str(log))
     try:
-        _wait_for(lambda: (env.state_dir / "jobcompd.lock").exists(), 30, "the first replay")
+        wait_for(lambda: (env.state_dir / "jobcompd.lock").exists(), 30, "the first replay")
         time.sleep(0.5)
         second = env.run("replay", str(log))
         assert second.returncode == 2 and "in use by another jobcompd" in second.stderr
