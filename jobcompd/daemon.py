@@ -20,7 +20,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +208,8 @@ class Daemon:
             self._log.info("stopping")
             self._tailer.stop()
             self._sender.stop()
-            self._sender.join(timeout=max(5.0, settings.kafka.params.flush_timeout / 1000 + 5))
+            flush_ms = self.settings.kafka.params.flush_timeout
+            self._sender.join(timeout=None if flush_ms < 0 else flush_ms / 1000 + 5)
             self._log.info("stopped", left_in_spool=self._sender.left_in_spool)
         if self._sender.error is not None:
             return 1
@@ -323,12 +324,10 @@ class Daemon:
         self._notify("RELOADING=1")
         if new.source != old.source:
             self._log.warning("source.* changed: takes effect at the next restart")
-            new = _replace(new, source=old.source)
+            new = replace(new, source=old.source)
         if (new.state.dir, new.state.synchronous) != (old.state.dir, old.state.synchronous):
             self._log.warning("state.dir/state.synchronous changed: take effect at the next restart")
-            new = _replace(
-                new, state=_replace(new.state, dir=old.state.dir, synchronous=old.state.synchronous)
-            )
+            new = replace(new, state=replace(new.state, dir=old.state.dir, synchronous=old.state.synchronous))
         logs.configure(new.log)
         self._log = structlog.get_logger("jobcompd.daemon")
         kafka: KafkaSettings = new.kafka
@@ -402,12 +401,6 @@ def _watchdog_interval() -> float:
         return int(usec) / 1e6 / 2
     except ValueError:
         return 0.0
-
-
-def _replace(obj: Any, **changes: Any) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(obj, **changes)
 
 
 def default_pidfile_check(path: Path) -> int | None:
