@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed-stamp
 
-.PHONY: test demo bench-parse lint clean venv
+.PHONY: test demo bench-parse bench lint clean venv
 
 venv: $(STAMP)
 
@@ -22,6 +22,12 @@ demo: $(STAMP)
 
 bench-parse: $(STAMP)
 	$(PY) bench/bench_parse.py
+
+# End to end against a local broker, with kcat and rsyslog baselines (installs them: run as root).
+# About 7 minutes on 2 cores; `make bench BENCH_ARGS=--quick` takes about 1 minute.
+bench: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[bench]'
+	$(PY) bench/run_bench.py $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check jobcompd tests bench

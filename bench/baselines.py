@@ -32,7 +32,9 @@ class BaselineRun:
     note: str = ""
 
 
-def run_kcat(lines: Path, cluster: MockCluster, topic: str, partitions: int, *, timeout: float) -> BaselineRun:
+def run_kcat(
+    lines: Path, cluster: MockCluster, topic: str, partitions: int, *, timeout: float
+) -> BaselineRun:
     """``kcat -P -l``, timed from exec to exit (kcat flushes and waits for every delivery report)."""
     argv = ["kcat", "-P", "-b", cluster.bootstrap, "-t", topic, "-l", "-q"]
     for key, value in PRODUCER_PROPERTIES.items():
@@ -118,7 +120,9 @@ def run_rsyslog(
                 return None
             return f"rsyslogd exited {proc.returncode}: {(workdir / 'rsyslogd.log').read_text()[-1500:]}"
 
-        wait_until(lambda: size() >= expected, timeout=timeout, what="rsyslog → Kafka", interval=0.05, alive=alive)
+        wait_until(
+            lambda: size() >= expected, timeout=timeout, what="rsyslog → Kafka", interval=0.05, alive=alive
+        )
         polled = time.monotonic()
         cluster.stop_request_tracking()
         produce = [r.timestamp_us for r in cluster.requests() if r.api_key == ApiKey.PRODUCE]

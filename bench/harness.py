@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
@@ -130,7 +131,9 @@ def spawn(argv: Sequence[str], **kw: object) -> subprocess.Popen[bytes]:
     return subprocess.Popen(list(argv), preexec_fn=_set_pdeathsig, **kw)  # type: ignore[call-overload]
 
 
-def terminate(proc: subprocess.Popen[bytes] | None, *, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+def terminate(
+    proc: subprocess.Popen[bytes] | None, *, sig: int = signal.SIGTERM, timeout: float = 15
+) -> None:
     """Signal ``proc`` and reap it, killing it if it does not exit within ``timeout``."""
     if proc is None or proc.poll() is not None:
         return
@@ -152,7 +155,7 @@ class StateView:
     def __init__(self, db: Path) -> None:
         self.db = db
 
-    def _query(self, sql: str, args: Sequence[object] = ()) -> list[tuple[object, ...]]:
+    def _query(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         if not self.db.exists():
             return []
         con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=10)
@@ -166,22 +169,63 @@ class StateView:
     def counter(self, name: str) -> int:
         """A durable counter from the ``meta`` table (``spooled_total``, ``delivered_total``, …)."""
         rows = self._query("SELECT value FROM meta WHERE key = ?", (name,))
-        return int(rows[0][0] or 0) if rows else 0  # type: ignore[arg-type]
+        return int(rows[0][0] or 0) if rows else 0
 
     def count(self, table: str) -> int:
         rows = self._query(f"SELECT count(*) FROM {table}")
-        return int(rows[0][0]) if rows else 0  # type: ignore[arg-type]
+        return int(rows[0][0]) if rows else 0
 
     def delivered_span(self) -> tuple[float, float]:
         """(first, last) ``delivered_at`` in the delivered ledger (wall-clock seconds)."""
         rows = self._query("SELECT min(delivered_at), max(delivered_at) FROM delivered")
         if not rows or rows[0][0] is None:
             raise BenchError("the delivered ledger is empty")
-        return float(rows[0][0]), float(rows[0][1])  # type: ignore[arg-type]
+        return float(rows[0][0]), float(rows[0][1])
+
+    def counters(self) -> dict[str, int]:
+        """Every durable counter at one instant."""
+        return {
+            str(k): int(v or 0)
+            for k, v in self._query("SELECT key, value FROM meta WHERE key LIKE '%_total'")
+        }
 
     def delivered_at(self) -> dict[str, float]:
         """Record id → when its delivery report was committed (wall-clock seconds)."""
-        return {str(r): float(t) for r, t in self._query("SELECT rid, delivered_at FROM delivered")}  # type: ignore[arg-type]
+        return {str(r): float(t) for r, t in self._query("SELECT rid, delivered_at FROM delivered")}
+
+
+class CounterTrace:
+    """``spooled_total`` and ``delivered_total`` sampled over a run, to see the rate change as it goes.
+
+    The spool and the delivered ledger grow during a run (replay also reads ahead of sending), so
+    the delivery rate over the first and the last tenth is printed next to the average.
+    """
+
+    def __init__(self, state: StateView, start: float) -> None:
+        self.state = state
+        self.start = start
+        self.samples: list[tuple[float, int, int]] = []  # (time.time(), spooled, delivered)
+
+    def sample(self) -> tuple[int, int]:
+        counters = self.state.counters()
+        spooled, delivered = counters.get("spooled_total", 0), counters.get("delivered_total", 0)
+        self.samples.append((time.time(), spooled, delivered))
+        return spooled, delivered
+
+    def reached(self, column: int, value: int) -> float | None:
+        """When the counter (1 spooled, 2 delivered) was first seen at ``value`` or above."""
+        return next((s[0] for s in self.samples if s[column] >= value), None)
+
+    def tenths(self, n: int, end: float) -> str:
+        """Delivery rate in the first and the last tenth of ``n`` records, as text."""
+        first = self.reached(2, n // 10)
+        last = self.reached(2, n - n // 10)
+        if first is None or last is None or first <= self.start or end <= last:
+            return "first/last tenth: too short to tell"
+        return (
+            f"delivered {n // 10 / (first - self.start):,.0f}/s over the first tenth, "
+            f"{n // 10 / (end - last):,.0f}/s over the last (sampled every 0.25 s)"
+        )
 
 
 # -- the broker ----------------------------------------------------------------------------------
@@ -245,7 +289,11 @@ def append_bulk(src: Path, dst: Path, chunk: int = 4 << 20) -> None:
 
 
 def _rsyslog_module(name: str) -> Path | None:
-    for base in ("/usr/lib/x86_64-linux-gnu/rsyslog", "/usr/lib/aarch64-linux-gnu/rsyslog", "/usr/lib/rsyslog"):
+    for base in (
+        "/usr/lib/x86_64-linux-gnu/rsyslog",
+        "/usr/lib/aarch64-linux-gnu/rsyslog",
+        "/usr/lib/rsyslog",
+    ):
         if Path(base, name).exists():
             return Path(base, name)
     return None
@@ -271,9 +319,9 @@ def ensure_debian_packages() -> str | None:
             f"run `make bench` as root to install them, or install them first: sudo {install}"
         )
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    known = subprocess.run(
-        ["apt-cache", "show", *DEBIAN_PACKAGES], capture_output=True, env=env
-    ).returncode == 0
+    known = (
+        subprocess.run(["apt-cache", "show", *DEBIAN_PACKAGES], capture_output=True, env=env).returncode == 0
+    )
     if not known:
         print("bench: apt-get update (the package lists do not know kcat/rsyslog-kafka yet)", flush=True)
         subprocess.run(["apt-get", "update"], check=False, env=env, stdout=subprocess.DEVNULL)

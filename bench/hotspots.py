@@ -110,6 +110,8 @@ class Profile:
 
 def _short(frame: str) -> str:
     """``func (/long/path/jobcompd/state.py:123)`` → ``func (jobcompd/state.py)``."""
+    if frame.startswith("__create_fn__.<locals>.__init__ (<string>"):
+        return "__init__ of a dataclass (NewRecord, SpooledRecord, Delivery, DeliveryReport, ...)"
     m = _FRAME.match(frame.strip())
     if not m:
         return frame.strip()
@@ -123,15 +125,16 @@ def _short(frame: str) -> str:
 
 def record_command(py_spy: str, out: Path, argv: Sequence[str], *, timeout: float) -> int:
     """Run ``argv`` under py-spy until it exits; return its exit status."""
-    proc = spawn(
-        [py_spy, "record", "-r", str(RATE_HZ), "-F", "--format", "raw", "-o", str(out), "--", *argv],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        proc.wait(timeout=timeout)
-    finally:
-        terminate(proc, sig=signal.SIGINT)
+    with open(out.with_suffix(".log"), "wb") as log:
+        proc = spawn(
+            [py_spy, "record", "-r", str(RATE_HZ), "-F", "--format", "raw", "-o", str(out), "--", *argv],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            proc.wait(timeout=timeout)
+        finally:
+            terminate(proc, sig=signal.SIGINT)
     return proc.returncode
 
 
@@ -140,11 +143,25 @@ class Attached:
 
     def __init__(self, py_spy: str, pid: int, out: Path) -> None:
         self.out = out
+        self._log = open(out.with_suffix(".log"), "wb")  # noqa: SIM115 - closed in stop()
         self._proc = spawn(
-            [py_spy, "record", "-r", str(RATE_HZ), "-F", "--format", "raw", "-o", str(out), "--pid", str(pid)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            [
+                py_spy,
+                "record",
+                "-r",
+                str(RATE_HZ),
+                "-F",
+                "--format",
+                "raw",
+                "-o",
+                str(out),
+                "--pid",
+                str(pid),
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
 
     def stop(self) -> None:
         terminate(self._proc, sig=signal.SIGINT, timeout=30)
+        self._log.close()

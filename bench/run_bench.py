@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,6 +47,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from bench import baselines, hotspots
 from bench.harness import (
     BenchError,
+    CounterTrace,
     Machine,
     RssSampler,
     StateView,
@@ -144,26 +146,35 @@ def throughput_replay(run: Run) -> None:
     with mock_cluster(TOPIC, run.partitions) as cluster:
         env = run.env("replay", cluster.bootstrap)
         argv = [JOBCOMPD, "replay", "--json", "-q", str(run.lines_file), "-c", str(env.config)]
-        start = time.monotonic()
-        proc = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            out, err = proc.communicate(timeout=run.timeout())
-        finally:
-            terminate(proc)
-        elapsed = time.monotonic() - start
+        trace = CounterTrace(StateView(env.db), time.time())
+        stderr = env.root / "replay.stderr"
+        with open(stderr, "wb") as err:
+            start = time.monotonic()
+            proc = spawn(argv, stdout=subprocess.PIPE, stderr=err)
+            try:
+                # stdout is one JSON line at exit: it cannot fill the pipe while we poll.
+                while proc.poll() is None:
+                    if time.monotonic() - start > run.timeout():
+                        raise BenchError(f"replay did not finish within {run.timeout():.0f} s")
+                    trace.sample()
+                    time.sleep(0.25)
+                elapsed = time.monotonic() - start
+                out, _ = proc.communicate()
+            finally:
+                terminate(proc)
         summary = json.loads(out.decode().strip().splitlines()[-1]) if out.strip() else {}
         delivered = StateView(env.db).count("delivered")
-    if delivered != run.n or proc.returncode != 0:
-        raise BenchError(
-            f"replay exited {proc.returncode}, delivered ledger {delivered} of {run.n}; "
-            f"summary {summary}; stderr: {err.decode(errors='replace')[-1500:]}"
-        )
+        if delivered != run.n or proc.returncode != 0:
+            raise BenchError(
+                f"replay exited {proc.returncode}, delivered ledger {delivered} of {run.n}; "
+                f"summary {summary}; stderr: {stderr.read_text(errors='replace')[-1500:]}"
+            )
     r = rate(run.n, elapsed)
     run.figures["replay"] = {"rate": r, "elapsed": elapsed, "summary": summary}
     print(
         f"  jobcompd replay: {run.n:,} records delivered in {elapsed:.2f} s = {r:,.0f} records/s "
-        f"(replay's own summary: {summary.get('elapsed_s')} s, delivered {summary.get('delivered'):,}; "
-        f"delivered ledger {delivered:,})"
+        f"(its own summary: {summary.get('elapsed_s')} s, delivered {summary.get('delivered'):,}; "
+        f"delivered ledger {delivered:,}; {trace.tenths(run.n, trace.start + elapsed)})"
     )
 
 
@@ -175,15 +186,15 @@ def throughput_daemon(run: Run) -> None:
         assert env.log_path is not None
         with running_daemon(env) as daemon:
             start = time.time()
+            trace = CounterTrace(state, start)
             append_bulk(run.lines_file, env.log_path)
             written = time.time()
-            read = wait_until(
-                lambda: state.counter("spooled_total") >= run.n,
-                timeout=run.timeout(), what="daemon: read every line", alive=alive(daemon),
-            )
             wait_until(
-                lambda: state.counter("delivered_total") >= run.n,
-                timeout=run.timeout(), what="daemon: deliver every record", alive=alive(daemon),
+                lambda: trace.sample()[1] >= run.n,
+                timeout=run.timeout(),
+                what="daemon: deliver every record",
+                alive=alive(daemon),
+                interval=0.25,
             )
             _first, last = state.delivered_span()
             delivered = state.count("delivered")
@@ -191,43 +202,63 @@ def throughput_daemon(run: Run) -> None:
         raise BenchError(f"daemon: delivered ledger holds {delivered}, expected {run.n}")
     elapsed = last - start
     r = rate(run.n, elapsed)
+    read = trace.reached(1, run.n)
     run.figures["daemon"] = {"rate": r, "elapsed": elapsed}
     print(
         f"  jobcompd run:    {run.n:,} records delivered in {elapsed:.2f} s = {r:,.0f} records/s "
         f"(file written in {written - start:.2f} s; every line read and spooled after "
-        f"{read - start:.1f} s, ±0.1 s)"
+        f"{(read or last) - start:.1f} s; {trace.tenths(run.n, last)})"
     )
 
 
 def baseline_kcat(run: Run) -> None:
-    """kcat -P -l on the same file: one message per line, no parsing."""
+    """kcat -P -l on the same file, ``--baseline-runs`` times (median): one message per line, no parsing."""
     if run.baselines_unavailable:
         raise BenchError(f"skipped: {run.baselines_unavailable}")
-    with mock_cluster(TOPIC, run.partitions) as cluster:
-        result = baselines.run_kcat(run.lines_file, cluster, TOPIC, run.partitions, timeout=run.timeout())
-    if result.stored != run.n:
-        raise BenchError(f"kcat: the topic holds {result.stored} messages, expected {run.n}")
-    r = rate(run.n, result.elapsed)
-    run.figures["kcat"] = {"rate": r, "elapsed": result.elapsed}
-    print(f"  kcat -P -l:      {run.n:,} lines delivered in {result.elapsed:.2f} s = {r:,.0f} records/s")
+    times = []
+    for _ in range(run.args.baseline_runs):
+        with mock_cluster(TOPIC, run.partitions) as cluster:
+            result = baselines.run_kcat(run.lines_file, cluster, TOPIC, run.partitions, timeout=run.timeout())
+        if result.stored != run.n:
+            raise BenchError(f"kcat: the topic holds {result.stored} messages, expected {run.n}")
+        times.append(result.elapsed)
+    elapsed = statistics.median(times)
+    r = rate(run.n, elapsed)
+    run.figures["kcat"] = {"rate": r, "elapsed": elapsed}
+    print(
+        f"  kcat -P -l:      {run.n:,} lines delivered in {elapsed:.2f} s = {r:,.0f} records/s "
+        f"(median of {len(times)} runs: {', '.join(f'{t:.2f}' for t in times)} s)"
+    )
 
 
 def baseline_rsyslog(run: Run) -> None:
-    """rsyslog imfile → omkafka on the same file, its own rsyslogd in the foreground."""
+    """rsyslog imfile → omkafka on the same file, its own rsyslogd, ``--baseline-runs`` times (median)."""
     if run.baselines_unavailable:
         raise BenchError(f"skipped: {run.baselines_unavailable}")
-    with mock_cluster(TOPIC, run.partitions) as cluster:
-        result = baselines.run_rsyslog(
-            run.lines_file, run.n, cluster, TOPIC, run.partitions, run.workspace / "rsyslog",
-            timeout=run.timeout(),
-        )
-    if result.stored != run.n:
-        raise BenchError(f"rsyslog: the topic holds {result.stored} messages, expected {run.n}")
-    r = rate(run.n, result.elapsed)
-    run.figures["rsyslog"] = {"rate": r, "elapsed": result.elapsed, "note": result.note}
+    results = []
+    for i in range(run.args.baseline_runs):
+        with mock_cluster(TOPIC, run.partitions) as cluster:
+            result = baselines.run_rsyslog(
+                run.lines_file,
+                run.n,
+                cluster,
+                TOPIC,
+                run.partitions,
+                run.workspace / f"rsyslog-{i}",
+                timeout=run.timeout(),
+            )
+        if result.stored != run.n:
+            raise BenchError(f"rsyslog: the topic holds {result.stored} messages, expected {run.n}")
+        results.append(result)
+    times = [r.elapsed for r in results]
+    elapsed = statistics.median(times)
+    notes = "; ".join(sorted({r.note for r in results if r.note}))
+    r = rate(run.n, elapsed)
+    run.figures["rsyslog"] = {"rate": r, "elapsed": elapsed, "note": notes}
     print(
-        f"  rsyslog omkafka: {run.n:,} lines delivered in {result.elapsed:.2f} s = {r:,.0f} records/s"
-        + (f" ({result.note})" if result.note else "")
+        f"  rsyslog omkafka: {run.n:,} lines delivered in {elapsed:.2f} s = {r:,.0f} records/s "
+        f"(median of {len(times)} runs: {', '.join(f'{t:.2f}' for t in times)} s)"
+        + (f"\n  quirk: {notes}" if notes else "")
     )
 
 
@@ -318,9 +349,13 @@ def latency(run: Run) -> None:
                         writer.write(line)
                         time.sleep(0.01)
                     wait_until(
-                        lambda: len(consumer.received) >= WARMUP_LINES
-                        and state.counter("delivered_total") >= WARMUP_LINES,
-                        timeout=60, what="latency warm-up", alive=alive(daemon),
+                        lambda: (
+                            len(consumer.received) >= WARMUP_LINES
+                            and state.counter("delivered_total") >= WARMUP_LINES
+                        ),
+                        timeout=60,
+                        what="latency warm-up",
+                        alive=alive(daemon),
                     )
                     written: list[float] = []
                     start = time.time() + 0.05
@@ -335,14 +370,20 @@ def latency(run: Run) -> None:
                 total = WARMUP_LINES + count
                 wait_until(
                     lambda: len(consumer.received) >= total and state.counter("delivered_total") >= total,
-                    timeout=120, what="latency: every line delivered and consumed", alive=alive(daemon),
+                    timeout=120,
+                    what="latency: every line delivered and consumed",
+                    alive=alive(daemon),
                 )
                 delivered_at = state.delivered_at()
         finally:
             consumer.stop()
     measured = rids[WARMUP_LINES:]
     dr = [delivered_at[rid] - w for rid, w in zip(measured, written, strict=True) if rid in delivered_at]
-    consumed = [consumer.received[rid] - w for rid, w in zip(measured, written, strict=True) if rid in consumer.received]
+    consumed = [
+        consumer.received[rid] - w
+        for rid, w in zip(measured, written, strict=True)
+        if rid in consumer.received
+    ]
     if len(dr) != count or len(consumed) != count:
         raise BenchError(f"latency: {len(dr)} delivery reports and {len(consumed)} consumed of {count}")
     achieved = rate(count - 1, written[-1] - written[0])
@@ -374,32 +415,39 @@ def memory(run: Run) -> None:
         with running_daemon(env) as daemon:
             assert daemon.proc is not None
             sampler = RssSampler(daemon.proc.pid).start()
+            at_start = sampler.peak_rss_kb
             try:
                 start = time.time()
                 append_bulk(run.lines_file, env.log_path)
                 backlog = wait_until(
                     lambda: state.counter("spooled_total") >= run.n,
-                    timeout=run.timeout(), what="memory: spool the backlog", alive=alive(daemon),
+                    timeout=run.timeout(),
+                    what="memory: spool the backlog",
+                    alive=alive(daemon),
                 )
                 peak_backlog = sampler.peak_rss_kb
                 cluster.broker_up(-1)
                 up = time.time()
                 drained = wait_until(
                     lambda: state.counter("delivered_total") >= run.n,
-                    timeout=run.timeout(), what="memory: drain the backlog", alive=alive(daemon),
+                    timeout=run.timeout(),
+                    what="memory: drain the backlog",
+                    alive=alive(daemon),
                 )
             finally:
                 sampler.stop()
             dead = state.count("deadletter")
     run.figures["memory"] = {
         "hwm_mb": sampler.hwm_kb / 1024,
+        "start_mb": at_start / 1024,
         "peak_backlog_mb": peak_backlog / 1024,
         "peak_mb": sampler.peak_rss_kb / 1024,
         "spool_s": backlog - start,
         "drain_s": drained - up,
     }
     print(
-        f"  peak RSS (VmHWM) {sampler.hwm_kb / 1024:.1f} MB; sampled peak while the backlog built "
+        f"  peak RSS (VmHWM) {sampler.hwm_kb / 1024:.1f} MB; {at_start / 1024:.1f} MB once started, "
+        f"sampled peak while the backlog built "
         f"{peak_backlog / 1024:.1f} MB, overall {sampler.peak_rss_kb / 1024:.1f} MB "
         f"(backlog of {run.n:,} spooled in {backlog - start:.1f} s with brokers down; drained in "
         f"{drained - up:.1f} s after brokers up; dead letters {dead})"
@@ -420,7 +468,9 @@ def recovery(run: Run) -> None:
             append_bulk(run.lines_file, env.log_path)
             wait_until(
                 lambda: state.counter("spooled_total") >= run.n,
-                timeout=run.timeout(), what="recovery: spool the backlog", alive=alive(daemon),
+                timeout=run.timeout(),
+                what="recovery: spool the backlog",
+                alive=alive(daemon),
             )
             daemon.stop(timeout=60)
         spooled = state.count("spool")
@@ -435,7 +485,9 @@ def recovery(run: Run) -> None:
             try:
                 wait_until(
                     lambda: state.counter("delivered_total") >= run.n,
-                    timeout=run.timeout(), what="recovery: empty the spool", alive=alive(daemon),
+                    timeout=run.timeout(),
+                    what="recovery: empty the spool",
+                    alive=alive(daemon),
                 )
             finally:
                 sampler.stop()
@@ -475,7 +527,9 @@ def idle(run: Run) -> None:
             append_bulk(sample, env.log_path)
             wait_until(
                 lambda: state.counter("delivered_total") >= 1000,
-                timeout=60, what="idle: deliver the first lines", alive=alive(daemon),
+                timeout=60,
+                what="idle: deliver the first lines",
+                alive=alive(daemon),
             )
             time.sleep(3)
             cpu0, t0 = cpu_seconds(daemon.proc.pid), time.monotonic()
@@ -504,7 +558,9 @@ def profile(run: Run) -> None:
         out = run.workspace / "replay.pyspy.txt"
         start = time.monotonic()
         hotspots.record_command(
-            py_spy, out, [JOBCOMPD, "replay", "--json", "-q", str(subset), "-c", str(env.config)],
+            py_spy,
+            out,
+            [JOBCOMPD, "replay", "--json", "-q", str(subset), "-c", str(env.config)],
             timeout=run.timeout(count),
         )
         elapsed = time.monotonic() - start
@@ -528,7 +584,9 @@ def profile(run: Run) -> None:
                 append_bulk(subset, env.log_path)
                 wait_until(
                     lambda: state.counter("delivered_total") >= count,
-                    timeout=run.timeout(count), what="profiled daemon: deliver", alive=alive(daemon),
+                    timeout=run.timeout(count),
+                    what="profiled daemon: deliver",
+                    alive=alive(daemon),
                 )
                 elapsed = time.monotonic() - start
             finally:
@@ -559,17 +617,27 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
         parts = []
         for base in ("kcat", "rsyslog"):
             if base in f:
-                parts.append(f"{r / f[base]['rate']:.2f}× {base}")
+                parts.append(f"{r / f[base]['rate']:.3g}× {base}")
         return ", ".join(parts) or "—"
 
     for key, label in (
         ("replay", f"throughput `jobcompd replay`, {n} lines, exec → exit (last delivery report)"),
-        ("daemon", f"throughput `jobcompd run`, {n} lines appended in bulk, first byte → last delivery report"),
+        (
+            "daemon",
+            f"throughput `jobcompd run`, {n} lines appended in bulk, first byte → last delivery report",
+        ),
     ):
         if key in f:
             r = f[key]["rate"]
-            rows.append((label, f"{r:,.0f} records/s ({f[key]['elapsed']:.1f} s)", "≥ 100,000 records/s",
-                         _met(r >= GOAL_RATE), ratios(r)))
+            rows.append(
+                (
+                    label,
+                    f"{r:,.0f} records/s ({f[key]['elapsed']:.1f} s)",
+                    "≥ 100,000 records/s",
+                    _met(r >= GOAL_RATE),
+                    ratios(r),
+                )
+            )
         else:
             rows.append((label, failed(key), "≥ 100,000 records/s", "—", "—"))
     for key, label in (
@@ -581,32 +649,58 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
     lat = f.get("latency")
     for key, label in (("dr", "write → delivery report"), ("consumer", "write → consumer")):
         title = (
-            f"latency {label}, {run.args.latency_rate:,} lines/s for {run.args.latency_seconds} s, linger.ms=5"
+            f"latency {label}, {run.args.latency_rate:,} lines/s for {run.args.latency_seconds} s, "
+            "linger.ms=5"
         )
         if lat:
             s = lat[key]
-            rows.append((title, f"p50 {s['p50']:.1f} ms / p99 {s['p99']:.1f} ms / max {s['max']:.1f} ms",
-                         "p99 ≤ 50 ms", _met(s["p99"] <= GOAL_P99_MS), "—"))
+            rows.append(
+                (
+                    title,
+                    f"p50 {s['p50']:.1f} ms / p99 {s['p99']:.1f} ms / max {s['max']:.1f} ms",
+                    "p99 ≤ 50 ms",
+                    _met(s["p99"] <= GOAL_P99_MS),
+                    "—",
+                )
+            )
         else:
             rows.append((title, failed("latency"), "p99 ≤ 50 ms", "—", "—"))
     mem = f.get("memory")
     title = f"peak RSS of the daemon, {n}-record backlog (brokers down, then up)"
     if mem:
-        rows.append((title, f"{mem['hwm_mb']:.0f} MB (VmHWM; {mem['peak_backlog_mb']:.0f} MB while backlogged)",
-                     "≤ 100 MB", _met(mem["hwm_mb"] <= GOAL_RSS_MB), "—"))
+        rows.append(
+            (
+                title,
+                f"{mem['hwm_mb']:.0f} MB (VmHWM; {mem['start_mb']:.0f} MB at start, "
+                f"{mem['peak_backlog_mb']:.0f} MB while backlogged)",
+                "≤ 100 MB",
+                _met(mem["hwm_mb"] <= GOAL_RSS_MB),
+                "—",
+            )
+        )
     else:
         rows.append((title, failed("memory"), "≤ 100 MB", "—", "—"))
     rec = f.get("recovery")
     title = f"recovery: restart with {n} spooled → first delivery / empty spool"
     if rec:
-        rows.append((title, f"{rec['first_s']:.2f} s / {rec['empty_s']:.1f} s ({rec['drain_rate']:,.0f} records/s, "
-                            f"peak RSS {rec['hwm_mb']:.0f} MB)", "—", "—", "—"))
+        rows.append(
+            (
+                title,
+                f"{rec['first_s']:.2f} s / {rec['empty_s']:.1f} s ({rec['drain_rate']:,.0f} records/s, "
+                f"peak RSS {rec['hwm_mb']:.0f} MB)",
+                "—",
+                "—",
+                "—",
+            )
+        )
     else:
         rows.append((title, failed("recovery"), "—", "—", "—"))
     idle_f = f.get("idle")
     title = f"idle CPU over {run.args.idle_seconds} s, no writes"
     if idle_f:
-        rows.append((title, f"{idle_f['pct']:.2f}% of one core", "< 1%", _met(idle_f["pct"] < GOAL_IDLE_PCT), "—"))
+        rows.append(
+            (title, f"{idle_f['pct']:.2f}% of one core", "< 1%", _met(idle_f["pct"] < GOAL_IDLE_PCT), "—")
+        )
     else:
         rows.append((title, failed("idle"), "< 1%", "—", "—"))
 
@@ -620,7 +714,8 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
         f"- machine: {machine.cpus} CPUs ({machine.cpu_model}), {machine.memory_gib:.1f} GiB memory, "
         f"Linux {machine.kernel}, Python {machine.python}; load average at start {machine.load_at_start}, "
         f"at end {'%.2f %.2f %.2f' % os.getloadavg()}",
-        f"- software: jobcompd with librdkafka {machine.librdkafka}; kcat {machine.kcat}; {machine.rsyslog} with omkafka",
+        f"- software: jobcompd with librdkafka {machine.librdkafka}; kcat {machine.kcat}; "
+        f"{machine.rsyslog} with omkafka",
         f"- broker: librdkafka mock cluster, 3 brokers on loopback, topic of {run.partitions} partitions "
         f"(fresh cluster per measurement); producers linger.ms=5, idempotent, acks=all",
     ]
@@ -654,8 +749,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--latency-seconds", type=int, help="default 30 (10 with --quick)")
     ap.add_argument("--latency-partitions", type=int, default=16)
     ap.add_argument("--idle-seconds", type=int, help="default 60 (10 with --quick)")
-    ap.add_argument("--profile-lines", type=int, help="lines replayed / tailed under py-spy (default 200,000)")
+    ap.add_argument(
+        "--profile-lines", type=int, help="lines replayed / tailed under py-spy (default 200,000)"
+    )
     ap.add_argument("--only", help=f"comma-separated subset of: {','.join(MEASUREMENTS)}")
+    ap.add_argument("--baseline-runs", type=int, default=3, help="runs of each baseline (median)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--keep", action="store_true", help="keep the workspace (state, logs, profiles)")
     args = ap.parse_args(argv)
@@ -701,8 +799,11 @@ def main(argv: list[str] | None = None) -> int:
         lines_file.write_bytes(b"".join(lines))
         size = lines_file.stat().st_size
         del lines
-        print(f"bench: {size / 1e6:.0f} MB ({size / args.lines:.0f} bytes/line) in {time.monotonic() - t:.0f} s; "
-              f"workspace {workspace}", flush=True)
+        print(
+            f"bench: {size / 1e6:.0f} MB ({size / args.lines:.0f} bytes/line) "
+            f"in {time.monotonic() - t:.0f} s; workspace {workspace}",
+            flush=True,
+        )
         run = Run(args, workspace, lines_file, args.lines, baselines_unavailable=unavailable)
         for name in MEASUREMENTS:
             if name not in args.only:
