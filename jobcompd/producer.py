@@ -101,7 +101,7 @@ class Sender:
         kafka: KafkaSettings,
         *,
         debug_jobcomp: bool = False,
-        window: int = 10_000,
+        window: int = 5_000,
         fetch: int = 2_000,
         logger: Any = None,
         producer_factory: Callable[[dict[str, Any]], Producer] = Producer,

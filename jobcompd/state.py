@@ -777,7 +777,7 @@ def _configure(db: sqlite3.Connection, path: Path, synchronous: str, *, verify: 
                 "put state_dir on a local filesystem (WAL needs shared memory; NFS will not do)",
             )
         db.execute(f"PRAGMA synchronous = {synchronous}")
-        db.execute("PRAGMA cache_size = -4096")  # 4 MiB: RSS stays bounded at a 1M backlog
+        db.execute("PRAGMA cache_size = -2048")  # 2 MiB: RSS stays bounded at a 1M backlog
         db.execute("PRAGMA journal_size_limit = 67108864")
         db.execute("PRAGMA temp_store = MEMORY")
         now = time.time()

@@ -98,8 +98,8 @@ def test_broker_outage_in_the_middle(mock_cluster: MockCluster, tmp_path: Path) 
     # librdkafka retries the requests that were in flight when the brokers went away. Kafka
     # de-duplicates them by the idempotent producer's sequence numbers; librdkafka's mock cluster
     # does not (it only does for transactional producers), so on it those retries show up as
-    # duplicates — bounded by what jobcompd lets be in flight (its window of 10,000 records).
-    bound = 10_000
+    # duplicates — bounded by what jobcompd lets be in flight (its window of 5,000 records).
+    bound = 5_000
     print(f"outage: {arrival.duplicates} duplicate(s) from protocol retries (bound {bound})")
     assert arrival.duplicates <= bound
 
