@@ -10,12 +10,13 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any, BinaryIO
+from collections.abc import Sequence
+from typing import Any
 
 from jobcompd import __version__
 from jobcompd.config import ConfigError, Settings, load_settings, redacted
 from jobcompd.encode import Encoder, TimeZoneError, resolve_zone
+from jobcompd.ingest import open_log
 from jobcompd.lock import StateDirLock, StateDirUnusable
 from jobcompd.record import DEFAULT_MAX_LINE_BYTES, ParseError, parse_line
 from jobcompd.state import State, StateError
@@ -31,21 +32,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def open_input(name: str) -> BinaryIO:
-    """A file (``.gz`` recognised by its magic bytes) or ``-`` for stdin, opened for bytes."""
-    if name == "-":
-        return sys.stdin.buffer
-    fh: BinaryIO = open(name, "rb")  # noqa: SIM115 - returned to the caller
-    if fh.peek(2)[:2] == b"\x1f\x8b":  # type: ignore[attr-defined]
-        return gzip.GzipFile(fileobj=fh, mode="rb")  # type: ignore[return-value]
-    return fh
-
-
-def read_lines(fh: BinaryIO) -> Iterator[bytes]:
-    """Every line of ``fh`` with its newline; a last line without one is yielded too."""
-    yield from fh
-
-
 def _cmd_parse(args: argparse.Namespace) -> int:
     try:
         encoder = Encoder(resolve_zone(args.tz), args.cluster)
@@ -57,13 +43,13 @@ def _cmd_parse(args: argparse.Namespace) -> int:
     for name in args.files or ["-"]:
         label = "<stdin>" if name == "-" else name
         try:
-            fh = open_input(name)
+            fh = open_log(name)
         except OSError as exc:
             print(f"jobcompd parse: {label}: {exc.strerror or exc}", file=sys.stderr)
             return EXIT_USAGE
         try:
             pending: list[bytes] = []
-            for line_no, line in enumerate(read_lines(fh), 1):
+            for line_no, line in enumerate(fh, 1):
                 record = parse_line(line, max_bytes=args.max_line_bytes)
                 if isinstance(record, ParseError):
                     if pending:

@@ -6,13 +6,26 @@ and where the reader stands can never disagree after a crash.
 
 from __future__ import annotations
 
+import gzip
+import sys
 from collections.abc import Sequence
+from typing import BinaryIO
 
 from jobcompd.encode import Encoder
 from jobcompd.record import DEFAULT_MAX_LINE_BYTES, ParseError, parse_line
 from jobcompd.state import BatchResult, NewRecord, QuarantinedLine, ReadPosition, State
 
-__all__ = ["Ingestor"]
+__all__ = ["Ingestor", "open_log"]
+
+
+def open_log(name: str) -> BinaryIO:
+    """A log file for reading bytes — gzip recognised by its magic bytes — or ``-`` for stdin."""
+    if name == "-":
+        return sys.stdin.buffer
+    fh: BinaryIO = open(name, "rb")  # noqa: SIM115 - returned to the caller
+    if fh.peek(2)[:2] == b"\x1f\x8b":  # type: ignore[attr-defined]
+        return gzip.GzipFile(fileobj=fh, mode="rb")  # type: ignore[return-value]
+    return fh
 
 
 class Ingestor:

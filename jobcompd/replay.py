@@ -15,7 +15,6 @@ from __future__ import annotations
 import gzip
 import io
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import BinaryIO, TextIO
 
 from jobcompd.identity import fingerprint
-from jobcompd.ingest import Ingestor
+from jobcompd.ingest import Ingestor, open_log
 from jobcompd.producer import Sender
 from jobcompd.state import ReadPosition, State
 
@@ -66,17 +65,6 @@ class ReplaySummary:
             + (" (see: jobcompd deadletter list)" if self.dead_lettered else ""),
             f"left in spool:  {self.left_in_spool}",
         ]
-
-
-def _open(name: str) -> tuple[BinaryIO, int, bool]:
-    """(stream, size on disk or 0, gzip?) — gzip recognised by its magic bytes."""
-    if name == _STDIN:
-        return sys.stdin.buffer, 0, False
-    raw = open(name, "rb")  # noqa: SIM115 - closed by the caller
-    size = os.fstat(raw.fileno()).st_size
-    if raw.peek(2)[:2] == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=raw, mode="rb"), size, True  # type: ignore[return-value]
-    return raw, size, False
 
 
 class _Progress:
@@ -190,7 +178,8 @@ class Replayer:
     def _read_file(self, name: str) -> Iterator[int]:
         """Read one file in committed batches; yield the compressed bytes consumed so far."""
         label = "<stdin>" if name == _STDIN else str(Path(name).resolve())
-        fh, _size, gz = _open(name)
+        fh = open_log(name)
+        gz = isinstance(fh, gzip.GzipFile)
         try:
             raw = fh.fileobj if gz else fh  # type: ignore[attr-defined]
             first = fh.readline()

@@ -7,7 +7,6 @@ Reused by the replay, daemon and benchmark tests; it only writes files and runs 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -234,7 +233,3 @@ def check_arrival(messages: list[Message], expected: dict[str, bytes]) -> Arriva
 def summary_json(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     """The ``--json`` summary line a replay printed last on stdout."""
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
-
-
-def environ_without_tty() -> dict[str, str]:
-    return dict(os.environ)
