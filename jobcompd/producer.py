@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -62,8 +62,7 @@ _PRODUCER_STATE = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class DeliveryReport:
+class DeliveryReport(NamedTuple):
     """One delivery report as the worker saw it (``error`` is ``None`` on success)."""
 
     rid: str
@@ -275,7 +274,7 @@ class Sender:
                 rid=record.rid,
                 reason=reason,
             )
-            self._state.dead_letter_many({record.rid: reason})
+            self._state.dead_letter_many({record.seq: reason})
             self.counters.dead_lettered += 1
             return True
         self._in_flight[record.rid] = record
@@ -304,29 +303,32 @@ class Sender:
         if not reports:
             return 0
         delivered: list[Delivery] = []
-        dead: dict[str, str] = {}
+        dead: dict[int, str] = {}
         requeue: list[SpooledRecord] = []
-        attempts: dict[str, str | None] = {}
-        dead_jobs: dict[str, int] = {}
+        attempts: dict[int, str | None] = {}
+        dead_records: list[SpooledRecord] = []
         requeue_timeouts = self._kafka.params.requeue_on_msg_timeout
+        in_flight = self._in_flight
         for report in reports:
-            record = self._in_flight.get(report.rid)
+            record = in_flight.get(report.rid)
+            if record is None:
+                continue  # not sent by this producer: if it is still spooled, it is sent again
             error = report.error
             if error is None:
-                delivered.append(Delivery(report.rid, report.partition, report.offset))
+                delivered.append(Delivery(record.seq, report.partition, report.offset))
                 continue
             code = error.code()
-            if code in _PURGED or record is None:
+            if code in _PURGED:
                 continue  # stays in the spool
             if code in _PRODUCER_STATE or error.fatal() or self._rebuild:
                 self._rebuild = True  # stays in the spool, for the rebuilt producer
-                attempts[record.rid] = _reason(error)
+                attempts[record.seq] = _reason(error)
             elif code == KafkaError._MSG_TIMED_OUT and requeue_timeouts:
                 requeue.append(record)
-                attempts[record.rid] = _reason(error)
+                attempts[record.seq] = _reason(error)
             else:
-                dead[record.rid] = _reason(error)
-                dead_jobs[record.rid] = record.jobid
+                dead[record.seq] = _reason(error)
+                dead_records.append(record)
         # Durable first (each call is idempotent, so a retry after a partial failure is safe).
         if delivered:
             self._state.mark_delivered(delivered)
@@ -336,7 +338,7 @@ class Sender:
             self._state.record_attempts(attempts)
         self._reports = []
         for report in reports:
-            record = self._in_flight.pop(report.rid, None)
+            record = in_flight.pop(report.rid, None)
             if self._debug and report.error is None and record is not None:
                 self._log.info(
                     "job delivered",
@@ -353,9 +355,14 @@ class Sender:
             self._log.warning("message timed out, producing again", jobid=record.jobid, rid=record.rid)
             if not self._produce(record):
                 self._backlog.append(record)
-        for rid, reason in dead.items():
+        for record in dead_records:
             self.counters.dead_lettered += 1
-            self._log.error("delivery failed, dead-lettered", jobid=dead_jobs[rid], rid=rid, reason=reason)
+            self._log.error(
+                "delivery failed, dead-lettered",
+                jobid=record.jobid,
+                rid=record.rid,
+                reason=dead[record.seq],
+            )
         return len(reports)
 
     def _rebuild_after_fatal(self) -> None:

@@ -24,7 +24,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 from urllib.parse import quote
 
 __all__ = [
@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 DB_NAME = "jobcompd.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # "JCMD": marks the file as jobcompd's, so another program's SQLite file is refused, not adopted.
 APPLICATION_ID = 0x4A434D44
 BUSY_TIMEOUT_MS = 5000
@@ -66,17 +66,22 @@ RECOVER_LOCKED = "another process holds the database; check that only one jobcom
 RECOVER_READONLY = "this State was opened read-only (as `jobcompd status` does); open it read-write"
 RECOVER_BUG = "this is a bug in the caller; the whole call was rolled back and nothing was stored"
 
+# The spool and the ledger are indexed by (jobid, rid), never by the record id alone: ids are
+# hashes, so an index on them sends every insert to a random page (with a million-record backlog or
+# ledger, one page written per record), while job ids mostly grow and keep the work at the index's
+# end. Records in the send loop are addressed by their spool ``seq``.
 _SCHEMA = (
     """
 CREATE TABLE spool (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
-    rid         TEXT    NOT NULL UNIQUE CHECK (typeof(rid) = 'text' AND rid <> ''),
+    rid         TEXT    NOT NULL CHECK (typeof(rid) = 'text' AND rid <> ''),
     jobid       INTEGER NOT NULL CHECK (typeof(jobid) = 'integer'),
     payload     BLOB    NOT NULL CHECK (typeof(payload) = 'blob'),
     source      TEXT    NOT NULL DEFAULT '',
     enqueued_at REAL    NOT NULL,
     attempts    INTEGER NOT NULL DEFAULT 0,
-    last_error  TEXT
+    last_error  TEXT,
+    UNIQUE (jobid, rid)
 )
 """,
     """
@@ -95,11 +100,12 @@ CREATE TABLE deadletter (
 """,
     """
 CREATE TABLE delivered (
-    rid             TEXT PRIMARY KEY,
     jobid           INTEGER NOT NULL,
+    rid             TEXT NOT NULL,
     delivered_at    REAL NOT NULL,
     kafka_partition INTEGER,
-    kafka_offset    INTEGER
+    kafka_offset    INTEGER,
+    PRIMARY KEY (jobid, rid)
 ) WITHOUT ROWID
 """,
     """
@@ -159,9 +165,9 @@ _POSITION_COLUMNS = "source, path, fingerprint, byte_offset, line_no, inode, dev
 _INSERT_NEW = """
 INSERT INTO spool (rid, jobid, payload, source, enqueued_at)
 SELECT ?1, ?2, ?3, ?4, ?5
-WHERE NOT EXISTS (SELECT 1 FROM delivered WHERE rid = ?1)
+WHERE NOT EXISTS (SELECT 1 FROM delivered WHERE jobid = ?2 AND rid = ?1)
   AND NOT EXISTS (SELECT 1 FROM deadletter WHERE rid = ?1)
-ON CONFLICT (rid) DO NOTHING
+ON CONFLICT (jobid, rid) DO NOTHING
 """
 _INSERT_QUARANTINE = """
 INSERT INTO quarantine (source, line_no, byte_offset, raw, reason, at) VALUES (?, ?, ?, ?, ?, ?)
@@ -173,27 +179,24 @@ ON CONFLICT (source) DO UPDATE SET
     line_no = excluded.line_no, inode = excluded.inode, dev = excluded.dev, size = excluded.size,
     updated_at = excluded.updated_at
 """
-_LEDGER_FROM_SPOOL = """
-INSERT INTO delivered (rid, jobid, delivered_at, kafka_partition, kafka_offset)
-SELECT rid, jobid, ?2, ?3, ?4 FROM spool WHERE rid = ?1
-ON CONFLICT (rid) DO NOTHING
+_LEDGER_FROM = """
+INSERT INTO delivered (jobid, rid, delivered_at, kafka_partition, kafka_offset)
+SELECT jobid, rid, ?2, ?3, ?4 FROM {table} WHERE seq = ?1
+ON CONFLICT (jobid, rid) DO NOTHING
 """
-_LEDGER_FROM_DEADLETTER = """
-INSERT INTO delivered (rid, jobid, delivered_at, kafka_partition, kafka_offset)
-SELECT rid, jobid, ?2, ?3, ?4 FROM deadletter WHERE rid = ?1
-ON CONFLICT (rid) DO NOTHING
-"""
+_LEDGER_FROM_SPOOL = _LEDGER_FROM.format(table="spool")
+_LEDGER_FROM_DEADLETTER = _LEDGER_FROM.format(table="deadletter")
 _SPOOL_TO_DEADLETTER = """
 INSERT INTO deadletter
     (seq, rid, jobid, payload, source, enqueued_at, attempts, last_error, reason, failed_at)
 SELECT seq, rid, jobid, payload, source, enqueued_at, attempts, last_error, ?2, ?3
-FROM spool WHERE rid = ?1
+FROM spool WHERE seq = ?1
 """
 _DEADLETTER_TO_SPOOL = """
 INSERT INTO spool (rid, jobid, payload, source, enqueued_at, attempts, last_error)
 SELECT rid, jobid, payload, source, enqueued_at, attempts, reason
 FROM deadletter WHERE rid = ?1
-ON CONFLICT (rid) DO NOTHING
+ON CONFLICT (jobid, rid) DO NOTHING
 """
 _BUMP = "UPDATE meta SET value = value + ?2 WHERE key = ?1"
 _SET = "UPDATE meta SET value = ?2 WHERE key = ?1"
@@ -218,8 +221,7 @@ class StateError(Exception):
         self.transient = transient
 
 
-@dataclass(frozen=True, slots=True)
-class NewRecord:
+class NewRecord(NamedTuple):
     """A record just read from the log, ready to be spooled; ``payload`` is the JSON to send."""
 
     rid: str
@@ -228,8 +230,7 @@ class NewRecord:
     source: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class SpooledRecord:
+class SpooledRecord(NamedTuple):
     """A record waiting in the spool for its delivery report; ``seq`` gives the send order."""
 
     seq: int
@@ -292,9 +293,9 @@ class ReadPosition:
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """A successful delivery report: the record ``rid`` is in Kafka at ``partition``/``offset``."""
+    """A successful delivery report: the spooled record ``seq`` is in Kafka at ``partition``/``offset``."""
 
-    rid: str
+    seq: int
     partition: int
     offset: int
 
@@ -521,7 +522,7 @@ class State:
                 f"SELECT {_SPOOL_COLUMNS} FROM spool WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after_seq, limit),
             ).fetchall()
-        return [SpooledRecord(*row) for row in rows]
+        return list(map(SpooledRecord._make, rows))
 
     def spool_depth(self) -> int:
         """How many records wait for a delivery report."""
@@ -538,57 +539,59 @@ class State:
         """Record successful delivery reports: the records leave the spool for the delivered ledger.
 
         A report for a record that was dead-lettered meanwhile resolves the dead letter too (the
-        record is in Kafka). Reports for unknown or already delivered ids are ignored. Returns how
-        many records were newly marked delivered.
+        record is in Kafka). Reports for unknown or already delivered records are ignored. Returns
+        how many records were newly marked delivered.
         """
         if not deliveries:
             return 0
         now = time.time()
-        rows = [(d.rid, now, d.partition, d.offset) for d in deliveries]
-        rids = [(d.rid,) for d in deliveries]
+        rows = [(d.seq, now, d.partition, d.offset) for d in deliveries]
+        seqs = [(d.seq,) for d in deliveries]
         with self._transaction("record deliveries") as db:
             last_jobid = _last_jobid(db, deliveries)
             if last_jobid is None:
                 return 0
             db.executemany(_LEDGER_FROM_SPOOL, rows)
-            removed = db.executemany("DELETE FROM spool WHERE rid = ?", rids).rowcount
-            if db.execute("SELECT EXISTS (SELECT 1 FROM deadletter)").fetchone()[0]:
+            removed = db.executemany("DELETE FROM spool WHERE seq = ?", seqs).rowcount
+            if removed < len(deliveries) and db.execute(
+                "SELECT EXISTS (SELECT 1 FROM deadletter)"
+            ).fetchone()[0]:
                 db.executemany(_LEDGER_FROM_DEADLETTER, rows)
-                removed += db.executemany("DELETE FROM deadletter WHERE rid = ?", rids).rowcount
+                removed += db.executemany("DELETE FROM deadletter WHERE seq = ?", seqs).rowcount
             _bump(db, delivered_total=removed)
             db.executemany(_SET, [("last_delivered_at", now), ("last_delivered_jobid", last_jobid)])
         return removed
 
-    def record_attempt(self, rid: str, error: str | None) -> None:
-        """Count a failed (retriable) send of ``rid`` and remember the error; the record stays."""
-        self.record_attempts({rid: error})
+    def record_attempt(self, seq: int, error: str | None) -> None:
+        """Count a failed (retriable) send of spooled record ``seq``, remember the error; it stays."""
+        self.record_attempts({seq: error})
 
-    def record_attempts(self, errors: Mapping[str, str | None]) -> int:
+    def record_attempts(self, errors: Mapping[int, str | None]) -> int:
         """`record_attempt` for many records in one transaction; returns how many were spooled."""
         if not errors:
             return 0
         with self._transaction("record send attempts") as db:
             return db.executemany(
-                "UPDATE spool SET attempts = attempts + 1, last_error = ?2 WHERE rid = ?1",
+                "UPDATE spool SET attempts = attempts + 1, last_error = ?2 WHERE seq = ?1",
                 list(errors.items()),
             ).rowcount
 
     # -- dead letters, quarantine, ledger: what the operator sees ---------------------------------
 
-    def dead_letter(self, rid: str, reason: str) -> bool:
-        """Move ``rid`` from the spool to the dead letters with ``reason``; False if not spooled."""
-        return self.dead_letter_many({rid: reason}) == 1
+    def dead_letter(self, seq: int, reason: str) -> bool:
+        """Move spooled record ``seq`` to the dead letters with ``reason``; False if not spooled."""
+        return self.dead_letter_many({seq: reason}) == 1
 
-    def dead_letter_many(self, reasons: Mapping[str, str]) -> int:
+    def dead_letter_many(self, reasons: Mapping[int, str]) -> int:
         """`dead_letter` for many records in one transaction; returns how many were moved."""
         if not reasons:
             return 0
         now = time.time()
         with self._transaction("dead-letter records") as db:
             moved = db.executemany(
-                _SPOOL_TO_DEADLETTER, [(rid, reason, now) for rid, reason in reasons.items()]
+                _SPOOL_TO_DEADLETTER, [(seq, reason, now) for seq, reason in reasons.items()]
             ).rowcount
-            db.executemany("DELETE FROM spool WHERE rid = ?", [(rid,) for rid in reasons])
+            db.executemany("DELETE FROM spool WHERE seq = ?", [(seq,) for seq in reasons])
             _bump(db, deadlettered_total=moved)
         return moved
 
@@ -645,14 +648,14 @@ class State:
             ).fetchall()
         return [QuarantinedLine(*row) for row in rows]
 
-    def is_known(self, rid: str) -> bool:
-        """Whether ``rid`` is spooled, dead-lettered or in the delivered ledger."""
+    def is_known(self, rid: str, jobid: int) -> bool:
+        """Whether record ``rid`` of job ``jobid`` is spooled, dead-lettered or in the ledger."""
         with self._reading("look up a record") as db:
             row = db.execute(
-                "SELECT EXISTS (SELECT 1 FROM spool WHERE rid = ?1)"
+                "SELECT EXISTS (SELECT 1 FROM spool WHERE jobid = ?2 AND rid = ?1)"
                 " OR EXISTS (SELECT 1 FROM deadletter WHERE rid = ?1)"
-                " OR EXISTS (SELECT 1 FROM delivered WHERE rid = ?1)",
-                (rid,),
+                " OR EXISTS (SELECT 1 FROM delivered WHERE jobid = ?2 AND rid = ?1)",
+                (rid, jobid),
             ).fetchone()
         return bool(row[0])
 
@@ -790,6 +793,9 @@ def _configure(db: sqlite3.Connection, path: Path, synchronous: str, *, verify: 
                 db.execute(_SET, ("created_at", now))
                 db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif db.execute("PRAGMA user_version").fetchone()[0] == 1:
+                _upgrade_from_v1(db)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             # Writing here proves at start-up, not at the first batch, that the state is writable.
             db.execute(_SET, ("opened_at", now))
             db.execute("COMMIT")
@@ -838,6 +844,32 @@ def _check_database(db: sqlite3.Connection, path: Path, *, verify: bool) -> bool
     return False
 
 
+def _upgrade_from_v1(db: sqlite3.Connection) -> None:
+    """Schema 1 keyed the spool and the ledger by record id alone; 2 keys them by (jobid, rid).
+
+    Record ids are hashes, so an index on them alone takes every insert to a random page; job ids
+    mostly grow, so (jobid, rid) keeps inserts and look-ups near the index's end, in cached pages.
+    The rows are copied as they are, and the spool's sequence counter is carried over.
+    """
+    counter = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'spool'").fetchone()
+    db.execute("ALTER TABLE spool RENAME TO spool_v1")
+    db.execute("ALTER TABLE delivered RENAME TO delivered_v1")
+    db.execute(_SCHEMA[0])
+    db.execute(_SCHEMA[2])
+    db.execute(f"INSERT INTO spool ({_SPOOL_COLUMNS}) SELECT {_SPOOL_COLUMNS} FROM spool_v1")
+    ledger = "jobid, rid, delivered_at, kafka_partition, kafka_offset"
+    db.execute(f"INSERT INTO delivered ({ledger}) SELECT {ledger} FROM delivered_v1")
+    db.execute("DROP TABLE spool_v1")
+    db.execute("DROP TABLE delivered_v1")
+    if counter is not None:
+        db.execute("DELETE FROM sqlite_sequence WHERE name = 'spool'")
+        db.execute(
+            "INSERT INTO sqlite_sequence (name, seq) "
+            "SELECT 'spool', max(?, coalesce((SELECT max(seq) FROM spool), 0))",
+            counter,
+        )
+
+
 # -- transaction helpers --------------------------------------------------------------------------
 
 
@@ -850,9 +882,9 @@ def _bump(db: sqlite3.Connection, **counters: int) -> None:
 def _last_jobid(db: sqlite3.Connection, deliveries: Sequence[Delivery]) -> int | None:
     for delivery in reversed(deliveries):
         row = db.execute(
-            "SELECT jobid FROM spool WHERE rid = ?1"
-            " UNION ALL SELECT jobid FROM deadletter WHERE rid = ?1",
-            (delivery.rid,),
+            "SELECT jobid FROM spool WHERE seq = ?1"
+            " UNION ALL SELECT jobid FROM deadletter WHERE seq = ?1",
+            (delivery.seq,),
         ).fetchone()
         if row is not None:
             return int(row[0])

@@ -54,6 +54,14 @@ def all_rids(state: State) -> list[str]:
     return [r.rid for r in state.pending(limit=10**9)]
 
 
+def seq_of(state: State, rid: str) -> int:
+    """The spool (or dead-letter) seq of record ``rid``."""
+    for held in [*state.pending(limit=10**9), *state.dead_letters()]:
+        if held.rid == rid:
+            return held.seq
+    raise AssertionError(f"{rid} is not held")
+
+
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
@@ -134,8 +142,8 @@ def test_a_failing_batch_leaves_neither_records_nor_position(
 
 def test_records_already_spooled_dead_lettered_or_delivered_are_skipped(state: State) -> None:
     state.commit_batch(records(0, 4))
-    state.mark_delivered([Delivery("r000000000", 0, 1)])
-    state.dead_letter("r000000001", "too large")
+    state.mark_delivered([Delivery(seq_of(state, "r000000000"), 0, 1)])
+    state.dead_letter(seq_of(state, "r000000001"), "too large")
 
     again = records(0, 4) + records(4, 6) + records(5, 6)
     result = state.commit_batch(again, position=at(6))
@@ -144,8 +152,8 @@ def test_records_already_spooled_dead_lettered_or_delivered_are_skipped(state: S
     assert all_rids(state) == ["r000000002", "r000000003", "r000000004", "r000000005"]
     assert [d.rid for d in state.dead_letters()] == ["r000000001"]
     assert state.stats()["already_known_total"] == 5
-    assert all(state.is_known(f"r{i:09d}") for i in range(6))
-    assert not state.is_known("r000000006")
+    assert all(state.is_known(f"r{i:09d}", i) for i in range(6))
+    assert not state.is_known("r000000006", 6)
 
 
 def test_pending_is_in_seq_order_and_pages_with_after_seq(state: State) -> None:
@@ -169,13 +177,13 @@ def test_mark_delivered_moves_records_to_the_ledger(state: State) -> None:
     spooled = state.pending()
 
     removed = state.mark_delivered(
-        [Delivery(r.rid, 2, 100 + r.seq) for r in spooled[:3]] + [Delivery("unknown", 0, 0)]
+        [Delivery(r.seq, 2, 100 + r.seq) for r in spooled[:3]] + [Delivery(10**6, 0, 0)]
     )
 
     assert removed == 3
     assert all_rids(state) == ["r000000003", "r000000004"]
-    assert all(state.is_known(r.rid) for r in spooled)
-    assert state.mark_delivered([Delivery(spooled[0].rid, 2, 100)]) == 0
+    assert all(state.is_known(r.rid, r.jobid) for r in spooled)
+    assert state.mark_delivered([Delivery(spooled[0].seq, 2, 100)]) == 0
     stats = state.stats()
     assert stats["delivered_total"] == 3
     assert stats["last_delivered_jobid"] == 2
@@ -183,16 +191,16 @@ def test_mark_delivered_moves_records_to_the_ledger(state: State) -> None:
     assert stats["spool_depth"] == 2
     with sqlite3.connect(state.path) as raw:
         ledger = raw.execute(
-            "SELECT rid, jobid, kafka_partition, kafka_offset FROM delivered ORDER BY rid"
+            "SELECT rid, jobid, kafka_partition, kafka_offset FROM delivered ORDER BY jobid"
         ).fetchall()
     assert ledger == [(r.rid, r.jobid, 2, 100 + r.seq) for r in spooled[:3]]
 
 
 def test_a_delivery_report_resolves_a_dead_letter(state: State) -> None:
     state.commit_batch(records(0, 2))
-    state.dead_letter("r000000000", "gave up after timeouts")
+    state.dead_letter(seq_of(state, "r000000000"), "gave up after timeouts")
 
-    assert state.mark_delivered([Delivery("r000000000", 0, 7)]) == 1
+    assert state.mark_delivered([Delivery(seq_of(state, "r000000000"), 0, 7)]) == 1
 
     assert state.dead_letters() == []
     assert state.stats()["delivered_total"] == 1
@@ -201,21 +209,21 @@ def test_a_delivery_report_resolves_a_dead_letter(state: State) -> None:
 
 def test_prune_delivered_forgets_old_ids_and_counts_them(state: State) -> None:
     state.commit_batch(records(0, 3))
-    state.mark_delivered([Delivery(r.rid, 0, r.seq) for r in state.pending()])
+    state.mark_delivered([Delivery(r.seq, 0, r.seq) for r in state.pending()])
 
     assert state.prune_delivered(time.time() - 3600) == 0
     assert state.prune_delivered(time.time() + 1) == 3
 
-    assert not state.is_known("r000000000")
+    assert not state.is_known("r000000000", 0)
     assert state.stats()["pruned_total"] == 3
 
 
 def test_record_attempt_keeps_the_record_with_its_error(state: State) -> None:
     state.commit_batch(records(0, 2))
 
-    state.record_attempt("r000000001", "Local: Message timed out")
-    state.record_attempt("r000000001", "Broker: Not enough in-sync replicas")
-    state.record_attempt("unknown", "ignored")
+    state.record_attempt(seq_of(state, "r000000001"), "Local: Message timed out")
+    state.record_attempt(seq_of(state, "r000000001"), "Broker: Not enough in-sync replicas")
+    state.record_attempt(10**6, "ignored")
 
     first, second = state.pending()
     assert (first.attempts, first.last_error) == (0, None)
@@ -227,13 +235,13 @@ def test_record_attempt_keeps_the_record_with_its_error(state: State) -> None:
 
 def test_dead_letters_can_be_retried_and_purged_never_silently(state: State) -> None:
     state.commit_batch(records(0, 4))
-    state.record_attempt("r000000001", "Broker: Message size too large")
+    state.record_attempt(seq_of(state, "r000000001"), "Broker: Message size too large")
 
-    assert state.dead_letter("r000000001", "Broker: Message size too large")
-    assert state.dead_letter("r000000002", "schema rejected")
-    assert not state.dead_letter("r000000001", "already moved")
+    assert state.dead_letter(seq_of(state, "r000000001"), "Broker: Message size too large")
+    assert state.dead_letter(seq_of(state, "r000000002"), "schema rejected")
+    assert not state.dead_letter(seq_of(state, "r000000001"), "already moved")
     with pytest.raises(StateError):
-        state.dead_letter("r000000003", "")
+        state.dead_letter(seq_of(state, "r000000003"), "")
 
     letters = state.dead_letters()
     assert [(d.rid, d.reason, d.attempts) for d in letters] == [
@@ -261,7 +269,9 @@ def test_dead_letters_can_be_retried_and_purged_never_silently(state: State) -> 
 
 def test_retry_all_dead_letters_keeps_their_order(state: State) -> None:
     state.commit_batch(records(0, 5))
-    moved = state.dead_letter_many({"r000000003": "x", "r000000001": "y", "r000000004": "z"})
+    moved = state.dead_letter_many(
+        {seq_of(state, rid): reason for rid, reason in (("r000000003", "x"), ("r000000001", "y"), ("r000000004", "z"))}
+    )
     assert moved == 3
 
     assert state.retry_dead_letters() == 3
@@ -326,14 +336,14 @@ def test_reopen_after_close_keeps_everything(state_dir: Path) -> None:
             position=at(6),
             quarantined=[QuarantinedLine("log", 3, 30, b"?", "bad")],
         )
-        s.mark_delivered([Delivery("r000000000", 1, 5)])
-        s.dead_letter("r000000001", "too big")
-        s.record_attempt("r000000002", "timeout")
+        s.mark_delivered([Delivery(seq_of(s, "r000000000"), 1, 5)])
+        s.dead_letter(seq_of(s, "r000000001"), "too big")
+        s.record_attempt(seq_of(s, "r000000002"), "timeout")
         before = (s.pending(), s.dead_letters(), s.quarantined(), s.positions())
 
     with State.open(state_dir, synchronous="normal") as s:
         assert (s.pending(), s.dead_letters(), s.quarantined(), s.positions()) == before
-        assert s.is_known("r000000000")
+        assert s.is_known("r000000000", 0)
         assert s.stats()["delivered_total"] == 1
 
 
@@ -363,8 +373,8 @@ def test_readonly_open_creates_nothing_and_refuses_writes(state_dir: Path) -> No
         assert ro.stats()["spooled_total"] == 3
         for write in (
             lambda: ro.commit_batch(records(3, 4), position=at(4)),
-            lambda: ro.mark_delivered([Delivery("r000000000", 0, 0)]),
-            lambda: ro.dead_letter("r000000000", "x"),
+            lambda: ro.mark_delivered([Delivery(1, 0, 0)]),
+            lambda: ro.dead_letter(1, "x"),
             lambda: ro.purge_dead_letters(),
             lambda: ro.prune_delivered(time.time()),
         ):
@@ -438,6 +448,70 @@ def test_a_database_from_a_newer_jobcompd_is_refused(state_dir: Path) -> None:
     error = assert_refused(state_dir)
 
     assert "newer" in error.reason and str(SCHEMA_VERSION + 1) in error.reason
+
+
+# The tables of schema 1 (jobcompd before the (jobid, rid) keys), as that version created them.
+SCHEMA_V1 = """
+CREATE TABLE spool (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, rid TEXT NOT NULL UNIQUE, jobid INTEGER NOT NULL,
+    payload BLOB NOT NULL, source TEXT NOT NULL DEFAULT '', enqueued_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT);
+CREATE TABLE deadletter (
+    seq INTEGER PRIMARY KEY, rid TEXT NOT NULL UNIQUE, jobid INTEGER NOT NULL, payload BLOB NOT NULL,
+    source TEXT NOT NULL, enqueued_at REAL NOT NULL, attempts INTEGER NOT NULL, last_error TEXT,
+    reason TEXT NOT NULL, failed_at REAL NOT NULL);
+CREATE TABLE delivered (
+    rid TEXT PRIMARY KEY, jobid INTEGER NOT NULL, delivered_at REAL NOT NULL,
+    kafka_partition INTEGER, kafka_offset INTEGER) WITHOUT ROWID;
+CREATE TABLE quarantine (
+    id INTEGER PRIMARY KEY, source TEXT NOT NULL, line_no INTEGER NOT NULL,
+    byte_offset INTEGER NOT NULL, raw BLOB NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL);
+CREATE TABLE position (
+    source TEXT PRIMARY KEY, path TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    byte_offset INTEGER NOT NULL, line_no INTEGER NOT NULL, inode INTEGER NOT NULL,
+    dev INTEGER NOT NULL, size INTEGER NOT NULL, updated_at REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+PRAGMA application_id = 1245924676;
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_schema_1_database_is_upgraded_in_place_keeping_everything(state_dir: Path) -> None:
+    state_dir.mkdir()
+    with sqlite3.connect(state_dir / DB_NAME) as raw:
+        raw.executescript(SCHEMA_V1)
+        raw.executemany(
+            "INSERT INTO meta VALUES (?, ?)",
+            [("spooled_total", 8), ("delivered_total", 3), ("created_at", 1.0)],
+        )
+        # Records 0-2 were delivered; 3-7 wait in the spool with seqs 4-8.
+        raw.executemany(
+            "INSERT INTO spool (seq, rid, jobid, payload, source, enqueued_at, attempts, last_error)"
+            " VALUES (?, ?, ?, ?, 'log', 1.0, ?, ?)",
+            [(r.jobid + 1, r.rid, r.jobid, r.payload, r.jobid, f"e{r.jobid}") for r in records(3, 8)],
+        )
+        raw.executemany(
+            "INSERT INTO delivered VALUES (?, ?, 2.0, 0, ?)",
+            [(r.rid, r.jobid, r.jobid) for r in records(0, 3)],
+        )
+        # Seqs up to 20 were handed out once (records since delivered and forgotten, say).
+        raw.execute("UPDATE sqlite_sequence SET seq = 20 WHERE name = 'spool'")
+    raw.close()
+
+    with State.open(state_dir) as s:
+        held = s.pending()
+        assert [(r.seq, r.rid, r.payload, r.attempts, r.last_error) for r in held] == [
+            (r.jobid + 1, r.rid, r.payload, r.jobid, f"e{r.jobid}") for r in records(3, 8)
+        ]
+        assert s.commit_batch(records(0, 10)) == BatchResult(spooled=2, already_known=8, quarantined=0)
+        new_seqs = [r.seq for r in s.pending()[-2:]]
+        assert 20 < new_seqs[0] < new_seqs[1]  # the counter carried over: no seq is used twice
+        assert s.mark_delivered([Delivery(r.seq, 0, 0) for r in s.pending()]) == 7
+        assert s.stats()["delivered_total"] == 10
+    with sqlite3.connect(state_dir / DB_NAME) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert raw.execute("SELECT count(*) FROM delivered").fetchone()[0] == 10
+    raw.close()
 
 
 def test_another_programs_database_is_refused(state_dir: Path) -> None:
@@ -590,7 +664,7 @@ def test_reader_and_producer_threads_share_one_state(state: State) -> None:
                 batch = state.pending(after_seq=seen, limit=250)
                 if batch:
                     seen = batch[-1].seq
-                    delivered += state.mark_delivered([Delivery(r.rid, 0, r.seq) for r in batch])
+                    delivered += state.mark_delivered([Delivery(r.seq, 0, r.seq) for r in batch])
         except BaseException as exc:
             errors.append(exc)
 
@@ -629,10 +703,10 @@ while True:
     roll = rng.random()
     if roll < 0.5:
         sent = state.pending(limit=rng.randint(1, 600))
-        state.mark_delivered([Delivery(r.rid, 0, r.seq) for r in sent])
+        state.mark_delivered([Delivery(r.seq, 0, r.seq) for r in sent])
     elif roll < 0.6:
         sent = state.pending(limit=5)
-        state.dead_letter_many({r.rid: "rejected by broker" for r in sent})
+        state.dead_letter_many({r.seq: "rejected by broker" for r in sent})
     elif roll < 0.65:
         state.retry_dead_letters()
 """
@@ -703,7 +777,7 @@ def test_round_trip_of_a_10k_batch(state: State) -> None:
     committed = time.perf_counter()
     pending = state.pending(limit=10_000)
     read = time.perf_counter()
-    assert state.mark_delivered([Delivery(r.rid, 0, r.seq) for r in pending]) == 10_000
+    assert state.mark_delivered([Delivery(r.seq, 0, r.seq) for r in pending]) == 10_000
     done = time.perf_counter()
     print(
         f"10k records (~1 KB each): commit_batch {committed - started:.3f}s, "
