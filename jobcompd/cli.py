@@ -16,7 +16,7 @@ from typing import Any
 from jobcompd import __version__
 from jobcompd.config import ConfigError, Settings, load_settings, redacted
 from jobcompd.encode import Encoder, TimeZoneError, resolve_zone
-from jobcompd.ingest import open_log
+from jobcompd.ingest import ParseWorker, open_log
 from jobcompd.lock import StateDirLock, StateDirUnusable
 from jobcompd.record import DEFAULT_MAX_LINE_BYTES, ParseError, parse_line
 from jobcompd.state import State, StateError
@@ -167,12 +167,13 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         lock.release()
         return EXIT_USAGE
     stop = _stop_on_signals()
+    worker = ParseWorker()
     try:
         encoder = Encoder(settings.source.tz, settings.cluster)  # type: ignore[arg-type]
         sender = Sender(state, settings.kafka, debug_jobcomp=settings.log.debug_jobcomp)
         replayer = Replayer(
             state,
-            Ingestor(state, encoder, max_line_bytes=settings.source.max_line_bytes),
+            Ingestor(state, encoder, max_line_bytes=settings.source.max_line_bytes, worker=worker),
             sender,
             max_spool_records=settings.state.max_spool_records,
             progress=sys.stderr if sys.stderr.isatty() and not args.quiet else None,
@@ -184,6 +185,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print(f"jobcompd replay: {exc}", file=sys.stderr)
         return EXIT_USAGE
     finally:
+        worker.close()
         state.close()
         lock.release()
     elapsed = time.monotonic() - started

@@ -29,7 +29,7 @@ import structlog
 from jobcompd import logs
 from jobcompd.config import ConfigError, KafkaSettings, Settings, load_settings
 from jobcompd.encode import Encoder
-from jobcompd.ingest import Ingestor
+from jobcompd.ingest import Ingestor, ParseWorker
 from jobcompd.lock import StateDirLock
 from jobcompd.producer import Sender
 from jobcompd.state import ReadPosition, State, StateError
@@ -170,7 +170,8 @@ class Daemon:
         state = self._state
         assert state is not None
         encoder = Encoder(settings.source.tz, settings.cluster)  # type: ignore[arg-type]
-        ingestor = Ingestor(state, encoder, max_line_bytes=settings.source.max_line_bytes)
+        worker = ParseWorker(logger=structlog.get_logger("jobcompd.ingest"))
+        ingestor = Ingestor(state, encoder, max_line_bytes=settings.source.max_line_bytes, worker=worker)
         sender = Sender(
             state,
             settings.kafka,
@@ -207,6 +208,7 @@ class Daemon:
             self._notify("STOPPING=1")
             self._log.info("stopping")
             self._tailer.stop()
+            worker.close()
             self._sender.stop()
             flush_ms = self.settings.kafka.params.flush_timeout
             self._sender.join(timeout=None if flush_ms < 0 else flush_ms / 1000 + 5)

@@ -150,6 +150,11 @@ class Encoder:
         self._clock = _Clock(zone)
         self.cluster = cluster
 
+    @property
+    def zone(self) -> ZoneInfo:
+        """The zone the log's times are read in."""
+        return self._clock._zone
+
     def record_id(self, line: bytes, record: JobRecord) -> str:
         """The deterministic id of ``record`` read from ``line``."""
         return record_id(line, record.cluster or self.cluster)

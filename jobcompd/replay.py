@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import BinaryIO, TextIO
 
 from jobcompd.identity import fingerprint
-from jobcompd.ingest import Ingestor, open_log
+from jobcompd.ingest import Ingestor, Pending, open_log
 from jobcompd.producer import Sender
 from jobcompd.state import ReadPosition, State
 
@@ -202,40 +202,48 @@ class Replayer:
             else:
                 pending = [first]
             st = os.fstat(raw.fileno()) if name != _STDIN else None
+            # Batch n+1 is parsed (in the parse worker, if any) while batch n is committed and sent.
+            ahead: tuple[Pending, ReadPosition | None, int, int] | None = None
             while True:
                 pending.extend(_take(fh, BATCH_LINES - len(pending)))
-                if not pending:
-                    break
-                consumed = sum(len(x) for x in pending)
-                position = None
-                if key is not None:
-                    position = ReadPosition(
-                        source=key,
-                        path=label,
-                        fingerprint=key.split(":", 1)[1],
-                        offset=offset + consumed,
-                        line_no=line_no + len(pending),
-                        inode=st.st_ino if st else 0,
-                        dev=st.st_dev if st else 0,
-                        size=st.st_size if st else 0,
+                batch = None
+                if pending:
+                    consumed = sum(len(x) for x in pending)
+                    position = None
+                    if key is not None:
+                        position = ReadPosition(
+                            source=key,
+                            path=label,
+                            fingerprint=key.split(":", 1)[1],
+                            offset=offset + consumed,
+                            line_no=line_no + len(pending),
+                            inode=st.st_ino if st else 0,
+                            dev=st.st_dev if st else 0,
+                            size=st.st_size if st else 0,
+                        )
+                    batch = (self._ingestor.prepare(pending, source=label), position, line_no, offset)
+                    offset += consumed
+                    line_no += len(pending)
+                    pending = []
+                if ahead is not None:
+                    prepared, at, first_line, first_offset = ahead
+                    result = self._ingestor.commit(
+                        prepared,
+                        source=label,
+                        first_line_no=first_line + 1,
+                        first_offset=first_offset,
+                        position=at,
                     )
-                result = self._ingestor.commit(
-                    pending,
-                    source=label,
-                    first_line_no=line_no + 1,
-                    first_offset=offset,
-                    position=position,
-                )
-                self.summary.lines += len(pending)
-                self.summary.records += result.spooled
-                self.summary.already_known += result.already_known
-                self.summary.quarantined += result.quarantined
-                offset += consumed
-                line_no += len(pending)
-                pending = []
-                yield raw.tell() if name != _STDIN else 0
-                if self._stop.is_set():
-                    return
+                    self.summary.lines += len(prepared.lines)
+                    self.summary.records += result.spooled
+                    self.summary.already_known += result.already_known
+                    self.summary.quarantined += result.quarantined
+                    yield raw.tell() if name != _STDIN else 0
+                    if self._stop.is_set():
+                        return
+                if batch is None:
+                    break
+                ahead = batch
         finally:
             if name != _STDIN:
                 fh.close()

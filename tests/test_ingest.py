@@ -1,0 +1,189 @@
+"""The parse worker: a real child process that parses batches exactly as the parent would.
+
+Compared with in-process parsing on the same lines, committed to real SQLite states; the child
+killed mid-run, and the child of a jobcompd process that is itself killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jobcompd.encode import Encoder, resolve_zone
+from jobcompd.ingest import WORKER_MIN_LINES, Ingestor, ParseWorker
+from jobcompd.state import ReadPosition, State
+from tests.jobcompd_env import wait_for
+from tests.slurmctld import mixed_lines
+
+BAD = [b"garbage\n", b"JobId=12 UserId=alice(1000) GroupId=users(100) Name=cut short\n", b"\n"]
+
+
+def batch(n: int, seed: int) -> list[bytes]:
+    """``n`` lines of mixed generations with a few bad ones spread through them."""
+    lines = mixed_lines(n, seed=seed)
+    for i, bad in enumerate(BAD):
+        lines.insert((i + 1) * n // (len(BAD) + 1), bad)
+    return lines
+
+
+def spawned_children(parent: int | None = None) -> list[int]:
+    """Live children of ``parent`` (this process) started by multiprocessing's spawn."""
+    parent = os.getpid() if parent is None else parent
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == parent and fields[0] != "Z" and b"spawn_main" in cmdline:
+            pids.append(int(entry))
+    return pids
+
+
+def children_once(count: int, parent: int | None = None) -> list[int]:
+    """Wait until exactly ``count`` spawned children run (a new one is exec'd asynchronously)."""
+    found: list[int] = []
+
+    def settled() -> bool:
+        found[:] = spawned_children(parent)
+        return len(found) == count
+
+    wait_for(settled, timeout=20, what=f"{count} parse worker(s)")
+    return found
+
+
+@pytest.fixture
+def worker() -> Iterator[ParseWorker]:
+    w = ParseWorker()
+    yield w
+    w.close()
+
+
+def commit_all(state: State, ingestor: Ingestor, batches: list[list[bytes]]) -> None:
+    offset = line_no = 0
+    for lines in batches:
+        size = sum(map(len, lines))
+        ingestor.commit(
+            lines,
+            source="/var/log/slurm/jobcomp.log",
+            first_line_no=line_no + 1,
+            first_offset=offset,
+            position=ReadPosition("log", "/var/log/slurm/jobcomp.log", "fp", offset + size, line_no + len(lines)),
+        )
+        offset += size
+        line_no += len(lines)
+
+
+def held(state: State) -> tuple[object, ...]:
+    return (
+        [(r.rid, r.jobid, r.payload, r.source) for r in state.pending(limit=10**9)],
+        [(q.source, q.line_no, q.offset, q.raw, q.reason) for q in state.quarantined()],
+        state.positions(),
+    )
+
+
+def test_the_child_commits_exactly_what_in_process_parsing_commits(
+    tmp_path: Path, worker: ParseWorker
+) -> None:
+    zone = resolve_zone("Europe/Berlin")
+    batches = [batch(3000, seed=1), batch(WORKER_MIN_LINES - 1, seed=2), batch(500, seed=3)]
+    with State.open(tmp_path / "inline") as inline, State.open(tmp_path / "child") as child:
+        commit_all(inline, Ingestor(inline, Encoder(zone, "fallback")), batches)
+        commit_all(child, Ingestor(child, Encoder(zone, "fallback"), worker=worker), batches)
+        assert len(children_once(1)) == 1  # the big batches really went to a child
+        expected, got = held(inline), held(child)
+
+    assert got == expected
+    records, quarantined, _ = got
+    assert len(records) == sum(map(len, batches)) - 3 * len(BAD)
+    assert len(quarantined) == 3 * len(BAD)
+    # Quarantined lines keep their own line numbers and byte offsets in the file.
+    log = b"".join(b"".join(lines) for lines in batches)
+    for _, line_no, offset, raw, reason in quarantined:
+        assert log.splitlines(keepends=True)[line_no - 1] == raw
+        assert log[offset : offset + len(raw)] == raw
+        assert reason
+
+
+def test_a_killed_child_costs_no_line_and_is_replaced(tmp_path: Path, worker: ParseWorker) -> None:
+    zone = resolve_zone("UTC")
+    lines = mixed_lines(4 * 1000, seed=5)
+    with State.open(tmp_path / "state") as state:
+        ingestor = Ingestor(state, Encoder(zone), worker=worker)
+        commit_all(state, ingestor, [lines[:1000]])
+        (first,) = children_once(1)
+
+        # Killed between batches, then while parsing one (the batch is parsed in-process instead).
+        os.kill(first, signal.SIGKILL)
+        children_once(0)
+        commit_all(state, ingestor, [lines[1000:2000]])
+        pending = ingestor.prepare(lines[2000:3000], source="/var/log/slurm/jobcomp.log")
+        (second,) = children_once(1)
+        assert second != first
+        os.kill(second, signal.SIGKILL)
+        ingestor.commit(pending, source="/var/log/slurm/jobcomp.log", first_line_no=2001, first_offset=0, position=None)
+        commit_all(state, ingestor, [lines[3000:]])
+
+        assert [r.jobid for r in state.pending(limit=10**9)] == list(range(1000, 1000 + len(lines)))
+        assert state.quarantined() == []
+        children_once(1)
+
+
+CHILD_OF_KILLED_PARENT = r"""
+import sys
+from jobcompd.encode import Encoder, resolve_zone
+from jobcompd.ingest import Ingestor, ParseWorker
+from jobcompd.state import State
+from tests.slurmctld import mixed_lines
+
+state = State.open(sys.argv[1])
+ingestor = Ingestor(state, Encoder(resolve_zone("UTC")), worker=ParseWorker())
+ingestor.commit(mixed_lines(500), source="log", first_line_no=1, first_offset=0, position=None)
+print("committed", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_the_child_dies_with_a_parent_killed_by_sigkill(tmp_path: Path) -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", CHILD_OF_KILLED_PARENT, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    try:
+        assert parent.stdout is not None
+        assert parent.stdout.readline() == b"committed\n"
+        (child,) = children_once(1, parent.pid)
+        parent.kill()
+        parent.wait()
+        wait_for(lambda: not _alive(child), timeout=10, what="the orphaned child to die")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_small_batches_are_parsed_in_process(tmp_path: Path, worker: ParseWorker) -> None:
+    with State.open(tmp_path / "state") as state:
+        ingestor = Ingestor(state, Encoder(resolve_zone("UTC")), worker=worker)
+        for n in range(5):
+            commit_all(state, ingestor, [mixed_lines(10, seed=n)])
+        assert spawned_children() == []  # trickles of lines never start the child
+        assert state.spool_depth() == 50
