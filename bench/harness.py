@@ -86,14 +86,49 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (jobcompd's parse worker and what multiprocessing starts)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            parents.setdefault(int(fields[1]), []).append(int(entry))
+    tree, todo = [pid], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        tree += children
+        todo += children
+    return tree
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """`cpu_seconds` summed over `process_tree` (a child that exited meanwhile is not counted)."""
+    total = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(member)
+    return total
+
+
 class RssSampler:
-    """Samples a process's VmRSS every ``interval`` seconds on a thread; keeps the peak."""
+    """Samples the VmRSS of a process and its descendants every ``interval`` s on a thread.
+
+    ``peak_rss_kb`` is the highest sum seen in one sample; ``hwm_kb`` sums each member's own
+    high-water mark (VmHWM), an upper bound since the members' peaks need not coincide.
+    """
 
     def __init__(self, pid: int, interval: float = 0.1) -> None:
         self.pid = pid
         self.interval = interval
         self.peak_rss_kb = 0
         self.hwm_kb = 0
+        self._hwm: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"rss-{pid}", daemon=True)
 
@@ -103,12 +138,16 @@ class RssSampler:
         return self
 
     def sample(self) -> None:
-        try:
-            rss, hwm = rss_kb(self.pid)
-        except OSError:
-            return
+        rss = 0
+        for pid in process_tree(self.pid):
+            try:
+                member_rss, member_hwm = rss_kb(pid)
+            except OSError:
+                continue
+            rss += member_rss
+            self._hwm[pid] = max(self._hwm.get(pid, 0), member_hwm)
         self.peak_rss_kb = max(self.peak_rss_kb, rss)
-        self.hwm_kb = max(self.hwm_kb, hwm)
+        self.hwm_kb = sum(self._hwm.values())
 
     def stop(self) -> None:
         self.sample()

@@ -1,7 +1,8 @@
 """py-spy profiles of jobcompd, reduced to the functions where the samples are.
 
-py-spy samples the Python stacks of every thread from outside the process (``--format raw``:
-one collapsed stack per line, ``frame;frame;…;leaf COUNT``; ``-F`` aggregates by function).
+py-spy samples the Python stacks of every thread from outside the process, and of its parse
+worker (``--subprocesses``; ``--format raw``: one collapsed stack per line,
+``frame;frame;…;leaf COUNT``; ``-F`` aggregates by function).
 Time spent inside C code — SQLite, librdkafka, orjson, the regex engine — is charged to the
 Python function that called it, which is what tells where jobcompd's code should change.
 Idle threads (waiting in poll, sleep or a lock with the GIL released) are not counted.
@@ -31,6 +32,8 @@ WAITS = frozenset(
         "Queue.get (queue.py)",
         "InotifyFD._check_inotify_fd (watchdog/observers/inotify_c.py)",
         "InotifyFD.read_events (watchdog/observers/inotify_c.py)",
+        "_PollLikeSelector.select (selectors.py)",  # the process pool's manager thread
+        "Connection._recv (multiprocessing/connection.py)",  # the parse worker between batches
     )
 )
 
@@ -39,11 +42,13 @@ _FRAME = re.compile(r"^(?P<func>.+?) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
 # Pipeline stages: a jobcompd frame (as `_short` writes it) and what its inclusive samples stand for.
 STAGES = (
     ("Tailer.read (jobcompd/tailer.py)", "tailer: complete lines from the log"),
-    ("Ingestor.commit (jobcompd/ingest.py)", "ingest: parse + encode + id + spool commit"),
+    ("Ingestor.commit (jobcompd/ingest.py)", "ingest: wait for the parse + spool commit"),
+    ("State.commit_batch (jobcompd/state.py)", "  State.commit_batch (SQLite insert)"),
+    ("_parse_in_child (jobcompd/ingest.py)", "parse worker (child process): parse + encode + id"),
+    ("parse_batch (jobcompd/ingest.py)", "  parse_batch (in the worker, or in-process for small batches)"),
     ("parse_line (jobcompd/record.py)", "  parse_line"),
     ("Encoder.encode (jobcompd/encode.py)", "  Encoder.encode (dict + orjson)"),
     ("Encoder.record_id (jobcompd/encode.py)", "  Encoder.record_id (BLAKE2b)"),
-    ("State.commit_batch (jobcompd/state.py)", "  State.commit_batch (SQLite insert)"),
     ("Sender.pump (jobcompd/producer.py)", "sender: produce + poll + settle"),
     ("State.pending (jobcompd/state.py)", "  State.pending (spool fetch)"),
     ("Sender._produce (jobcompd/producer.py)", "  Sender._produce (Producer.produce)"),
@@ -98,7 +103,10 @@ class Profile:
         total = self.samples
         if not total:
             return [f"{title}: no samples (py-spy could not attach?)"]
-        out = [f"{title}: {total} samples at {RATE_HZ} Hz (busy threads only, all threads together)"]
+        out = [
+            f"{title}: {total} samples at {RATE_HZ} Hz "
+            "(busy threads only; all threads and the parse worker together)"
+        ]
         out.append("  by pipeline stage (inclusive, % of samples):")
         for label, n in self.stages():
             out.append(f"    {100 * n / total:5.1f}%  {label}")
@@ -127,7 +135,8 @@ def record_command(py_spy: str, out: Path, argv: Sequence[str], *, timeout: floa
     """Run ``argv`` under py-spy until it exits; return its exit status."""
     with open(out.with_suffix(".log"), "wb") as log:
         proc = spawn(
-            [py_spy, "record", "-r", str(RATE_HZ), "-F", "--format", "raw", "-o", str(out), "--", *argv],
+            [py_spy, "record", "-s", "-r", str(RATE_HZ), "-F", "--format", "raw", "-o", str(out)]
+            + ["--", *argv],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -148,6 +157,7 @@ class Attached:
             [
                 py_spy,
                 "record",
+                "-s",
                 "-r",
                 str(RATE_HZ),
                 "-F",

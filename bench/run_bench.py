@@ -8,9 +8,10 @@ three-broker Kafka in its own process, on loopback; a fresh one per measurement)
    to two baselines on the same lines and broker: ``kcat -P -l`` and rsyslog imfile → omkafka;
 2. latency: lines appended one at a time at a steady rate, write → delivery report (the state's
    ``delivered_at``) and write → a consumer receiving the message (matched by record id);
-3. memory: the daemon's peak RSS while a 1M-record backlog builds up (brokers down) and drains;
+3. memory: the peak RSS of the daemon and its parse worker while a 1M-record backlog builds up
+   (brokers down) and drains;
 4. recovery: restart with 1M records in the spool: time to the first delivery and to an empty spool;
-5. idle: the daemon's CPU over a quiet minute;
+5. idle: the CPU of the daemon and its parse worker over a quiet minute;
 then a py-spy profile of replay and of the daemon on the same workload, reduced to hot spots.
 
 Producers everywhere: ``linger.ms=5``, idempotent (``acks=all``). ``--quick`` runs everything in a
@@ -52,13 +53,13 @@ from bench.harness import (
     RssSampler,
     StateView,
     append_bulk,
-    cpu_seconds,
     ensure_debian_packages,
     ensure_py_spy,
     mock_cluster,
     percentile,
     spawn,
     terminate,
+    tree_cpu_seconds,
     wait_until,
 )
 from jobcompd.encode import Encoder
@@ -406,7 +407,7 @@ def latency(run: Run) -> None:
 
 
 def memory(run: Run) -> None:
-    """Peak RSS of the daemon while N records pile up (brokers down) and then drain (brokers up)."""
+    """Peak RSS of the daemon and its parse worker while N records pile up (brokers down), then drain."""
     with mock_cluster(TOPIC, run.partitions) as cluster:
         env = run.env("memory", cluster.bootstrap)
         state = StateView(env.db)
@@ -513,7 +514,7 @@ def recovery(run: Run) -> None:
 
 
 def idle(run: Run) -> None:
-    """CPU (utime + stime, all threads) of a connected daemon over ``--idle-seconds`` with no writes."""
+    """CPU (utime + stime, all threads, parse worker included) of a connected daemon, no writes."""
     seconds = run.args.idle_seconds
     sample = run.workspace / "idle-lines.log"
     with open(run.lines_file, "rb") as src:
@@ -532,9 +533,9 @@ def idle(run: Run) -> None:
                 alive=alive(daemon),
             )
             time.sleep(3)
-            cpu0, t0 = cpu_seconds(daemon.proc.pid), time.monotonic()
+            cpu0, t0 = tree_cpu_seconds(daemon.proc.pid), time.monotonic()
             time.sleep(seconds)
-            cpu1, t1 = cpu_seconds(daemon.proc.pid), time.monotonic()
+            cpu1, t1 = tree_cpu_seconds(daemon.proc.pid), time.monotonic()
     pct = 100 * (cpu1 - cpu0) / (t1 - t0)
     run.figures["idle"] = {"pct": pct, "seconds": t1 - t0}
     print(f"  idle: {cpu1 - cpu0:.2f} s of CPU in {t1 - t0:.0f} s = {pct:.2f}% of one core")
@@ -666,7 +667,7 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
         else:
             rows.append((title, failed("latency"), "p99 ≤ 50 ms", "—", "—"))
     mem = f.get("memory")
-    title = f"peak RSS of the daemon, {n}-record backlog (brokers down, then up)"
+    title = f"peak RSS of the daemon + parse worker, {n}-record backlog (brokers down, then up)"
     if mem:
         rows.append(
             (

@@ -291,8 +291,7 @@ class ReadPosition:
     updated_at: float | None = field(default=None, compare=False)
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
+class Delivery(NamedTuple):
     """A successful delivery report: the spooled record ``seq`` is in Kafka at ``partition``/``offset``."""
 
     seq: int
