@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import json
 import os
 import shutil
@@ -74,7 +75,20 @@ GOAL_IDLE_PCT = 1.0  # of one core
 
 TOPIC = "bench"
 WARMUP_LINES = 50
-MEASUREMENTS = ("replay", "daemon", "kcat", "rsyslog", "latency", "memory", "recovery", "idle", "profile")
+WORKER_TAG = {False: "", True: " (parse worker)"}
+MEASUREMENTS = (
+    "replay",
+    "replay-worker",
+    "daemon",
+    "daemon-worker",
+    "kcat",
+    "rsyslog",
+    "latency",
+    "memory",
+    "recovery",
+    "idle",
+    "profile",
+)
 
 
 @dataclass
@@ -98,7 +112,7 @@ class Run:
         """How long any step on ``records`` may take before the run gives up on it."""
         return max(180.0, (records or self.n) / 2_000)
 
-    def env(self, name: str, bootstrap: str) -> JobcompdEnv:
+    def env(self, name: str, bootstrap: str, *, parse_worker: bool = False) -> JobcompdEnv:
         """A jobcompd configuration of its own under the workspace (state, log, rdkafka.conf).
 
         linger.ms=5 (JobcompdEnv's default); jobcompd adds enable.idempotence and acks=all itself.
@@ -110,6 +124,7 @@ class Run:
             topic=TOPIC,
             params="requeue_on_msg_timeout",
             extra_toml=f"max_spool_records = {max(2 * self.n, 1_000_000)}\n",
+            source_toml="parse_worker = true\n" if parse_worker else "",
         )
 
 
@@ -142,10 +157,11 @@ def rate(records: int, seconds: float) -> float:
 # -- 1. throughput -------------------------------------------------------------------------------
 
 
-def throughput_replay(run: Run) -> None:
+def throughput_replay(run: Run, *, parse_worker: bool = False) -> None:
     """``jobcompd replay`` of the N lines, timed from exec to exit (it exits once all are delivered)."""
+    key = "replay-worker" if parse_worker else "replay"
     with mock_cluster(TOPIC, run.partitions) as cluster:
-        env = run.env("replay", cluster.bootstrap)
+        env = run.env(key, cluster.bootstrap, parse_worker=parse_worker)
         argv = [JOBCOMPD, "replay", "--json", "-q", str(run.lines_file), "-c", str(env.config)]
         trace = CounterTrace(StateView(env.db), time.time())
         stderr = env.root / "replay.stderr"
@@ -171,18 +187,20 @@ def throughput_replay(run: Run) -> None:
                 f"summary {summary}; stderr: {stderr.read_text(errors='replace')[-1500:]}"
             )
     r = rate(run.n, elapsed)
-    run.figures["replay"] = {"rate": r, "elapsed": elapsed, "summary": summary}
+    run.figures[key] = {"rate": r, "elapsed": elapsed, "summary": summary}
     print(
-        f"  jobcompd replay: {run.n:,} records delivered in {elapsed:.2f} s = {r:,.0f} records/s "
+        f"  jobcompd replay{WORKER_TAG[parse_worker]}: {run.n:,} records delivered in {elapsed:.2f} s "
+        f"= {r:,.0f} records/s "
         f"(its own summary: {summary.get('elapsed_s')} s, delivered {summary.get('delivered'):,}; "
         f"delivered ledger {delivered:,}; {trace.tenths(run.n, trace.start + elapsed)})"
     )
 
 
-def throughput_daemon(run: Run) -> None:
+def throughput_daemon(run: Run, *, parse_worker: bool = False) -> None:
     """The live daemon: N lines appended in bulk to its log, until the ledger holds all N."""
+    key = "daemon-worker" if parse_worker else "daemon"
     with mock_cluster(TOPIC, run.partitions) as cluster:
-        env = run.env("daemon", cluster.bootstrap)
+        env = run.env(key, cluster.bootstrap, parse_worker=parse_worker)
         state = StateView(env.db)
         assert env.log_path is not None
         with running_daemon(env) as daemon:
@@ -204,9 +222,10 @@ def throughput_daemon(run: Run) -> None:
     elapsed = last - start
     r = rate(run.n, elapsed)
     read = trace.reached(1, run.n)
-    run.figures["daemon"] = {"rate": r, "elapsed": elapsed}
+    run.figures[key] = {"rate": r, "elapsed": elapsed}
     print(
-        f"  jobcompd run:    {run.n:,} records delivered in {elapsed:.2f} s = {r:,.0f} records/s "
+        f"  jobcompd run{WORKER_TAG[parse_worker]}:    {run.n:,} records delivered in {elapsed:.2f} s "
+        f"= {r:,.0f} records/s "
         f"(file written in {written - start:.2f} s; every line read and spooled after "
         f"{(read or last) - start:.1f} s; {trace.tenths(run.n, last)})"
     )
@@ -623,10 +642,12 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
 
     for key, label in (
         ("replay", f"throughput `jobcompd replay`, {n} lines, exec → exit (last delivery report)"),
+        ("replay-worker", f"the same with `parse_worker = true`, {n} lines"),
         (
             "daemon",
             f"throughput `jobcompd run`, {n} lines appended in bulk, first byte → last delivery report",
         ),
+        ("daemon-worker", f"the same with `parse_worker = true`, {n} lines"),
     ):
         if key in f:
             r = f[key]["rate"]
@@ -730,7 +751,15 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
 
 STEPS: dict[str, tuple[str, Callable[[Run], None]]] = {
     "replay": ("1. throughput: jobcompd replay", throughput_replay),
+    "replay-worker": (
+        "1. throughput: jobcompd replay, parse_worker = true",
+        functools.partial(throughput_replay, parse_worker=True),
+    ),
     "daemon": ("1. throughput: jobcompd run (live daemon)", throughput_daemon),
+    "daemon-worker": (
+        "1. throughput: jobcompd run, parse_worker = true",
+        functools.partial(throughput_daemon, parse_worker=True),
+    ),
     "kcat": ("1. throughput baseline: kcat", baseline_kcat),
     "rsyslog": ("1. throughput baseline: rsyslog imfile → omkafka", baseline_rsyslog),
     "latency": ("2. latency", latency),

@@ -167,7 +167,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         lock.release()
         return EXIT_USAGE
     stop = _stop_on_signals()
-    worker = ParseWorker()
+    worker = ParseWorker() if settings.source.parse_worker else None
     try:
         encoder = Encoder(settings.source.tz, settings.cluster)  # type: ignore[arg-type]
         sender = Sender(state, settings.kafka, debug_jobcomp=settings.log.debug_jobcomp)
@@ -185,7 +185,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print(f"jobcompd replay: {exc}", file=sys.stderr)
         return EXIT_USAGE
     finally:
-        worker.close()
+        if worker is not None:
+            worker.close()
         state.close()
         lock.release()
     elapsed = time.monotonic() - started

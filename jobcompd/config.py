@@ -78,7 +78,7 @@ _SYSLOG_FACILITIES = frozenset(
 )
 
 _SECTIONS: dict[str, tuple[str, ...]] = {
-    "source": ("path", "timezone", "start_at", "poll", "max_line_bytes"),
+    "source": ("path", "timezone", "start_at", "poll", "max_line_bytes", "parse_worker"),
     "kafka": ("rdkafka_conf", "params", "properties"),
     "state": ("dir", "synchronous", "max_spool_records"),
     "log": ("level", "format", "target", "facility", "debug_jobcomp"),
@@ -163,6 +163,7 @@ class SourceSettings:
     start_at: Literal["beginning", "end"] = "beginning"
     poll: bool = False
     max_line_bytes: int = 65536
+    parse_worker: bool = False
 
 
 @dataclass(frozen=True)
@@ -375,6 +376,7 @@ def redacted(settings: Settings) -> dict[str, Any]:
             "start_at": settings.source.start_at,
             "poll": settings.source.poll,
             "max_line_bytes": settings.source.max_line_bytes,
+            "parse_worker": settings.source.parse_worker,
         },
         "kafka": {
             "topic": kafka.topic,
@@ -809,6 +811,7 @@ class _Builder:
         start_at = self._choice(table, "source", "start_at", ("beginning", "end"), "beginning")
         poll = self._get(table, "source", "poll", bool)
         max_line_bytes = self._count(table, "source", "max_line_bytes", 65536, 1)
+        parse_worker = self._get(table, "source", "parse_worker", bool)
         if zone is None:
             return None
         return SourceSettings(
@@ -818,6 +821,7 @@ class _Builder:
             start_at=cast(Literal["beginning", "end"], start_at),
             poll=bool(poll),
             max_line_bytes=max_line_bytes,
+            parse_worker=bool(parse_worker),
         )
 
     def _source_path(self, explicit: str | None, slurm: SlurmConf | None) -> Path:

@@ -170,7 +170,9 @@ class Daemon:
         state = self._state
         assert state is not None
         encoder = Encoder(settings.source.tz, settings.cluster)  # type: ignore[arg-type]
-        worker = ParseWorker(logger=structlog.get_logger("jobcompd.ingest"))
+        worker = None
+        if settings.source.parse_worker:
+            worker = ParseWorker(logger=structlog.get_logger("jobcompd.ingest"))
         ingestor = Ingestor(state, encoder, max_line_bytes=settings.source.max_line_bytes, worker=worker)
         sender = Sender(
             state,
@@ -208,7 +210,8 @@ class Daemon:
             self._notify("STOPPING=1")
             self._log.info("stopping")
             self._tailer.stop()
-            worker.close()
+            if worker is not None:
+                worker.close()
             self._sender.stop()
             flush_ms = self.settings.kafka.params.flush_timeout
             self._sender.join(timeout=None if flush_ms < 0 else flush_ms / 1000 + 5)

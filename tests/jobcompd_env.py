@@ -37,6 +37,7 @@ class JobcompdEnv:
     params: str = ""
     properties: dict[str, str] = field(default_factory=dict)
     extra_toml: str = ""
+    source_toml: str = ""  # more [source] keys
     log_path: Path | None = None
 
     def __post_init__(self) -> None:
@@ -63,7 +64,7 @@ class JobcompdEnv:
         )
         params = ",".join(p for p in (f"topic={self.topic}", self.params) if p)
         self.config.write_text(
-            f'[source]\npath = "{self.log_path}"\ntimezone = "UTC"\n'
+            f'[source]\npath = "{self.log_path}"\ntimezone = "UTC"\n{self.source_toml}'
             f'[kafka]\nrdkafka_conf = "{self.root / "rdkafka.conf"}"\nparams = "{params}"\n'
             f'[state]\ndir = "{self.state_dir}"\nsynchronous = "normal"\n' + self.extra_toml
         )

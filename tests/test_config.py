@@ -777,6 +777,15 @@ def test_unknown_keys_are_errors(tmp_path: Path) -> None:
     ]
 
 
+def test_parse_worker_is_off_unless_asked_for(tmp_path: Path) -> None:
+    assert load(write(tmp_path, minimal())).source.parse_worker is False
+    on = minimal().replace('timezone = "UTC"\n', 'timezone = "UTC"\nparse_worker = true\n')
+    assert load(write(tmp_path, on)).source.parse_worker is True
+    wrong = minimal().replace('timezone = "UTC"\n', 'timezone = "UTC"\nparse_worker = "on"\n')
+    path = write(tmp_path, wrong)
+    assert failures(path) == [f"{path}: source.parse_worker: expected a boolean (true or false), got string 'on'"]
+
+
 def test_wrong_types_name_the_key_and_the_expected_type(tmp_path: Path) -> None:
     toml = (
         'slurm_conf = 5\n[source]\ntimezone = "UTC"\npoll = "yes"\nmax_line_bytes = true\n'
@@ -986,6 +995,7 @@ def test_redacted_hides_secrets_only(tmp_path: Path) -> None:
         "start_at": "beginning",
         "poll": False,
         "max_line_bytes": 65536,
+        "parse_worker": False,
     }
     assert shown["config_path"] == str(path)
     assert shown["kafka"]["rdkafka_conf"] == str(tmp_path / "rdkafka.conf")

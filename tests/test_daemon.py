@@ -10,10 +10,12 @@ import os
 import random
 import shutil
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -153,6 +155,38 @@ def test_rotation_while_stopped(kafka: MockCluster, env: JobcompdEnv, daemon: Da
         w.write(b"".join(lines[800:]))
     daemon.start()
     assert_all_arrived(kafka, env, lines)
+
+
+def test_parse_worker_backlog_and_trickle_arrive_exactly_once(kafka: MockCluster, tmp_path: Path) -> None:
+    env = JobcompdEnv(tmp_path, kafka.bootstrap, params="poll_interval=1", source_toml="parse_worker = true\n")
+    lines = mixed_lines(25_050, seed=31)
+    log = env.log_path
+    assert log is not None
+    log.write_bytes(b"".join(lines[:25_000]) + b"not a record\n")  # a backlog: parsed in the child
+    with DaemonProcess(env) as proc:
+        proc.start()
+        with SlurmctldWriter(log) as w:
+            for line in lines[25_000:]:  # a trickle: parsed in-process
+                w.write(line)
+                time.sleep(0.01)
+        assert_all_arrived(kafka, env, lines)
+        children = [p for p in os.listdir("/proc") if p.isdigit() and _parent(p) == proc.proc.pid]
+        assert children, "the parse worker was never started"
+        assert proc.stop() == 0
+    with closing(sqlite3.connect(env.db)) as db:
+        assert db.execute("SELECT line_no, raw FROM quarantine").fetchall() == [(25_001, b"not a record\n")]
+    assert all(not _alive(p) for p in children)
+
+
+def _parent(pid: str) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return -1
+
+
+def _alive(pid: str) -> bool:
+    return _parent(pid) != -1 and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_kill_9_while_appending(kafka: MockCluster, env: JobcompdEnv) -> None:
