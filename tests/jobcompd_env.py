@@ -7,6 +7,7 @@ Reused by the replay, daemon and benchmark tests; it only writes files and runs 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -104,6 +105,30 @@ class JobcompdEnv:
         done = self.run("deadletter", "list", "--json")
         assert done.returncode == 0, done.stderr
         return list(json.loads(done.stdout))
+
+
+def alive(pid: int) -> bool:
+    """Running: neither gone nor a zombie (a container's init may never reap an orphan)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def spawned_children(parent: int) -> list[int]:
+    """Live children of ``parent`` started by multiprocessing's spawn (a parse worker)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == parent and fields[0] != "Z" and b"spawn_main" in cmdline:
+            pids.append(int(entry))
+    return pids
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:

@@ -23,6 +23,7 @@ from confluent_kafka.admin import AdminClient
 
 from tests.brokers import Broker, consume_all
 from tests.brokers.mockcluster import ApiKey, MockCluster, MockClusterError
+from tests.jobcompd_env import alive
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -335,10 +336,10 @@ def test_mock_refused_command_raises(mock_cluster: MockCluster) -> None:
 def test_mock_cluster_stop_reaps_child() -> None:
     cluster = MockCluster(brokers=1).start()
     pid = cluster.pid
-    assert pid is not None and _alive(pid)
+    assert pid is not None and alive(pid)
     cluster.stop()
     cluster.stop()  # idempotent
-    assert not _alive(pid)
+    assert not alive(pid)
     with pytest.raises(RuntimeError):
         cluster.broker_down(1)
 
@@ -370,16 +371,7 @@ def test_broker_process_dies_with_its_parent(kind: str, tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     pid = int(out.stdout.split()[0])
     deadline = time.monotonic() + 10
-    while _alive(pid) and time.monotonic() < deadline:
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(pid), f"{kind} broker process {pid} outlived its parent"
+    assert not alive(pid), f"{kind} broker process {pid} outlived its parent"
 
-
-def _alive(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie (a container's init may not reap orphans)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    state = stat.rsplit(")", 1)[1].split()[0]
-    return state not in ("Z", "X")

@@ -26,8 +26,10 @@ from tests.jobcompd_env import (
     JOBCOMPD,
     DaemonProcess,
     JobcompdEnv,
+    alive,
     check_arrival,
     expected_messages,
+    spawned_children,
     wait_for,
 )
 from tests.slurmctld import SlurmctldWriter, mixed_lines
@@ -170,23 +172,12 @@ def test_parse_worker_backlog_and_trickle_arrive_exactly_once(kafka: MockCluster
                 w.write(line)
                 time.sleep(0.01)
         assert_all_arrived(kafka, env, lines)
-        children = [p for p in os.listdir("/proc") if p.isdigit() and _parent(p) == proc.proc.pid]
+        children = spawned_children(proc.proc.pid)
         assert children, "the parse worker was never started"
         assert proc.stop() == 0
     with closing(sqlite3.connect(env.db)) as db:
         assert db.execute("SELECT line_no, raw FROM quarantine").fetchall() == [(25_001, b"not a record\n")]
-    assert all(not _alive(p) for p in children)
-
-
-def _parent(pid: str) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except OSError:
-        return -1
-
-
-def _alive(pid: str) -> bool:
-    return _parent(pid) != -1 and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    assert all(not alive(p) for p in children)
 
 
 def test_kill_9_while_appending(kafka: MockCluster, env: JobcompdEnv) -> None:
@@ -294,14 +285,6 @@ def test_broker_down_30s_while_tailing(kafka: MockCluster, env: JobcompdEnv, dae
     print(f"broker down 30 s: nothing lost, {dups} duplicate(s) from in-flight retries")
 
 
-def _alive(pid: int) -> bool:
-    """Running (a detached daemon that exited may linger as a zombie of an init that never reaps)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _mount_tmpfs(path: Path, size: str) -> None:
     path.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(
@@ -407,7 +390,7 @@ def test_daemon_mode_with_pidfile(kafka: MockCluster, env: JobcompdEnv, tmp_path
         assert os.readlink(f"/proc/{pid}/cwd") == "/"
     finally:
         os.kill(pid, signal.SIGTERM)
-    wait_for(lambda: not _alive(pid), 30, "the daemon to exit")
+    wait_for(lambda: not alive(pid), 30, "the daemon to exit")
     assert not pidfile.exists()
 
 

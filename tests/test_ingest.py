@@ -18,7 +18,7 @@ import pytest
 from jobcompd.encode import Encoder, resolve_zone
 from jobcompd.ingest import WORKER_MIN_LINES, Ingestor, ParseWorker
 from jobcompd.state import ReadPosition, State
-from tests.jobcompd_env import wait_for
+from tests.jobcompd_env import alive, spawned_children, wait_for
 from tests.slurmctld import mixed_lines
 
 BAD = [b"garbage\n", b"JobId=12 UserId=alice(1000) GroupId=users(100) Name=cut short\n", b"\n"]
@@ -32,29 +32,12 @@ def batch(n: int, seed: int) -> list[bytes]:
     return lines
 
 
-def spawned_children(parent: int | None = None) -> list[int]:
-    """Live children of ``parent`` (this process) started by multiprocessing's spawn."""
-    parent = os.getpid() if parent is None else parent
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(fields[1]) == parent and fields[0] != "Z" and b"spawn_main" in cmdline:
-            pids.append(int(entry))
-    return pids
-
-
 def children_once(count: int, parent: int | None = None) -> list[int]:
     """Wait until exactly ``count`` spawned children run (a new one is exec'd asynchronously)."""
     found: list[int] = []
 
     def settled() -> bool:
-        found[:] = spawned_children(parent)
+        found[:] = spawned_children(os.getpid() if parent is None else parent)
         return len(found) == count
 
     wait_for(settled, timeout=20, what=f"{count} parse worker(s)")
@@ -166,18 +149,11 @@ def test_the_child_dies_with_a_parent_killed_by_sigkill(tmp_path: Path) -> None:
         (child,) = children_once(1, parent.pid)
         parent.kill()
         parent.wait()
-        wait_for(lambda: not _alive(child), timeout=10, what="the orphaned child to die")
+        wait_for(lambda: not alive(child), timeout=10, what="the orphaned child to die")
     finally:
         if parent.poll() is None:
             parent.kill()
             parent.wait()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_small_batches_are_parsed_in_process(tmp_path: Path, worker: ParseWorker) -> None:
@@ -185,5 +161,5 @@ def test_small_batches_are_parsed_in_process(tmp_path: Path, worker: ParseWorker
         ingestor = Ingestor(state, Encoder(resolve_zone("UTC")), worker=worker)
         for n in range(5):
             commit_all(state, ingestor, [mixed_lines(10, seed=n)])
-        assert spawned_children() == []  # trickles of lines never start the child
+        assert spawned_children(os.getpid()) == []  # trickles of lines never start the child
         assert state.spool_depth() == 50
