@@ -87,7 +87,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def process_tree(pid: int) -> list[int]:
-    """``pid`` and its live descendants (jobcompd's parse worker and what multiprocessing starts)."""
+    """``pid`` and its live descendants (jobcompd's parse worker)."""
     parents: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():

@@ -32,8 +32,8 @@ WAITS = frozenset(
         "Queue.get (queue.py)",
         "InotifyFD._check_inotify_fd (watchdog/observers/inotify_c.py)",
         "InotifyFD.read_events (watchdog/observers/inotify_c.py)",
-        "_PollLikeSelector.select (selectors.py)",  # the process pool's manager thread
-        "Connection._recv (multiprocessing/connection.py)",  # the parse worker between batches
+        "read_frame (jobcompd/_parse_child.py)",  # the parse worker, or its reader thread, waiting
+        "_Child._write (jobcompd/ingest.py)",  # the parse worker's writer thread, waiting for a batch
     )
 )
 
@@ -44,8 +44,8 @@ STAGES = (
     ("Tailer.read (jobcompd/tailer.py)", "tailer: complete lines from the log"),
     ("Ingestor.commit (jobcompd/ingest.py)", "ingest: wait for the parse + spool commit"),
     ("State.commit_batch (jobcompd/state.py)", "  State.commit_batch (SQLite insert)"),
-    ("_parse_in_child (jobcompd/ingest.py)", "parse worker (child process): parse + encode + id"),
-    ("parse_batch (jobcompd/ingest.py)", "  parse_batch (in the worker, or in-process for small batches)"),
+    ("main (jobcompd/_parse_child.py)", "parse worker (child process): parse + encode + id + framing"),
+    ("parse_lines (jobcompd/_parse_child.py)", "  parse_lines (worker, or in-process for small batches)"),
     ("parse_line (jobcompd/record.py)", "  parse_line"),
     ("Encoder.encode (jobcompd/encode.py)", "  Encoder.encode (dict + orjson)"),
     ("Encoder.record_id (jobcompd/encode.py)", "  Encoder.record_id (BLAKE2b)"),

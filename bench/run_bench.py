@@ -75,12 +75,12 @@ GOAL_IDLE_PCT = 1.0  # of one core
 
 TOPIC = "bench"
 WARMUP_LINES = 50
-WORKER_TAG = {False: "", True: " (parse worker)"}
+WORKER_TAG = {True: "", False: " (parse_worker = false)"}
 MEASUREMENTS = (
     "replay",
-    "replay-worker",
+    "replay-inline",
     "daemon",
-    "daemon-worker",
+    "daemon-inline",
     "kcat",
     "rsyslog",
     "latency",
@@ -112,7 +112,7 @@ class Run:
         """How long any step on ``records`` may take before the run gives up on it."""
         return max(180.0, (records or self.n) / 2_000)
 
-    def env(self, name: str, bootstrap: str, *, parse_worker: bool = False) -> JobcompdEnv:
+    def env(self, name: str, bootstrap: str, *, parse_worker: bool = True) -> JobcompdEnv:
         """A jobcompd configuration of its own under the workspace (state, log, rdkafka.conf).
 
         linger.ms=5 (JobcompdEnv's default); jobcompd adds enable.idempotence and acks=all itself.
@@ -124,7 +124,7 @@ class Run:
             topic=TOPIC,
             params="requeue_on_msg_timeout",
             extra_toml=f"max_spool_records = {max(2 * self.n, 1_000_000)}\n",
-            source_toml="parse_worker = true\n" if parse_worker else "",
+            source_toml="" if parse_worker else "parse_worker = false\n",
         )
 
 
@@ -157,9 +157,9 @@ def rate(records: int, seconds: float) -> float:
 # -- 1. throughput -------------------------------------------------------------------------------
 
 
-def throughput_replay(run: Run, *, parse_worker: bool = False) -> None:
+def throughput_replay(run: Run, *, parse_worker: bool = True) -> None:
     """``jobcompd replay`` of the N lines, timed from exec to exit (it exits once all are delivered)."""
-    key = "replay-worker" if parse_worker else "replay"
+    key = "replay" if parse_worker else "replay-inline"
     with mock_cluster(TOPIC, run.partitions) as cluster:
         env = run.env(key, cluster.bootstrap, parse_worker=parse_worker)
         argv = [JOBCOMPD, "replay", "--json", "-q", str(run.lines_file), "-c", str(env.config)]
@@ -196,9 +196,9 @@ def throughput_replay(run: Run, *, parse_worker: bool = False) -> None:
     )
 
 
-def throughput_daemon(run: Run, *, parse_worker: bool = False) -> None:
+def throughput_daemon(run: Run, *, parse_worker: bool = True) -> None:
     """The live daemon: N lines appended in bulk to its log, until the ledger holds all N."""
-    key = "daemon-worker" if parse_worker else "daemon"
+    key = "daemon" if parse_worker else "daemon-inline"
     with mock_cluster(TOPIC, run.partitions) as cluster:
         env = run.env(key, cluster.bootstrap, parse_worker=parse_worker)
         state = StateView(env.db)
@@ -642,12 +642,12 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
 
     for key, label in (
         ("replay", f"throughput `jobcompd replay`, {n} lines, exec → exit (last delivery report)"),
-        ("replay-worker", f"the same with `parse_worker = true`, {n} lines"),
+        ("replay-inline", f"the same with `parse_worker = false` (one process), {n} lines"),
         (
             "daemon",
             f"throughput `jobcompd run`, {n} lines appended in bulk, first byte → last delivery report",
         ),
-        ("daemon-worker", f"the same with `parse_worker = true`, {n} lines"),
+        ("daemon-inline", f"the same with `parse_worker = false` (one process), {n} lines"),
     ):
         if key in f:
             r = f[key]["rate"]
@@ -751,14 +751,14 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
 
 STEPS: dict[str, tuple[str, Callable[[Run], None]]] = {
     "replay": ("1. throughput: jobcompd replay", throughput_replay),
-    "replay-worker": (
-        "1. throughput: jobcompd replay, parse_worker = true",
-        functools.partial(throughput_replay, parse_worker=True),
+    "replay-inline": (
+        "1. throughput: jobcompd replay, parse_worker = false",
+        functools.partial(throughput_replay, parse_worker=False),
     ),
     "daemon": ("1. throughput: jobcompd run (live daemon)", throughput_daemon),
-    "daemon-worker": (
-        "1. throughput: jobcompd run, parse_worker = true",
-        functools.partial(throughput_daemon, parse_worker=True),
+    "daemon-inline": (
+        "1. throughput: jobcompd run, parse_worker = false",
+        functools.partial(throughput_daemon, parse_worker=False),
     ),
     "kcat": ("1. throughput baseline: kcat", baseline_kcat),
     "rsyslog": ("1. throughput baseline: rsyslog imfile → omkafka", baseline_rsyslog),

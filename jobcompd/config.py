@@ -163,7 +163,7 @@ class SourceSettings:
     start_at: Literal["beginning", "end"] = "beginning"
     poll: bool = False
     max_line_bytes: int = 65536
-    parse_worker: bool = False
+    parse_worker: bool = True
 
 
 @dataclass(frozen=True)
@@ -821,7 +821,7 @@ class _Builder:
             start_at=cast(Literal["beginning", "end"], start_at),
             poll=bool(poll),
             max_line_bytes=max_line_bytes,
-            parse_worker=bool(parse_worker),
+            parse_worker=parse_worker is not False,
         )
 
     def _source_path(self, explicit: str | None, slurm: SlurmConf | None) -> Path:

@@ -4,34 +4,49 @@ Shared by ``jobcompd replay`` and the tailer: one call is one state transaction,
 and where the reader stands can never disagree after a crash.
 
 Parsing and encoding are pure CPU work under the GIL. With a :class:`ParseWorker`, big batches are
-parsed in a child process, so that work runs on a second core beside the sender and SQLite; the
-child holds nothing durable, and if it dies the batch is parsed in-process instead.
+parsed in a child process (:mod:`jobcompd._parse_child`), so that work runs on a second core beside
+the sender and SQLite; the child holds nothing durable, and if it dies the batch is parsed
+in-process instead.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import ctypes
 import gzip
-import multiprocessing
-import signal
+import itertools
+import marshal
+import os
+import queue
+import subprocess
 import sys
+import threading
 from collections.abc import Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import structlog
 
-from jobcompd.encode import Encoder, resolve_zone
-from jobcompd.record import DEFAULT_MAX_LINE_BYTES, ParseError, parse_line
+import jobcompd
+from jobcompd._parse_child import Columns, parse_lines, read_frame, write_frame
+from jobcompd.encode import Encoder
+from jobcompd.record import DEFAULT_MAX_LINE_BYTES
 from jobcompd.state import BatchResult, NewRecord, QuarantinedLine, ReadPosition, State
 
-__all__ = ["WORKER_MIN_LINES", "Ingestor", "ParseWorker", "Parsed", "Pending", "open_log", "parse_batch"]
+__all__ = [
+    "WORKER_MIN_LINES",
+    "Ingestor",
+    "ParseWorker",
+    "ParseWorkerError",
+    "Parsed",
+    "Pending",
+    "open_log",
+    "parse_batch",
+]
 
 WORKER_MIN_LINES = 200
 """Smaller batches are parsed in-process: the round trip to the child would cost more than it saves."""
-
-_PR_SET_PDEATHSIG = 1
 
 # (zone key, fallback cluster, max line bytes): everything a child needs to parse like the parent.
 _Spec = tuple[str, str | None, int]
@@ -51,75 +66,168 @@ def open_log(name: str) -> BinaryIO:
 
 def parse_batch(encoder: Encoder, max_bytes: int, lines: Sequence[bytes], source: str) -> Parsed:
     """Parse and encode ``lines``; the same result in-process or in the child."""
-    records: list[NewRecord] = []
-    bad: list[tuple[int, str]] = []
-    encode = encoder.encode
-    record_id = encoder.record_id
-    for index, line in enumerate(lines):
-        record = parse_line(line, max_bytes=max_bytes)
-        if record.__class__ is ParseError:
-            bad.append((index, record.reason))  # type: ignore[union-attr]
-        else:
-            records.append(NewRecord(record_id(line, record), record.jobid, encode(record), source))  # type: ignore[arg-type,union-attr]
-    return records, bad
+    return _records(parse_lines(encoder, max_bytes, lines), source)
 
 
-# -- the child process ---------------------------------------------------------------------------
-
-_encoders: dict[_Spec, Encoder] = {}
-
-
-def _child_init() -> None:
-    # Signals are the parent's business: it shuts the child down, and the child must outlive a
-    # SIGTERM sent to the whole service (systemd's default KillMode) until the parent is done.
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_IGN)
-    # Die with the parent, even on kill -9: a parser with no one to answer is useless.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+def _records(columns: Columns, source: str) -> Parsed:
+    rids, jobids, payloads, bad = columns
+    return list(map(NewRecord, rids, jobids, payloads, itertools.repeat(source, len(rids)))), bad
 
 
-def _parse_in_child(spec: _Spec, lines: list[bytes], source: str) -> Parsed:
-    encoder = _encoders.get(spec)
-    if encoder is None:
-        zone, cluster, _ = spec
-        encoder = _encoders[spec] = Encoder(resolve_zone(zone), cluster)
-    return parse_batch(encoder, spec[2], lines, source)
+class ParseWorkerError(Exception):
+    """The child could not parse a batch (it died, or failed): parse it in-process instead."""
+
+    def __init__(self, message: str, *, exited: bool = False) -> None:
+        super().__init__(message)
+        self.exited = exited
 
 
 class ParseWorker:
     """A child process that parses and encodes big batches (started at the first one).
 
-    A child that dies or cannot be started is reported and replaced; meanwhile batches are parsed
-    in-process, so a failure here costs speed, never lines.
+    A writer thread feeds it batches and a reader thread takes its answers, so neither side can
+    block the other on a full pipe, and the caller can go on while the child parses. A child that
+    dies or cannot be started is reported and replaced; meanwhile batches are parsed in-process,
+    so a failure here costs speed, never lines.
     """
 
     def __init__(self, *, logger: Any = None) -> None:
-        self._pool: ProcessPoolExecutor | None = None
         self._log = logger or structlog.get_logger("jobcompd.ingest")
+        self._lock = threading.Lock()
+        self._child: _Child | None = None
 
-    def submit(self, spec: _Spec, lines: list[bytes], source: str) -> Future[Parsed] | None:
+    @property
+    def pid(self) -> int | None:
+        """The running child's process id, if one runs."""
+        child = self._child
+        return None if child is None else child.proc.pid
+
+    def submit(self, spec: _Spec, lines: Sequence[bytes], source: str) -> Future[Parsed] | None:
         """Start parsing ``lines`` in the child; ``None`` if the child cannot take them."""
-        try:
-            if self._pool is None:
-                self._pool = ProcessPoolExecutor(
-                    1, mp_context=multiprocessing.get_context("spawn"), initializer=_child_init
-                )
-            return self._pool.submit(_parse_in_child, spec, lines, source)
-        except Exception as exc:  # BrokenProcessPool, or no processes/memory left
-            self.failed(exc)
-            return None
+        with self._lock:
+            child = self._child
+            if child is not None and child.gone is not None:
+                self._failed(child.gone)
+                child = None
+            if child is None:
+                try:
+                    child = self._child = _Child()
+                except OSError as exc:  # no processes or memory left
+                    self._failed(exc)
+                    return None
+            return child.submit(spec, lines, source)
 
     def failed(self, exc: BaseException) -> None:
-        """The child failed: report it and start a new one with the next batch."""
-        self._log.warning("parse worker failed; parsing in-process until it is restarted", error=repr(exc))
-        self.close(wait=False)
+        """A batch handed to :meth:`submit` failed with ``exc``: report it; a dead child is replaced.
+
+        Batches still queued for a child that died all fail; it is reported (and replaced) once.
+        """
+        with self._lock:
+            child = self._child
+            if child is not None and child.gone is not None:
+                self._failed(child.gone)
+            elif not (isinstance(exc, ParseWorkerError) and exc.exited):
+                self._log.warning("parse worker could not parse a batch; parsed in-process", error=str(exc))
+
+    def _failed(self, exc: BaseException) -> None:
+        self._log.warning("parse worker failed; parsing in-process until it is restarted", error=str(exc))
+        child, self._child = self._child, None
+        if child is not None:
+            child.close(wait=False)
 
     def close(self, *, wait: bool = True) -> None:
-        """Stop the child (idempotent)."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=wait, cancel_futures=True)
+        """Stop the child (idempotent); batches still being parsed fail with ParseWorkerError."""
+        with self._lock:
+            child, self._child = self._child, None
+        if child is not None:
+            child.close(wait=wait)
+
+
+class _Child:
+    """One child process and the two threads that talk to it."""
+
+    def __init__(self) -> None:
+        root = str(Path(jobcompd.__file__).resolve().parent.parent)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jobcompd._parse_child", str(os.getpid())],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        self.gone: ParseWorkerError | None = None
+        self._lock = threading.Lock()
+        self._waiting: collections.deque[tuple[Future[Parsed], str]] = collections.deque()
+        self._requests: queue.SimpleQueue[tuple[object, ...] | None] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._write, name="parse-worker-writer", daemon=True),
+            threading.Thread(target=self._read, name="parse-worker-reader", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, spec: _Spec, lines: Sequence[bytes], source: str) -> Future[Parsed]:
+        future: Future[Parsed] = Future()
+        with self._lock:
+            if self.gone is not None:
+                future.set_exception(self.gone)
+                return future
+            self._waiting.append((future, source))
+        self._requests.put((*spec, lines))
+        return future
+
+    def _write(self) -> None:
+        stream = self.proc.stdin
+        assert stream is not None
+        try:
+            while (request := self._requests.get()) is not None:
+                write_frame(stream, request)
+        except (OSError, ValueError):  # the child is gone: the reader reports it
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                stream.close()
+
+    def _read(self) -> None:
+        stream = self.proc.stdout
+        assert stream is not None
+        try:
+            while True:
+                ok, value = marshal.loads(read_frame(stream))
+                with self._lock:
+                    future, source = self._waiting.popleft()
+                if ok:
+                    future.set_result(_records(value, source))
+                else:
+                    future.set_exception(ParseWorkerError(f"the parse worker failed: {value}"))
+        except (EOFError, OSError, ValueError, IndexError):
+            pass
+        code = self.proc.poll()
+        self._end(f"the parse worker exited{'' if code is None else f' (status {code})'}")
+
+    def _end(self, why: str) -> None:
+        with self._lock:
+            if self.gone is None:
+                self.gone = ParseWorkerError(why, exited=True)
+            gone = self.gone
+            waiting, self._waiting = self._waiting, collections.deque()
+        for future, _ in waiting:
+            future.set_exception(gone)
+
+    def close(self, *, wait: bool) -> None:
+        self._requests.put(None)  # end of input: the child exits when it has answered
+        if wait:
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        else:
+            self.proc.kill()
+        self.proc.wait()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._end("the parse worker was stopped")
 
 
 class Pending:

@@ -115,8 +115,8 @@ def alive(pid: int) -> bool:
         return False
 
 
-def spawned_children(parent: int) -> list[int]:
-    """Live children of ``parent`` started by multiprocessing's spawn (a parse worker)."""
+def parse_workers(parent: int) -> list[int]:
+    """Live parse-worker children of ``parent`` (``python -m jobcompd._parse_child``)."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -126,7 +126,7 @@ def spawned_children(parent: int) -> list[int]:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
         except OSError:
             continue
-        if int(fields[1]) == parent and fields[0] != "Z" and b"spawn_main" in cmdline:
+        if int(fields[1]) == parent and fields[0] != "Z" and b"jobcompd._parse_child" in cmdline:
             pids.append(int(entry))
     return pids
 

@@ -777,10 +777,10 @@ def test_unknown_keys_are_errors(tmp_path: Path) -> None:
     ]
 
 
-def test_parse_worker_is_off_unless_asked_for(tmp_path: Path) -> None:
-    assert load(write(tmp_path, minimal())).source.parse_worker is False
-    on = minimal().replace('timezone = "UTC"\n', 'timezone = "UTC"\nparse_worker = true\n')
-    assert load(write(tmp_path, on)).source.parse_worker is True
+def test_parse_worker_is_on_unless_turned_off(tmp_path: Path) -> None:
+    assert load(write(tmp_path, minimal())).source.parse_worker is True
+    off = minimal().replace('timezone = "UTC"\n', 'timezone = "UTC"\nparse_worker = false\n')
+    assert load(write(tmp_path, off)).source.parse_worker is False
     wrong = minimal().replace('timezone = "UTC"\n', 'timezone = "UTC"\nparse_worker = "on"\n')
     path = write(tmp_path, wrong)
     assert failures(path) == [f"{path}: source.parse_worker: expected a boolean (true or false), got string 'on'"]
@@ -995,7 +995,7 @@ def test_redacted_hides_secrets_only(tmp_path: Path) -> None:
         "start_at": "beginning",
         "poll": False,
         "max_line_bytes": 65536,
-        "parse_worker": False,
+        "parse_worker": True,
     }
     assert shown["config_path"] == str(path)
     assert shown["kafka"]["rdkafka_conf"] == str(tmp_path / "rdkafka.conf")

@@ -29,7 +29,7 @@ from tests.jobcompd_env import (
     alive,
     check_arrival,
     expected_messages,
-    spawned_children,
+    parse_workers,
     wait_for,
 )
 from tests.slurmctld import SlurmctldWriter, mixed_lines
@@ -159,8 +159,10 @@ def test_rotation_while_stopped(kafka: MockCluster, env: JobcompdEnv, daemon: Da
     assert_all_arrived(kafka, env, lines)
 
 
-def test_parse_worker_backlog_and_trickle_arrive_exactly_once(kafka: MockCluster, tmp_path: Path) -> None:
-    env = JobcompdEnv(tmp_path, kafka.bootstrap, params="poll_interval=1", source_toml="parse_worker = true\n")
+@pytest.mark.parametrize("parse_worker", [True, False])
+def test_backlog_and_trickle_arrive_exactly_once(kafka: MockCluster, tmp_path: Path, parse_worker: bool) -> None:
+    source = "" if parse_worker else "parse_worker = false\n"  # on by default
+    env = JobcompdEnv(tmp_path, kafka.bootstrap, params="poll_interval=1", source_toml=source)
     lines = mixed_lines(25_050, seed=31)
     log = env.log_path
     assert log is not None
@@ -172,8 +174,8 @@ def test_parse_worker_backlog_and_trickle_arrive_exactly_once(kafka: MockCluster
                 w.write(line)
                 time.sleep(0.01)
         assert_all_arrived(kafka, env, lines)
-        children = spawned_children(proc.proc.pid)
-        assert children, "the parse worker was never started"
+        children = parse_workers(proc.proc.pid)
+        assert bool(children) is parse_worker, children
         assert proc.stop() == 0
     with closing(sqlite3.connect(env.db)) as db:
         assert db.execute("SELECT line_no, raw FROM quarantine").fetchall() == [(25_001, b"not a record\n")]

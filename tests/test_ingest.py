@@ -18,7 +18,7 @@ import pytest
 from jobcompd.encode import Encoder, resolve_zone
 from jobcompd.ingest import WORKER_MIN_LINES, Ingestor, ParseWorker
 from jobcompd.state import ReadPosition, State
-from tests.jobcompd_env import alive, spawned_children, wait_for
+from tests.jobcompd_env import alive, parse_workers, wait_for
 from tests.slurmctld import mixed_lines
 
 BAD = [b"garbage\n", b"JobId=12 UserId=alice(1000) GroupId=users(100) Name=cut short\n", b"\n"]
@@ -33,11 +33,11 @@ def batch(n: int, seed: int) -> list[bytes]:
 
 
 def children_once(count: int, parent: int | None = None) -> list[int]:
-    """Wait until exactly ``count`` spawned children run (a new one is exec'd asynchronously)."""
+    """Wait until exactly ``count`` parse workers run (a new one starts asynchronously)."""
     found: list[int] = []
 
     def settled() -> bool:
-        found[:] = spawned_children(os.getpid() if parent is None else parent)
+        found[:] = parse_workers(os.getpid() if parent is None else parent)
         return len(found) == count
 
     wait_for(settled, timeout=20, what=f"{count} parse worker(s)")
@@ -121,6 +121,30 @@ def test_a_killed_child_costs_no_line_and_is_replaced(tmp_path: Path, worker: Pa
         children_once(1)
 
 
+def test_batches_queued_for_a_dead_child_do_not_take_its_successor_down(
+    tmp_path: Path, worker: ParseWorker
+) -> None:
+    lines = mixed_lines(3 * 1000, seed=7)
+    source = "/var/log/slurm/jobcomp.log"
+    with State.open(tmp_path / "state") as state:
+        ingestor = Ingestor(state, Encoder(resolve_zone("UTC")), worker=worker)
+        # As replay pipelines: the next batch is handed over before the previous one is committed.
+        first = ingestor.prepare(lines[:1000], source=source)
+        second = ingestor.prepare(lines[1000:2000], source=source)
+        (dead,) = children_once(1)
+        os.kill(dead, signal.SIGKILL)
+        children_once(0)
+        ingestor.commit(first, source=source, first_line_no=1, first_offset=0, position=None)
+        third = ingestor.prepare(lines[2000:], source=source)
+        (successor,) = children_once(1)
+        ingestor.commit(second, source=source, first_line_no=1001, first_offset=0, position=None)
+        ingestor.commit(third, source=source, first_line_no=2001, first_offset=0, position=None)
+
+        assert children_once(1) == [successor]  # the second batch's failure was the dead child's
+        assert worker.pid == successor
+        assert [r.jobid for r in state.pending(limit=10**9)] == list(range(1000, 1000 + len(lines)))
+
+
 CHILD_OF_KILLED_PARENT = r"""
 import sys
 from jobcompd.encode import Encoder, resolve_zone
@@ -161,5 +185,5 @@ def test_small_batches_are_parsed_in_process(tmp_path: Path, worker: ParseWorker
         ingestor = Ingestor(state, Encoder(resolve_zone("UTC")), worker=worker)
         for n in range(5):
             commit_all(state, ingestor, [mixed_lines(10, seed=n)])
-        assert spawned_children(os.getpid()) == []  # trickles of lines never start the child
+        assert parse_workers(os.getpid()) == []  # trickles of lines never start the child
         assert state.spool_depth() == 50
