@@ -22,10 +22,14 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from itertools import accumulate
+from operator import itemgetter
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, Self
 from urllib.parse import quote
+
+import orjson
 
 __all__ = [
     "DB_NAME",
@@ -162,13 +166,25 @@ _SPOOL_COLUMNS = "seq, rid, jobid, payload, source, enqueued_at, attempts, last_
 _DEADLETTER_COLUMNS = "seq, rid, jobid, payload, source, reason, failed_at, attempts"
 _POSITION_COLUMNS = "source, path, fingerprint, byte_offset, line_no, inode, dev, size, updated_at"
 
+# New records go in with one statement per batch, not one per record: ?1 is a JSON array of
+# [rid, jobid, start, size, source] (orjson writes it in C), ?2 the payloads end to end, each one
+# cut out with substr(). Per record that is half the cost of binding five parameters in Python.
 _INSERT_NEW = """
 INSERT INTO spool (rid, jobid, payload, source, enqueued_at)
-SELECT ?1, ?2, ?3, ?4, ?5
-WHERE NOT EXISTS (SELECT 1 FROM delivered WHERE jobid = ?2 AND rid = ?1)
-  AND NOT EXISTS (SELECT 1 FROM deadletter WHERE rid = ?1)
+SELECT rid, jobid, substr(?2, start, size), source, ?3
+FROM (
+    SELECT key,
+           json_extract(value, '$[0]') AS rid, json_extract(value, '$[1]') AS jobid,
+           json_extract(value, '$[2]') AS start, json_extract(value, '$[3]') AS size,
+           json_extract(value, '$[4]') AS source
+    FROM json_each(?1)
+) AS new
+WHERE NOT EXISTS (SELECT 1 FROM delivered d WHERE d.jobid = new.jobid AND d.rid = new.rid)
+  AND NOT EXISTS (SELECT 1 FROM deadletter x WHERE x.rid = new.rid)
+ORDER BY key
 ON CONFLICT (jobid, rid) DO NOTHING
 """
+_INSERT_CHUNK = 10_000
 _INSERT_QUARANTINE = """
 INSERT INTO quarantine (source, line_no, byte_offset, raw, reason, at) VALUES (?, ?, ?, ?, ?, ?)
 """
@@ -228,6 +244,9 @@ class NewRecord(NamedTuple):
     jobid: int
     payload: bytes
     source: str = ""
+
+
+_RID, _JOBID, _PAYLOAD, _SOURCE = map(itemgetter, range(4))
 
 
 class SpooledRecord(NamedTuple):
@@ -473,9 +492,13 @@ class State:
         now = time.time()
         with self._transaction("commit a batch") as db:
             spooled = 0
-            if records:
-                rows = [(r.rid, r.jobid, r.payload, r.source, now) for r in records]
-                spooled = db.executemany(_INSERT_NEW, rows).rowcount
+            for start in range(0, len(records), _INSERT_CHUNK):
+                try:
+                    rows = _new_rows(records[start : start + _INSERT_CHUNK], now)
+                except TypeError as exc:  # a payload that is not bytes, a value JSON cannot hold
+                    reason = f"cannot commit a batch: {exc} (a value was rejected)"
+                    raise StateError(self.path, reason, RECOVER_BUG) from exc
+                spooled += db.execute(_INSERT_NEW, rows).rowcount
             if quarantined:
                 db.executemany(
                     _INSERT_QUARANTINE,
@@ -870,6 +893,15 @@ def _upgrade_from_v1(db: sqlite3.Connection) -> None:
 
 
 # -- transaction helpers --------------------------------------------------------------------------
+
+
+def _new_rows(records: Sequence[NewRecord], now: float) -> tuple[bytes, bytes, float]:
+    """The parameters of ``_INSERT_NEW`` for ``records``."""
+    payloads = list(map(_PAYLOAD, records))
+    sizes = list(map(len, payloads))
+    starts = accumulate(sizes, initial=1)  # substr() counts from 1; one start too many, zip stops
+    rows = zip(map(_RID, records), map(_JOBID, records), starts, sizes, map(_SOURCE, records), strict=False)
+    return orjson.dumps(list(rows)), b"".join(payloads), now
 
 
 def _bump(db: sqlite3.Connection, **counters: int) -> None:
