@@ -25,6 +25,7 @@ import sys
 from collections.abc import Sequence
 from typing import IO, Any
 
+from jobcompd._memory import return_big_buffers
 from jobcompd.encode import Encoder, resolve_zone
 from jobcompd.record import ParseError, parse_line
 
@@ -82,6 +83,7 @@ def main() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # the parent died before the death signal was armed
         return
+    return_big_buffers()
     # The frames get stdin and stdout to themselves: anything printed goes to stderr.
     requests = os.fdopen(os.dup(0), "rb")
     answers = os.fdopen(os.dup(1), "wb")
@@ -97,13 +99,16 @@ def main() -> None:
             return
         try:
             zone, cluster, max_bytes, lines = marshal.loads(body)
+            del body
             encoder = encoders.get((zone, cluster))
             if encoder is None:
                 encoder = encoders[zone, cluster] = Encoder(resolve_zone(zone), cluster)
             answer: tuple[bool, object] = (True, parse_lines(encoder, max_bytes, lines))
         except Exception as exc:  # a bug, never bad input: the parent parses the batch itself
             answer = (False, repr(exc))
+        lines = None  # the batch is not needed while the answer is written
         write_frame(answers, answer)
+        del answer
 
 
 if __name__ == "__main__":

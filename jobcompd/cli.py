@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from jobcompd import __version__
+from jobcompd._memory import return_big_buffers
 from jobcompd.config import ConfigError, Settings, load_settings, redacted
 from jobcompd.encode import Encoder, TimeZoneError, resolve_zone
 from jobcompd.ingest import ParseWorker, open_log
@@ -143,6 +144,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from jobcompd.producer import Sender
     from jobcompd.replay import Replayer
 
+    return_big_buffers()
     settings = _settings(args)
     if settings is None:
         return EXIT_USAGE
@@ -255,6 +257,7 @@ def _cmd_deadletter(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from jobcompd import logs
 
+    return_big_buffers()
     settings = _settings(args)
     if settings is None:
         return EXIT_USAGE

@@ -192,17 +192,19 @@ class _Child:
     def _read(self) -> None:
         stream = self.proc.stdout
         assert stream is not None
-        try:
-            while True:
+        while True:
+            try:
                 ok, value = marshal.loads(read_frame(stream))
                 with self._lock:
                     future, source = self._waiting.popleft()
-                if ok:
-                    future.set_result(_records(value, source))
-                else:
-                    future.set_exception(ParseWorkerError(f"the parse worker failed: {value}"))
-        except (EOFError, OSError, ValueError, IndexError):
-            pass
+            except Exception:  # end of input, a broken pipe, a garbled frame: this child is done
+                break
+            try:
+                if not ok:
+                    raise ParseWorkerError(f"the parse worker failed: {value}")
+                future.set_result(_records(value, source))
+            except Exception as exc:
+                future.set_exception(exc)
         code = self.proc.poll()
         self._end(f"the parse worker exited{'' if code is None else f' (status {code})'}")
 
