@@ -425,12 +425,24 @@ def latency(run: Run) -> None:
 # -- 3. memory -----------------------------------------------------------------------------------
 
 
+def spool_backlog(run: Run, env: JobcompdEnv, daemon: DaemonProcess, step: str) -> float:
+    """Append the N lines to the daemon's log (brokers down); when all of them were spooled."""
+    assert env.log_path is not None
+    state = StateView(env.db)
+    append_bulk(run.lines_file, env.log_path)
+    return wait_until(
+        lambda: state.counter("spooled_total") >= run.n,
+        timeout=run.timeout(),
+        what=f"{step}: spool the backlog",
+        alive=alive(daemon),
+    )
+
+
 def memory(run: Run) -> None:
     """Peak RSS of the daemon and its parse worker while N records pile up (brokers down), then drain."""
     with mock_cluster(TOPIC, run.partitions) as cluster:
         env = run.env("memory", cluster.bootstrap)
         state = StateView(env.db)
-        assert env.log_path is not None
         cluster.broker_down(-1)
         with running_daemon(env) as daemon:
             assert daemon.proc is not None
@@ -438,13 +450,7 @@ def memory(run: Run) -> None:
             at_start = sampler.peak_rss_kb
             try:
                 start = time.time()
-                append_bulk(run.lines_file, env.log_path)
-                backlog = wait_until(
-                    lambda: state.counter("spooled_total") >= run.n,
-                    timeout=run.timeout(),
-                    what="memory: spool the backlog",
-                    alive=alive(daemon),
-                )
+                backlog = spool_backlog(run, env, daemon, "memory")
                 peak_backlog = sampler.peak_rss_kb
                 cluster.broker_up(-1)
                 up = time.time()
@@ -482,16 +488,9 @@ def recovery(run: Run) -> None:
     with mock_cluster(TOPIC, run.partitions) as cluster:
         env = run.env("recovery", cluster.bootstrap)
         state = StateView(env.db)
-        assert env.log_path is not None
         cluster.broker_down(-1)
         with running_daemon(env) as daemon:
-            append_bulk(run.lines_file, env.log_path)
-            wait_until(
-                lambda: state.counter("spooled_total") >= run.n,
-                timeout=run.timeout(),
-                what="recovery: spool the backlog",
-                alive=alive(daemon),
-            )
+            spool_backlog(run, env, daemon, "recovery")
             daemon.stop(timeout=60)
         spooled = state.count("spool")
         if spooled != run.n:

@@ -496,8 +496,7 @@ class State:
                 try:
                     rows = _new_rows(records[start : start + _INSERT_CHUNK], now)
                 except TypeError as exc:  # a payload that is not bytes, a value JSON cannot hold
-                    reason = f"cannot commit a batch: {exc} (a value was rejected)"
-                    raise StateError(self.path, reason, RECOVER_BUG) from exc
+                    raise _rejected(self.path, "commit a batch", exc) from exc
                 spooled += db.execute(_INSERT_NEW, rows).rowcount
             if quarantined:
                 db.executemany(
@@ -988,8 +987,13 @@ def _translate(path: Path, action: str, exc: sqlite3.Error) -> StateError:
     if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
         return StateError(path, reason, _recovery(RECOVER_LOCKED, path), transient=True)
     if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError | sqlite3.InterfaceError):
-        return StateError(path, f"{reason} (a value was rejected)", RECOVER_BUG)
+        return _rejected(path, action, exc)
     return StateError(path, reason, _recovery(RECOVER_CORRUPT, path))
+
+
+def _rejected(path: Path, action: str, exc: Exception) -> StateError:
+    """A value the caller passed cannot be stored: a bug on its side, and nothing was stored."""
+    return StateError(path, f"cannot {action}: {exc} (a value was rejected)", RECOVER_BUG)
 
 
 def _recovery(template: str, path: Path) -> str:
