@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from typing import IO, Any
 
-from jobcompd._memory import return_big_buffers
+from jobcompd._memory import tune_memory
 from jobcompd.encode import Encoder, resolve_zone
 from jobcompd.record import ParseError, parse_line
 
@@ -83,7 +83,7 @@ def main() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # the parent died before the death signal was armed
         return
-    return_big_buffers()
+    tune_memory()
     # The frames get stdin and stdout to themselves: anything printed goes to stderr.
     requests = os.fdopen(os.dup(0), "rb")
     answers = os.fdopen(os.dup(1), "wb")

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from jobcompd import __version__
-from jobcompd._memory import return_big_buffers
+from jobcompd._memory import tune_memory
 from jobcompd.config import ConfigError, Settings, load_settings, redacted
 from jobcompd.encode import Encoder, TimeZoneError, resolve_zone
 from jobcompd.ingest import ParseWorker, open_log
@@ -144,7 +144,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from jobcompd.producer import Sender
     from jobcompd.replay import Replayer
 
-    return_big_buffers()
+    tune_memory()
     settings = _settings(args)
     if settings is None:
         return EXIT_USAGE
@@ -257,7 +257,7 @@ def _cmd_deadletter(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from jobcompd import logs
 
-    return_big_buffers()
+    tune_memory()
     settings = _settings(args)
     if settings is None:
         return EXIT_USAGE

@@ -3,7 +3,8 @@
 Threads:
 
 * the **main thread** reads: it asks the tailer for the next batch of complete lines and commits
-  it (records, quarantined lines and the read position in one transaction); it also serves
+  it (records, quarantined lines and the read position in one transaction), reading one batch
+  ahead so that the parse worker parses batch n+1 while batch n is committed; it also serves
   signals (SIGTERM/SIGINT stop, SIGHUP reload), systemd notifications and the watchdog;
 * the **sender thread** runs the producer worker: it produces from the spool and settles
   delivery reports, and is woken as soon as a batch is committed.
@@ -14,6 +15,7 @@ buffer) and says so in the log and the status.
 
 from __future__ import annotations
 
+import collections
 import os
 import queue
 import signal
@@ -22,14 +24,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
 from jobcompd import logs
 from jobcompd.config import ConfigError, KafkaSettings, Settings, load_settings
 from jobcompd.encode import Encoder
-from jobcompd.ingest import Ingestor, ParseWorker
+from jobcompd.ingest import Ingestor, ParseWorker, Pending
 from jobcompd.lock import StateDirLock
 from jobcompd.producer import Sender
 from jobcompd.state import ReadPosition, State, StateError
@@ -39,6 +41,11 @@ __all__ = ["Daemon"]
 
 _STATE_RETRY_S = 1.0  # after a failed commit (disk full, read-only), wait before trying again
 _BACKPRESSURE_CHECK_S = 0.5
+
+
+class _Queued(NamedTuple):
+    batch: LineBatch
+    parsing: Pending
 
 
 @dataclass(slots=True)
@@ -135,6 +142,7 @@ class Daemon:
         self._state: State | None = None
         self._tailer: Tailer | None = None
         self._sender: SenderThread | None = None
+        self._queued: collections.deque[_Queued] = collections.deque()
 
     # -- signals -----------------------------------------------------------------------------
 
@@ -228,7 +236,10 @@ class Daemon:
         watchdog_s = _watchdog_interval()
         next_ping = next_status = next_depth = 0.0
         depth = state.spool_depth()
-        retry_batch: LineBatch | None = None
+        # Batches read and not yet committed, oldest first: the next one is read (and handed to
+        # the parse worker) while the one before is parsed and committed. A failed commit keeps
+        # its batch at the head, to be tried again.
+        queued = self._queued
         while not self._stop.is_set():
             now = time.monotonic()
             if self._reload.is_set():
@@ -251,20 +262,27 @@ class Daemon:
             if self._health.backpressure:
                 self._stop.wait(0.2)
                 continue
-            batch = retry_batch or tailer.read(timeout=0.2)
-            retry_batch = None
-            if batch is None:
-                continue
-            if self._commit(ingestor, batch):
-                depth += len(batch.lines)
+            if not queued:
+                batch = tailer.read(timeout=0.2)
+                if batch is None:
+                    continue
+                queued.append(_Queued(batch, ingestor.prepare(batch.lines, source=batch.path)))
+            if len(queued) == 1 and self._health.state_error is None:
+                ahead = tailer.read(timeout=0)
+                if ahead is not None:
+                    queued.append(_Queued(ahead, ingestor.prepare(ahead.lines, source=ahead.path)))
+            head = queued[0]
+            if self._commit(ingestor, head):
+                queued.popleft()
+                depth += len(head.batch.lines)
                 sender.wake()
                 if depth >= self.settings.state.max_spool_records:
                     self._set_backpressure(True, depth)
             else:
-                retry_batch = batch
                 self._stop.wait(_STATE_RETRY_S)
 
-    def _commit(self, ingestor: Ingestor, batch: LineBatch) -> bool:
+    def _commit(self, ingestor: Ingestor, queued: _Queued) -> bool:
+        batch = queued.batch
         identity = batch.identity
         position = ReadPosition(
             source=identity.key,
@@ -278,7 +296,7 @@ class Daemon:
         )
         try:
             result = ingestor.commit(
-                batch.lines,
+                queued.parsing,
                 source=batch.path,
                 first_line_no=batch.first_line_no,
                 first_offset=batch.offsets[0] if batch.offsets else 0,
@@ -354,6 +372,16 @@ class Daemon:
 
     def _lookup(self, fingerprint: str) -> StoredPosition | None:
         assert self._state is not None
+        # A batch read and not yet committed is where the reader of that file stands.
+        for queued in reversed(self._queued):
+            batch = queued.batch
+            if batch.identity.fingerprint == fingerprint:
+                return StoredPosition(
+                    offset=batch.end_offset,
+                    line_no=batch.end_line_no,
+                    path=batch.path,
+                    updated_at=time.time(),
+                )
         p = self._state.position(f"file:{fingerprint}")
         if p is None:
             return None

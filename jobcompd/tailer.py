@@ -648,7 +648,9 @@ class Tailer:
         """The next batch of complete lines, waiting up to ``timeout`` seconds; None if none.
 
         Rotated files are read before the followed one, each in order. The caller commits the
-        batch's end position before calling again, or gives the batch back with :meth:`rewind`.
+        batch's end position before calling again, or gives the batch back with :meth:`rewind`; a
+        caller that reads ahead of its commits answers ``lookup`` with the end of the batches it
+        holds, since that is where their file is read up to.
         """
         if not self._started:
             raise RuntimeError("Tailer.read() before start()")
