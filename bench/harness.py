@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import platform
 import re
@@ -22,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -214,12 +216,12 @@ class StateView:
         rows = self._query(f"SELECT count(*) FROM {table}")
         return int(rows[0][0]) if rows else 0
 
-    def delivered_span(self) -> tuple[float, float]:
-        """(first, last) ``delivered_at`` in the delivered ledger (wall-clock seconds)."""
-        rows = self._query("SELECT min(delivered_at), max(delivered_at) FROM delivered")
+    def last_delivered_at(self) -> float:
+        """When the last delivery reports were committed (wall-clock seconds)."""
+        rows = self._query("SELECT value FROM meta WHERE key = 'last_delivered_at'")
         if not rows or rows[0][0] is None:
-            raise BenchError("the delivered ledger is empty")
-        return float(rows[0][0]), float(rows[0][1])
+            raise BenchError("nothing was delivered")
+        return float(rows[0][0])
 
     def counters(self) -> dict[str, int]:
         """Every durable counter at one instant."""
@@ -228,15 +230,23 @@ class StateView:
             for k, v in self._query("SELECT key, value FROM meta WHERE key LIKE '%_total'")
         }
 
-    def delivered_at(self) -> dict[str, float]:
-        """Record id → when its delivery report was committed (wall-clock seconds)."""
-        return {str(r): float(t) for r, t in self._query("SELECT rid, delivered_at FROM delivered")}
+
+
+def delivery_log_times(log: str) -> dict[str, float]:
+    """Record id → when its delivery report was committed, from a daemon's JSON log (debug_jobcomp)."""
+    times = {}
+    for line in log.splitlines():
+        if not line.startswith("{") or '"job delivered"' not in line:
+            continue
+        entry = json.loads(line)
+        times[str(entry["rid"])] = datetime.fromisoformat(entry["timestamp"]).timestamp()
+    return times
 
 
 class CounterTrace:
     """``spooled_total`` and ``delivered_total`` sampled over a run, to see the rate change as it goes.
 
-    The spool and the delivered ledger grow during a run (replay also reads ahead of sending), so
+    The spool and the known record ids grow during a run (replay also reads ahead of sending), so
     the delivery rate over the first and the last tenth is printed next to the average.
     """
 

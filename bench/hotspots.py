@@ -53,7 +53,7 @@ STAGES = (
     ("State.pending (jobcompd/state.py)", "  State.pending (spool fetch)"),
     ("Sender._produce (jobcompd/producer.py)", "  Sender._produce (Producer.produce)"),
     ("Sender._on_delivery (jobcompd/producer.py)", "  Sender._on_delivery (report callbacks)"),
-    ("State.mark_delivered (jobcompd/state.py)", "  State.mark_delivered (ledger insert + spool delete)"),
+    ("State.mark_delivered (jobcompd/state.py)", "  State.mark_delivered (spool delete)"),
     ("State.spool_depth (jobcompd/state.py)", "State.spool_depth (count(*) on the spool)"),
 )
 

@@ -6,8 +6,9 @@ three-broker Kafka in its own process, on loopback; a fresh one per measurement)
 1. throughput: N mixed-generation lines from the first byte to the last delivery report, through
    ``jobcompd replay`` and through the live daemon (``jobcompd run``, lines appended in bulk), next
    to two baselines on the same lines and broker: ``kcat -P -l`` and rsyslog imfile → omkafka;
-2. latency: lines appended one at a time at a steady rate, write → delivery report (the state's
-   ``delivered_at``) and write → a consumer receiving the message (matched by record id);
+2. latency: lines appended one at a time at a steady rate, write → delivery report (the daemon's
+   "job delivered" log line, ``debug_jobcomp``) and write → a consumer receiving the message
+   (matched by record id);
 3. memory: the peak RSS of the daemon and its parse worker while a 1M-record backlog builds up
    (brokers down) and drains;
 4. recovery: restart with 1M records in the spool: time to the first delivery and to an empty spool;
@@ -54,6 +55,7 @@ from bench.harness import (
     RssSampler,
     StateView,
     append_bulk,
+    delivery_log_times,
     ensure_debian_packages,
     ensure_py_spy,
     mock_cluster,
@@ -112,18 +114,22 @@ class Run:
         """How long any step on ``records`` may take before the run gives up on it."""
         return max(180.0, (records or self.n) / 2_000)
 
-    def env(self, name: str, bootstrap: str, *, parse_worker: bool = True) -> JobcompdEnv:
+    def env(
+        self, name: str, bootstrap: str, *, parse_worker: bool = True, log_deliveries: bool = False
+    ) -> JobcompdEnv:
         """A jobcompd configuration of its own under the workspace (state, log, rdkafka.conf).
 
         linger.ms=5 (JobcompdEnv's default); jobcompd adds enable.idempotence and acks=all itself.
         The spool limit is raised above the backlog the run builds, so reading never pauses.
+        ``log_deliveries`` logs each delivery report as JSON (``debug_jobcomp``).
         """
         return JobcompdEnv(
             self.workspace / name,
             bootstrap,
             topic=TOPIC,
             params="requeue_on_msg_timeout",
-            extra_toml=f"max_spool_records = {max(2 * self.n, 1_000_000)}\n",
+            extra_toml=f"max_spool_records = {max(2 * self.n, 1_000_000)}\n"
+            + ('[log]\nformat = "json"\ndebug_jobcomp = true\n' if log_deliveries else ""),
             source_toml="" if parse_worker else "parse_worker = false\n",
         )
 
@@ -180,10 +186,10 @@ def throughput_replay(run: Run, *, parse_worker: bool = True) -> None:
             finally:
                 terminate(proc)
         summary = json.loads(out.decode().strip().splitlines()[-1]) if out.strip() else {}
-        delivered = StateView(env.db).count("delivered")
+        delivered = StateView(env.db).counter("delivered_total")
         if delivered != run.n or proc.returncode != 0:
             raise BenchError(
-                f"replay exited {proc.returncode}, delivered ledger {delivered} of {run.n}; "
+                f"replay exited {proc.returncode}, delivered {delivered} of {run.n}; "
                 f"summary {summary}; stderr: {stderr.read_text(errors='replace')[-1500:]}"
             )
     r = rate(run.n, elapsed)
@@ -192,12 +198,12 @@ def throughput_replay(run: Run, *, parse_worker: bool = True) -> None:
         f"  jobcompd replay{WORKER_TAG[parse_worker]}: {run.n:,} records delivered in {elapsed:.2f} s "
         f"= {r:,.0f} records/s "
         f"(its own summary: {summary.get('elapsed_s')} s, delivered {summary.get('delivered'):,}; "
-        f"delivered ledger {delivered:,}; {trace.tenths(run.n, trace.start + elapsed)})"
+        f"state: delivered {delivered:,}; {trace.tenths(run.n, trace.start + elapsed)})"
     )
 
 
 def throughput_daemon(run: Run, *, parse_worker: bool = True) -> None:
-    """The live daemon: N lines appended in bulk to its log, until the ledger holds all N."""
+    """The live daemon: N lines appended in bulk to its log, until the state counts N delivered."""
     key = "daemon" if parse_worker else "daemon-inline"
     with mock_cluster(TOPIC, run.partitions) as cluster:
         env = run.env(key, cluster.bootstrap, parse_worker=parse_worker)
@@ -215,10 +221,10 @@ def throughput_daemon(run: Run, *, parse_worker: bool = True) -> None:
                 alive=alive(daemon),
                 interval=0.25,
             )
-            _first, last = state.delivered_span()
-            delivered = state.count("delivered")
+            last = state.last_delivered_at()
+            delivered = state.counter("delivered_total")
     if delivered != run.n:
-        raise BenchError(f"daemon: delivered ledger holds {delivered}, expected {run.n}")
+        raise BenchError(f"daemon: {delivered} delivered, expected {run.n}")
     elapsed = last - start
     r = rate(run.n, elapsed)
     read = trace.reached(1, run.n)
@@ -356,7 +362,7 @@ def latency(run: Run) -> None:
         rids.append(encoder.record_id(line, record))
     partitions = run.args.latency_partitions
     with mock_cluster(TOPIC, partitions) as cluster:
-        env = run.env("latency", cluster.bootstrap)
+        env = run.env("latency", cluster.bootstrap, log_deliveries=True)
         state = StateView(env.db)
         consumer = LatencyConsumer(cluster.bootstrap, TOPIC, partitions)
         consumer.start()
@@ -394,7 +400,7 @@ def latency(run: Run) -> None:
                     what="latency: every line delivered and consumed",
                     alive=alive(daemon),
                 )
-                delivered_at = state.delivered_at()
+                delivered_at = delivery_log_times(daemon.output())
         finally:
             consumer.stop()
     measured = rids[WARMUP_LINES:]
@@ -503,6 +509,14 @@ def recovery(run: Run) -> None:
             sampler = RssSampler(daemon.proc.pid).start()
             try:
                 wait_until(
+                    lambda: state.counter("delivered_total") > 0,
+                    timeout=run.timeout(),
+                    what="recovery: the first delivery",
+                    alive=alive(daemon),
+                    interval=0.005,
+                )
+                first = state.last_delivered_at()
+                wait_until(
                     lambda: state.counter("delivered_total") >= run.n,
                     timeout=run.timeout(),
                     what="recovery: empty the spool",
@@ -510,7 +524,7 @@ def recovery(run: Run) -> None:
                 )
             finally:
                 sampler.stop()
-            first, last = state.delivered_span()
+            last = state.last_delivered_at()
             left = state.count("spool")
     if left:
         raise BenchError(f"recovery: {left} records still spooled")
@@ -583,7 +597,7 @@ def profile(run: Run) -> None:
             timeout=run.timeout(count),
         )
         elapsed = time.monotonic() - start
-        delivered = StateView(env.db).count("delivered")
+        delivered = StateView(env.db).counter("delivered_total")
         if delivered != count:
             raise BenchError(f"profiled replay delivered {delivered} of {count}")
     run.profile += hotspots.Profile.load(out).report(

@@ -5,7 +5,7 @@ It mirrors the ``jobcomp/kafka`` plugin's delivery rules (reference §3) but nev
 ==========================  ================================  ====================================
 event                       the plugin                        jobcompd
 ==========================  ================================  ====================================
-delivered                   debug log                         record leaves the spool (ledger)
+delivered                   debug log                         record leaves the spool (id kept)
 ``_MSG_TIMED_OUT``          produce again if                  produce again if
                             ``requeue_on_msg_timeout``,       ``requeue_on_msg_timeout``, else
                             else discard                      dead letter with the reason

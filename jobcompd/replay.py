@@ -6,7 +6,7 @@ spool to Kafka. Running replay again on the same files sends nothing twice:
 
 * a plain file whose first line was seen before resumes from its committed position (the rest is
   not even re-read);
-* every record id already spooled, dead-lettered or delivered is skipped (the delivered ledger), so
+* every record id already spooled, dead-lettered or delivered is skipped (the known ids), so
   a gzip-compressed copy, stdin, or a file that was rotated and renamed is safe to replay too.
 """
 

@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 DB_NAME = "jobcompd.db"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # "JCMD": marks the file as jobcompd's, so another program's SQLite file is refused, not adopted.
 APPLICATION_ID = 0x4A434D44
 BUSY_TIMEOUT_MS = 5000
@@ -70,10 +70,11 @@ RECOVER_LOCKED = "another process holds the database; check that only one jobcom
 RECOVER_READONLY = "this State was opened read-only (as `jobcompd status` does); open it read-write"
 RECOVER_BUG = "this is a bug in the caller; the whole call was rolled back and nothing was stored"
 
-# The spool and the ledger are indexed by (jobid, rid), never by the record id alone: ids are
-# hashes, so an index on them sends every insert to a random page (with a million-record backlog or
-# ledger, one page written per record), while job ids mostly grow and keep the work at the index's
-# end. Records in the send loop are addressed by their spool ``seq``.
+# ``known`` holds the id of every record ever spooled (and so spooled, dead-lettered or delivered):
+# a record is checked against it once, when it is read, and a delivery report only has to delete
+# its spool row by ``seq``. It is keyed by (jobid, rid), never by the record id alone: ids are
+# hashes, so an index on them sends every insert to a random page (with a million ids, one page
+# written per record), while job ids mostly grow and keep the work at the index's end.
 _SCHEMA = (
     """
 CREATE TABLE spool (
@@ -84,8 +85,7 @@ CREATE TABLE spool (
     source      TEXT    NOT NULL DEFAULT '',
     enqueued_at REAL    NOT NULL,
     attempts    INTEGER NOT NULL DEFAULT 0,
-    last_error  TEXT,
-    UNIQUE (jobid, rid)
+    last_error  TEXT
 )
 """,
     """
@@ -103,12 +103,10 @@ CREATE TABLE deadletter (
 )
 """,
     """
-CREATE TABLE delivered (
-    jobid           INTEGER NOT NULL,
-    rid             TEXT NOT NULL,
-    delivered_at    REAL NOT NULL,
-    kafka_partition INTEGER,
-    kafka_offset    INTEGER,
+CREATE TABLE known (
+    jobid       INTEGER NOT NULL,
+    rid         TEXT    NOT NULL,
+    known_at    REAL    NOT NULL,
     PRIMARY KEY (jobid, rid)
 ) WITHOUT ROWID
 """,
@@ -166,9 +164,10 @@ _SPOOL_COLUMNS = "seq, rid, jobid, payload, source, enqueued_at, attempts, last_
 _DEADLETTER_COLUMNS = "seq, rid, jobid, payload, source, reason, failed_at, attempts"
 _POSITION_COLUMNS = "source, path, fingerprint, byte_offset, line_no, inode, dev, size, updated_at"
 
-# New records go in with one statement per batch, not one per record: ?1 is a JSON array of
+# New records go in with two statements per batch, not one per record: ?1 is a JSON array of
 # [rid, jobid, start, size, source] (orjson writes it in C), ?2 the payloads end to end, each one
 # cut out with substr(). Per record that is half the cost of binding five parameters in Python.
+# The records not yet known are spooled, then all of them are known.
 _INSERT_NEW = """
 INSERT INTO spool (rid, jobid, payload, source, enqueued_at)
 SELECT rid, jobid, substr(?2, start, size), source, ?3
@@ -179,9 +178,12 @@ FROM (
            json_extract(value, '$[4]') AS source
     FROM json_each(?1)
 ) AS new
-WHERE NOT EXISTS (SELECT 1 FROM delivered d WHERE d.jobid = new.jobid AND d.rid = new.rid)
-  AND NOT EXISTS (SELECT 1 FROM deadletter x WHERE x.rid = new.rid)
+WHERE NOT EXISTS (SELECT 1 FROM known k WHERE k.jobid = new.jobid AND k.rid = new.rid)
 ORDER BY key
+"""
+_INSERT_KNOWN = """
+INSERT INTO known (jobid, rid, known_at)
+SELECT json_extract(value, '$[1]'), json_extract(value, '$[0]'), ?3 FROM json_each(?1) WHERE true
 ON CONFLICT (jobid, rid) DO NOTHING
 """
 _INSERT_CHUNK = 10_000
@@ -195,13 +197,6 @@ ON CONFLICT (source) DO UPDATE SET
     line_no = excluded.line_no, inode = excluded.inode, dev = excluded.dev, size = excluded.size,
     updated_at = excluded.updated_at
 """
-_LEDGER_FROM = """
-INSERT INTO delivered (jobid, rid, delivered_at, kafka_partition, kafka_offset)
-SELECT jobid, rid, ?2, ?3, ?4 FROM {table} WHERE seq = ?1
-ON CONFLICT (jobid, rid) DO NOTHING
-"""
-_LEDGER_FROM_SPOOL = _LEDGER_FROM.format(table="spool")
-_LEDGER_FROM_DEADLETTER = _LEDGER_FROM.format(table="deadletter")
 _SPOOL_TO_DEADLETTER = """
 INSERT INTO deadletter
     (seq, rid, jobid, payload, source, enqueued_at, attempts, last_error, reason, failed_at)
@@ -212,7 +207,6 @@ _DEADLETTER_TO_SPOOL = """
 INSERT INTO spool (rid, jobid, payload, source, enqueued_at, attempts, last_error)
 SELECT rid, jobid, payload, source, enqueued_at, attempts, reason
 FROM deadletter WHERE rid = ?1
-ON CONFLICT (jobid, rid) DO NOTHING
 """
 _BUMP = "UPDATE meta SET value = value + ?2 WHERE key = ?1"
 _SET = "UPDATE meta SET value = ?2 WHERE key = ?1"
@@ -490,14 +484,16 @@ class State:
         if not records and not quarantined and position is None:
             return BatchResult(0, 0, 0)
         now = time.time()
+        new = _first_of_each(records)
         with self._transaction("commit a batch") as db:
             spooled = 0
-            for start in range(0, len(records), _INSERT_CHUNK):
+            for start in range(0, len(new), _INSERT_CHUNK):
                 try:
-                    rows = _new_rows(records[start : start + _INSERT_CHUNK], now)
+                    rows = _new_rows(new[start : start + _INSERT_CHUNK], now)
                 except TypeError as exc:  # a payload that is not bytes, a value JSON cannot hold
                     raise _rejected(self.path, "commit a batch", exc) from exc
                 spooled += db.execute(_INSERT_NEW, rows).rowcount
+                db.execute(_INSERT_KNOWN, rows)
             if quarantined:
                 db.executemany(
                     _INSERT_QUARANTINE,
@@ -557,7 +553,7 @@ class State:
         return None if value is None else float(value)
 
     def mark_delivered(self, deliveries: Sequence[Delivery]) -> int:
-        """Record successful delivery reports: the records leave the spool for the delivered ledger.
+        """Record successful delivery reports: the records leave the spool (their ids stay known).
 
         A report for a record that was dead-lettered meanwhile resolves the dead letter too (the
         record is in Kafka). Reports for unknown or already delivered records are ignored. Returns
@@ -566,19 +562,20 @@ class State:
         if not deliveries:
             return 0
         now = time.time()
-        rows = [(d.seq, now, d.partition, d.offset) for d in deliveries]
-        seqs = [(d.seq,) for d in deliveries]
+        seqs = sorted({d.seq for d in deliveries})
         with self._transaction("record deliveries") as db:
             last_jobid = _last_jobid(db, deliveries)
             if last_jobid is None:
                 return 0
-            db.executemany(_LEDGER_FROM_SPOOL, rows)
-            removed = db.executemany("DELETE FROM spool WHERE seq = ?", seqs).rowcount
-            if removed < len(deliveries) and db.execute(
+            removed = db.executemany(
+                "DELETE FROM spool WHERE seq BETWEEN ? AND ?", _runs(seqs)
+            ).rowcount
+            if removed < len(seqs) and db.execute(
                 "SELECT EXISTS (SELECT 1 FROM deadletter)"
             ).fetchone()[0]:
-                db.executemany(_LEDGER_FROM_DEADLETTER, rows)
-                removed += db.executemany("DELETE FROM deadletter WHERE seq = ?", seqs).rowcount
+                removed += db.executemany(
+                    "DELETE FROM deadletter WHERE seq = ?", [(seq,) for seq in seqs]
+                ).rowcount
             _bump(db, delivered_total=removed)
             db.executemany(_SET, [("last_delivered_at", now), ("last_delivered_jobid", last_jobid)])
         return removed
@@ -597,7 +594,7 @@ class State:
                 list(errors.items()),
             ).rowcount
 
-    # -- dead letters, quarantine, ledger: what the operator sees ---------------------------------
+    # -- dead letters, quarantine, known ids: what the operator sees ------------------------------
 
     def dead_letter(self, seq: int, reason: str) -> bool:
         """Move spooled record ``seq`` to the dead letters with ``reason``; False if not spooled."""
@@ -670,25 +667,28 @@ class State:
         return [QuarantinedLine(*row) for row in rows]
 
     def is_known(self, rid: str, jobid: int) -> bool:
-        """Whether record ``rid`` of job ``jobid`` is spooled, dead-lettered or in the ledger."""
+        """Whether record ``rid`` of job ``jobid`` was ever spooled (and so is spooled, dead-lettered
+        or delivered)."""
         with self._reading("look up a record") as db:
             row = db.execute(
-                "SELECT EXISTS (SELECT 1 FROM spool WHERE jobid = ?2 AND rid = ?1)"
-                " OR EXISTS (SELECT 1 FROM deadletter WHERE rid = ?1)"
-                " OR EXISTS (SELECT 1 FROM delivered WHERE jobid = ?2 AND rid = ?1)",
-                (rid, jobid),
+                "SELECT EXISTS (SELECT 1 FROM known WHERE jobid = ? AND rid = ?)", (jobid, rid)
             ).fetchone()
         return bool(row[0])
 
     def prune_delivered(self, older_than: float) -> int:
-        """Forget delivered ids recorded before ``older_than`` (a Unix time); returns how many.
+        """Forget the ids of records read before ``older_than`` (a Unix time) and since delivered.
 
-        The ledger only guards against sending a record twice when a log is read again; pruned
-        ids would be sent again by a re-read of the same lines.
+        Known ids only guard against sending a record twice when a log is read again; pruned ids
+        would be sent again by a re-read of the same lines. Ids of records still spooled or
+        dead-lettered are kept (they were read no earlier than the oldest of those). Returns how
+        many ids were forgotten.
         """
-        with self._transaction("prune the delivered ledger") as db:
+        with self._transaction("prune the known record ids") as db:
             pruned = db.execute(
-                "DELETE FROM delivered WHERE delivered_at < ?", (older_than,)
+                "DELETE FROM known WHERE known_at < min(?1,"
+                " coalesce((SELECT min(enqueued_at) FROM spool), ?1),"
+                " coalesce((SELECT min(enqueued_at) FROM deadletter), ?1))",
+                (older_than,),
             ).rowcount
             _bump(db, pruned_total=pruned)
         return pruned
@@ -814,8 +814,8 @@ def _configure(db: sqlite3.Connection, path: Path, synchronous: str, *, verify: 
                 db.execute(_SET, ("created_at", now))
                 db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif db.execute("PRAGMA user_version").fetchone()[0] == 1:
-                _upgrade_from_v1(db)
+            elif db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                _upgrade(db)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             # Writing here proves at start-up, not at the first batch, that the state is writable.
             db.execute(_SET, ("opened_at", now))
@@ -865,30 +865,32 @@ def _check_database(db: sqlite3.Connection, path: Path, *, verify: bool) -> bool
     return False
 
 
-def _upgrade_from_v1(db: sqlite3.Connection) -> None:
-    """Schema 1 keyed the spool and the ledger by record id alone; 2 keys them by (jobid, rid).
+def _upgrade(db: sqlite3.Connection) -> None:
+    """Schemas 1 and 2 → 3: the ids of delivered records and of spooled ones go into ``known``.
 
-    Record ids are hashes, so an index on them alone takes every insert to a random page; job ids
-    mostly grow, so (jobid, rid) keeps inserts and look-ups near the index's end, in cached pages.
-    The rows are copied as they are, and the spool's sequence counter is carried over.
+    Schema 1 keyed the spool and the delivered ledger by record id alone, 2 by (jobid, rid); both
+    checked a new record against the spool, the dead letters and the ledger, and wrote the ledger
+    at each delivery report. Spooled and dead-lettered rows are copied as they are, and the
+    spool's sequence counter is carried over.
     """
     counter = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'spool'").fetchone()
-    db.execute("ALTER TABLE spool RENAME TO spool_v1")
-    db.execute("ALTER TABLE delivered RENAME TO delivered_v1")
+    db.execute("ALTER TABLE spool RENAME TO spool_old")
     db.execute(_SCHEMA[0])
     db.execute(_SCHEMA[2])
-    db.execute(f"INSERT INTO spool ({_SPOOL_COLUMNS}) SELECT {_SPOOL_COLUMNS} FROM spool_v1")
-    ledger = "jobid, rid, delivered_at, kafka_partition, kafka_offset"
-    db.execute(f"INSERT INTO delivered ({ledger}) SELECT {ledger} FROM delivered_v1")
-    db.execute("DROP TABLE spool_v1")
-    db.execute("DROP TABLE delivered_v1")
-    if counter is not None:
-        db.execute("DELETE FROM sqlite_sequence WHERE name = 'spool'")
+    db.execute(f"INSERT INTO spool ({_SPOOL_COLUMNS}) SELECT {_SPOOL_COLUMNS} FROM spool_old")
+    for table, at in (("delivered", "delivered_at"), ("spool", "enqueued_at"), ("deadletter", "enqueued_at")):
         db.execute(
-            "INSERT INTO sqlite_sequence (name, seq) "
-            "SELECT 'spool', max(?, coalesce((SELECT max(seq) FROM spool), 0))",
-            counter,
+            f"INSERT INTO known (jobid, rid, known_at) SELECT jobid, rid, {at} FROM {table} WHERE true"
+            " ON CONFLICT (jobid, rid) DO NOTHING"
         )
+    db.execute("DROP TABLE spool_old")
+    db.execute("DROP TABLE delivered")
+    db.execute("DELETE FROM sqlite_sequence WHERE name IN ('spool', 'spool_old')")
+    db.execute(
+        "INSERT INTO sqlite_sequence (name, seq) "
+        "SELECT 'spool', max(?, coalesce((SELECT max(seq) FROM spool), 0))",
+        (0 if counter is None else counter[0],),
+    )
 
 
 # -- transaction helpers --------------------------------------------------------------------------
@@ -901,6 +903,32 @@ def _new_rows(records: Sequence[NewRecord], now: float) -> tuple[bytes, bytes, f
     starts = accumulate(sizes, initial=1)  # substr() counts from 1; one start too many, zip stops
     rows = zip(map(_RID, records), map(_JOBID, records), starts, sizes, map(_SOURCE, records), strict=False)
     return orjson.dumps(list(rows)), b"".join(payloads), now
+
+
+def _first_of_each(records: Sequence[NewRecord]) -> Sequence[NewRecord]:
+    """``records`` without the repeats of a record id within them (a line read twice in a batch)."""
+    rids = set(map(_RID, records))
+    if len(rids) == len(records):
+        return records
+    first = []
+    for record in records:
+        if record.rid in rids:
+            rids.discard(record.rid)
+            first.append(record)
+    return first
+
+
+def _runs(seqs: Sequence[int]) -> list[tuple[int, int]]:
+    """Sorted, distinct ``seqs`` as (first, last) of each run of consecutive numbers."""
+    runs = []
+    first = last = seqs[0]
+    for seq in seqs[1:]:
+        if seq != last + 1:
+            runs.append((first, last))
+            first = seq
+        last = seq
+    runs.append((first, last))
+    return runs
 
 
 def _bump(db: sqlite3.Connection, **counters: int) -> None:

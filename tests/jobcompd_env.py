@@ -91,15 +91,23 @@ class JobcompdEnv:
 
     def count(self, table: str) -> int:
         """Rows in a state table, read without disturbing a running jobcompd."""
+        return self._number(f"SELECT count(*) FROM {table}")
+
+    def delivered(self) -> int:
+        """How many records the state has settled as delivered (its ``delivered_total``)."""
+        return self._number("SELECT value FROM meta WHERE key = 'delivered_total'")
+
+    def _number(self, query: str) -> int:
         if not self.db.exists():
             return 0
         con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5)
         try:
-            return int(con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+            row = con.execute(query).fetchone()
         except sqlite3.OperationalError:
             return 0
         finally:
             con.close()
+        return 0 if row is None or row[0] is None else int(row[0])
 
     def dead_letters(self) -> list[dict[str, Any]]:
         done = self.run("deadletter", "list", "--json")

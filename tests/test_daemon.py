@@ -63,7 +63,7 @@ def assert_all_arrived(
 ) -> int:
     """Wait until the daemon delivered every line, then check the topic record by record."""
     expected = expected_messages(lines)
-    wait_for(lambda: env.count("delivered") >= len(expected), timeout, f"{len(expected)} deliveries")
+    wait_for(lambda: env.delivered() >= len(expected), timeout, f"{len(expected)} deliveries")
     arrival = check_arrival(consume_all(kafka.bootstrap, topic, expected=len(expected), timeout=30), expected)
     assert not arrival.missing, f"{len(arrival.missing)} missing"
     assert not arrival.unexpected and not arrival.wrong_payload and not arrival.bad_header
@@ -86,7 +86,7 @@ def test_live_appends_single_bursts_and_partial_line(
         partial = lines[2_990]
         w.write(partial[:50])  # a partial line: must wait for its newline
         time.sleep(0.5)
-        assert env.count("spool") + env.count("delivered") == 2_990
+        assert env.count("spool") + env.delivered() == 2_990
         w.write(partial[50:])
         for line in lines[2_991:]:
             w.write(line)
@@ -127,7 +127,7 @@ def test_copytruncate(kafka: MockCluster, env: JobcompdEnv, daemon: DaemonProces
     assert log is not None
     with SlurmctldWriter(log) as w:
         w.write(b"".join(lines[:300]))
-        wait_for(lambda: env.count("spool") + env.count("delivered") >= 300, 30, "first 300")
+        wait_for(lambda: env.count("spool") + env.delivered() >= 300, 30, "first 300")
         shutil.copyfile(log, f"{log}.1")  # copytruncate: copy, then truncate in place
         os.truncate(log, 0)
         w.write(b"".join(lines[300:]))  # O_APPEND: lands at the new end
@@ -142,7 +142,7 @@ def test_rotation_while_stopped(kafka: MockCluster, env: JobcompdEnv, daemon: Da
     daemon.start()
     with SlurmctldWriter(log) as w:
         w.write(b"".join(lines[:200]))
-        wait_for(lambda: env.count("delivered") >= 200, 30, "first 200")
+        wait_for(lambda: env.delivered() >= 200, 30, "first 200")
         assert daemon.stop() == 0
         w.write(b"".join(lines[200:500]))  # written while jobcompd is stopped …
         os.rename(log, f"{log}.1")  # … then rotated …
@@ -205,7 +205,7 @@ def test_kill_9_while_appending(kafka: MockCluster, env: JobcompdEnv) -> None:
             for trial in range(trials):
                 proc.start(wait_ready=False)
                 time.sleep(rng.uniform(0.2, 1.2))
-                at = env.count("delivered")
+                at = env.delivered()
                 proc.kill9()
                 print(f"trial {trial}: kill -9 with {at} delivered")
         finally:
@@ -242,14 +242,14 @@ def test_sighup_topic_properties_and_broken_config(
         daemon.signal(signal.SIGHUP)
         w.write(b"".join(lines[500:700]))
         daemon.wait_log("rebuilding producer")
-        wait_for(lambda: env.count("delivered") >= 700, 60, "700 deliveries")
+        wait_for(lambda: env.delivered() >= 700, 60, "700 deliveries")
 
         good = env.config.read_text()
         env.config.write_text(good.replace("[kafka]", "[kafka]\nbogus_key = 1"))
         daemon.signal(signal.SIGHUP)
         daemon.wait_log("reload refused")
         w.write(b"".join(lines[700:]))  # the old configuration keeps running
-        wait_for(lambda: env.count("delivered") >= 900, 60, "900 deliveries")
+        wait_for(lambda: env.delivered() >= 900, 60, "900 deliveries")
     assert "bogus_key" in daemon.output()
     assert daemon.proc is not None and daemon.proc.poll() is None
     first = check_arrival(
@@ -269,14 +269,14 @@ def test_broker_down_30s_while_tailing(kafka: MockCluster, env: JobcompdEnv, dae
     assert log is not None
     with SlurmctldWriter(log) as w:
         w.write(b"".join(lines[:500]))
-        wait_for(lambda: env.count("delivered") >= 500, 30, "first 500")
+        wait_for(lambda: env.delivered() >= 500, 30, "first 500")
         for broker_id in kafka.broker_ids:
             kafka.broker_down(broker_id)
         for i in range(500, 1_500, 50):  # jobs keep finishing during the outage
             w.write(b"".join(lines[i : i + 50]))
             time.sleep(1.0)
         time.sleep(10)
-        assert env.count("delivered") < 1_500  # nothing could be delivered …
+        assert env.delivered() < 1_500  # nothing could be delivered …
         assert env.count("spool") > 0  # … so it is held durably
         for broker_id in kafka.broker_ids:
             kafka.broker_up(broker_id)
@@ -311,7 +311,7 @@ def test_disk_full_and_read_only_state(kafka: MockCluster, tmp_path: Path) -> No
             daemon.start()
             with SlurmctldWriter(log) as w:
                 w.write(b"".join(lines[:200]))
-                wait_for(lambda: env.count("delivered") >= 200, 30, "first 200")
+                wait_for(lambda: env.delivered() >= 200, 30, "first 200")
                 for broker_id in kafka.broker_ids:  # records pile up in the spool …
                     kafka.broker_down(broker_id)
                 filler = env.state_dir / "filler"

@@ -72,12 +72,12 @@ def test_broker_outage_in_the_middle(mock_cluster: MockCluster, tmp_path: Path) 
         mock_cluster.set_rtt(broker_id, 20)  # slow enough to be caught in the middle
     proc = env.popen("replay", "--json", str(log))
     try:
-        wait_for(lambda: env.count("delivered") > 2_000, 60, "the first deliveries")
+        wait_for(lambda: env.delivered() > 2_000, 60, "the first deliveries")
         for broker_id in mock_cluster.broker_ids:
             mock_cluster.broker_down(broker_id)
-        down_at = env.count("delivered")
+        down_at = env.delivered()
         time.sleep(20)
-        during = env.count("delivered")
+        during = env.delivered()
         for broker_id in mock_cluster.broker_ids:
             mock_cluster.set_rtt(broker_id, 0)
             mock_cluster.broker_up(broker_id)
@@ -143,7 +143,7 @@ def test_message_timeouts_lose_nothing(mock_cluster: MockCluster, tmp_path: Path
         assert letters and all("_MSG_TIMED_OUT" in d["reason"] for d in letters)
         assert "dead-lettered" in done.stderr  # the error is logged, as the plugin does
         # Nothing lost: every record is delivered or held as a dead letter with its reason.
-        assert env.count("delivered") + env.count("deadletter") == len(lines)
+        assert env.delivered() + env.count("deadletter") == len(lines)
         for broker_id in mock_cluster.broker_ids:
             mock_cluster.set_rtt(broker_id, 0)
         assert env.run("deadletter", "retry", "--all").returncode == 0
@@ -194,7 +194,7 @@ def test_broker_refusal_in_delivery_report_is_dead_lettered(
     assert done.returncode == 1
     letters = env.dead_letters()
     assert letters and all("MSG_SIZE_TOO_LARGE" in d["reason"] for d in letters)
-    assert env.count("delivered") + len(letters) == len(lines)  # nothing lost
+    assert env.delivered() + len(letters) == len(lines)  # nothing lost
     assert env.run("deadletter", "purge").returncode == 2  # refuses without ids or --all
     purged = env.run("deadletter", "purge", letters[0]["rid"])
     assert purged.returncode == 0 and "1 dead letter(s) purged" in purged.stdout
@@ -223,7 +223,7 @@ def test_kill_9_at_random_points_then_rerun_loses_nothing(mock_cluster: MockClus
         )  # so kills land inside it
         proc = env.popen("replay", "--json", str(log))
         time.sleep(rng.uniform(0.05, 2.5))
-        at_kill = env.count("delivered"), env.count("spool")
+        at_kill = env.delivered(), env.count("spool")
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         mid_run += proc.returncode == -signal.SIGKILL and at_kill[0] < len(lines)

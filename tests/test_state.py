@@ -172,7 +172,7 @@ def test_pending_is_in_seq_order_and_pages_with_after_seq(state: State) -> None:
 # -- deliveries ----------------------------------------------------------------------------------
 
 
-def test_mark_delivered_moves_records_to_the_ledger(state: State) -> None:
+def test_mark_delivered_takes_records_out_of_the_spool_and_keeps_their_ids(state: State) -> None:
     state.commit_batch(records(0, 5), position=at(5))
     spooled = state.pending()
 
@@ -189,11 +189,18 @@ def test_mark_delivered_moves_records_to_the_ledger(state: State) -> None:
     assert stats["last_delivered_jobid"] == 2
     assert stats["last_delivered_at"] == pytest.approx(time.time(), abs=5)
     assert stats["spool_depth"] == 2
-    with sqlite3.connect(state.path) as raw:
-        ledger = raw.execute(
-            "SELECT rid, jobid, kafka_partition, kafka_offset FROM delivered ORDER BY jobid"
-        ).fetchall()
-    assert ledger == [(r.rid, r.jobid, 2, 100 + r.seq) for r in spooled[:3]]
+    assert state.commit_batch(records(0, 5)) == BatchResult(spooled=0, already_known=5, quarantined=0)
+
+
+def test_reports_in_any_order_settle_exactly_their_records(state: State) -> None:
+    state.commit_batch(records(0, 10))
+    seqs = [r.seq for r in state.pending()]
+    delivered = [seqs[i] for i in (7, 0, 2, 1, 5, 9, 2)]  # out of order, one report twice
+
+    assert state.mark_delivered([Delivery(seq, 0, 0) for seq in delivered]) == 6
+
+    assert all_rids(state) == [f"r{i:09d}" for i in (3, 4, 6, 8)]
+    assert state.stats()["delivered_total"] == 6
 
 
 def test_a_delivery_report_resolves_a_dead_letter(state: State) -> None:
@@ -476,23 +483,45 @@ PRAGMA user_version = 1;
 """
 
 
-def test_a_schema_1_database_is_upgraded_in_place_keeping_everything(state_dir: Path) -> None:
+# Schema 2 (the spool and the delivered ledger keyed by (jobid, rid)), as that version created it.
+SCHEMA_V2 = """
+CREATE TABLE spool (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, rid TEXT NOT NULL, jobid INTEGER NOT NULL,
+    payload BLOB NOT NULL, source TEXT NOT NULL DEFAULT '', enqueued_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, UNIQUE (jobid, rid));
+CREATE TABLE deadletter (
+    seq INTEGER PRIMARY KEY, rid TEXT NOT NULL UNIQUE, jobid INTEGER NOT NULL, payload BLOB NOT NULL,
+    source TEXT NOT NULL, enqueued_at REAL NOT NULL, attempts INTEGER NOT NULL, last_error TEXT,
+    reason TEXT NOT NULL, failed_at REAL NOT NULL);
+CREATE TABLE delivered (
+    jobid INTEGER NOT NULL, rid TEXT NOT NULL, delivered_at REAL NOT NULL,
+    kafka_partition INTEGER, kafka_offset INTEGER, PRIMARY KEY (jobid, rid)) WITHOUT ROWID;
+""" + SCHEMA_V1[SCHEMA_V1.index("CREATE TABLE quarantine") :].replace("user_version = 1", "user_version = 2")
+
+
+@pytest.mark.parametrize("schema", [SCHEMA_V1, SCHEMA_V2], ids=["schema-1", "schema-2"])
+def test_an_older_database_is_upgraded_in_place_keeping_everything(state_dir: Path, schema: str) -> None:
     state_dir.mkdir()
     with sqlite3.connect(state_dir / DB_NAME) as raw:
-        raw.executescript(SCHEMA_V1)
+        raw.executescript(schema)
         raw.executemany(
             "INSERT INTO meta VALUES (?, ?)",
-            [("spooled_total", 8), ("delivered_total", 3), ("created_at", 1.0)],
+            [("spooled_total", 9), ("delivered_total", 3), ("created_at", 1.0)],
         )
-        # Records 0-2 were delivered; 3-7 wait in the spool with seqs 4-8.
+        # Records 0-2 were delivered; 3-7 wait in the spool with seqs 4-8; 8 is a dead letter.
         raw.executemany(
             "INSERT INTO spool (seq, rid, jobid, payload, source, enqueued_at, attempts, last_error)"
             " VALUES (?, ?, ?, ?, 'log', 1.0, ?, ?)",
             [(r.jobid + 1, r.rid, r.jobid, r.payload, r.jobid, f"e{r.jobid}") for r in records(3, 8)],
         )
         raw.executemany(
-            "INSERT INTO delivered VALUES (?, ?, 2.0, 0, ?)",
+            "INSERT INTO delivered (rid, jobid, delivered_at, kafka_partition, kafka_offset)"
+            " VALUES (?, ?, 2.0, 0, ?)",
             [(r.rid, r.jobid, r.jobid) for r in records(0, 3)],
+        )
+        raw.execute(
+            "INSERT INTO deadletter VALUES (9, ?, 8, ?, 'log', 1.0, 3, 'e8', 'too large', 3.0)",
+            (records(8, 9)[0].rid, records(8, 9)[0].payload),
         )
         # Seqs up to 20 were handed out once (records since delivered and forgotten, say).
         raw.execute("UPDATE sqlite_sequence SET seq = 20 WHERE name = 'spool'")
@@ -503,14 +532,17 @@ def test_a_schema_1_database_is_upgraded_in_place_keeping_everything(state_dir: 
         assert [(r.seq, r.rid, r.payload, r.attempts, r.last_error) for r in held] == [
             (r.jobid + 1, r.rid, r.payload, r.jobid, f"e{r.jobid}") for r in records(3, 8)
         ]
-        assert s.commit_batch(records(0, 10)) == BatchResult(spooled=2, already_known=8, quarantined=0)
-        new_seqs = [r.seq for r in s.pending()[-2:]]
-        assert 20 < new_seqs[0] < new_seqs[1]  # the counter carried over: no seq is used twice
-        assert s.mark_delivered([Delivery(r.seq, 0, 0) for r in s.pending()]) == 7
-        assert s.stats()["delivered_total"] == 10
+        assert [(d.rid, d.reason) for d in s.dead_letters()] == [("r000000008", "too large")]
+        assert s.commit_batch(records(0, 10)) == BatchResult(spooled=1, already_known=9, quarantined=0)
+        new_seq = s.pending()[-1].seq
+        assert new_seq > 20  # the counter carried over: no seq is used twice
+        assert s.mark_delivered([Delivery(r.seq, 0, 0) for r in s.pending()]) == 6
+        assert s.stats()["delivered_total"] == 9
+        assert all(s.is_known(r.rid, r.jobid) for r in records(0, 10))
     with sqlite3.connect(state_dir / DB_NAME) as raw:
         assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-        assert raw.execute("SELECT count(*) FROM delivered").fetchone()[0] == 10
+        assert raw.execute("SELECT count(*) FROM known").fetchone()[0] == 10
+        assert raw.execute("SELECT name FROM sqlite_master WHERE name = 'delivered'").fetchall() == []
     raw.close()
 
 
@@ -749,16 +781,17 @@ def test_kill_9_loses_nothing_and_rereads_nothing(state_dir: Path) -> None:
             depth = s.spool_depth()
             stats = s.stats()
         with sqlite3.connect(state_dir / DB_NAME) as raw:
-            delivered = [row[0] for row in raw.execute("SELECT rid FROM delivered")]
+            known = [row[0] for row in raw.execute("SELECT rid FROM known")]
         raw.close()
 
         assert acknowledged <= committed <= acknowledged + 400, "a committed batch was lost"
-        held = spooled + dead + delivered
-        assert len(held) == len(set(held)) == committed, "records held twice or missing"
-        assert set(held) == {f"r{i:09d}" for i in range(committed)}, "records beyond the position"
+        assert len(known) == len(set(known)) == committed, "records known twice or missing"
+        assert set(known) == {f"r{i:09d}" for i in range(committed)}, "records beyond the position"
+        held = spooled + dead
+        assert len(held) == len(set(held)), "a record both spooled and dead-lettered, or twice"
         assert stats["spooled_total"] == committed
         assert stats["already_known_total"] == 0
-        assert depth + len(dead) == committed - len(delivered)
+        assert depth + len(dead) == committed - stats["delivered_total"]
         in_flight += committed > acknowledged
         acknowledged = committed
         killed_after.append(committed)
