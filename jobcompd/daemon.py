@@ -21,7 +21,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -34,7 +34,7 @@ from jobcompd.encode import Encoder
 from jobcompd.ingest import Ingestor, ParseWorker, Pending
 from jobcompd.lock import StateDirLock
 from jobcompd.producer import Sender
-from jobcompd.state import ReadPosition, State, StateError
+from jobcompd.state import BatchResult, ReadPosition, SpooledRecord, State, StateError
 from jobcompd.tailer import LineBatch, StoredPosition, Tailer
 
 __all__ = ["Daemon"]
@@ -70,6 +70,11 @@ class SenderThread(threading.Thread):
 
     def wake(self) -> None:
         """New records are in the spool."""
+        self._wake.set()
+
+    def offer(self, records: Sequence[SpooledRecord]) -> None:
+        """New records are in the spool, and here they are (see :meth:`Sender.offer`)."""
+        self.sender.offer(records)
         self._wake.set()
 
     def call(self, fn: Callable[[], Any], timeout: float | None = None) -> Any:
@@ -272,16 +277,17 @@ class Daemon:
                 if ahead is not None:
                     queued.append(_Queued(ahead, ingestor.prepare(ahead.lines, source=ahead.path)))
             head = queued[0]
-            if self._commit(ingestor, head):
+            result = self._commit(ingestor, head)
+            if result is not None:
                 queued.popleft()
                 depth += len(head.batch.lines)
-                sender.wake()
+                sender.offer(result.fresh)
                 if depth >= self.settings.state.max_spool_records:
                     self._set_backpressure(True, depth)
             else:
                 self._stop.wait(_STATE_RETRY_S)
 
-    def _commit(self, ingestor: Ingestor, queued: _Queued) -> bool:
+    def _commit(self, ingestor: Ingestor, queued: _Queued) -> BatchResult | None:
         batch = queued.batch
         identity = batch.identity
         position = ReadPosition(
@@ -308,7 +314,7 @@ class Daemon:
                 self._log.error("cannot write the state; reading paused until it can", error=str(exc))
             self._health.state_error = str(exc)
             self._notify(f"STATUS=state error: {exc.reason}")
-            return False
+            return None
         if self._health.state_error is not None:
             self._log.info("state writable again; reading resumed")
             self._health.state_error = None
@@ -320,7 +326,7 @@ class Daemon:
                 path=batch.path,
                 first_line=batch.first_line_no,
             )
-        return True
+        return result
 
     def _set_backpressure(self, on: bool, depth: int) -> None:
         if on and not self._health.backpressure:

@@ -26,8 +26,9 @@ reports inside ``poll()``, on that same thread.
 
 from __future__ import annotations
 
+import collections
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -42,6 +43,7 @@ from jobcompd.state import Delivery, SpooledRecord, State
 __all__ = ["DeliveryReport", "Sender", "SenderCounters"]
 
 RECORD_ID_HEADER = "record_id"
+_OFFERED_BATCHES = 4
 
 # Reported for messages we purged ourselves (shutdown, producer rebuild): they stay in the spool.
 _PURGED = frozenset((KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT))
@@ -116,6 +118,8 @@ class Sender:
         self._cursor = 0  # highest spool seq handed to librdkafka
         self._in_flight: dict[str, SpooledRecord] = {}
         self._backlog: list[SpooledRecord] = []  # fetched, not yet accepted by librdkafka
+        # Batches just spooled, handed over by the reader (another thread, in the daemon).
+        self._offered: collections.deque[Sequence[SpooledRecord]] = collections.deque()
         self._reports: list[DeliveryReport] = []
         self._rebuild = False
         self._spool_exhausted = False
@@ -170,6 +174,7 @@ class Sender:
         producer = self._producer
         assert producer is not None
         self._backlog.clear()
+        self._offered.clear()
         # A producer that hit a fatal error raises from every call: what it did not report
         # stays in the spool either way.
         with suppress(KafkaException):
@@ -224,6 +229,28 @@ class Sender:
         """New records were spooled: look for them at the next pump."""
         self._spool_exhausted = False
 
+    def offer(self, records: Sequence[SpooledRecord]) -> None:
+        """Records just spooled (`BatchResult.fresh`), to send without reading them back; thread-safe.
+
+        They are sent from memory when they come next in the spool, right after what was already
+        sent; otherwise they are dropped here and read from the spool in their turn. A few batches
+        are held at most, so a sender that falls behind holds no backlog in memory.
+        """
+        if not records:
+            return
+        if len(self._offered) >= _OFFERED_BATCHES:
+            self._offered.clear()
+        self._offered.append(records)
+
+    def _next_offered(self) -> Sequence[SpooledRecord] | None:
+        while True:
+            try:
+                records = self._offered.popleft()
+            except IndexError:
+                return None
+            if records[0].seq == self._cursor + 1:
+                return records
+
     def _produce_more(self) -> None:
         if self._spool_exhausted and (
             time.monotonic() - self._fetched_at >= self._kafka.params.poll_interval
@@ -233,16 +260,18 @@ class Sender:
             self._spool_exhausted = False
         while len(self._in_flight) < self._window:
             if not self._backlog:
-                if self._spool_exhausted:
-                    return
-                self._fetched_at = time.monotonic()
-                batch = self._state.pending(after_seq=self._cursor, limit=self._fetch)
-                if len(batch) < self._fetch:
-                    self._spool_exhausted = True
-                if not batch:
-                    return
+                batch = self._next_offered()
+                if batch is None:
+                    if self._spool_exhausted:
+                        return
+                    self._fetched_at = time.monotonic()
+                    batch = self._state.pending(after_seq=self._cursor, limit=self._fetch)
+                    if len(batch) < self._fetch:
+                        self._spool_exhausted = True
+                    if not batch:
+                        return
                 self._cursor = batch[-1].seq
-                self._backlog = batch[::-1]  # pop() from the end keeps spool order
+                self._backlog = list(reversed(batch))  # pop() from the end keeps spool order
             if not self._produce(self._backlog[-1]):
                 return
             self._backlog.pop()

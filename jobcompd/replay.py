@@ -234,6 +234,7 @@ class Replayer:
                         first_offset=first_offset,
                         position=at,
                     )
+                    self._sender.offer(result.fresh)
                     self.summary.lines += len(prepared.lines)
                     self.summary.records += result.spooled
                     self.summary.already_known += result.already_known

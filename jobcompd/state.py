@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from itertools import accumulate
+from itertools import accumulate, repeat
 from operator import itemgetter
 from pathlib import Path
 from types import TracebackType
@@ -314,11 +314,17 @@ class Delivery(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
-    """What `State.commit_batch` did: new records spooled, records it already held, lines quarantined."""
+    """What `State.commit_batch` did: new records spooled, records it already held, lines quarantined.
+
+    ``fresh`` holds the spooled records as `State.pending` would return them, so a sender can take
+    them from memory; it is empty when the batch held records already known (`pending` finds
+    the others then).
+    """
 
     spooled: int
     already_known: int
     quarantined: int
+    fresh: Sequence[SpooledRecord] = field(default=(), compare=False, repr=False)
 
 
 class State:
@@ -486,13 +492,15 @@ class State:
         now = time.time()
         new = _first_of_each(records)
         with self._transaction("commit a batch") as db:
-            spooled = 0
+            spooled = last_seq = 0
             for start in range(0, len(new), _INSERT_CHUNK):
                 try:
                     rows = _new_rows(new[start : start + _INSERT_CHUNK], now)
                 except TypeError as exc:  # a payload that is not bytes, a value JSON cannot hold
                     raise _rejected(self.path, "commit a batch", exc) from exc
-                spooled += db.execute(_INSERT_NEW, rows).rowcount
+                inserted = db.execute(_INSERT_NEW, rows)
+                spooled += inserted.rowcount
+                last_seq = inserted.lastrowid or 0
                 db.execute(_INSERT_KNOWN, rows)
             if quarantined:
                 db.executemany(
@@ -507,7 +515,11 @@ class State:
                 already_known_total=len(records) - spooled,
                 quarantined_total=len(quarantined),
             )
-        return BatchResult(spooled, len(records) - spooled, len(quarantined))
+        fresh: Sequence[SpooledRecord] = ()
+        if spooled and spooled == len(new):
+            # One INSERT per chunk, rows in batch order, AUTOINCREMENT: the seqs are consecutive.
+            fresh = _spooled(new, range(last_seq - spooled + 1, last_seq + 1), now)
+        return BatchResult(spooled, len(records) - spooled, len(quarantined), fresh)
 
     def position(self, source: str) -> ReadPosition | None:
         """The committed read position for ``source``, or None if it was never read."""
@@ -916,6 +928,23 @@ def _first_of_each(records: Sequence[NewRecord]) -> Sequence[NewRecord]:
             rids.discard(record.rid)
             first.append(record)
     return first
+
+
+def _spooled(records: Sequence[NewRecord], seqs: range, now: float) -> list[SpooledRecord]:
+    n = len(records)
+    return list(
+        map(
+            SpooledRecord,
+            seqs,
+            map(_RID, records),
+            map(_JOBID, records),
+            map(_PAYLOAD, records),
+            map(_SOURCE, records),
+            repeat(now, n),
+            repeat(0, n),
+            repeat(None, n),
+        )
+    )
 
 
 def _runs(seqs: Sequence[int]) -> list[tuple[int, int]]:

@@ -1,0 +1,74 @@
+"""The producer worker on its own: a real State, a real Sender, librdkafka's mock cluster."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from jobcompd.config import load_settings
+from jobcompd.producer import Sender
+from jobcompd.state import NewRecord, SpooledRecord, State
+from tests.brokers.mockcluster import MockCluster
+from tests.brokers.readback import consume_all
+from tests.jobcompd_env import JobcompdEnv
+
+
+class CountingState(State):
+    """The real State, counting how often the spool is read back."""
+
+    reads = 0
+
+    def pending(self, *, after_seq: int = 0, limit: int = 1000) -> list[SpooledRecord]:
+        self.reads += 1
+        return super().pending(after_seq=after_seq, limit=limit)
+
+
+def new(start: int, stop: int) -> list[NewRecord]:
+    return [NewRecord(f"r{i:06d}", i, b'{"jobid":%d}' % i, "log") for i in range(start, stop)]
+
+
+def send_all(sender: Sender, state: State, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not sender.idle() or state.spool_depth():
+        assert time.monotonic() < deadline, f"{state.spool_depth()} records still spooled"
+        sender.pump(0.05)
+
+
+def test_offered_records_go_out_once_in_spool_order_from_memory_or_read_back(
+    mock_cluster: MockCluster, tmp_path: Path
+) -> None:
+    mock_cluster.create_topic("mycluster", 1)  # one partition: the order is visible
+    # No look at the spool on a timer during the test: only wake() and an empty backlog read it.
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=60")
+    with CountingState.open(env.state_dir, synchronous="normal") as state:
+        sender = Sender(state, load_settings(env.config).kafka)
+        state.commit_batch(new(0, 300))  # spooled another way: never offered
+        later = state.commit_batch(new(300, 600))
+        assert list(later.fresh) == state.pending(after_seq=300)
+        sender.offer(later.fresh)  # not next in the spool (0-299 come first): read back instead
+        sender.wake()
+        send_all(sender, state)
+        reads = state.reads
+
+        third = state.commit_batch(new(600, 900))
+        assert list(third.fresh) == state.pending()  # exactly what reading back would give
+        state.reads = reads
+        sender.offer(third.fresh)  # next in the spool: sent from memory
+        sender.offer(later.fresh)  # sent already: ignored
+        send_all(sender, state)
+        assert state.reads == reads, "offered records were read back from the spool"
+        assert sender.close() == 0
+        assert state.stats()["delivered_total"] == 900
+
+    got = consume_all(mock_cluster.bootstrap, "mycluster", expected=900, timeout=30)
+    assert [m.key() for m in got] == [f"r{i:06d}".encode() for i in range(900)]
+    assert [m.value() for m in got] == [b'{"jobid":%d}' % i for i in range(900)]
+
+
+def test_a_batch_with_records_already_known_is_not_offered(tmp_path: Path) -> None:
+    with State.open(tmp_path / "state", synchronous="normal") as state:
+        assert len(state.commit_batch(new(0, 3)).fresh) == 3
+        mixed = state.commit_batch(new(2, 5))
+        assert (mixed.spooled, mixed.already_known, list(mixed.fresh)) == (2, 1, [])
+        big = state.commit_batch(new(5, 25_005))  # more than one INSERT: the seqs still follow
+        assert list(big.fresh) == state.pending(after_seq=5, limit=10**6)
