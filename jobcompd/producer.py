@@ -233,13 +233,15 @@ class Sender:
         """Records just spooled (`BatchResult.fresh`), to send without reading them back; thread-safe.
 
         They are sent from memory when they come next in the spool, right after what was already
-        sent; otherwise they are dropped here and read from the spool in their turn. A few batches
-        are held at most, so a sender that falls behind holds no backlog in memory.
+        sent; otherwise they are dropped here and read from the spool in their turn. A sender that
+        falls behind (a full window, a few batches offered already) drops what it holds, so a
+        backlog never waits in memory.
         """
         if not records:
             return
-        if len(self._offered) >= _OFFERED_BATCHES:
+        if len(self._in_flight) >= self._window or len(self._offered) >= _OFFERED_BATCHES:
             self._offered.clear()
+            return
         self._offered.append(records)
 
     def _next_offered(self) -> Sequence[SpooledRecord] | None:
