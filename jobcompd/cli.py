@@ -17,7 +17,7 @@ from jobcompd import __version__
 from jobcompd._memory import tune_memory
 from jobcompd.config import ConfigError, Settings, load_settings, redacted
 from jobcompd.encode import Encoder, TimeZoneError, resolve_zone
-from jobcompd.ingest import ParseWorker, open_log
+from jobcompd.ingest import open_log
 from jobcompd.lock import StateDirLock, StateDirUnusable
 from jobcompd.record import DEFAULT_MAX_LINE_BYTES, ParseError, parse_line
 from jobcompd.state import State, StateError
@@ -169,13 +169,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         lock.release()
         return EXIT_USAGE
     stop = _stop_on_signals()
-    worker = ParseWorker() if settings.source.parse_worker else None
+    ingestor = Ingestor.configured(state, settings.source, settings.cluster)
     try:
-        encoder = Encoder(settings.source.tz, settings.cluster)  # type: ignore[arg-type]
         sender = Sender(state, settings.kafka, debug_jobcomp=settings.log.debug_jobcomp)
         replayer = Replayer(
             state,
-            Ingestor(state, encoder, max_line_bytes=settings.source.max_line_bytes, worker=worker),
+            ingestor,
             sender,
             max_spool_records=settings.state.max_spool_records,
             progress=sys.stderr if sys.stderr.isatty() and not args.quiet else None,
@@ -187,8 +186,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print(f"jobcompd replay: {exc}", file=sys.stderr)
         return EXIT_USAGE
     finally:
-        if worker is not None:
-            worker.close()
+        ingestor.close()
         state.close()
         lock.release()
     elapsed = time.monotonic() - started

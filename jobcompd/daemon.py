@@ -30,8 +30,7 @@ import structlog
 
 from jobcompd import logs
 from jobcompd.config import ConfigError, KafkaSettings, Settings, load_settings
-from jobcompd.encode import Encoder
-from jobcompd.ingest import Ingestor, ParseWorker, Pending
+from jobcompd.ingest import Ingestor, Pending
 from jobcompd.lock import StateDirLock
 from jobcompd.producer import Sender
 from jobcompd.state import BatchResult, ReadPosition, SpooledRecord, State, StateError
@@ -182,11 +181,9 @@ class Daemon:
         settings = self.settings
         state = self._state
         assert state is not None
-        encoder = Encoder(settings.source.tz, settings.cluster)  # type: ignore[arg-type]
-        worker = None
-        if settings.source.parse_worker:
-            worker = ParseWorker(logger=structlog.get_logger("jobcompd.ingest"))
-        ingestor = Ingestor(state, encoder, max_line_bytes=settings.source.max_line_bytes, worker=worker)
+        ingestor = Ingestor.configured(
+            state, settings.source, settings.cluster, logger=structlog.get_logger("jobcompd.ingest")
+        )
         sender = Sender(
             state,
             settings.kafka,
@@ -223,8 +220,7 @@ class Daemon:
             self._notify("STOPPING=1")
             self._log.info("stopping")
             self._tailer.stop()
-            if worker is not None:
-                worker.close()
+            ingestor.close()
             self._sender.stop()
             flush_ms = self.settings.kafka.params.flush_timeout
             self._sender.join(timeout=None if flush_ms < 0 else flush_ms / 1000 + 5)

@@ -77,8 +77,13 @@ def record_id(line: bytes, cluster: str | None) -> str:
     its times) or the same line from another cluster gives a different one. Line-ending bytes are
     not part of the identity (``\\n`` and ``\\r\\n`` give the same id).
     """
-    key = (cluster or "").encode() + b"\x00" + line.rstrip(b"\r\n")
-    return hashlib.blake2b(key, digest_size=16, person=b"jobcompd-rec-v1").hexdigest()
+    digest = _RECORD_ID_HASH.copy()  # the personalised start state, without setting it up again
+    digest.update((cluster or "").encode() + b"\x00")
+    digest.update(line.rstrip(b"\r\n"))
+    return digest.hexdigest()
+
+
+_RECORD_ID_HASH = hashlib.blake2b(digest_size=16, person=b"jobcompd-rec-v1")
 
 
 _MINUTE_SECOND = {f"{m:02d}:{sec:02d}": m * 60 + sec for m in range(60) for sec in range(60)}

@@ -30,6 +30,7 @@ import structlog
 
 import jobcompd
 from jobcompd._parse_child import Columns, parse_lines, read_frame, write_frame
+from jobcompd.config import SourceSettings
 from jobcompd.encode import Encoder
 from jobcompd.record import DEFAULT_MAX_LINE_BYTES
 from jobcompd.state import BatchResult, NewRecord, QuarantinedLine, ReadPosition, State
@@ -261,6 +262,21 @@ class Ingestor:
         self._worker = worker
         key = getattr(encoder.zone, "key", None)
         self._spec: _Spec | None = None if key is None else (key, encoder.cluster, max_line_bytes)
+
+    @classmethod
+    def configured(
+        cls, state: State, source: SourceSettings, cluster: str | None, *, logger: Any = None
+    ) -> Ingestor:
+        """The ingestor of ``jobcompd run`` and ``replay``: the log's zone, its line limit and the
+        parse worker as ``[source]`` says; :meth:`close` it when done."""
+        encoder = Encoder(source.tz, cluster)  # type: ignore[arg-type]
+        worker = ParseWorker(logger=logger) if source.parse_worker else None
+        return cls(state, encoder, max_line_bytes=source.max_line_bytes, worker=worker)
+
+    def close(self) -> None:
+        """Stop the parse worker, if there is one (idempotent)."""
+        if self._worker is not None:
+            self._worker.close()
 
     def prepare(self, lines: Sequence[bytes], *, source: str) -> Pending:
         """Start parsing ``lines``: in the child for a big batch, so the caller can do other work."""

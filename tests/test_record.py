@@ -175,7 +175,8 @@ def jobs(draw: st.DrawFn) -> tuple[FakeJob, str, ZoneInfo]:
         account=draw(st.sampled_from(["", "acct"])),
         qos=draw(st.sampled_from(["", "normal"])),
         wckey=draw(st.sampled_from(["", "wk"])),
-        cluster=draw(st.one_of(st.none(), _word)),
+        # slurmctld writes "unknown" for a job without a cluster: it is never a cluster's name.
+        cluster=draw(st.one_of(st.none(), _word.filter(lambda w: w != "unknown"))),
         submit=submit,
         eligible=eligible,
         array=draw(st.one_of(st.none(), st.tuples(st.integers(1, 2**31), st.integers(0, 10**6)))),
