@@ -483,20 +483,23 @@ PRAGMA user_version = 1;
 """
 
 
-# Schema 2 (the spool and the delivered ledger keyed by (jobid, rid)), as that version created it.
-SCHEMA_V2 = """
+# Schema 2 keyed the spool and the delivered ledger by (jobid, rid); its other tables are schema 1's.
+SCHEMA_V2 = (
+    """
 CREATE TABLE spool (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, rid TEXT NOT NULL, jobid INTEGER NOT NULL,
     payload BLOB NOT NULL, source TEXT NOT NULL DEFAULT '', enqueued_at REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, UNIQUE (jobid, rid));
-CREATE TABLE deadletter (
-    seq INTEGER PRIMARY KEY, rid TEXT NOT NULL UNIQUE, jobid INTEGER NOT NULL, payload BLOB NOT NULL,
-    source TEXT NOT NULL, enqueued_at REAL NOT NULL, attempts INTEGER NOT NULL, last_error TEXT,
-    reason TEXT NOT NULL, failed_at REAL NOT NULL);
 CREATE TABLE delivered (
     jobid INTEGER NOT NULL, rid TEXT NOT NULL, delivered_at REAL NOT NULL,
     kafka_partition INTEGER, kafka_offset INTEGER, PRIMARY KEY (jobid, rid)) WITHOUT ROWID;
-""" + SCHEMA_V1[SCHEMA_V1.index("CREATE TABLE quarantine") :].replace("user_version = 1", "user_version = 2")
+"""
+    + ";".join(
+        statement
+        for statement in SCHEMA_V1.split(";")
+        if not statement.strip().startswith(("CREATE TABLE spool", "CREATE TABLE delivered"))
+    ).replace("user_version = 1", "user_version = 2")
+)
 
 
 @pytest.mark.parametrize("schema", [SCHEMA_V1, SCHEMA_V2], ids=["schema-1", "schema-2"])
