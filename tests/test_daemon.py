@@ -20,6 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from jobcompd.config import load_settings
+from jobcompd.daemon import Daemon, _Queued
+from jobcompd.identity import FileIdentity
+from jobcompd.ingest import Pending
+from jobcompd.state import ReadPosition, State
+from jobcompd.tailer import LineBatch
 from tests.brokers.mockcluster import MockCluster
 from tests.brokers.readback import consume_all
 from tests.jobcompd_env import (
@@ -474,3 +480,33 @@ def test_backpressure_pauses_reading_and_resumes(kafka: MockCluster, tmp_path: P
         daemon.wait_log("reading resumed", timeout=60)
         assert_all_arrived(kafka, env, lines, allow_duplicates=True, timeout=120)
         assert daemon.stop() == 0
+
+
+def test_a_file_met_again_while_its_batch_is_held_resumes_after_that_batch(tmp_path: Path) -> None:
+    # The daemon reads batch n+1 while batch n is being committed. If the tailer meets a file again
+    # meanwhile (a compressed copy of a rotated log, say) and asks where it stands, the answer is
+    # the end of the batch held in memory, not the committed position before it.
+    env = JobcompdEnv(tmp_path, "127.0.0.1:9")  # no broker: nothing is sent
+    daemon = Daemon(load_settings(env.config))
+    with State.open(env.state_dir, synchronous="normal") as state:
+        daemon._state = state
+        identity = FileIdentity("fp-log", dev=1, inode=2)
+        state.commit_batch([], position=ReadPosition(identity.key, "/log", "fp-log", 100, 10))
+        held = LineBatch(
+            identity=identity,
+            path="/log",
+            lines=[b"a\n", b"b\n"],
+            offsets=[100, 102],
+            first_line_no=11,
+            end_offset=104,
+            end_line_no=12,
+        )
+        daemon._queued.append(_Queued(held, Pending(held.lines, "/log")))
+
+        at = daemon._lookup("fp-log")
+        assert at is not None and (at.offset, at.line_no, at.path) == (104, 12, "/log")
+        assert daemon._lookup("fp-other") is None
+
+        daemon._queued.clear()  # committed (or given up): the state answers again
+        at = daemon._lookup("fp-log")
+        assert at is not None and (at.offset, at.line_no) == (100, 10)
