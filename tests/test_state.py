@@ -217,11 +217,16 @@ def test_a_delivery_report_resolves_a_dead_letter(state: State) -> None:
 def test_prune_delivered_forgets_old_ids_and_counts_them(state: State) -> None:
     state.commit_batch(records(0, 3))
     state.mark_delivered([Delivery(r.seq, 0, r.seq) for r in state.pending()])
+    time.sleep(0.01)
+    state.commit_batch(records(3, 6))  # still spooled: their ids are kept
+    state.dead_letter(seq_of(state, "r000000005"), "refused")  # dead-lettered: kept too
 
     assert state.prune_delivered(time.time() - 3600) == 0
     assert state.prune_delivered(time.time() + 1) == 3
 
     assert not state.is_known("r000000000", 0)
+    assert all(state.is_known(f"r{i:09d}", i) for i in range(3, 6))
+    assert state.commit_batch(records(3, 6)).already_known == 3
     assert state.stats()["pruned_total"] == 3
 
 
