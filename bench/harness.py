@@ -30,6 +30,7 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 
 from tests.brokers.mockcluster import MockCluster
+from tests.jobcompd_env import children
 
 DEBIAN_PACKAGES = ("kcat", "rsyslog", "rsyslog-kafka")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -90,22 +91,11 @@ def cpu_seconds(pid: int) -> float:
 
 def process_tree(pid: int) -> list[int]:
     """``pid`` and its live descendants (jobcompd's parse worker)."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            parents.setdefault(int(fields[1]), []).append(int(entry))
     tree, todo = [pid], [pid]
     while todo:
-        children = parents.get(todo.pop(), [])
-        tree += children
-        todo += children
+        found = children(todo.pop())
+        tree += found
+        todo += found
     return tree
 
 
@@ -229,7 +219,6 @@ class StateView:
             str(k): int(v or 0)
             for k, v in self._query("SELECT key, value FROM meta WHERE key LIKE '%_total'")
         }
-
 
 
 def delivery_log_times(log: str) -> dict[str, float]:

@@ -70,6 +70,9 @@ def _system_zone() -> ZoneInfo:
         return ZoneInfo("UTC")
 
 
+_RECORD_ID_HASH = hashlib.blake2b(digest_size=16, person=b"jobcompd-rec-v1")
+
+
 def record_id(line: bytes, cluster: str | None) -> str:
     """Deterministic id of one record: 128-bit BLAKE2b of the cluster name and the raw line.
 
@@ -81,9 +84,6 @@ def record_id(line: bytes, cluster: str | None) -> str:
     digest.update((cluster or "").encode() + b"\x00")
     digest.update(line.rstrip(b"\r\n"))
     return digest.hexdigest()
-
-
-_RECORD_ID_HASH = hashlib.blake2b(digest_size=16, person=b"jobcompd-rec-v1")
 
 
 _MINUTE_SECOND = {f"{m:02d}:{sec:02d}": m * 60 + sec for m in range(60) for sec in range(60)}

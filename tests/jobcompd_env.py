@@ -115,28 +115,44 @@ class JobcompdEnv:
         return list(json.loads(done.stdout))
 
 
+def _stat(pid: int | str) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command name: state first, then the parent pid."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def alive(pid: int) -> bool:
     """Running: neither gone nor a zombie (a container's init may never reap an orphan)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        return _stat(pid)[0] not in ("Z", "X")
     except OSError:
         return False
 
 
-def parse_workers(parent: int) -> list[int]:
-    """Live parse-worker children of ``parent`` (``python -m jobcompd._parse_child``)."""
+def children(parent: int) -> list[int]:
+    """The running (not zombie) child processes of ``parent``."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            fields = _stat(entry)
         except OSError:
             continue
-        if int(fields[1]) == parent and fields[0] != "Z" and b"jobcompd._parse_child" in cmdline:
+        if int(fields[1]) == parent and fields[0] not in ("Z", "X"):
             pids.append(int(entry))
     return pids
+
+
+def parse_workers(parent: int) -> list[int]:
+    """Live parse-worker children of ``parent`` (``python -m jobcompd._parse_child``)."""
+    workers = []
+    for pid in children(parent):
+        try:
+            if b"jobcompd._parse_child" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                workers.append(pid)
+        except OSError:
+            continue
+    return workers
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
