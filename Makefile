@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed-stamp
 
-.PHONY: test demo bench-parse bench lint clean venv
+.PHONY: test demo bench-parse bench lint fuzz clean venv
 
 venv: $(STAMP)
 
@@ -20,6 +20,11 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m jobcompd.demo
 
+# Coverage-guided fuzzing (atheris) of the parser, the joining of split records and the encoder.
+FUZZ_SECONDS ?= 300
+fuzz: $(STAMP)
+	$(PY) fuzz/fuzz_record.py $(FUZZ_SECONDS)
+
 bench-parse: $(STAMP)
 	$(PY) bench/bench_parse.py
 
@@ -30,7 +35,7 @@ bench: $(STAMP)
 	$(PY) bench/run_bench.py $(BENCH_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check jobcompd tests bench
+	$(VENV)/bin/ruff check jobcompd tests bench fuzz
 	$(VENV)/bin/mypy jobcompd
 
 clean:

@@ -4,6 +4,10 @@ Prints lines/s for jobcompd's parser + encoder (+ record id) over >= 200k genera
 Slurm generations, next to a baseline measured in the same run on the same lines: the naive
 split-on-spaces reader (what Slurm's own filetxt reader does, wrong on hostile names) feeding
 orjson. The machine is shared and noisy, so compare the ratio, not the absolute figure.
+
+Then hostile lines: each shape built to make a backtracking parser slow (tests/slurmctld.py) at
+16, 32 and 64 KiB, timed against the ordinary line, per byte. Linear parsing keeps the per-byte
+ratio flat as the line grows; a quadratic one doubles it with each doubling.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jobcompd.encode import Encoder
 from jobcompd.record import ParseError, parse_line
-from tests.slurmctld import mixed_lines
+from tests.slurmctld import hostile_lines, mixed_lines, ordinary_line
 
 
 def naive(lines: list[bytes]) -> int:
@@ -81,6 +85,35 @@ def main() -> None:
     ):
         print(f"{label:32}{n / t:12,.0f}{t / n * 1e6:10.2f}{t_base / t:10.2f}")
     print("goal: >= 150,000 lines/s for parse + encode")
+    hostile(args.runs)
+
+
+def per_line(line: bytes, repeat: int) -> float:
+    start = time.perf_counter()
+    for _ in range(repeat):
+        parse_line(line)
+    return (time.perf_counter() - start) / repeat
+
+
+def hostile(runs: int) -> None:
+    """µs per line of hostile lines, and their time per byte against an ordinary line's."""
+    base = ordinary_line()
+    t_base = min(per_line(base, 2000) for _ in range(runs))
+    sizes = (16_384, 32_768, 65_000)
+    by_size = {size: hostile_lines(size) for size in sizes}
+    print()
+    print(f"hostile lines (ordinary line: {len(base)} bytes, {t_base * 1e6:.1f} µs); "
+          "µs per line, and in () its time per byte over the ordinary line's")
+    print(f"{'shape':42}" + "".join(f"{f'{size // 1024} KiB':>18}" for size in sizes))
+    for shape in by_size[sizes[0]]:
+        cells = []
+        for size in sizes:
+            line = by_size[size][shape]
+            t = min(per_line(line, 5) for _ in range(runs))
+            ratio = (t / len(line)) / (t_base / len(base))
+            cells.append(f"{t * 1e6:10.0f} ({ratio:4.2f})")
+        print(f"{shape:42}" + "".join(f"{c:>18}" for c in cells))
+    print("linear: the ratio in () stays flat from 16 to 64 KiB")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ stdin and stdout are an 8-byte little-endian length, then a :mod:`marshal` body 
 run the same interpreter):
 
 * request: ``(zone key, fallback cluster, max line bytes, [line, ...])``
-* answer: ``(True, (rids, jobids, payloads, bad))`` — ``bad`` holds ``(index, reason)`` of each
-  line that is not a record — or ``(False, error text)`` if the batch could not be parsed.
+* answer: ``(True, (rids, jobids, payloads, at, bad, ambiguous))`` — ``at`` holds the index of
+  each record's first line, ``bad`` ``(index, reason)`` of each line that is not a record,
+  ``ambiguous`` the job ids of records read with a choice (see :mod:`jobcompd.record`) — or
+  ``(False, error text)`` if the batch could not be parsed.
 
 The child holds nothing durable: it exits at end of input, ignores the signals a service manager
 sends to the whole group (its parent decides when it stops), and dies with its parent.
@@ -27,32 +29,49 @@ from typing import IO, Any
 
 from jobcompd._memory import tune_memory
 from jobcompd.encode import Encoder, resolve_zone
-from jobcompd.record import ParseError, parse_line
+from jobcompd.record import ParseError, parse_records
 
 __all__ = ["HEADER", "Columns", "parse_lines", "read_frame", "write_frame"]
 
 HEADER = struct.Struct("<Q")
-Columns = tuple[list[str], list[int], list[bytes], list[tuple[int, str]]]
+Columns = tuple[list[str], list[int], list[bytes], list[int], list[tuple[int, str]], list[int]]
 _PR_SET_PDEATHSIG = 1
 
 
 def parse_lines(encoder: Encoder, max_bytes: int, lines: Sequence[bytes]) -> Columns:
-    """Record ids, job ids and JSON payloads of the records in ``lines``, and the lines that are not."""
+    """Record ids, job ids, JSON payloads and first line indexes of the records in ``lines``, the
+    lines that are not records, and the job ids of records that had more than one reading.
+
+    A record may span several lines (line breaks in its name); its id is that of all its bytes.
+    Whatever goes wrong with one record — a bug included — costs that record alone: it is
+    reported as a bad line with the error, and the rest of the batch goes on.
+    """
     rids: list[str] = []
     jobids: list[int] = []
     payloads: list[bytes] = []
+    at: list[int] = []
     bad: list[tuple[int, str]] = []
+    ambiguous: list[int] = []
     encode = encoder.encode
     record_id = encoder.record_id
-    for index, line in enumerate(lines):
-        record = parse_line(line, max_bytes=max_bytes)
+    for index, count, record in parse_records(lines, max_bytes=max_bytes):
         if record.__class__ is ParseError:
             bad.append((index, record.reason))  # type: ignore[union-attr]
-        else:
-            rids.append(record_id(line, record))  # type: ignore[arg-type]
-            jobids.append(record.jobid)  # type: ignore[union-attr]
-            payloads.append(encode(record))  # type: ignore[arg-type]
-    return rids, jobids, payloads, bad
+            continue
+        raw = lines[index] if count == 1 else b"".join(lines[index : index + count])
+        try:
+            payload = encode(record)  # type: ignore[arg-type]
+            rid = record_id(raw, record)  # type: ignore[arg-type]
+        except Exception as exc:  # a defect, never a reason to lose the batch
+            bad.extend((i, f"cannot encode the record: {exc!r}") for i in range(index, index + count))
+            continue
+        rids.append(rid)
+        jobids.append(record.jobid)  # type: ignore[union-attr]
+        payloads.append(payload)
+        at.append(index)
+        if record.ambiguous:  # type: ignore[union-attr]
+            ambiguous.append(record.jobid)  # type: ignore[union-attr]
+    return rids, jobids, payloads, at, bad, ambiguous
 
 
 def read_frame(stream: IO[bytes]) -> bytes:

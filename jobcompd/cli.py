@@ -15,11 +15,12 @@ from typing import Any
 
 from jobcompd import __version__
 from jobcompd._memory import tune_memory
+from jobcompd._parse_child import parse_lines
 from jobcompd.config import ConfigError, Settings, load_settings, redacted
 from jobcompd.encode import Encoder, TimeZoneError, resolve_zone
-from jobcompd.ingest import open_log
+from jobcompd.ingest import open_log, read_batches
 from jobcompd.lock import StateDirLock, StateDirUnusable
-from jobcompd.record import DEFAULT_MAX_LINE_BYTES, ParseError, parse_line
+from jobcompd.record import DEFAULT_MAX_LINE_BYTES
 from jobcompd.state import State, StateError
 
 EXIT_OK = 0
@@ -49,22 +50,18 @@ def _cmd_parse(args: argparse.Namespace) -> int:
             print(f"jobcompd parse: {label}: {exc.strerror or exc}", file=sys.stderr)
             return EXIT_USAGE
         try:
-            pending: list[bytes] = []
-            for line_no, line in enumerate(fh, 1):
-                record = parse_line(line, max_bytes=args.max_line_bytes)
-                if isinstance(record, ParseError):
-                    if pending:
-                        out.write(b"".join(pending))
-                        pending.clear()
+            line_no = 1
+            for lines in read_batches(fh, 1024, max_bytes=args.max_line_bytes):
+                _, _, payloads, at, bad, _ = parse_lines(encoder, args.max_line_bytes, lines)
+                events: list[tuple[int, bytes | str]] = [*zip(at, payloads, strict=True), *bad]
+                for index, value in sorted(events):
+                    if isinstance(value, str):
                         out.flush()
-                    print(f"{label}:{line_no}: {record.reason}", file=sys.stderr)
-                    status = EXIT_SOME_BAD
-                    continue
-                pending.append(encoder.encode(record) + b"\n")
-                if len(pending) >= 1024:
-                    out.write(b"".join(pending))
-                    pending.clear()
-            out.write(b"".join(pending))
+                        print(f"{label}:{line_no + index}: {value}", file=sys.stderr)
+                        status = EXIT_SOME_BAD
+                    else:
+                        out.write(value + b"\n")
+                line_no += len(lines)
             out.flush()
         except (OSError, EOFError, gzip.BadGzipFile) as exc:
             print(f"jobcompd parse: {label}: {exc}", file=sys.stderr)

@@ -67,7 +67,17 @@ DEFAULT_STATE_DIR = "/var/lib/jobcompd"
 LOCAL_ZONE = "localtime"
 REDACTED = "***"
 
-_SECRET_MARKERS = ("password", "secret", "sasl.oauthbearer", "ssl.key", "ssl_key")
+# A property whose name holds one of these — or a word within a typo of one — may hold a secret.
+_SECRET_MARKERS = (
+    "password", "passwd", "secret", "token", "credential", "oauth", "sasl", "key", "pem", "jaas",
+)
+_SECRET_WORDS = ("password", "passwd", "secret", "token", "credential", "credentials", "oauthbearer")
+_TYPO_RATIO = 0.8
+# Named like a secret, but what they hold helps an operator and protects nothing.
+_NOT_SECRET = frozenset(
+    ("sasl.mechanism", "sasl.mechanisms", "sasl.username", "sasl.kerberos.service.name",
+     "sasl.kerberos.principal")
+)
 
 _INT32_MAX = 2**31 - 1
 _WHITESPACE = " \t\n\v\f\r"  # C isspace(), what Slurm's xstrtrim() removes
@@ -82,7 +92,7 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
     "kafka": ("rdkafka_conf", "params", "properties"),
     "state": ("dir", "synchronous", "max_spool_records"),
     "log": ("level", "format", "target", "facility", "debug_jobcomp"),
-    "status": ("warn_spool", "crit_spool", "warn_age_s", "crit_age_s"),
+    "status": ("warn_spool", "crit_spool", "warn_age_s", "crit_age_s", "stall_s"),
 }
 _TOP_LEVEL = ("slurm_conf", *_SECTIONS)
 
@@ -211,12 +221,14 @@ class LogSettings:
 
 @dataclass(frozen=True)
 class StatusThresholds:
-    """Spool size and age (seconds) at which ``jobcompd status`` reports warning or critical."""
+    """Spool size and age (seconds) at which ``jobcompd status`` reports warning or critical, and
+    how long the daemon may read nothing while the log has unread lines (or not report at all)."""
 
     warn_spool: int = 10_000
     crit_spool: int = 100_000
     warn_age_s: int = 300
     crit_age_s: int = 3600
+    stall_s: int = 120
 
 
 @dataclass(frozen=True)
@@ -354,9 +366,22 @@ def parse_jobcomp_params(text: str) -> tuple[JobCompParams, list[str], list[str]
 
 
 def is_secret(key: str) -> bool:
-    """Whether a librdkafka property holds a secret that must not be printed."""
+    """Whether a librdkafka property may hold a secret, so that its value is never printed.
+
+    Names are matched loosely on purpose: a misspelt ``sasl.pasword`` is refused by librdkafka,
+    and its value must not appear in the error that says so.
+    """
     lowered = key.lower()
-    return any(marker in lowered for marker in _SECRET_MARKERS)
+    if lowered in _NOT_SECRET:
+        return False
+    if any(marker in lowered for marker in _SECRET_MARKERS):
+        return True
+    words = re.split(r"[._\-]+", lowered)
+    return any(
+        len(word) >= 4 and difflib.SequenceMatcher(None, word, secret).ratio() >= _TYPO_RATIO
+        for word in words
+        for secret in _SECRET_WORDS
+    )
 
 
 def redacted(settings: Settings) -> dict[str, Any]:
@@ -990,7 +1015,9 @@ class _Builder:
             return []
         found, ignored = _parse_properties(text, source)
         for lineno in ignored:
-            self.warn(f"line {lineno}", "ignored: no '=' in it", source=source)
+            # The plugin skips such a line; a property meant to be set (a password…) would then be
+            # missing without a word. The line itself is not shown: it may hold a secret.
+            self.error(f"line {lineno}", "no '=' in it: write key=value", source=source)
         secrets = sorted({prop.key for prop in found if is_secret(prop.key)})
         if secrets and mode & stat.S_IROTH:
             self.warn(

@@ -16,13 +16,14 @@ buffer) and says so in the log and the status.
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import queue
 import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,9 +31,11 @@ import structlog
 
 from jobcompd import logs
 from jobcompd.config import ConfigError, KafkaSettings, Settings, load_settings
+from jobcompd.health import Health, write_health
 from jobcompd.ingest import Ingestor, Pending
 from jobcompd.lock import StateDirLock
 from jobcompd.producer import Sender
+from jobcompd.record import unfinished_tail
 from jobcompd.state import BatchResult, ReadPosition, SpooledRecord, State, StateError
 from jobcompd.tailer import LineBatch, StoredPosition, Tailer
 
@@ -40,18 +43,12 @@ __all__ = ["Daemon"]
 
 _STATE_RETRY_S = 1.0  # after a failed commit (disk full, read-only), wait before trying again
 _BACKPRESSURE_CHECK_S = 0.5
+_HEALTH_EVERY_S = 2.0  # STATUS= and health.json
 
 
 class _Queued(NamedTuple):
     batch: LineBatch
     parsing: Pending
-
-
-@dataclass(slots=True)
-class _Health:
-    backpressure: bool = False
-    state_error: str | None = None
-    last_batch_at: float | None = None
 
 
 class SenderThread(threading.Thread):
@@ -142,7 +139,7 @@ class Daemon:
         self._notifier = notifier
         self._stop = threading.Event()
         self._reload = threading.Event()
-        self._health = _Health()
+        self._health = Health(pid=os.getpid(), started_at=time.time())
         self._state: State | None = None
         self._tailer: Tailer | None = None
         self._sender: SenderThread | None = None
@@ -199,6 +196,7 @@ class Daemon:
             start_at=settings.source.start_at,
             poll=settings.source.poll,
             max_line_bytes=settings.source.max_line_bytes,
+            hold=functools.partial(unfinished_tail, max_bytes=settings.source.max_line_bytes),
             logger=structlog.get_logger("jobcompd.tailer"),
         )
         self._tailer.start()
@@ -214,6 +212,7 @@ class Daemon:
         for warning in settings.warnings:
             self._log.warning(warning)
         self._notify("READY=1", self._status_line(depth))
+        self._report_health()
         try:
             self._loop(ingestor)
         finally:
@@ -255,7 +254,8 @@ class Daemon:
                 self._set_backpressure(depth >= self.settings.state.max_spool_records, depth)
             if now >= next_status:
                 self._notify(self._status_line(depth))
-                next_status = now + 2.0
+                self._report_health()
+                next_status = now + _HEALTH_EVERY_S
             if sender.error is not None:
                 self._log.error("the sender stopped; exiting so the service manager restarts us")
                 self._stop.set()
@@ -308,13 +308,19 @@ class Daemon:
         except StateError as exc:
             if self._health.state_error != str(exc):
                 self._log.error("cannot write the state; reading paused until it can", error=str(exc))
-            self._health.state_error = str(exc)
+                self._health.state_error = str(exc)
+                self._health.state_error_since = time.time()
+                self._report_health()
             self._notify(f"STATUS=state error: {exc.reason}")
+            if exc.transient:
+                # Space a full disk gets back goes to the commit, not to a write-ahead log that
+                # grows again: fold it into the database and truncate it before the next try.
+                self._state.checkpoint()  # type: ignore[union-attr]
             return None
         if self._health.state_error is not None:
             self._log.info("state writable again; reading resumed")
-            self._health.state_error = None
-        self._health.last_batch_at = time.time()
+            self._health.state_error = self._health.state_error_since = None
+        self._health.last_read_at = time.time()
         if result.quarantined:
             self._log.warning(
                 "malformed lines quarantined",
@@ -411,6 +417,13 @@ class Daemon:
 
     # -- systemd -----------------------------------------------------------------------------
 
+    def _report_health(self) -> None:
+        sender = self._sender.sender if self._sender else None
+        if sender is not None:
+            self._health.last_delivery_at = sender.counters.last_delivery_at or None
+        self._health.updated_at = time.time()
+        write_health(self.settings.state.dir, self._health)
+
     def _status_line(self, depth: int) -> str:
         sender = self._sender.sender if self._sender else None
         parts = [f"spool {depth}"]
@@ -419,7 +432,7 @@ class Daemon:
         if self._health.backpressure:
             parts.append("PAUSED (spool full)")
         if self._health.state_error:
-            parts.append("STATE ERROR")
+            parts.append(f"STATE ERROR: {self._health.state_error}")
         return "STATUS=" + ", ".join(parts)
 
     def _notify(self, *lines: str) -> None:

@@ -42,6 +42,17 @@ def _f32(value: float) -> float:
 _ONE_SECOND_BEFORE_NEXT_HOUR = timedelta(minutes=59, seconds=59)
 
 
+_ZERO = orjson.Fragment(b"0.0")
+
+
+def _json_c_double(value: float) -> orjson.Fragment:
+    """``value`` as json-c prints a double: ``%.17g``, with ``.0`` when that reads as an integer."""
+    text = "%.17g" % value
+    if "." not in text and "e" not in text and "n" not in text:
+        text += ".0"
+    return orjson.Fragment(text.encode())
+
+
 class TimeZoneError(ValueError):
     """The configured time zone is not a known IANA name."""
 
@@ -198,6 +209,7 @@ class Encoder:
             derived_ec,
             exit_code,
             _extra,
+            _ambiguous,
         ) = r
         convert = self._clock.convert
         d: dict[str, object] = {
@@ -231,9 +243,9 @@ class Encoder:
             d["exit_code"] = exit_code
         d["state"] = state
         if elapsed and cpus:
-            d["cpu_hours"] = _f32(_f32(float(elapsed * cpus)) / 3600.0)
+            d["cpu_hours"] = _json_c_double(_f32(_f32(float(elapsed * cpus)) / 3600.0))
         else:
-            d["cpu_hours"] = 0.0
+            d["cpu_hours"] = _ZERO
         if array_task_id is not None:
             d["array_job_id"] = array_job_id
             d["array_task_id"] = array_task_id
@@ -269,8 +281,10 @@ class Encoder:
         return d
 
     def encode(self, r: JobRecord) -> bytes:
-        """Compact JSON bytes (valid UTF-8) of the plugin's message for ``r``."""
+        """The plugin's message for ``r``, byte for byte as json-c writes it (valid UTF-8)."""
+        # json-c escapes every "/" (a "/" can only stand inside a string here: keys and numbers
+        # hold none). The replace also copies the message into a bytes object of its own length:
         # orjson (3.12 and later) hands back its whole write buffer, 4–16 KiB for a ~600-byte
-        # message; a batch of spooled, in-flight or retained messages held 25 times their size.
-        # The join copies the message into a bytes object of its own length.
-        return b"".join((orjson.dumps(self.to_dict(r)), b""))
+        # message, and a batch of spooled or in-flight messages held 25 times their size.
+        out = orjson.dumps(self.to_dict(r))
+        return out.replace(b"/", b"\\/") if b"/" in out else b"".join((out, b""))

@@ -21,10 +21,10 @@ import queue
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import structlog
 
@@ -32,8 +32,15 @@ import jobcompd
 from jobcompd._parse_child import Columns, parse_lines, read_frame, write_frame
 from jobcompd.config import SourceSettings
 from jobcompd.encode import Encoder
-from jobcompd.record import DEFAULT_MAX_LINE_BYTES
-from jobcompd.state import BatchResult, NewRecord, QuarantinedLine, ReadPosition, State
+from jobcompd.record import DEFAULT_MAX_LINE_BYTES, unfinished_tail
+from jobcompd.state import (
+    BatchResult,
+    NewRecord,
+    QuarantinedLine,
+    ReadPosition,
+    State,
+    StateError,
+)
 
 __all__ = [
     "WORKER_MIN_LINES",
@@ -44,6 +51,7 @@ __all__ = [
     "Pending",
     "open_log",
     "parse_batch",
+    "read_batches",
 ]
 
 WORKER_MIN_LINES = 200
@@ -51,8 +59,16 @@ WORKER_MIN_LINES = 200
 
 # (zone key, fallback cluster, max line bytes): everything a child needs to parse like the parent.
 _Spec = tuple[str, str | None, int]
-Parsed = tuple[list[NewRecord], list[tuple[int, str]]]
-"""Records of a batch, and ``(index in the batch, reason)`` of each line that is not one."""
+
+
+class Parsed(NamedTuple):
+    """A parsed batch: its records, the index of each record's first line, ``(index, reason)`` of
+    each line that is not a record, and the job ids of records read with a choice."""
+
+    records: list[NewRecord]
+    at: list[int]
+    bad: list[tuple[int, str]]
+    ambiguous: list[int]
 
 
 def open_log(name: str) -> BinaryIO:
@@ -65,14 +81,38 @@ def open_log(name: str) -> BinaryIO:
     return fh
 
 
+def read_batches(
+    fh: BinaryIO, size: int, *, max_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> Iterator[list[bytes]]:
+    """Batches of up to ``size`` lines of ``fh`` (more when a record continues past the end).
+
+    A batch never ends inside a record whose name holds line breaks: the lines that may be the
+    start of such a record are carried over to the next batch (see :func:`unfinished_tail`).
+    """
+    carry: list[bytes] = []
+    while True:
+        lines = carry + [line for line in itertools.islice(fh, size)]
+        if len(lines) == len(carry):  # end of input
+            if carry:
+                yield carry
+            return
+        keep = unfinished_tail(lines, max_bytes=max_bytes)
+        if keep and keep < len(lines):
+            lines, carry = lines[:-keep], lines[-keep:]
+        else:
+            carry = []
+        yield lines
+
+
 def parse_batch(encoder: Encoder, max_bytes: int, lines: Sequence[bytes], source: str) -> Parsed:
     """Parse and encode ``lines``; the same result in-process or in the child."""
     return _records(parse_lines(encoder, max_bytes, lines), source)
 
 
 def _records(columns: Columns, source: str) -> Parsed:
-    rids, jobids, payloads, bad = columns
-    return list(map(NewRecord, rids, jobids, payloads, itertools.repeat(source, len(rids)))), bad
+    rids, jobids, payloads, at, bad, ambiguous = columns
+    records = list(map(NewRecord, rids, jobids, payloads, itertools.repeat(source, len(rids))))
+    return Parsed(records, at, bad, ambiguous)
 
 
 class ParseWorkerError(Exception):
@@ -255,11 +295,13 @@ class Ingestor:
         *,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         worker: ParseWorker | None = None,
+        logger: Any = None,
     ) -> None:
         self._state = state
         self._encoder = encoder
         self._max = max_line_bytes
         self._worker = worker
+        self._log = logger or structlog.get_logger("jobcompd.ingest")
         key = getattr(encoder.zone, "key", None)
         self._spec: _Spec | None = None if key is None else (key, encoder.cluster, max_line_bytes)
 
@@ -271,7 +313,12 @@ class Ingestor:
         parse worker as ``[source]`` says; :meth:`close` it when done."""
         encoder = Encoder(source.tz, cluster)  # type: ignore[arg-type]
         worker = ParseWorker(logger=logger) if source.parse_worker else None
-        return cls(state, encoder, max_line_bytes=source.max_line_bytes, worker=worker)
+        return cls(state, encoder, max_line_bytes=source.max_line_bytes, worker=worker, logger=logger)
+
+    @property
+    def max_line_bytes(self) -> int:
+        """The longest record accepted (line ending excluded)."""
+        return self._max
 
     def close(self) -> None:
         """Stop the parse worker, if there is one (idempotent)."""
@@ -316,17 +363,52 @@ class Ingestor:
         ``offsets`` (an over-long line is cut short when read).
         """
         pending = lines if isinstance(lines, Pending) else self.prepare(lines, source=source)
-        records, bad = self._parsed(pending)
-        quarantined: list[QuarantinedLine] = []
-        if bad:
-            raw = pending.lines
-            starts = offsets
-            if starts is None:
-                starts = [first_offset]
-                for line in raw[:-1]:
-                    starts.append(starts[-1] + len(line))
-            quarantined = [
-                QuarantinedLine(source, first_line_no + i, starts[i], bytes(raw[i]), reason)
-                for i, reason in bad
-            ]
-        return self._state.commit_batch(records, position=position, quarantined=quarantined)
+        parsed = self._parsed(pending)
+        raw = pending.lines
+        starts = offsets
+        if starts is None and (parsed.bad or parsed.records):
+            starts = [first_offset]
+            for line in raw[:-1]:
+                starts.append(starts[-1] + len(line))
+
+        def quarantine(index: int, reason: str) -> QuarantinedLine:
+            assert starts is not None
+            return QuarantinedLine(source, first_line_no + index, starts[index], bytes(raw[index]), reason)
+
+        quarantined = [quarantine(i, reason) for i, reason in parsed.bad]
+        for jobid in parsed.ambiguous:
+            self._log.warning(
+                "job record read with a choice between readings: fake fields in a name, a "
+                "working directory or an account (see the README, 'Ambiguous records')",
+                jobid=jobid,
+                path=source,
+            )
+        try:
+            return self._state.commit_batch(
+                parsed.records,
+                position=position,
+                quarantined=quarantined,
+                ambiguous=len(parsed.ambiguous),
+            )
+        except StateError as exc:
+            if not exc.rejected:
+                raise
+        # A record the state refuses costs that record alone: the others are spooled one by one
+        # (a crash meanwhile re-reads them, and their ids are known), the refused ones quarantined
+        # with the reason, and the position moves with the last transaction.
+        self._log.error("the state refused a record of a batch; storing them one by one", path=source)
+        spooled = known = 0
+        for record, index in zip(parsed.records, parsed.at, strict=True):
+            try:
+                one = self._state.commit_batch([record])
+                spooled += one.spooled
+                known += one.already_known
+            except StateError as exc:
+                if not exc.rejected:
+                    raise
+                quarantined.append(quarantine(index, f"the state refused the record: {exc.reason}"))
+        quarantined.sort(key=lambda q: q.line_no)
+        result = self._state.commit_batch(
+            [], position=position, quarantined=quarantined, ambiguous=len(parsed.ambiguous)
+        )
+        return BatchResult(spooled, known, result.quarantined)

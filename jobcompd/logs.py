@@ -11,6 +11,9 @@ import logging
 import logging.handlers
 import os
 import sys
+import threading
+import time
+from typing import Any
 
 import structlog
 
@@ -82,14 +85,69 @@ def configure(settings: LogSettings | None = None) -> None:
     )
 
 
+class Quieter:
+    """Repeated events logged once, then counted: a fault costs one line, not one per record.
+
+    :meth:`log` writes the first event of a ``kind`` at once; later ones of the same kind within
+    ``interval`` seconds are only counted, and the count is written as one summary line when the
+    interval is over (at the next :meth:`log` or :meth:`flush`). Thread-safe.
+    """
+
+    def __init__(self, logger: Any, interval: float = 60.0) -> None:
+        self._log = logger
+        self._interval = interval
+        self._lock = threading.Lock()
+        # kind -> [level, event, fields, when the window started, events counted since]
+        self._kinds: dict[str, list[Any]] = {}
+
+    def log(self, kind: str, level: int, event: str, **fields: Any) -> None:
+        """Log ``event`` unless one of ``kind`` was logged within the interval (then count it)."""
+        now = time.monotonic()
+        with self._lock:
+            seen = self._kinds.get(kind)
+            if seen is not None and now - seen[3] < self._interval:
+                seen[4] += 1
+                return
+            due = self._due(now)
+            self._kinds[kind] = [level, event, fields, now, 0]
+        self._summarise(due)
+        self._log.log(level, event, **fields)
+
+    def flush(self) -> None:
+        """Write the summaries whose interval is over."""
+        with self._lock:
+            due = self._due(time.monotonic())
+        self._summarise(due)
+
+    def _due(self, now: float) -> list[list[Any]]:
+        due = []
+        for kind, seen in list(self._kinds.items()):
+            if now - seen[3] >= self._interval:
+                if seen[4]:
+                    due.append(seen)
+                del self._kinds[kind]
+        return due
+
+    def _summarise(self, due: list[list[Any]]) -> None:
+        for level, event, fields, _, count in due:
+            self._log.log(level, event, **fields, repeated=count, within_s=self._interval)
+
+
 class _ToStructlog(logging.Handler):
-    """Hands librdkafka's log records (via confluent-kafka's ``logger``) to our structlog chain."""
+    """Hands librdkafka's log records (via confluent-kafka's ``logger``) to our structlog chain.
+
+    librdkafka repeats a failing connection's lines every reconnect backoff: each distinct line is
+    written once a minute with the count of its repeats (`Quieter`).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._quiet = Quieter(structlog.get_logger("jobcompd.kafka"))
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            structlog.get_logger("jobcompd.kafka").log(
-                record.levelno, "librdkafka", message=record.getMessage()
-            )
+            message = record.getMessage()
+            self._quiet.log(message, record.levelno, "librdkafka", message=message)
         except Exception:  # pragma: no cover - logging must never raise
             self.handleError(record)
 

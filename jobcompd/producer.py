@@ -27,6 +27,7 @@ reports inside ``poll()``, on that same thread.
 from __future__ import annotations
 
 import collections
+import logging
 import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
@@ -37,7 +38,7 @@ import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from jobcompd.config import KafkaSettings
-from jobcompd.logs import librdkafka_logger
+from jobcompd.logs import Quieter, librdkafka_logger
 from jobcompd.state import Delivery, SpooledRecord, State
 
 __all__ = ["DeliveryReport", "Sender", "SenderCounters"]
@@ -113,6 +114,7 @@ class Sender:
         self._window = window
         self._fetch = fetch
         self._log = logger or structlog.get_logger("jobcompd.producer")
+        self._quiet = Quieter(self._log)
         self._factory = producer_factory
         self._producer: Producer | None = None
         self._cursor = 0  # highest spool seq handed to librdkafka
@@ -223,7 +225,9 @@ class Sender:
             # confluent-kafka raises a fatal error (e.g. the idempotent producer lost its
             # sequence) from poll(): recreate the producer and send the spool again.
             self._on_error(exc.args[0])
-        return self._settle()
+        settled = self._settle()
+        self._quiet.flush()
+        return settled
 
     def wake(self) -> None:
         """New records were spooled: look for them at the next pump."""
@@ -294,17 +298,14 @@ class Sender:
             return False
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
-            if error.fatal():
+            # A producer in a fatal state refuses every record with _FATAL, whose error object
+            # does not always say fatal(): the producer is at fault, not the record.
+            if error.fatal() or error.code() in _PRODUCER_STATE:
                 self._log.error("producer fatal error", error=_reason(error))
                 self._rebuild = True
                 return False
             reason = _reason(error)
-            self._log.error(
-                "record refused by librdkafka, dead-lettered",
-                jobid=record.jobid,
-                rid=record.rid,
-                reason=reason,
-            )
+            self._dead_lettered(record, reason, "record refused by librdkafka, dead-lettered")
             self._state.dead_letter_many({record.seq: reason})
             self.counters.dead_lettered += 1
             return True
@@ -322,7 +323,16 @@ class Sender:
             self._log.error("producer fatal error", error=_reason(error))
             self._rebuild = True
         else:
-            self._log.warning("kafka client error", error=_reason(error))
+            self._quiet.log(
+                f"client:{error.code()}", logging.WARNING, "kafka client error", error=_reason(error)
+            )
+
+    def _dead_lettered(self, record: SpooledRecord, reason: str, event: str) -> None:
+        """Log a dead letter: each one with ``debug_jobcomp``, else once a minute per reason."""
+        if self._debug:
+            self._log.error(event, jobid=record.jobid, rid=record.rid, reason=reason)
+        else:
+            self._quiet.log(f"dead:{reason}", logging.ERROR, event, jobid=record.jobid, reason=reason)
 
     def _settle(self) -> int:
         """Write the served delivery reports to the state, then forget them.
@@ -383,17 +393,16 @@ class Sender:
             self.counters.last_delivery_at = time.time()
         for record in requeue:
             self.counters.requeued += 1
-            self._log.warning("message timed out, producing again", jobid=record.jobid, rid=record.rid)
+            if self._debug:
+                self._log.warning("message timed out, producing again", jobid=record.jobid, rid=record.rid)
+            else:
+                self._quiet.log("requeue", logging.WARNING, "messages timed out, producing them again",
+                                jobid=record.jobid)
             if not self._produce(record):
                 self._backlog.append(record)
         for record in dead_records:
             self.counters.dead_lettered += 1
-            self._log.error(
-                "delivery failed, dead-lettered",
-                jobid=record.jobid,
-                rid=record.rid,
-                reason=dead[record.seq],
-            )
+            self._dead_lettered(record, dead[record.seq], "delivery failed, dead-lettered")
         return len(reports)
 
     def _rebuild_after_fatal(self) -> None:

@@ -1,36 +1,58 @@
-"""One ``jobcomp/filetxt`` line (bytes) → :class:`JobRecord`, or a :class:`ParseError` with a reason.
+"""One ``jobcomp/filetxt`` record (bytes) → :class:`JobRecord`, or a :class:`ParseError` with a reason.
 
-slurmctld writes the values raw — no quoting, no escaping — so ``Name=`` and ``WorkDir=`` may hold
-spaces, ``=`` and text that looks like another ``Key=``. The line is therefore matched against the
-fixed key sequence of each Slurm generation, with strict value shapes for every fixed field, rather
-than split on spaces:
+slurmctld writes the values raw — no quoting, no escaping — so the text a user or an admin chose
+(``Name=``, ``WorkDir=``, ``Account=``, ``WcKey=``) may hold spaces, ``=``, line breaks and text that
+looks like another ``Key=``. A record is therefore read by the fixed key sequence of its generation:
+it is cut at the keys that end a free value into *runs* of fields whose values have strict shapes
+(no spaces, numbers, times), and every place where such a run can start is found once:
 
-* the job name is the *shortest* text after ``Name=`` that is followed by a well-formed run of the
-  fixed fields up to ``WorkDir=``;
-* the working directory is the *longest* text after ``WorkDir=`` that is followed by a well-formed
-  tail (``ReservationName=`` … ``ExitCode=``), because the tail ends the line (17.11 and later).
+* the end run (``Cluster=`` … ``ExitCode=``) is the *last* one of the record: nothing a user
+  types comes after it;
+* the working directory ends at the *last* well-formed ``ReservationName= Tres= Account=`` run,
+  the account at the *first* well-formed ``QOS= WcKey=`` run after it;
+* the job name ends at a well-formed ``JobState=`` … ``WorkDir=`` run. When a name or a working
+  directory holds a complete fake copy of that run, the record has several readings: the one whose
+  own values are consistent (submit ≤ start ≤ end, submit ≤ eligible, a node count that agrees
+  with the node list and the CPU count) is taken, and of several consistent ones the one with the
+  longest name. Such a record is marked :attr:`JobRecord.ambiguous`.
 
-A line is genuinely ambiguous only when a job name holds a complete fake copy of the fixed fields
-between ``Name=`` and ``WorkDir=``; the shortest name is taken then.
+Every step is a bounded number of anchored matches per occurrence of a key, so the time is linear
+in the length of the record, whatever it holds. Numbers beyond what Slurm stores (32-bit ids and
+counts) are errors with a reason, never an exception.
 
-Invalid UTF-8 bytes (job names are arbitrary user bytes) are replaced by U+FFFD in the decoded
-values; the record id is computed from the raw bytes, so nothing about the line's identity is lost.
+A record whose name holds a line break spans several physical lines; :func:`parse_records` joins
+them. Invalid UTF-8 bytes are replaced by U+FFFD in the decoded values; the
+record id is computed from the raw bytes, so nothing about the record's identity is lost.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
-__all__ = ["DEFAULT_MAX_LINE_BYTES", "JobRecord", "ParseError", "parse_line"]
+__all__ = [
+    "DEFAULT_MAX_LINE_BYTES",
+    "MAX_CONTINUATION_LINES",
+    "JobRecord",
+    "ParseError",
+    "is_record_start",
+    "parse_line",
+    "parse_records",
+    "unfinished_tail",
+]
 
 DEFAULT_MAX_LINE_BYTES = 65536
-"""Longest line accepted; a longer one is quarantined (slurmctld's own records stay far below)."""
+"""Longest record accepted, line ending excluded; a longer one is quarantined."""
 
-# Fields whose plugin JSON value is null/absent when slurmctld printed a NULL string.
+MAX_CONTINUATION_LINES = 8
+"""Most physical lines a record split by line breaks in its name may add to its first line."""
+
+# slurmctld's printf of a NULL string.
 _NULL = "(null)"
+_U32_MAX = 0xFFFFFFFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +68,8 @@ class JobRecord(NamedTuple):
     Times are the log's local wall-clock text ``YYYY-MM-DDTHH:MM:SS`` (validated), or ``None`` when
     slurmctld wrote ``Unknown``/``unknown``. Strings are ``None`` where slurmctld printed a NULL
     string (``(null)``) or its "absent" word (``unknown`` work dir/cluster, an empty account…);
-    fields of newer generations are ``None`` on lines that do not carry them.
+    fields of newer generations are ``None`` on lines that do not carry them. ``ambiguous`` is true
+    when the line had more than one reading (fake fields in a name, a directory or an account).
     """
 
     jobid: int
@@ -80,53 +103,43 @@ class JobRecord(NamedTuple):
     derived_ec: str | None = None
     exit_code: str | None = None
     extra: str = ""  # trailing select-plugin text, kept for completeness, not sent
+    ambiguous: bool = False
 
 
 _TIME = r"\d{4}-\d\d-\d\dT\d\d:[0-5]\d:[0-5]\d|Unknown|unknown|None"
-_EC = r"-?\d+(?::-?\d+)?"
-# Everything up to WorkDir's value, matched up to the tail (or the end of a legacy line).
-_HEAD = re.compile(
-    r"JobId=(\d+)"
-    r" UserId=(\S*)\((\d+)\)"
-    r" GroupId=(\S*)\((\d+)\)"
-    r" Name=(.*?)"
-    r" JobState=([A-Z_]+)"
+_EC = r"-?\d{1,10}(?::-?\d{1,10})?"
+_ID = r"(\d+)"
+# The runs of strict fields, each matched where its first key was found (anchored, no search).
+_START = re.compile(rf"JobId={_ID} UserId=(\S*)\({_ID}\) GroupId=(\S*)\({_ID}\) Name=")
+_RUN = re.compile(
+    r"JobState=([A-Z_]+)"
     r" Partition=(\S*)"
     r" TimeLimit=(\d+|[A-Za-z_]+)"
     rf" StartTime=({_TIME})"
     rf" EndTime=({_TIME})"
     r" NodeList=(\S*)"
-    r" NodeCnt=(\d+)"
-    r" (?:ProcCnt|Procs)=(\d+)"
-    r" WorkDir=(.*)\Z",
-    re.DOTALL,
+    rf" NodeCnt={_ID}"
+    rf" (?:ProcCnt|Procs)={_ID}"
+    r" WorkDir="
 )
-# 17.11 and later: the fixed tail after WorkDir. Its values hold no spaces, so the *last*
-# " ReservationName=" of a line is the real one, whatever the working directory contains.
-_TAIL_KEY = " ReservationName="
-_TAIL = re.compile(
-    r" ReservationName=(\S*)"
-    r" (Gres|Tres)=(\S*)"
-    r" Account=(\S*)"
-    r" QOS=(\S*)"
-    r" WcKey=(\S*)"
-    r" Cluster=(\S*)"
+_RESV = re.compile(r"ReservationName=(\S*) (Gres|Tres)=(\S*) Account=")
+_QOS = re.compile(r"QOS=(\S*) WcKey=")
+_END = re.compile(
+    r"Cluster=(\S*)"
     rf" SubmitTime=({_TIME})"
     rf" EligibleTime=({_TIME})"
-    r"(?: ArrayJobId=(\d+) ArrayTaskId=(\d+))?"
-    r"(?: (?:PackJobId|HetJobId)=(\d+) (?:PackJobOffset|HetJobOffset)=(\d+))?"
+    rf"(?: ArrayJobId={_ID} ArrayTaskId={_ID})?"
+    rf"(?: (?:PackJobId|HetJobId)={_ID} (?:PackJobOffset|HetJobOffset)={_ID})?"
     rf" DerivedExitCode=({_EC})"
     rf" ExitCode=({_EC})"
-    r"(?: (.*?))? ?\Z",
-    re.DOTALL,
+    r"((?: [^\n]*)?)\Z"
 )
-# Up to 17.02 the line ends "WorkDir=%s %s": the directory, then select-plugin text
-# (BlueGene/Cray ``Key=value`` words, usually empty).
-_LEGACY_WORKDIR = re.compile(r"(.*?)((?: [A-Z][A-Za-z_]*=\S*)*) ?\Z", re.DOTALL)
+_SELECT_WORD = re.compile(r"[A-Z][A-Za-z_]*=\S*")
 _RECORD_START = re.compile(r"JobId=\d+ UserId=\S*\(\d+\) GroupId=")
 _NOT_SET = frozenset(("", _NULL))
 _NO_WORK_DIR = frozenset(("unknown", _NULL))
 _NO_CLUSTER = frozenset(("", "unknown", _NULL))
+_FOLD_SLACK = 3600  # seconds a DST fold can put a later local time before an earlier one
 
 _valid_hours: dict[str, bool] = {}
 
@@ -156,16 +169,23 @@ def _exit_status(text: str) -> str:
     return f"{(status >> 8) & 0xFF}:0"
 
 
-def parse_line(line: bytes, *, max_bytes: int = DEFAULT_MAX_LINE_BYTES) -> JobRecord | ParseError:
-    """Parse one log line (with or without its ``\\n``) into a :class:`JobRecord`.
+def is_record_start(line: bytes) -> bool:
+    """Whether ``line`` begins the way every record begins (``JobId=N UserId=…(N) GroupId=``)."""
+    return line.startswith(b"JobId=") and _RECORD_START.match(line.decode(errors="replace")) is not None
 
+
+def parse_line(line: bytes, *, max_bytes: int = DEFAULT_MAX_LINE_BYTES) -> JobRecord | ParseError:
+    """Parse one record (with or without its final ``\\n``) into a :class:`JobRecord`.
+
+    ``line`` may hold the line breaks of a name that spans physical lines (see :func:`parse_records`).
     Never raises for bad input: anything that is not a complete record of a known generation is a
-    :class:`ParseError` whose ``reason`` says what is wrong.
+    :class:`ParseError` whose ``reason`` says what is wrong. ``max_bytes`` bounds the record
+    without its line ending.
     """
-    if len(line) > max_bytes:
-        return ParseError(f"line longer than {max_bytes} bytes ({len(line)})")
     if line[-1:] == b"\n":
         line = line[:-2] if line[-2:] == b"\r\n" else line[:-1]
+    if len(line) > max_bytes:
+        return ParseError(f"line longer than {max_bytes} bytes ({len(line)})")
     if b"\x00" in line:
         return ParseError("line contains NUL bytes")
     try:
@@ -176,134 +196,259 @@ def parse_line(line: bytes, *, max_bytes: int = DEFAULT_MAX_LINE_BYTES) -> JobRe
         if not text.strip():
             return ParseError("empty line")
         return ParseError("not a jobcomp/filetxt record (no leading JobId=)")
-    if "\n" in text:
-        return ParseError("embedded newline")
-    parts = _split(text)
-    if parts is None:
+    start = _START.match(text)
+    if start is None:
         return ParseError(_diagnose(text))
-    g, t = parts
-    # Only the free-text values (name, directory, select-plugin text) can hide the start of
-    # another record: a write cut short, then the next record on the same line.
-    if "JobId=" in g[5] or "JobId=" in g[14] or (t is not None and t[15] and "JobId=" in t[15]):
-        second = _RECORD_START.search(text, 1)
-        if second is not None:
-            return _two_records(second.start())
-    if t is None:
-        return _legacy(g)
-    return _assemble(g, t, t[15])
+    # A record start inside a value is a write cut short, then the next record: never one job.
+    if text.find("JobId=", 1) > 0 and _RECORD_START.search(text, 1) is not None:
+        return ParseError(_diagnose(text))
+    result = _read(text, start)
+    if result is None:
+        return ParseError(_diagnose(text))
+    return result
 
 
-def _split(text: str) -> tuple[tuple[str, ...], tuple[str | None, ...] | None] | None:
-    """The head's groups and the 17.11+ tail's groups (``None`` for a legacy line)."""
-    cut = text.rfind(_TAIL_KEY)
-    if cut > 0:
-        head = _HEAD.match(text, 0, cut)
-        tail = _TAIL.match(text, cut)
-        if head is not None and tail is not None:
-            return head.groups(), tail.groups()
-    head = _HEAD.match(text)
+def _read(text: str, start: re.Match[str]) -> JobRecord | ParseError | None:
+    """The best reading of ``text`` after its ``Name=``, or ``None`` when there is none."""
+    name_at = start.end()
+    end = _last_end(text, name_at)
+    if end is None:
+        return _legacy(text, start)
+    ends_found, end_m = end
+    qos = _matches(text, " QOS=", _QOS, name_at, end_m.start() - 1)
+    if not qos:
+        return None
+    last_qos = qos[-1].start() - 1
+    resv = _matches(text, " ReservationName=", _RESV, name_at, last_qos)
+    if not resv:
+        return None
+    resv_m = resv[-1]
+    qos_m = next(m for m in qos if m.start() - 1 >= resv_m.end())
+    runs = _matches(text, " JobState=", _RUN, name_at, resv_m.start() - 1)
+    if not runs:
+        return None
+    submit, eligible = end_m.group(2), end_m.group(3)
+    run = _choose(runs, lambda m: _inconsistency(m, submit, eligible))
+    ambiguous = len(runs) > 1 or ends_found > 1 or len(resv) > 1 or len(qos) > 1
+    return _assemble(text, start, name_at, run, resv_m, qos_m, end_m, ambiguous)
+
+
+def _matches(
+    text: str, key: str, pattern: re.Pattern[str], lo: int, hi: int
+) -> list[re.Match[str]]:
+    """Each well-formed run that starts at an occurrence of ``key`` (its space at ``lo`` or later)
+    and whose match ends at or before ``hi`` — the space of the key that must follow."""
+    found = []
+    at = text.find(key, lo, hi)
+    while at >= 0:
+        m = pattern.match(text, at + 1)
+        if m is not None and m.end() <= hi:
+            found.append(m)
+        at = text.find(key, at + 1, hi)
+    return found
+
+
+def _last_end(text: str, lo: int) -> tuple[int, re.Match[str]] | None:
+    """The record's end run, the last well-formed one, and how many well-formed ones there are."""
+    found = 0
+    last = None
+    at = text.rfind(" Cluster=", lo)
+    while at >= 0:
+        m = _END.match(text, at + 1)
+        if m is not None:
+            found += 1
+            if last is None:
+                last = m
+            if found > 1:
+                break  # enough to know there was a choice
+        at = text.rfind(" Cluster=", lo, at)
+    return None if last is None else (found, last)
+
+
+def _choose(runs: Sequence[re.Match[str]], inconsistency: Callable[[re.Match[str]], int]) -> re.Match[str]:
+    """The run with the fewest inconsistencies; of several, the last (the longest name)."""
+    if len(runs) == 1:
+        return runs[0]
+    best = runs[-1]
+    best_score = inconsistency(best)
+    for m in reversed(runs[:-1]):
+        score = inconsistency(m)
+        if score < best_score:
+            best, best_score = m, score
+    return best
+
+
+def _epoch(value: str | None) -> float | None:
+    if value is None or value[0] > "9":
+        return None
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
+
+
+def _inconsistency(run: re.Match[str], submit: str | None, eligible: str | None) -> int:
+    """How many of its own facts a reading of the fixed fields contradicts (0: consistent)."""
+    _state, _part, _limit, start_s, end_s, nodes, ncnt_s, cpus_s = run.groups()
+    bad = 0
+    times = [_epoch(v) for v in (submit, eligible, start_s, end_s)]
+    for text, value in zip((submit, eligible, start_s, end_s), times, strict=True):
+        if value is None and text is not None and text[0] <= "9":
+            bad += 1  # not a calendar time
+    sub, eli, sta, end = times
+    for early, late in ((sub, eli), (sub, sta), (sub, end), (sta, end)):
+        if early is not None and late is not None and late < early - _FOLD_SLACK:
+            bad += 1
+    ncnt = int(ncnt_s) if len(ncnt_s) <= 10 else -1
+    cpus = int(cpus_s) if len(cpus_s) <= 10 else -1
+    if (nodes == _NULL) != (ncnt == 0):
+        bad += 1
+    if ncnt > cpus > 0 or ncnt < 0 or cpus < 0:
+        bad += 1
+    return bad
+
+
+def _legacy(text: str, start: re.Match[str]) -> JobRecord | ParseError | None:
+    """A record of 17.02 or older: the fixed run, then the directory and select-plugin text."""
+    name_at = start.end()
     # A legacy line never has the 17.11 tail after its WorkDir=; one that does is a broken
     # modern line, not an old one with a strange directory.
-    if head is None or _TAIL_KEY in head.group(15):
+    tail_at = text.rfind(" ReservationName=", name_at)
+    runs = [m for m in _matches(text, " JobState=", _RUN, name_at, len(text)) if m.end() > tail_at]
+    if not runs:
         return None
-    return head.groups(), None
+    run = _choose(runs, lambda m: _inconsistency(m, None, None))
+    work_dir, extra = _split_select_text(text[run.end() :])
+    return _assemble(text, start, name_at, run, None, None, None, len(runs) > 1, work_dir, extra)
 
 
-def _two_records(at: int) -> ParseError:
-    return ParseError(
-        f"a second record starts at character {at}: "
-        "an earlier write was cut short and two records share one line"
-    )
+def _split_select_text(rest: str) -> tuple[str, str]:
+    """``WorkDir=%s %s``: the directory, then select-plugin ``Key=value`` words (usually none)."""
+    if rest.endswith(" "):
+        rest = rest[:-1]
+    cut = len(rest)
+    while True:
+        space = rest.rfind(" ", 0, cut)
+        if space < 0 or _SELECT_WORD.fullmatch(rest, space + 1, cut) is None:
+            break
+        cut = space
+    return rest[:cut], rest[cut:].strip()
 
 
-def _time(value: str, key: str) -> str | None | ParseError:
-    if value[0] > "9":  # Unknown / unknown / None
-        return None
-    if _valid_hours.get(value[:13]) or _valid_hour(value[:13]):
-        return value
-    return ParseError(f"invalid {key} {value!r}")
+def _out_of_range(numbers: Sequence[tuple[str, str | None]]) -> ParseError | None:
+    """The first number beyond 32 bits, as an error (the slow path: only long numbers get here)."""
+    for key, value in numbers:
+        if value is not None and (len(value) > 10 or int(value) > _U32_MAX):
+            shown = value[:24] + ("…" if len(value) > 24 else "")
+            return ParseError(f"{key}={shown} is out of range (32 bits)")
+    return None
 
 
-def _legacy(g: tuple[str, ...]) -> JobRecord | ParseError:
-    m = _LEGACY_WORKDIR.match(g[14])
-    assert m is not None  # the pattern matches any text
-    work_dir, extra = m.groups()
-    return _assemble((*g[:14], work_dir), None, extra)
+def _bad_time(values: Sequence[tuple[str, str | None]]) -> ParseError | None:
+    """The first time that is not a calendar time (``Unknown`` and the like are not times)."""
+    for key, value in values:
+        if value is not None and value[0] <= "9":
+            hour = value[:13]
+            if not (_valid_hours.get(hour) or _valid_hour(hour)):
+                return ParseError(f"invalid {key} {value!r}")
+    return None
 
 
 def _assemble(
-    g: tuple[str, ...], t: tuple[str | None, ...] | None, extra: str | None
+    text: str,
+    start: re.Match[str],
+    name_at: int,
+    run: re.Match[str],
+    resv: re.Match[str] | None,
+    qos: re.Match[str] | None,
+    end: re.Match[str] | None,
+    ambiguous: bool,
+    legacy_work_dir: str = "",
+    legacy_extra: str = "",
 ) -> JobRecord | ParseError:
-    (jobid, user, uid, group, gid, name, state, part, limit, start, end, nodes, ncnt, cpus, wd) = g
-    start_t = _time(start, "StartTime")
-    end_t = _time(end, "EndTime")
-    if start_t.__class__ is ParseError:
-        return start_t  # type: ignore[return-value]
-    if end_t.__class__ is ParseError:
-        return end_t  # type: ignore[return-value]
+    jobid, user, uid, group, gid = start.groups()
+    state, part, limit, start_s, end_s, nodes, ncnt, cpus = run.groups()
+    numbered_limit = limit[0] <= "9"
+    if end is None:
+        submit_s = eligible_s = array_job = array_task = het_id = het_offset = None
+    else:
+        (_, submit_s, eligible_s, array_job, array_task, het_id, het_offset, *_) = end.groups()
+    long = (
+        len(jobid) > 9 or len(uid) > 9 or len(gid) > 9 or len(ncnt) > 9 or len(cpus) > 9
+        or (numbered_limit and len(limit) > 9)
+        or (array_job is not None and (len(array_job) > 9 or len(array_task) > 9))  # type: ignore[arg-type]
+        or (het_id is not None and (len(het_id) > 9 or len(het_offset) > 9))  # type: ignore[arg-type]
+    )
+    numbers = (
+        ("JobId", jobid),
+        ("UserId", uid),
+        ("GroupId", gid),
+        ("NodeCnt", ncnt),
+        ("ProcCnt", cpus),
+        ("TimeLimit", limit if numbered_limit else None),
+        ("ArrayJobId", array_job),
+        ("ArrayTaskId", array_task),
+        ("HetJobId", het_id),
+        ("HetJobOffset", het_offset),
+    )
+    # Up to 9 digits always fit in 32 bits: only longer numbers need a closer look.
+    if long:
+        error = _out_of_range(numbers)
+        if error is not None:
+            return error
+    error = _bad_time(
+        (("StartTime", start_s), ("EndTime", end_s), ("SubmitTime", submit_s), ("EligibleTime", eligible_s))
+    )
+    if error is not None:
+        return error
+    if end is None:
+        work_dir = legacy_work_dir
+    else:
+        assert resv is not None
+        work_dir = text[run.end() : resv.start() - 1]
     values: list[object] = [
         int(jobid),
         None if user == _NULL else user,
         int(uid),
         None if group == _NULL else group,
         int(gid),
-        None if name == _NULL else name,
+        text[name_at : run.start() - 1],
         state,
         None if part == _NULL else part,
-        int(limit) if limit[0] <= "9" else None,
-        start_t,
-        end_t,
+        int(limit) if numbered_limit else None,
+        None if start_s[0] > "9" else start_s,
+        None if end_s[0] > "9" else end_s,
         None if nodes == _NULL else nodes,
         int(ncnt),
         int(cpus),
-        None if wd in _NO_WORK_DIR else wd,
+        None if work_dir in _NO_WORK_DIR else work_dir,
     ]
-    if t is None:
-        values.append("17.02")
-        values.extend(_LEGACY_DEFAULTS)
-        values[-1] = extra.strip() if extra else ""
-        return JobRecord._make(values)
-    (
-        resv,
-        tres_key,
-        tres,
-        account,
-        qos,
-        wckey,
-        cluster,
-        submit,
-        eligible,
-        array_job,
-        array_task,
-        het_id,
-        het_offset,
-        derived,
-        exit_code,
-        _,
-    ) = t
-    submit_t = _time(submit, "SubmitTime")  # type: ignore[arg-type]
-    eligible_t = _time(eligible, "EligibleTime")  # type: ignore[arg-type]
-    if submit_t.__class__ is ParseError:
-        return submit_t  # type: ignore[return-value]
-    if eligible_t.__class__ is ParseError:
-        return eligible_t  # type: ignore[return-value]
+    if end is None:
+        return JobRecord._make((*values, "17.02", *_LEGACY_DEFAULTS[:-2], legacy_extra, ambiguous))
+    assert resv is not None and qos is not None
+    resv_name, tres_key, tres = resv.groups()
+    account = text[resv.end() : qos.start() - 1]
+    qos_name = qos.group(1)
+    wckey = text[qos.end() : end.start() - 1]
+    cluster, *_, derived, exit_code, extra = end.groups()
     values += (
         "20.11" if tres_key == "Tres" else "17.11",
-        None if resv in _NOT_SET else resv,
+        None if resv_name in _NOT_SET else resv_name,
         None if tres in _NOT_SET else tres,
         None if account in _NOT_SET else account,
-        None if qos in _NOT_SET else qos,
+        None if qos_name in _NOT_SET else qos_name,
         None if wckey in _NOT_SET else wckey,
         None if cluster in _NO_CLUSTER else cluster,
-        submit_t,
-        eligible_t,
+        None if submit_s[0] > "9" else submit_s,  # type: ignore[index]
+        None if eligible_s[0] > "9" else eligible_s,  # type: ignore[index]
         None if array_job is None else int(array_job),
         None if array_task is None else int(array_task),
         0 if het_id is None else int(het_id),
         0 if het_offset is None else int(het_offset),
-        derived if ":" in derived else _exit_status(derived),  # type: ignore[operator,arg-type]
-        exit_code if ":" in exit_code else _exit_status(exit_code),  # type: ignore[operator,arg-type]
-        extra.strip() if extra else "",
+        derived if ":" in derived else _exit_status(derived),
+        exit_code if ":" in exit_code else _exit_status(exit_code),
+        extra.strip(),
+        ambiguous,
     )
     return JobRecord._make(values)
 
@@ -329,7 +474,10 @@ def _diagnose(text: str) -> str:
     """Say which part of the fixed key sequence is missing or malformed (the slow, rare path)."""
     second = _RECORD_START.search(text, 1)
     if second is not None:
-        return _two_records(second.start()).reason
+        return (
+            f"a second record starts at character {second.start()}: "
+            "an earlier write was cut short and two records share one line"
+        )
     pos = 0
     for key in _KEYS:
         found = text.find(key + "=", pos)
@@ -342,4 +490,76 @@ def _diagnose(text: str) -> str:
         return "missing WorkDir= (truncated or not a record)"
     if "ReservationName=" in text and "ExitCode=" not in text:
         return "truncated record: 17.11+ fields end before ExitCode="
+    if "\n" in text:
+        return "embedded newline where a record cannot hold one"
     return "malformed field value (fields present but a value does not have its expected shape)"
+
+
+def parse_records(
+    lines: Sequence[bytes], *, max_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> list[tuple[int, int, JobRecord | ParseError]]:
+    """Parse physical ``lines`` into records: ``(first index, number of lines, result)`` each.
+
+    slurmctld writes a record in one ``write()``, line breaks of a job name included, so a record
+    start that does not parse on its own (or only as a 17.02 record, which a newer record cut by a
+    line break in its working directory looks like) continues on the following lines that do not
+    start a record themselves — at most :data:`MAX_CONTINUATION_LINES` of them, within
+    ``max_bytes``. The longest run of them that makes one record with it is joined (a 17.02
+    record only into a newer one); lines that make none stand alone.
+    """
+    out: list[tuple[int, int, JobRecord | ParseError]] = []
+    i = 0
+    n = len(lines)
+    while i < n:
+        line = lines[i]
+        result = parse_line(line, max_bytes=max_bytes)
+        count = 1
+        if i + 1 < n and _may_continue(result):
+            more = _continuation(lines, i, max_bytes)
+            for k in range(len(more), 0, -1):  # the longest join that is one record
+                whole = parse_line(b"".join((line, *more[:k])), max_bytes=max_bytes)
+                # A line that is a 17.02 record already is only joined into a newer record:
+                # a stray line after an old record is not taken for the rest of its directory.
+                if whole.__class__ is JobRecord and (
+                    result.__class__ is ParseError or whole.generation != "17.02"  # type: ignore[union-attr]
+                ):
+                    result, count = whole, k + 1
+                    break
+        out.append((i, count, result))
+        i += count
+    return out
+
+
+def _continuation(lines: Sequence[bytes], i: int, max_bytes: int) -> Sequence[bytes]:
+    """The lines after ``lines[i]`` that may continue its record: up to the next record start,
+    at most :data:`MAX_CONTINUATION_LINES`, within ``max_bytes`` in all."""
+    size = len(lines[i])
+    end = i + 1
+    while end < len(lines) and end - i <= MAX_CONTINUATION_LINES:
+        size += len(lines[end])
+        if size > max_bytes + 2 or is_record_start(lines[end]):
+            break
+        end += 1
+    return lines[i + 1 : end]
+
+
+def _may_continue(result: JobRecord | ParseError) -> bool:
+    """Whether a line's record may go on in the next lines: it does not parse — or parses only as a
+    17.02 record, which a newer record cut by a line break in its working directory looks like."""
+    if result.__class__ is ParseError:
+        return True
+    return result.generation == "17.02"  # type: ignore[union-attr]
+
+
+def unfinished_tail(lines: Sequence[bytes], *, max_bytes: int = DEFAULT_MAX_LINE_BYTES) -> int:
+    """How many of the last ``lines`` start a record that the lines after them may still complete.
+
+    A reader holds these back until more lines come (or the file stays quiet), so that a record
+    with line breaks in its name is joined even when a read or a batch ends in its middle.
+    """
+    n = len(lines)
+    for back in range(1, min(n, MAX_CONTINUATION_LINES + 1) + 1):
+        if is_record_start(lines[n - back]):
+            _, count, result = parse_records(lines[n - back :], max_bytes=max_bytes)[0]
+            return back if count == back and _may_continue(result) else 0
+    return 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import os
 import threading
 import time
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import BinaryIO, TextIO
 
 from jobcompd.identity import fingerprint
-from jobcompd.ingest import Ingestor, Pending, open_log
+from jobcompd.ingest import Ingestor, Pending, open_log, read_batches
 from jobcompd.producer import Sender
 from jobcompd.state import ReadPosition, State
 
@@ -204,11 +205,16 @@ class Replayer:
             st = os.fstat(raw.fileno()) if name != _STDIN else None
             # Batch n+1 is parsed (in the parse worker, if any) while batch n is committed and sent.
             ahead: tuple[Pending, ReadPosition | None, int, int] | None = None
+            batches = read_batches(
+                itertools.chain(pending, fh),  # type: ignore[arg-type]
+                BATCH_LINES,
+                max_bytes=self._ingestor.max_line_bytes,
+            )
             while True:
-                pending.extend(_take(fh, BATCH_LINES - len(pending)))
+                lines = next(batches, None)
                 batch = None
-                if pending:
-                    consumed = sum(len(x) for x in pending)
+                if lines:
+                    consumed = sum(len(x) for x in lines)
                     position = None
                     if key is not None:
                         position = ReadPosition(
@@ -216,15 +222,14 @@ class Replayer:
                             path=label,
                             fingerprint=key.split(":", 1)[1],
                             offset=offset + consumed,
-                            line_no=line_no + len(pending),
+                            line_no=line_no + len(lines),
                             inode=st.st_ino if st else 0,
                             dev=st.st_dev if st else 0,
                             size=st.st_size if st else 0,
                         )
-                    batch = (self._ingestor.prepare(pending, source=label), position, line_no, offset)
+                    batch = (self._ingestor.prepare(lines, source=label), position, line_no, offset)
                     offset += consumed
-                    line_no += len(pending)
-                    pending = []
+                    line_no += len(lines)
                 if ahead is not None:
                     prepared, at, first_line, first_offset = ahead
                     result = self._ingestor.commit(
@@ -248,16 +253,6 @@ class Replayer:
         finally:
             if name != _STDIN:
                 fh.close()
-
-
-def _take(fh: BinaryIO, count: int) -> list[bytes]:
-    lines = []
-    for _ in range(count):
-        line = fh.readline()
-        if not line:
-            break
-        lines.append(line)
-    return lines
 
 
 def _skip(fh: BinaryIO, count: int) -> None:

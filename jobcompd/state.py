@@ -151,6 +151,7 @@ COUNTERS = (
     "purged_total",
     "quarantined_total",
     "pruned_total",
+    "ambiguous_total",
 )
 _META_INITIAL = (
     *((name, 0) for name in COUNTERS),
@@ -208,6 +209,7 @@ INSERT INTO spool (rid, jobid, payload, source, enqueued_at, attempts, last_erro
 SELECT rid, jobid, payload, source, enqueued_at, attempts, reason
 FROM deadletter WHERE rid = ?1
 """
+_ADD_COUNTER = "INSERT OR IGNORE INTO meta (key, value) VALUES (?, 0)"
 _BUMP = "UPDATE meta SET value = value + ?2 WHERE key = ?1"
 _SET = "UPDATE meta SET value = ?2 WHERE key = ?1"
 
@@ -221,14 +223,24 @@ class StateError(Exception):
     ``reason`` says what went wrong, ``recovery`` what an operator can do about it. ``transient``
     is true when the cause lies outside the database (a full or read-only filesystem, a lock held
     by another process): the caller should stop reading and retry the same call later.
+    ``rejected`` is true when a value passed in could not be stored (the same call fails again).
     """
 
-    def __init__(self, path: str | Path, reason: str, recovery: str, *, transient: bool = False):
+    def __init__(
+        self,
+        path: str | Path,
+        reason: str,
+        recovery: str,
+        *,
+        transient: bool = False,
+        rejected: bool = False,
+    ):
         super().__init__(f"state database {path}: {reason}. Recovery: {recovery}")
         self.path = Path(path)
         self.reason = reason
         self.recovery = recovery
         self.transient = transient
+        self.rejected = rejected
 
 
 class NewRecord(NamedTuple):
@@ -412,6 +424,13 @@ class State:
                 raise StateError(
                     path, "exists but is not a regular file", _recovery(RECOVER_CORRUPT, path)
                 )
+            if exists and path.stat().st_size == 0:
+                raise StateError(
+                    path,
+                    "the database file is empty (0 bytes): it is not a state jobcompd wrote, and "
+                    "starting afresh would send every record of the log again",
+                    _recovery(RECOVER_CORRUPT, path),
+                )
             if not exists:
                 stale = [s for s in SIDE_FILES if _sidecar(path, s).exists()]
                 if stale:
@@ -436,8 +455,8 @@ class State:
                 raise
         finally:
             os.umask(old_umask)
-        if created_dir:
-            os.chmod(directory, 0o700)
+        if created_dir or directory.stat().st_mode & 0o077:
+            _make_private(directory, path)
         if not exists:
             for suffix in ("", "-wal", "-shm"):
                 with suppress(FileNotFoundError):
@@ -481,11 +500,13 @@ class State:
         *,
         position: ReadPosition | None = None,
         quarantined: Sequence[QuarantinedLine] = (),
+        ambiguous: int = 0,
     ) -> BatchResult:
         """Spool ``records``, keep ``quarantined`` lines and move the read ``position``: all or nothing.
 
-        A record whose ``rid`` is already spooled, dead-lettered or delivered (or repeated in
-        this batch) is skipped and counted as ``already_known``.
+        ``ambiguous`` counts the records read with a choice between readings. A record whose
+        ``rid`` is already spooled, dead-lettered or delivered (or repeated in this batch) is
+        skipped and counted as ``already_known``.
         """
         if not records and not quarantined and position is None:
             return BatchResult(0, 0, 0)
@@ -514,12 +535,28 @@ class State:
                 spooled_total=spooled,
                 already_known_total=len(records) - spooled,
                 quarantined_total=len(quarantined),
+                ambiguous_total=ambiguous,
             )
         fresh: Sequence[SpooledRecord] = ()
         if spooled and spooled == len(new):
             # One INSERT per chunk, rows in batch order, AUTOINCREMENT: the seqs are consecutive.
             fresh = _spooled(new, range(last_seq - spooled + 1, last_seq + 1), now)
         return BatchResult(spooled, len(records) - spooled, len(quarantined), fresh)
+
+    def checkpoint(self) -> bool:
+        """Copy the write-ahead log into the database and truncate it; False if SQLite could not.
+
+        After a full disk, this gives the space the log held back to the next commit.
+        """
+        with self._lock:
+            db = self._db
+            if db is None or self.readonly:
+                return False
+            try:
+                busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.Error:
+                return False
+            return not busy
 
     def position(self, source: str) -> ReadPosition | None:
         """The committed read position for ``source``, or None if it was never read."""
@@ -787,6 +824,18 @@ def _make_directory(directory: Path, path: Path) -> bool:
     return True
 
 
+def _make_private(directory: Path, path: Path) -> None:
+    """The state directory holds every record's payload: only its owner may read it (0700)."""
+    try:
+        os.chmod(directory, 0o700)
+    except OSError as exc:
+        raise StateError(
+            path,
+            f"cannot make the state directory private (mode 0700): {exc.strerror or exc}",
+            f"run as the owner of {directory}, or `chmod 0700 {directory}`",
+        ) from exc
+
+
 def _connect(path: Path, params: str) -> sqlite3.Connection:
     try:
         return sqlite3.connect(
@@ -829,6 +878,8 @@ def _configure(db: sqlite3.Connection, path: Path, synchronous: str, *, verify: 
             elif db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
                 _upgrade(db)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            # Counters added by later versions start at 0 in an older state.
+            db.executemany(_ADD_COUNTER, [(name,) for name in COUNTERS])
             # Writing here proves at start-up, not at the first batch, that the state is writable.
             db.execute(_SET, ("opened_at", now))
             db.execute("COMMIT")
@@ -1050,7 +1101,9 @@ def _translate(path: Path, action: str, exc: sqlite3.Error) -> StateError:
 
 def _rejected(path: Path, action: str, exc: Exception) -> StateError:
     """A value the caller passed cannot be stored: a bug on its side, and nothing was stored."""
-    return StateError(path, f"cannot {action}: {exc} (a value was rejected)", RECOVER_BUG)
+    return StateError(
+        path, f"cannot {action}: {exc} (a value was rejected)", RECOVER_BUG, rejected=True
+    )
 
 
 def _recovery(template: str, path: Path) -> str:

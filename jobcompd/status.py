@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from jobcompd.config import Settings
+from jobcompd.health import read_health
 from jobcompd.identity import fingerprint
 from jobcompd.lock import StateDirLock
 from jobcompd.state import DB_NAME, State, StateError
@@ -42,6 +43,8 @@ class StatusReport:
     read_offset: int | None = None
     lag_bytes: int | None = None
     lag_lines: int | None = None
+    last_read_at: float | None = None
+    daemon_error: str | None = None
     problems: list[tuple[int, str]] = field(default_factory=list)
 
     @property
@@ -85,6 +88,8 @@ def collect(settings: Settings) -> StatusReport:
     report.last_delivered_at = stats.get("last_delivered_at")  # type: ignore[assignment]
     report.last_delivered_jobid = stats.get("last_delivered_jobid")  # type: ignore[assignment]
     _file_lag(report, settings, {p.fingerprint: p for p in positions if p.source.startswith("file:")})
+    if report.daemon_pid is not None:
+        _daemon_health(report, settings, now)
 
     for value, warn, crit, what in (
         (report.spool_depth, th.warn_spool, th.crit_spool, "undelivered records in the spool"),
@@ -105,6 +110,34 @@ def collect(settings: Settings) -> StatusReport:
     if report.quarantined:
         report.flag(WARNING, f"{report.quarantined} quarantined line(s) (malformed input)")
     return report
+
+
+def _daemon_health(report: StatusReport, settings: Settings, now: float) -> None:
+    """What the running daemon says of itself: an error it is stuck on, or a stall."""
+    stall = settings.status.stall_s
+    health = read_health(settings.state.dir)
+    if health is None or health.pid != report.daemon_pid:
+        report.flag(WARNING, "the daemon has not reported its health yet")
+        return
+    report.last_read_at = health.last_read_at
+    report.daemon_error = health.state_error
+    silent = now - health.updated_at
+    if silent >= stall:
+        report.flag(
+            CRITICAL,
+            f"the daemon has not reported for {silent:.0f} s: it is stuck, or cannot write to "
+            f"{settings.state.dir} (full disk?)",
+        )
+    if health.state_error:
+        since = now - (health.state_error_since or now)
+        report.flag(CRITICAL, f"the daemon cannot write its state (for {since:.0f} s): {health.state_error}")
+    if report.lag_bytes:
+        last = health.last_read_at or health.started_at
+        if now - last >= stall:
+            report.flag(
+                CRITICAL,
+                f"{report.lag_bytes} byte(s) of the log unread and nothing read for {now - last:.0f} s",
+            )
 
 
 def _file_lag(report: StatusReport, settings: Settings, by_fp: dict[str, Any]) -> None:
@@ -154,6 +187,7 @@ def render(r: StatusReport) -> str:
         f"quarantined:     {r.quarantined}",
         f"delivered:       {r.delivered_total} in total, last {_when(r.last_delivered_at)}"
         + (f", job {r.last_delivered_jobid}" if r.last_delivered_jobid is not None else ""),
+        f"last read:       {_when(r.last_read_at)}",
         f"state dir:       {r.state_dir}",
     ]
     rows += [f"{_NAMES[level]}: {text}" for level, text in r.problems]

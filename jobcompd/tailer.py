@@ -475,6 +475,7 @@ class _Tracked:
     grew_at: float = 0.0
     at_end: bool = False
     name_lost: bool = False
+    held: tuple[int, float] | None = None  # (offset, since when) of lines waiting for the rest
 
 
 @dataclass(eq=False)
@@ -538,6 +539,9 @@ class Tailer:
     ``known()`` returns every committed ``(fingerprint, position)`` — it tells a very first start
     from a restart and finds rotated files left unfinished. ``start_at="end"`` skips what the file
     holds at a very first start. ``poll=True`` uses watchdog's polling observer (NFS).
+    ``hold(lines)`` says how many of the last lines read may still be continued by lines not
+    written yet (a record whose name holds line breaks); those wait, like a partial line, for up to
+    ``hold_for`` seconds of quiet before they are delivered as they are.
     :meth:`read` is called from one thread; the observer thread only wakes it.
     """
 
@@ -553,6 +557,8 @@ class Tailer:
         max_line_bytes: int = 65536,
         close_rotated_after: float = 60.0,
         recheck_interval: float = 1.0,
+        hold: Callable[[Sequence[bytes]], int] | None = None,
+        hold_for: float = 2.0,
         logger: Any = None,
     ) -> None:
         if start_at not in ("beginning", "end"):
@@ -571,6 +577,8 @@ class Tailer:
         self._limit = max_line_bytes + 1
         self._close_after = close_rotated_after
         self._recheck = recheck_interval
+        self._hold = hold
+        self._hold_for = hold_for
         self._log = logger or structlog.get_logger("jobcompd.tailer")
         self._wake = threading.Event()
         self._lock = threading.Lock()
@@ -1039,6 +1047,11 @@ class Tailer:
         taken = take_lines(data, f.offset, max_lines=self._max_lines,
                            max_line_bytes=self._max_line)
         if taken.lines:
+            keep = 0 if final or self._hold is None else self._hold(taken.lines)
+            if keep and self._holding(f, taken.offsets[-keep]):
+                if keep == len(taken.lines):
+                    return None
+                return self._emit(f, taken.lines[:-keep], taken.offsets[:-keep], taken.offsets[-keep])
             return self._emit(f, taken.lines, taken.offsets, taken.end)
         if taken.overlong:
             f.long = _LongLine(f.offset, data[: self._limit], f.offset + self._limit)
@@ -1048,6 +1061,13 @@ class Tailer:
                               offset=f.offset, length=len(data))
             return self._emit(f, [data], [f.offset], f.offset + len(data))
         return None
+
+    def _holding(self, f: _Tracked, offset: int) -> bool:
+        """Whether the lines from ``offset`` on still wait for the rest of their record."""
+        now = time.monotonic()
+        if f.held is None or f.held[0] != offset:
+            f.held = (offset, now)
+        return now - f.held[1] < self._hold_for
 
     def _long_line(self, f: _Tracked, *, final: bool) -> LineBatch | None:
         """An over-long line: deliver its head once its end is found, skipping the rest."""

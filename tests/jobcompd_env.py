@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 from confluent_kafka import Message
 
 from jobcompd.encode import Encoder
-from jobcompd.record import JobRecord, parse_line
+from jobcompd.record import JobRecord, parse_records
 
 JOBCOMPD = str(Path(sys.executable).parent / "jobcompd")
 
@@ -232,13 +232,15 @@ class DaemonProcess:
 
 
 def expected_messages(lines: list[bytes], cluster: str | None = None) -> dict[str, bytes]:
-    """Record id → the plugin JSON each line must arrive as (times in UTC)."""
+    """Record id → the plugin JSON each record must arrive as (times in UTC).
+
+    Every line must belong to a record (a record may span lines: line breaks in its name).
+    """
     encoder = Encoder(ZoneInfo("UTC"), cluster)
     out: dict[str, bytes] = {}
-    for line in lines:
-        record = parse_line(line)
-        assert isinstance(record, JobRecord), record
-        out[encoder.record_id(line, record)] = encoder.encode(record)
+    for index, count, record in parse_records(lines):
+        assert isinstance(record, JobRecord), (index, record)
+        out[encoder.record_id(b"".join(lines[index : index + count]), record)] = encoder.encode(record)
     return out
 
 

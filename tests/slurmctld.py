@@ -188,3 +188,52 @@ class SlurmctldWriter:
 
 def now_epoch() -> int:
     return int(time.time())
+
+
+_HOSTILE_BASE = (
+    b"JobId=100 UserId=root(0) GroupId=root(0) Name=%s JobState=COMPLETED Partition=debug "
+    b"TimeLimit=UNLIMITED StartTime=2026-11-28T06:45:38 EndTime=2026-11-28T06:45:39 NodeList=vm "
+    b"NodeCnt=1 ProcCnt=1 WorkDir=%s ReservationName= Tres=cpu=1,mem=2000M,node=1,billing=1 "
+    b"Account=%s QOS= WcKey=%s Cluster=unknown SubmitTime=2026-11-28T06:45:36 "
+    b"EligibleTime=2026-11-28T06:45:36 DerivedExitCode=0:0 ExitCode=0:0 \n"
+)
+_LEGACY_BASE = (
+    b"JobId=1 UserId=a(1) GroupId=b(2) Name=x JobState=A Partition=b TimeLimit=1 StartTime=Unknown "
+    b"EndTime=Unknown NodeList=n NodeCnt=1 ProcCnt=1 WorkDir=%s\n"
+)
+_FAKE_RUN = (
+    b" JobState=COMPLETED Partition=debug TimeLimit=1 StartTime=Unknown EndTime=Unknown "
+    b"NodeList=vm NodeCnt=1 ProcCnt=1 WorkDir="
+)
+
+
+def hostile_lines(size: int = 65_000) -> dict[str, bytes]:
+    """Lines of about ``size`` bytes built to make a backtracking parser slow, by shape.
+
+    Values are what users choose (names, directories, accounts, wckeys); each shape repeats a
+    fragment that looks like the start of a field run, a select-plugin word or a record's end.
+    """
+
+    def fill(fragment: bytes, room: int) -> bytes:
+        return fragment * max(1, room // len(fragment))
+
+    room = size - len(_HOSTILE_BASE)
+    return {
+        "17.02 directory of select-plugin words": _LEGACY_BASE % (fill(b" A=", room) + b" x"),
+        "17.02 directory of Key=value words": _LEGACY_BASE % (b"/" + fill(b" A=b", room)),
+        "names of field runs": _HOSTILE_BASE % (fill(b" JobState=A Partition=b", room), b"/w", b"", b""),
+        "names of fake copies": _HOSTILE_BASE % (fill(_FAKE_RUN, room), b"/w", b"", b""),
+        "directory of fake tails": _HOSTILE_BASE
+        % (b"j", fill(b" ReservationName= Tres= Account=", room), b"", b""),
+        "accounts and wckeys of tails": _HOSTILE_BASE
+        % (b"j", b"/w", fill(b" ReservationName= Tres= Account=", room // 2), fill(b" QOS= WcKey=", room // 2)),
+        "wckey of fake ends": _HOSTILE_BASE
+        % (b"j", b"/w", b"", fill(b" Cluster=x SubmitTime=unknown EligibleTime=unknown "
+                                  b"DerivedExitCode=0:0 ExitCode=0:0", room)),
+        "name of parentheses": _HOSTILE_BASE % (fill(b"((((", room), b"/w", b"", b""),
+    }
+
+
+def ordinary_line() -> bytes:
+    """The line the hostile ones are measured against: the same record with short values."""
+    return _HOSTILE_BASE % (b"job", b"/home/alice", b"proj", b"")

@@ -130,7 +130,6 @@ def test_properties_file_grammar_is_the_plugins(tmp_path: Path) -> None:
         "bootstrap.servers =  k1:9092,k2:9092   # brokers\n"
         "\n"
         "   client.id=\tjobcompd  \n"
-        "this line has no equals sign\n"
         "#linger.ms=1000\n"
         "socket.timeout.ms#x=5\n"
         "client.rack=\n"
@@ -149,7 +148,27 @@ def test_properties_file_grammar_is_the_plugins(tmp_path: Path) -> None:
         ("linger.ms", "7"),
         *DEFAULTS,
     ]
-    assert settings.warnings == (f"{tmp_path / 'rdkafka.conf'}: line 5: ignored: no '=' in it",)
+    assert settings.warnings == ()
+
+
+def test_a_property_line_without_equals_is_refused_without_showing_it(tmp_path: Path) -> None:
+    # The plugin skips it; the daemon would then start without the password, so it is an error.
+    problems = failures(write(tmp_path, minimal(), BROKERS + "sasl.password S3cretPW5\n"))
+    assert problems == [f"{tmp_path / 'rdkafka.conf'}: line 2: no '=' in it: write key=value"]
+
+
+@pytest.mark.parametrize("key", ["sasl.pasword", "ssl.key.pasword", "my.secrte",
+                                 "oauth.tokn", "ssl_key", "sasl.jaas.config"])
+def test_a_misspelt_secret_property_is_never_echoed(tmp_path: Path, key: str) -> None:
+    problems = failures(write(tmp_path, minimal(), BROKERS + f"{key}=S3cretPW5\n"))
+    assert problems and all("S3cretPW5" not in p for p in problems), problems
+    assert config.is_secret(key)
+
+
+def test_ordinary_properties_are_not_taken_for_secrets() -> None:
+    for key in ("bootstrap.servers", "security.protocol", "sasl.mechanisms", "sasl.username",
+                "linger.ms", "message.timeout.ms", "enable.idempotence", "client.id", "acks"):
+        assert not config.is_secret(key), key
 
 
 def test_a_repeated_property_takes_the_last_value_and_place(tmp_path: Path) -> None:

@@ -6,8 +6,10 @@ Every test asserts on what arrived in Kafka, record by record (record id → the
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import random
+import re
 import shutil
 import signal
 import sqlite3
@@ -91,6 +93,9 @@ def test_live_appends_single_bursts_and_partial_line(
         w.write(b"".join(lines[20:2_990]))  # a burst
         partial = lines[2_990]
         w.write(partial[:50])  # a partial line: must wait for its newline
+        # Everything before it arrives (a 17.02 record last in a read waits up to 2 s: a newer
+        # record cut by a line break in its directory reads the same), the partial line does not.
+        wait_for(lambda: env.count("spool") + env.delivered() == 2_990, 10, "2,990 records read")
         time.sleep(0.5)
         assert env.count("spool") + env.delivered() == 2_990
         w.write(partial[50:])
@@ -326,6 +331,11 @@ def test_disk_full_and_read_only_state(kafka: MockCluster, tmp_path: Path) -> No
                 )  # … on a disk that is now full
                 w.write(b"".join(lines[200:3_000]))
                 daemon.wait_log("cannot write the state", timeout=30)
+                # Monitoring says so, with the reason, while the daemon cannot commit.
+                checked = env.run("status", "--json")
+                problems = [p["problem"] for p in json.loads(checked.stdout)["problems"]]
+                assert checked.returncode == 2, problems
+                assert any("cannot write its state" in p and "full" in p for p in problems), problems
                 filler.unlink()
                 for broker_id in kafka.broker_ids:
                     kafka.broker_up(broker_id)
@@ -510,3 +520,45 @@ def test_a_file_met_again_while_its_batch_is_held_resumes_after_that_batch(tmp_p
         daemon._queued.clear()  # committed (or given up): the state answers again
         at = daemon._lookup("fp-log")
         assert at is not None and (at.offset, at.line_no) == (100, 10)
+
+
+REAL_LOG = Path(__file__).parent / "data" / "real-plugin-26.05" / "jobcomp-filetxt.log"
+_GOOD = mixed_lines(1, seed=40)[0]
+POISON = [
+    _GOOD.replace(b"JobId=1000 ", b"JobId=18446744073709551616 "),  # crashed the encoder
+    _GOOD.replace(b"JobId=1000 ", b"JobId=9223372036854775808 "),  # stalled the commit
+    re.sub(rb"ProcCnt=\d+", b"ProcCnt=99999999999999999999999", _GOOD),
+    b"JobId=" + b"9" * 5000 + b" UserId=a(1) GroupId=b(2) Name=\n",
+    b"\x00\xff garbage\n",
+]
+# A 17.02 record whose directory took 30 s of CPU to parse: a record, read in milliseconds.
+HOSTILE = (
+    b"JobId=1 UserId=a(1) GroupId=b(2) Name=x JobState=A Partition=b TimeLimit=1 StartTime=Unknown "
+    b"EndTime=Unknown NodeList=n NodeCnt=1 ProcCnt=1 WorkDir=" + b" A=" * 21_000 + b" x JobId=\n"
+)
+
+
+def test_real_records_arrive_and_poison_lines_cost_only_themselves(
+    kafka: MockCluster, env: JobcompdEnv, daemon: DaemonProcess
+) -> None:
+    daemon.start()
+    real = REAL_LOG.read_bytes().splitlines(keepends=True)  # 43 jobs, one of them on two lines
+    good = mixed_lines(400, seed=41)
+    assert env.log_path is not None
+    with SlurmctldWriter(env.log_path) as w:
+        # A big batch (parsed by the parse worker) with poison lines among good ones …
+        w.write(b"".join(good[:150] + POISON + [HOSTILE] + good[150:300]))
+        # … small ones, parsed in-process, and the real workload, its split record written in
+        # two pieces a moment apart (a read can end between its lines).
+        for line in [*POISON, HOSTILE, *good[300:]]:
+            w.write(line)
+        split = next(i for i, line in enumerate(real) if not line.startswith(b"JobId="))
+        w.write(b"".join(real[: split]))
+        time.sleep(0.6)
+        w.write(b"".join(real[split:]))
+    assert_all_arrived(kafka, env, [*good, *real, HOSTILE])
+    wait_for(lambda: env.count("quarantine") == 2 * len(POISON), 20, "the poison lines quarantined")
+    assert daemon.proc is not None and daemon.proc.poll() is None  # still up
+    checked = env.run("status")
+    assert checked.returncode == 1 and "quarantined" in checked.stdout  # a warning, not a stall
+    assert daemon.stop() == 0

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from jobcompd.encode import Encoder, TimeZoneError, record_id, resolve_zone
-from jobcompd.record import JobRecord, parse_line
+from jobcompd.record import JobRecord, parse_line, parse_records
 
 BERLIN = ZoneInfo("Europe/Berlin")  # CET (+1) in winter, CEST (+2) in summer
 
-# (generation, line, expected JSON text) — the expected JSON is typed out by hand.
+# (generation, line, expected JSON text) — the expected JSON is typed out by hand, in json-c's
+# bytes: "/" written "\/", cpu_hours with %.17g (and ".0" when that reads as an integer).
 GOLDEN = [
     (
         "23.02",
@@ -28,8 +31,8 @@ GOLDEN = [
         '"derived_ec":"0:0","exit_code":"0:0","state":"COMPLETED","cpu_hours":24.0,'
         '"pack_job_id":0,"pack_job_offset":0,"het_job_id":0,"het_job_offset":0,'
         '"@submit":"2024-06-01T09:50:00","@eligible":"2024-06-01T09:55:00","@queue_wait":300,'
-        '"work_dir":"/home/alice/runs/a b=c","cluster":"hpc1","qos":"normal","time_limit":7200,'
-        '"job_name":"train model","tres_req":"cpu=16,mem=64G,node=2,billing=16,gres/gpu=4",'
+        '"work_dir":"\\/home\\/alice\\/runs\\/a b=c","cluster":"hpc1","qos":"normal","time_limit":7200,'
+        '"job_name":"train model","tres_req":"cpu=16,mem=64G,node=2,billing=16,gres\\/gpu=4",'
         '"account":"ml"}',
     ),
     (
@@ -46,7 +49,7 @@ GOLDEN = [
         '"exit_code":"0:9","state":"FAILED","cpu_hours":0.01666666753590107,"array_job_id":5000,'
         '"array_task_id":1,"pack_job_id":5001,"pack_job_offset":0,"het_job_id":5001,'
         '"het_job_offset":0,"@submit":"2023-01-15T06:00:00","@eligible":"2023-01-15T06:00:00",'
-        '"@queue_wait":3600,"work_dir":"/scratch/bob","cluster":"hpc1","qos":"high",'
+        '"@queue_wait":3600,"work_dir":"\\/scratch\\/bob","cluster":"hpc1","qos":"high",'
         '"job_name":"sweep","reservation_name":"maint","wc_key":"wk1",'
         '"tres_req":"cpu=3,mem=3G,node=1,billing=3","account":"chem"}',
     ),
@@ -77,9 +80,9 @@ GOLDEN = [
         '{"jobid":77,"username":"carol","user_id":3003,"groupname":null,"group_id":3003,'
         '"@start":"2018-03-01T09:00:00","@end":"2018-03-01T09:10:00","elapsed":600,'
         '"partition":"debug","nodes":"n[1-4]","total_cpus":4,"total_nodes":4,"derived_ec":"0:15",'
-        '"exit_code":"0:1","state":"TIMEOUT","cpu_hours":0.6666666865348816,"pack_job_id":77,'
+        '"exit_code":"0:1","state":"TIMEOUT","cpu_hours":0.66666668653488159,"pack_job_id":77,'
         '"pack_job_offset":1,"het_job_id":77,"het_job_offset":1,"@eligible":"2018-03-01T08:59:00",'
-        '"@queue_wait":60,"work_dir":"/home/carol","qos":"normal","time_limit":600,'
+        '"@queue_wait":60,"work_dir":"\\/home\\/carol","qos":"normal","time_limit":600,'
         '"job_name":"Name=fake"}',
     ),
     (
@@ -91,7 +94,7 @@ GOLDEN = [
         '{"jobid":12,"username":"dave","user_id":4004,"groupname":"dave","group_id":4004,'
         '"@end":"2016-07-03T22:00:05","elapsed":0,"partition":null,"nodes":null,"total_cpus":2,'
         '"total_nodes":0,"state":"CANCELLED","cpu_hours":0.0,"pack_job_id":0,"pack_job_offset":0,'
-        '"het_job_id":0,"het_job_offset":0,"work_dir":"/home/dave/my project","time_limit":1800,'
+        '"het_job_id":0,"het_job_offset":0,"work_dir":"\\/home\\/dave\\/my project","time_limit":1800,'
         '"job_name":"12345"}',
     ),
 ]
@@ -200,3 +203,60 @@ def test_resolve_zone() -> None:
     assert resolve_zone(None) is not None
     with pytest.raises(TimeZoneError, match="Mars/Olympus"):
         resolve_zone("Mars/Olympus")
+
+
+# --- the real plugin's bytes -------------------------------------------------------------------
+
+REAL = Path(__file__).parent / "data" / "real-plugin-26.05"
+# Times differ between the two runs of the workload (and what is computed from them); job 136's
+# time limit was set by the backfill scheduler in one run only.
+_RUN_DEPENDENT = {"@start", "@end", "@submit", "@eligible", "elapsed", "@queue_wait", "cpu_hours"}
+
+
+def _json_values(message: bytes) -> dict[str, bytes]:
+    """Each top-level key of a flat JSON object and the exact bytes of its value."""
+    values = {}
+    for m in re.finditer(rb'"([^"]+)":("(?:[^"\\]|\\.)*"|[^,}]*)', message):
+        values.setdefault(m.group(1).decode(), m.group(2))
+    return values
+
+
+def test_every_real_record_matches_the_real_plugin_by_value_and_byte() -> None:
+    plugin = {}
+    for raw in (REAL / "plugin-messages.jsonl").read_bytes().splitlines():
+        plugin[json.loads(raw.decode("utf-8", "surrogateescape"))["jobid"]] = raw
+    lines = (REAL / "jobcomp-filetxt.log").read_bytes().splitlines(keepends=True)
+    encoder = Encoder(ZoneInfo("UTC"))
+    produced = {}
+    for index, count, record in parse_records(lines):
+        assert isinstance(record, JobRecord), (index, record)
+        produced[record.jobid] = (encoder.encode(record), count)
+    assert sorted(produced) == sorted(plugin)  # every job, the one split over two lines included
+    assert produced[142][1] == 2
+    for jobid, (ours, _) in produced.items():
+        theirs = _json_values(plugin[jobid])
+        for key, value in _json_values(ours).items():
+            if key in _RUN_DEPENDENT or (jobid, key) == (136, "time_limit"):
+                continue
+            if jobid == 112 and key == "job_name":
+                # The one deliberate difference: invalid UTF-8 is sent as U+FFFD, not raw.
+                assert value == '"bad\ufffd\ufffdbytes"'.encode() and theirs[key] == b'"bad\xff\xfebytes"'
+                continue
+            assert value == theirs[key], (jobid, key)
+        # Every key the plugin sends that a filetxt line carries is sent.
+        carried = set(_json_values(ours))
+        for key in ("job_name", "work_dir", "account", "wc_key", "reservation_name", "tres_req", "qos"):
+            assert (key in theirs) == (key in carried), (jobid, key)
+
+
+def test_json_c_bytes_for_slashes_and_doubles() -> None:
+    line = GOLDEN[0][1].replace(b"EndTime=2024-06-01T13:30:00", b"EndTime=2024-06-01T12:00:02")
+    line = line.replace(b"ProcCnt=16", b"ProcCnt=1").replace(b"NodeCnt=2", b"NodeCnt=1")
+    record = parse_line(line)
+    assert isinstance(record, JobRecord)
+    produced = Encoder(BERLIN).encode(record)
+    assert b'"cpu_hours":0.00055555556900799274,' in produced  # %.17g, as json-c prints it
+    assert b'"work_dir":"\\/home\\/alice\\/runs\\/a b=c"' in produced
+    zero = Encoder(BERLIN).encode(record._replace(end=record.start))
+    assert b'"cpu_hours":0.0,' in zero
+    assert json.loads(produced)["work_dir"] == "/home/alice/runs/a b=c"

@@ -187,3 +187,27 @@ def test_small_batches_are_parsed_in_process(tmp_path: Path, worker: ParseWorker
             commit_all(state, ingestor, [mixed_lines(10, seed=n)])
         assert parse_workers(os.getpid()) == []  # trickles of lines never start the child
         assert state.spool_depth() == 50
+
+
+def test_a_record_the_state_refuses_costs_that_record_alone(tmp_path: Path) -> None:
+    # The parser keeps job ids within 32 bits; should anything still reach the state that SQLite
+    # refuses (its CHECK wants 64-bit integers), that record is quarantined and the rest spooled.
+    from jobcompd.ingest import Parsed, Pending
+    from jobcompd.state import NewRecord, ReadPosition
+
+    lines = [b"line %d\n" % i for i in range(5)]
+    good = [NewRecord(f"r{i}", i, b"{}", "log") for i in (0, 1, 3, 4)]
+    refused = NewRecord("r2", 2**63, b"{}", "log")
+    pending = Pending(lines, "log")
+    pending._parsed = Parsed([*good[:2], refused, *good[2:]], [0, 1, 2, 3, 4], [], [])
+    with State.open(tmp_path / "state", synchronous="normal") as state:
+        ingestor = Ingestor(state, Encoder(resolve_zone("UTC")))
+        position = ReadPosition("file:x", "log", "x", 40, 5, 0, 0, 40)
+        result = ingestor.commit(pending, source="log", first_line_no=1, first_offset=0,
+                                 position=position)
+        assert (result.spooled, result.quarantined) == (4, 1)
+        assert sorted(r.jobid for r in state.pending()) == [0, 1, 3, 4]
+        [q] = state.quarantined()
+        assert q.line_no == 3 and q.raw == b"line 2\n" and "refused" in q.reason
+        stored = state.position("file:x")
+        assert stored is not None and (stored.offset, stored.line_no) == (40, 5)

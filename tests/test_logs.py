@@ -77,3 +77,28 @@ def test_configure_is_idempotent_for_reload() -> None:
     logs.configure(LogSettings(level="debug", format="json"))
     assert len(logging.getLogger("jobcompd").handlers) == 1
     logs.configure(LogSettings())
+
+
+def test_quieter_logs_the_first_of_a_kind_and_then_a_count() -> None:
+    import time
+
+    import structlog
+    from structlog.testing import capture_logs
+
+    from jobcompd.logs import Quieter
+
+    with capture_logs() as logs:
+        quiet = Quieter(structlog.get_logger("t"), interval=0.3)
+        for n in range(5):
+            quiet.log("down", logging.ERROR, "broker down", n=n)
+        quiet.log("other", logging.WARNING, "something else")
+        quiet.flush()  # the interval is not over: nothing yet
+        time.sleep(0.35)
+        quiet.flush()
+        quiet.log("down", logging.ERROR, "broker down", n=9)  # a new interval: logged again
+    assert [(e["event"], e.get("n"), e.get("repeated")) for e in logs] == [
+        ("broker down", 0, None),
+        ("something else", None, None),
+        ("broker down", 0, 4),
+        ("broker down", 9, None),
+    ]

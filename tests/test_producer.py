@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+from structlog.testing import capture_logs
 
 from jobcompd.config import load_settings
 from jobcompd.producer import Sender
@@ -72,3 +76,60 @@ def test_a_batch_with_records_already_known_is_not_offered(tmp_path: Path) -> No
         assert (mixed.spooled, mixed.already_known, list(mixed.fresh)) == (2, 1, [])
         big = state.commit_batch(new(5, 25_005))  # more than one INSERT: the seqs still follow
         assert list(big.fresh) == state.pending(after_seq=5, limit=10**6)
+
+
+class FatalOnce(Producer):
+    """A real producer whose first produce() fails as a producer in a fatal state does.
+
+    confluent-kafka raises ``KafkaException(_FATAL, "Unable to produce message: …")`` from
+    produce() once librdkafka has a fatal error, and that error object does not say fatal().
+    Under load this comes before the error callback that reports the fatal error itself.
+    """
+
+    failures = 0
+
+    def produce(self, *args: Any, **kwargs: Any) -> None:
+        if FatalOnce.failures == 0:
+            FatalOnce.failures += 1
+            raise KafkaException(KafkaError(KafkaError._FATAL, "Unable to produce message: Local: Fatal error"))
+        super().produce(*args, **kwargs)
+
+
+def test_a_fatal_error_raised_by_produce_rebuilds_and_dead_letters_nothing(
+    mock_cluster: MockCluster, tmp_path: Path
+) -> None:
+    mock_cluster.create_topic("mycluster", 2)
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=1")
+    with State.open(env.state_dir, synchronous="normal") as state:
+        sender = Sender(state, load_settings(env.config).kafka, producer_factory=FatalOnce)
+        state.commit_batch(new(0, 100))
+        sender.wake()
+        send_all(sender, state)
+        assert FatalOnce.failures == 1
+        assert state.stats()["deadletter_count"] == 0 and sender.counters.dead_lettered == 0
+        assert state.stats()["delivered_total"] == 100
+        assert sender.close() == 0
+    got = consume_all(mock_cluster.bootstrap, "mycluster", expected=100, timeout=30)
+    assert sorted(m.key() for m in got) == [f"r{i:06d}".encode() for i in range(100)]
+
+
+def test_an_outage_costs_a_few_log_lines_not_one_per_record(
+    mock_cluster: MockCluster, tmp_path: Path
+) -> None:
+    mock_cluster.create_topic("mycluster", 2)
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=1",
+                      properties={"message.timeout.ms": "1000"})
+    for broker_id in mock_cluster.broker_ids:
+        mock_cluster.broker_down(broker_id)
+    with State.open(env.state_dir, synchronous="normal") as state, capture_logs() as logs:
+        sender = Sender(state, load_settings(env.config).kafka)
+        state.commit_batch(new(0, 500))
+        sender.wake()
+        deadline = time.monotonic() + 30
+        while state.stats()["deadletter_count"] < 500:
+            assert time.monotonic() < deadline, state.stats()
+            sender.pump(0.05)
+        assert sender.close() == 0
+    dead = [e for e in logs if "dead-lettered" in e["event"]]
+    assert 1 <= len(dead) <= 2, dead  # the first, and a count of the rest a minute later
+    assert len(logs) < 20, [e["event"] for e in logs]

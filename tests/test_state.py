@@ -434,6 +434,39 @@ def test_a_garbage_file_is_refused_with_the_recovery_path(state_dir: Path) -> No
     assert_refused(state_dir, readonly=True)
 
 
+def test_an_empty_database_file_is_refused_not_taken_for_a_new_state(state_dir: Path) -> None:
+    # Taking it for a new state would read the whole log again and send every record twice.
+    with State.open(state_dir) as s:
+        s.commit_batch(records(0, 3), position=at(3))
+    db = state_dir / DB_NAME
+    for suffix in ("-wal", "-shm"):
+        db.with_name(DB_NAME + suffix).unlink(missing_ok=True)
+    db.write_bytes(b"")
+
+    error = assert_refused(state_dir)
+
+    assert "empty" in error.reason and ".recover" in error.recovery
+    assert db.stat().st_size == 0  # left as it was found
+
+
+def test_an_open_state_directory_is_made_private(state_dir: Path) -> None:
+    with State.open(state_dir):
+        pass
+    os.chmod(state_dir, 0o755)
+    with State.open(state_dir):
+        assert stat.S_IMODE(state_dir.stat().st_mode) == 0o700
+
+
+def test_a_checkpoint_truncates_the_write_ahead_log(state_dir: Path) -> None:
+    with State.open(state_dir, synchronous="normal") as s:
+        s.commit_batch(records(0, 3000, size=500), position=at(3000))
+        wal = state_dir / (DB_NAME + "-wal")
+        assert wal.stat().st_size > 0
+        assert s.checkpoint()
+        assert wal.stat().st_size == 0
+        assert len(all_rids(s)) == 3000
+
+
 def test_damaged_pages_are_found_at_open(state_dir: Path) -> None:
     with State.open(state_dir) as s:
         s.commit_batch(records(0, 2000, size=300), position=at(2000))

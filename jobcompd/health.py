@@ -1,0 +1,73 @@
+"""The running daemon's health: what it did last and what stops it, for ``jobcompd status``.
+
+The daemon rewrites ``health.json`` in its state directory every few seconds and whenever its
+health changes. ``status`` reads it, so a check sees what only the daemon knows — that it cannot
+commit, or reads nothing while the log grows. The file is one block of fixed size overwritten in
+place, so it can still be written when the disk is full (the moment it matters most); a daemon
+that cannot write it at all shows as one whose report is old, which ``status`` judges as stuck.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+__all__ = ["HEALTH_NAME", "Health", "read_health", "write_health"]
+
+HEALTH_NAME = "health.json"
+
+
+@dataclass(slots=True)
+class Health:
+    """One report of the daemon (times are epoch seconds)."""
+
+    pid: int
+    started_at: float
+    updated_at: float = 0.0
+    last_read_at: float | None = None  # lines last read and committed
+    last_delivery_at: float | None = None
+    state_error: str | None = None  # why the state cannot be written, while it cannot
+    state_error_since: float | None = None
+    backpressure: bool = False  # reading paused: the spool is full
+
+
+_SIZE = 4096
+_MAX_ERROR = 1500
+
+
+def write_health(directory: Path, health: Health) -> bool:
+    """Overwrite ``directory``/health.json with ``health``; False if it could not be written."""
+    report = asdict(health)
+    if health.state_error and len(health.state_error) > _MAX_ERROR:
+        report["state_error"] = health.state_error[:_MAX_ERROR] + "…"
+    data = json.dumps(report).encode()
+    data += b" " * (_SIZE - 1 - len(data)) + b"\n"
+    try:
+        fd = os.open(directory / HEALTH_NAME, os.O_WRONLY | os.O_CREAT, 0o600)
+    except OSError:
+        return False
+    try:
+        return os.pwrite(fd, data, 0) == len(data)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def read_health(directory: Path) -> Health | None:
+    """The last report, or None if there is none (or it cannot be read)."""
+    for _ in range(3):  # a report read while it is being overwritten is read again
+        try:
+            data = json.loads((directory / HEALTH_NAME).read_bytes())
+        except OSError:
+            return None
+        except ValueError:
+            continue
+        known = {f.name for f in fields(Health)}
+        try:
+            return Health(**{k: v for k, v in data.items() if k in known})
+        except TypeError:
+            return None
+    return None
