@@ -390,8 +390,12 @@ def test_daemon_mode_with_pidfile(kafka: MockCluster, env: JobcompdEnv, tmp_path
         timeout=30,
     )
     assert started.returncode == 0, started.stderr
-    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip() != "999999", 10, "pid file")
-    pid = int(pidfile.read_text())
+    def written() -> str:  # the pid file is created, then written: it can be read empty
+        text = pidfile.read_text().strip() if pidfile.exists() else ""
+        return text if text.isdigit() and text != "999999" else ""
+
+    wait_for(lambda: bool(written()), 10, "pid file")
+    pid = int(written())
     try:
         again = subprocess.run(
             [JOBCOMPD, "run", "-c", str(env.config), "--daemon", "--pidfile", str(pidfile)],
