@@ -4,7 +4,8 @@
 
 Any input must give, for every group of lines, a :class:`JobRecord` whose JSON is valid UTF-8 JSON,
 or a :class:`ParseError` with a reason — never an exception, never more than 100 ms for one line
-(the parser is linear: 64 KiB take a few milliseconds). The corpus is seeded from the test lines
+(the parser is linear: 64 KiB take a few milliseconds) — and where the one-reading shortcut
+answers, the general reader must give the same record. The corpus is seeded from the test lines
 (every Slurm generation, the real plugin's workload, hostile values) in a scratch directory.
 """
 
@@ -24,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 with atheris.instrument_imports():
+    from jobcompd import record
     from jobcompd.encode import Encoder
     from jobcompd.record import JobRecord, ParseError, parse_records
 
@@ -51,7 +53,14 @@ def one_input(data: bytes) -> None:
         payload = _ENCODER.encode(result)
         message = json.loads(payload.decode("utf-8"))
         assert message["jobid"] == result.jobid and 0 <= result.jobid < 2**32
-        _ENCODER.record_id(b"".join(lines[index : index + count]), result)
+        raw = b"".join(lines[index : index + count])
+        _ENCODER.record_id(raw, result)
+        # Where the one-reading shortcut answers, the general reader must agree.
+        text = raw.rstrip(b"\r\n").decode(errors="replace")
+        fast = record._one_reading(text)
+        if fast is not None:
+            start = record._START.match(text)
+            assert start is not None and fast == record._read(text, start), text
     assert covered == len(lines)
 
 

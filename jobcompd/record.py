@@ -134,6 +134,11 @@ _END = re.compile(
     rf" ExitCode=({_EC})"
     r"((?: [^\n]*)?)\Z"
 )
+# The whole record when each key that ends a free value occurs once (see _read).
+_ONE_READING = re.compile(
+    f"{_START.pattern}(.*?) {_RUN.pattern}(.*?) {_RESV.pattern}(.*?) {_QOS.pattern}(.*?) {_END.pattern}",
+    re.DOTALL,
+)
 _SELECT_WORD = re.compile(r"[A-Z][A-Za-z_]*=\S*")
 _RECORD_START = re.compile(r"JobId=\d+ UserId=\S*\(\d+\) GroupId=")
 _NOT_SET = frozenset(("", _NULL))
@@ -196,16 +201,33 @@ def parse_line(line: bytes, *, max_bytes: int = DEFAULT_MAX_LINE_BYTES) -> JobRe
         if not text.strip():
             return ParseError("empty line")
         return ParseError("not a jobcomp/filetxt record (no leading JobId=)")
-    start = _START.match(text)
-    if start is None:
-        return ParseError(_diagnose(text))
     # A record start inside a value is a write cut short, then the next record: never one job.
     if text.find("JobId=", 1) > 0 and _RECORD_START.search(text, 1) is not None:
         return ParseError(_diagnose(text))
-    result = _read(text, start)
+    result = _one_reading(text)
     if result is None:
-        return ParseError(_diagnose(text))
+        start = _START.match(text)
+        result = None if start is None else _read(text, start)
+        if result is None:
+            return ParseError(_diagnose(text))
     return result
+
+
+def _one_reading(text: str) -> JobRecord | ParseError | None:
+    """The usual record, which names each key that ends a free value once: it has one reading,
+    found by one anchored match (a free value can only end where its key stands). ``None`` for
+    any other line."""
+    if (
+        text.count(" JobState=") == 1
+        and text.count(" ReservationName=") == 1
+        and text.count(" QOS=") == 1
+        and text.count(" Cluster=") == 1
+    ):
+        m = _ONE_READING.match(text)
+        if m is not None:
+            g = m.groups()
+            return _assemble(g[:5], g[5], g[6:14], g[14], g[15:18], g[18], g[19], g[20], g[21:], False)
+    return None
 
 
 def _read(text: str, start: re.Match[str]) -> JobRecord | ParseError | None:
@@ -229,8 +251,18 @@ def _read(text: str, start: re.Match[str]) -> JobRecord | ParseError | None:
         return None
     submit, eligible = end_m.group(2), end_m.group(3)
     run = _choose(runs, lambda m: _inconsistency(m, submit, eligible))
-    ambiguous = len(runs) > 1 or ends_found > 1 or len(resv) > 1 or len(qos) > 1
-    return _assemble(text, start, name_at, run, resv_m, qos_m, end_m, ambiguous)
+    return _assemble(
+        start.groups(),
+        text[name_at : run.start() - 1],
+        run.groups(),
+        text[run.end() : resv_m.start() - 1],
+        resv_m.groups(),
+        text[resv_m.end() : qos_m.start() - 1],
+        qos_m.group(1),
+        text[qos_m.end() : end_m.start() - 1],
+        end_m.groups(),
+        len(runs) > 1 or ends_found > 1 or len(resv) > 1 or len(qos) > 1,
+    )
 
 
 def _matches(
@@ -319,7 +351,10 @@ def _legacy(text: str, start: re.Match[str]) -> JobRecord | ParseError | None:
         return None
     run = _choose(runs, lambda m: _inconsistency(m, None, None))
     work_dir, extra = _split_select_text(text[run.end() :])
-    return _assemble(text, start, name_at, run, None, None, None, len(runs) > 1, work_dir, extra)
+    return _assemble(
+        start.groups(), text[name_at : run.start() - 1], run.groups(), work_dir, None, "", "", "",
+        None, len(runs) > 1, extra,
+    )
 
 
 def _split_select_text(rest: str) -> tuple[str, str]:
@@ -355,64 +390,65 @@ def _bad_time(values: Sequence[tuple[str, str | None]]) -> ParseError | None:
 
 
 def _assemble(
-    text: str,
-    start: re.Match[str],
-    name_at: int,
-    run: re.Match[str],
-    resv: re.Match[str] | None,
-    qos: re.Match[str] | None,
-    end: re.Match[str] | None,
+    start: Sequence[str],
+    name: str,
+    run: Sequence[str],
+    work_dir: str,
+    resv: Sequence[str] | None,
+    account: str,
+    qos_name: str,
+    wckey: str,
+    end: Sequence[str | None] | None,
     ambiguous: bool,
-    legacy_work_dir: str = "",
     legacy_extra: str = "",
 ) -> JobRecord | ParseError:
-    jobid, user, uid, group, gid = start.groups()
-    state, part, limit, start_s, end_s, nodes, ncnt, cpus = run.groups()
+    """The record of one reading: the groups of its runs and the text of its free values
+    (``resv`` and ``end`` are None for a 17.02 record)."""
+    jobid, user, uid, group, gid = start
+    state, part, limit, start_s, end_s, nodes, ncnt, cpus = run
     numbered_limit = limit[0] <= "9"
     if end is None:
         submit_s = eligible_s = array_job = array_task = het_id = het_offset = None
     else:
-        (_, submit_s, eligible_s, array_job, array_task, het_id, het_offset, *_) = end.groups()
-    long = (
+        (_, submit_s, eligible_s, array_job, array_task, het_id, het_offset, *_) = end
+    # Up to 9 digits always fit in 32 bits: only longer numbers need a closer look.
+    if (
         len(jobid) > 9 or len(uid) > 9 or len(gid) > 9 or len(ncnt) > 9 or len(cpus) > 9
         or (numbered_limit and len(limit) > 9)
         or (array_job is not None and (len(array_job) > 9 or len(array_task) > 9))  # type: ignore[arg-type]
         or (het_id is not None and (len(het_id) > 9 or len(het_offset) > 9))  # type: ignore[arg-type]
-    )
-    numbers = (
-        ("JobId", jobid),
-        ("UserId", uid),
-        ("GroupId", gid),
-        ("NodeCnt", ncnt),
-        ("ProcCnt", cpus),
-        ("TimeLimit", limit if numbered_limit else None),
-        ("ArrayJobId", array_job),
-        ("ArrayTaskId", array_task),
-        ("HetJobId", het_id),
-        ("HetJobOffset", het_offset),
-    )
-    # Up to 9 digits always fit in 32 bits: only longer numbers need a closer look.
-    if long:
-        error = _out_of_range(numbers)
+    ):
+        error = _out_of_range(
+            (
+                ("JobId", jobid), ("UserId", uid), ("GroupId", gid), ("NodeCnt", ncnt),
+                ("ProcCnt", cpus), ("TimeLimit", limit if numbered_limit else None),
+                ("ArrayJobId", array_job), ("ArrayTaskId", array_task), ("HetJobId", het_id),
+                ("HetJobOffset", het_offset),
+            )
+        )
         if error is not None:
             return error
-    error = _bad_time(
-        (("StartTime", start_s), ("EndTime", end_s), ("SubmitTime", submit_s), ("EligibleTime", eligible_s))
-    )
-    if error is not None:
-        return error
-    if end is None:
-        work_dir = legacy_work_dir
-    else:
-        assert resv is not None
-        work_dir = text[run.end() : resv.start() - 1]
+    # Each time's hour is checked once per log hour (cached); a new hour takes the slow path.
+    hours = _valid_hours
+    if (
+        (start_s[0] <= "9" and not hours.get(start_s[:13]))
+        or (end_s[0] <= "9" and not hours.get(end_s[:13]))
+        or (submit_s is not None and submit_s[0] <= "9" and not hours.get(submit_s[:13]))
+        or (eligible_s is not None and eligible_s[0] <= "9" and not hours.get(eligible_s[:13]))
+    ):
+        error = _bad_time(
+            (("StartTime", start_s), ("EndTime", end_s), ("SubmitTime", submit_s),
+             ("EligibleTime", eligible_s))
+        )
+        if error is not None:
+            return error
     values: list[object] = [
         int(jobid),
         None if user == _NULL else user,
         int(uid),
         None if group == _NULL else group,
         int(gid),
-        text[name_at : run.start() - 1],
+        name,
         state,
         None if part == _NULL else part,
         int(limit) if numbered_limit else None,
@@ -425,12 +461,10 @@ def _assemble(
     ]
     if end is None:
         return JobRecord._make((*values, "17.02", *_LEGACY_DEFAULTS[:-2], legacy_extra, ambiguous))
-    assert resv is not None and qos is not None
-    resv_name, tres_key, tres = resv.groups()
-    account = text[resv.end() : qos.start() - 1]
-    qos_name = qos.group(1)
-    wckey = text[qos.end() : end.start() - 1]
-    cluster, *_, derived, exit_code, extra = end.groups()
+    assert resv is not None
+    resv_name, tres_key, tres = resv
+    cluster, *_, derived, exit_code, extra = end
+    assert derived is not None and exit_code is not None and extra is not None
     values += (
         "20.11" if tres_key == "Tres" else "17.11",
         None if resv_name in _NOT_SET else resv_name,

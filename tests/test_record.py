@@ -6,12 +6,14 @@ import json
 import os
 import re
 import time
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from jobcompd import record as record_module
 from jobcompd.encode import Encoder
 from jobcompd.record import (
     DEFAULT_MAX_LINE_BYTES,
@@ -22,7 +24,15 @@ from jobcompd.record import (
     parse_records,
     unfinished_tail,
 )
-from tests.slurmctld import GENERATIONS, FakeJob, hostile_lines, local_time, render, utc_time
+from tests.slurmctld import (
+    GENERATIONS,
+    FakeJob,
+    hostile_lines,
+    local_time,
+    mixed_lines,
+    render,
+    utc_time,
+)
 
 UTC = ZoneInfo("UTC")
 
@@ -292,6 +302,7 @@ def test_round_trip_every_generation(case: tuple[FakeJob, str, ZoneInfo]) -> Non
     lines = render(job, generation, zone).splitlines(keepends=True)
     [(_, count, record)] = parse_records(lines)  # line breaks in a value: the lines are joined
     assert isinstance(record, JobRecord), record
+    assert_shortcut_agrees(b"".join(lines))
     assert count == len(lines) and record.jobid == job.job_id
     if record.ambiguous:
         # Fake fields in a name, a directory or an account: the reading chosen is consistent, but
@@ -307,6 +318,27 @@ def test_round_trip_every_generation(case: tuple[FakeJob, str, ZoneInfo]) -> Non
     for key in expected:
         assert produced[key] == expected[key], key
         assert type(produced[key]) is type(expected[key]), key
+
+
+def assert_shortcut_agrees(line: bytes) -> None:
+    """Where the one-reading shortcut answers, the general reader gives the same record."""
+    text = line.rstrip(b"\r\n").decode(errors="replace")
+    fast = record_module._one_reading(text)
+    if fast is not None:
+        start = record_module._START.match(text)
+        assert start is not None
+        assert fast == record_module._read(text, start)
+
+
+def test_the_one_reading_shortcut_agrees_with_the_general_reader() -> None:
+    real = (Path(__file__).parent / "data" / "real-plugin-26.05" / "jobcomp-filetxt.log").read_bytes()
+    lines = [*mixed_lines(2000, seed=5), *real.splitlines(keepends=True), *_HOSTILE.values()]
+    answered = 0
+    for line in lines:
+        text = line.rstrip(b"\n").decode(errors="replace")
+        answered += record_module._one_reading(text) is not None
+        assert_shortcut_agrees(line)
+    assert answered > len(lines) // 2  # the shortcut does answer the usual record
 
 
 # --- bad input -------------------------------------------------------------------------------
