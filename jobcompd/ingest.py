@@ -91,17 +91,16 @@ def read_batches(
     """
     carry: list[bytes] = []
     while True:
-        lines = carry + [line for line in itertools.islice(fh, size)]
-        if len(lines) == len(carry):  # end of input
+        more = list(itertools.islice(fh, size))
+        if not more:  # end of input: what is carried is all there is
             if carry:
                 yield carry
             return
+        lines = carry + more
         keep = unfinished_tail(lines, max_bytes=max_bytes)
-        if keep and keep < len(lines):
-            lines, carry = lines[:-keep], lines[-keep:]
-        else:
-            carry = []
-        yield lines
+        lines, carry = lines[: len(lines) - keep], lines[len(lines) - keep :]
+        if lines:
+            yield lines
 
 
 def parse_batch(encoder: Encoder, max_bytes: int, lines: Sequence[bytes], source: str) -> Parsed:

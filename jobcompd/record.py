@@ -594,6 +594,9 @@ def unfinished_tail(lines: Sequence[bytes], *, max_bytes: int = DEFAULT_MAX_LINE
     n = len(lines)
     for back in range(1, min(n, MAX_CONTINUATION_LINES + 1) + 1):
         if is_record_start(lines[n - back]):
+            # The lines after it do not start a record: while they do not complete it (or
+            # complete only a 17.02 reading), the next lines may.
             _, count, result = parse_records(lines[n - back :], max_bytes=max_bytes)[0]
-            return back if count == back and _may_continue(result) else 0
+            unfinished = result.__class__ is ParseError or (count == back and _may_continue(result))
+            return back if unfinished else 0
     return 0

@@ -17,6 +17,7 @@ import pytest
 
 from jobcompd.encode import Encoder, resolve_zone
 from jobcompd.ingest import WORKER_MIN_LINES, Ingestor, ParseWorker
+from jobcompd.record import ParseError
 from jobcompd.state import ReadPosition, State
 from tests.jobcompd_env import alive, parse_workers, wait_for
 from tests.slurmctld import mixed_lines
@@ -211,3 +212,20 @@ def test_a_record_the_state_refuses_costs_that_record_alone(tmp_path: Path) -> N
         assert q.line_no == 3 and q.raw == b"line 2\n" and "refused" in q.reason
         stored = state.position("file:x")
         assert stored is not None and (stored.offset, stored.line_no) == (40, 5)
+
+
+def test_a_batch_never_ends_inside_a_record_split_by_line_breaks() -> None:
+    import io
+
+    from jobcompd.ingest import read_batches
+    from jobcompd.record import parse_records
+    from tests.test_record import real
+
+    split = real(name=b"one\ntwo\nthree").splitlines(keepends=True)  # three physical lines
+    lines = [*mixed_lines(9, seed=4), *split, *mixed_lines(5, seed=6)]
+    for size in range(1, len(lines) + 2):
+        batches = list(read_batches(io.BytesIO(b"".join(lines)), size))
+        assert [line for batch in batches for line in batch] == lines  # each line once, in order
+        for batch in batches:
+            # Every batch parses whole: the split record is never cut between two batches.
+            assert all(not isinstance(r, ParseError) for _, _, r in parse_records(batch)), size
