@@ -920,3 +920,30 @@ def test_a_writer_thread_rotating_while_lines_are_read(tmp_path: Path, harness) 
     h.settle(0.2)
     assert len(h.received) == written
     assert_exactly_once(h, tmp_path)
+
+
+def test_an_unfinished_record_waits_for_its_rest_then_for_quiet(tmp_path: Path) -> None:
+    from jobcompd.record import unfinished_tail
+    from tests.test_record import real
+
+    log = tmp_path / "jobcomp.log"
+    first, rest = real(name=b"line1\nline2").split(b"\n", 1)
+    h = Harness(log, hold=unfinished_tail, hold_for=1.0, recheck_interval=0.1)
+    with SlurmctldWriter(log) as w:
+        w.write(mixed_lines(1, seed=2)[0] + first + b"\n")
+        h.start()
+        try:
+            h.read_until(lambda: len(h.received) == 1)  # the whole line before it
+            for _ in range(5):
+                assert h.step() is None  # its start waits for the rest …
+            w.write(rest)
+            h.read_until(lambda: len(h.received) == 3)
+            assert h.batches[-1].lines == [first + b"\n", rest]  # … and comes with it
+            # A start whose rest never comes is delivered after hold_for of quiet.
+            cut = real(jobid=b"7", name=b"a\nb").split(b"\n", 1)[0] + b"\n"
+            w.write(cut)
+            began = time.monotonic()
+            h.read_until(lambda: len(h.received) == 4, timeout=10)
+            assert time.monotonic() - began >= 0.9
+        finally:
+            h.stop()
