@@ -249,6 +249,59 @@ def _cmd_deadletter(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _shown(raw: bytes, limit: int = 240) -> str:
+    """A quarantined line as text that cannot disturb a terminal: control bytes and invalid UTF-8
+    escaped, cut at ``limit`` characters."""
+    text = raw.rstrip(b"\r\n").decode(errors="backslashreplace")
+    text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text[: limit + 1])
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(raw)} bytes)"
+
+
+def _cmd_quarantine(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if settings is None:
+        return EXIT_USAGE
+    if args.action == "list":
+        state = _open_state(settings, readonly=True)
+        if state is None:
+            return EXIT_USAGE
+        with state:
+            lines = state.quarantined(limit=args.limit)
+        if args.json:
+            print(json.dumps([
+                {"id": q.id, "source": q.source, "line_no": q.line_no, "offset": q.offset,
+                 "reason": q.reason, "at": q.at, "raw": q.raw.decode(errors="backslashreplace")}
+                for q in lines
+            ]))
+        else:
+            for q in lines:
+                print(f"{q.id}  {q.source}:{q.line_no} (byte {q.offset})  {q.reason}")
+                print(f"    {_shown(q.raw)}")
+            print(f"{len(lines)} quarantined line(s)", file=sys.stderr)
+        return EXIT_OK
+    if not args.all and not args.ids:
+        print(f"jobcompd quarantine {args.action}: name line ids, or --all", file=sys.stderr)
+        return EXIT_USAGE
+    state = _open_state(settings)
+    if state is None:
+        return EXIT_USAGE
+    ids = None if args.all else list(args.ids)
+    with state:
+        if args.action == "purge":
+            n = state.purge_quarantined(ids)
+            print(f"{n} quarantined line(s) purged (counted in the state)")
+            return EXIT_OK
+        from jobcompd.ingest import Ingestor
+
+        chosen = state.quarantined_by_id(ids)
+        ingestor = Ingestor(state, Encoder(settings.source.tz, settings.cluster),  # type: ignore[arg-type]
+                            max_line_bytes=settings.source.max_line_bytes)
+        result, released = ingestor.retry_quarantined(chosen)
+    print(f"{released} of {len(chosen)} line(s) read as records now: {result.spooled} spooled "
+          f"(a running jobcompd sends them), {result.already_known} already known")
+    return EXIT_OK if released == len(chosen) else EXIT_SOME_BAD
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from jobcompd import logs
 
@@ -316,12 +369,17 @@ def _run_daemon(settings: Settings) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from jobcompd.status import collect, render
+    from jobcompd.status import UNKNOWN, collect, render, unknown
 
     settings = _settings(args)
     if settings is None:
-        return EXIT_USAGE  # critical: no usable configuration
-    report = collect(settings)
+        print("jobcompd UNKNOWN: the configuration cannot be used (see the lines above)")
+        return UNKNOWN
+    try:
+        report = collect(settings)
+    except OSError as exc:  # a state or log this user may not read: say so, in one line
+        print(unknown(settings, exc))
+        return UNKNOWN
     if args.json:
         print(json.dumps(report.as_dict(), indent=2, default=str))
     else:
@@ -452,6 +510,29 @@ def build_parser() -> argparse.ArgumentParser:
     for q in dl.choices.values():
         _config_arg(q)
     p.set_defaults(func=_cmd_deadletter)
+
+    p = sub.add_parser(
+        "quarantine",
+        help="list, retry or purge lines that were not records",
+        description="Quarantined lines could not be read as records (malformed, cut short, "
+        "out of range, ...). retry reads them again with this version's parser: those that are "
+        "records now are spooled (records already known are not sent twice).",
+    )
+    ql = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    ql.required = True
+    q = ql.add_parser("list", help="show quarantined lines and why")
+    q.add_argument("--limit", type=int, default=None)
+    q.add_argument("--json", action="store_true")
+    for action, text in (
+        ("retry", "read quarantined lines again; exit 1 if some are still not records"),
+        ("purge", "drop quarantined lines on purpose (counted)"),
+    ):
+        q = ql.add_parser(action, help=text)
+        q.add_argument("ids", nargs="*", metavar="ID", type=int)
+        q.add_argument("--all", action="store_true", help="every quarantined line")
+    for q in ql.choices.values():
+        _config_arg(q)
+    p.set_defaults(func=_cmd_quarantine)
     return parser
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import logging
 import os
 import queue
 import signal
@@ -136,6 +137,7 @@ class Daemon:
     def __init__(self, settings: Settings, *, notifier: Any = None) -> None:
         self.settings = settings
         self._log = structlog.get_logger("jobcompd.daemon")
+        self._quiet = logs.Quieter(self._log)
         self._notifier = notifier
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -255,6 +257,7 @@ class Daemon:
             if now >= next_status:
                 self._notify(self._status_line(depth))
                 self._report_health()
+                self._quiet.flush()
                 next_status = now + _HEALTH_EVERY_S
             if sender.error is not None:
                 self._log.error("the sender stopped; exiting so the service manager restarts us")
@@ -321,13 +324,10 @@ class Daemon:
             self._log.info("state writable again; reading resumed")
             self._health.state_error = self._health.state_error_since = None
         self._health.last_read_at = time.time()
-        if result.quarantined:
-            self._log.warning(
-                "malformed lines quarantined",
-                count=result.quarantined,
-                path=batch.path,
-                first_line=batch.first_line_no,
-            )
+        for q in ingestor.last_quarantined:
+            # One line per reason a minute; `jobcompd quarantine list` shows them all.
+            self._quiet.log(q.reason, logging.WARNING, "line quarantined", path=q.source,
+                            line=q.line_no, offset=q.offset, reason=q.reason)
         return result
 
     def _set_backpressure(self, on: bool, depth: int) -> None:

@@ -301,6 +301,8 @@ class Ingestor:
         self._max = max_line_bytes
         self._worker = worker
         self._log = logger or structlog.get_logger("jobcompd.ingest")
+        self.last_quarantined: list[QuarantinedLine] = []
+        """The lines the last :meth:`commit` quarantined (for the caller's log)."""
         key = getattr(encoder.zone, "key", None)
         self._spec: _Spec | None = None if key is None else (key, encoder.cluster, max_line_bytes)
 
@@ -344,6 +346,33 @@ class Ingestor:
                 pending._parsed = parse_batch(self._encoder, self._max, pending.lines, pending.source)
         return pending._parsed
 
+    def retry_quarantined(self, lines: Sequence[QuarantinedLine]) -> tuple[BatchResult, int]:
+        """Parse quarantined ``lines`` again with this parser; those that are records now leave the
+        quarantine, spooled unless their record is already known. Returns the commit's result and
+        how many lines left the quarantine.
+
+        Lines that were neighbours in their file are parsed together, so a record split by line
+        breaks whose lines were all quarantined (by an older parser) is joined again.
+        """
+        runs: list[list[QuarantinedLine]] = []
+        for q in sorted(lines, key=lambda q: (q.source, q.line_no)):
+            run = runs[-1] if runs else None
+            if run and run[-1].source == q.source and run[-1].line_no + 1 == q.line_no:
+                run.append(q)
+            else:
+                runs.append([q])
+        records: list[NewRecord] = []
+        released: list[int] = []
+        ambiguous = 0
+        for run in runs:
+            parsed = parse_batch(self._encoder, self._max, [q.raw for q in run], run[0].source)
+            bad = {index for index, _ in parsed.bad}
+            records += parsed.records
+            released += [q.id for index, q in enumerate(run) if index not in bad and q.id is not None]
+            ambiguous += len(parsed.ambiguous)
+        result = self._state.commit_batch(records, released=released, ambiguous=ambiguous)
+        return result, len(released)
+
     def commit(
         self,
         lines: Sequence[bytes] | Pending,
@@ -375,6 +404,7 @@ class Ingestor:
             return QuarantinedLine(source, first_line_no + index, starts[index], bytes(raw[index]), reason)
 
         quarantined = [quarantine(i, reason) for i, reason in parsed.bad]
+        self.last_quarantined = quarantined
         for jobid in parsed.ambiguous:
             self._log.warning(
                 "job record read with a choice between readings: fake fields in a name, a "

@@ -152,6 +152,8 @@ COUNTERS = (
     "quarantined_total",
     "pruned_total",
     "ambiguous_total",
+    "quarantine_purged_total",
+    "quarantine_released_total",
 )
 _META_INITIAL = (
     *((name, 0) for name in COUNTERS),
@@ -286,7 +288,7 @@ class DeadLetter:
 class QuarantinedLine:
     """A log line that could not be turned into a record, kept with the reason.
 
-    ``at`` is filled in when the line is stored; leave it out when quarantining.
+    ``at`` and ``id`` are filled in when the line is stored; leave them out when quarantining.
     """
 
     source: str
@@ -295,6 +297,7 @@ class QuarantinedLine:
     raw: bytes
     reason: str
     at: float | None = field(default=None, compare=False)
+    id: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -501,14 +504,17 @@ class State:
         position: ReadPosition | None = None,
         quarantined: Sequence[QuarantinedLine] = (),
         ambiguous: int = 0,
+        released: Sequence[int] = (),
     ) -> BatchResult:
         """Spool ``records``, keep ``quarantined`` lines and move the read ``position``: all or nothing.
 
-        ``ambiguous`` counts the records read with a choice between readings. A record whose
+        ``ambiguous`` counts the records read with a choice between readings; ``released`` are
+        ids of quarantined lines these records were read from again (they leave the quarantine
+        in the same transaction). A record whose
         ``rid`` is already spooled, dead-lettered or delivered (or repeated in this batch) is
         skipped and counted as ``already_known``.
         """
-        if not records and not quarantined and position is None:
+        if not records and not quarantined and position is None and not released:
             return BatchResult(0, 0, 0)
         now = time.time()
         new = _first_of_each(records)
@@ -530,12 +536,16 @@ class State:
                 )
             if position is not None:
                 db.execute(_UPSERT_POSITION, _position_row(position, now))
+            gone = sum(
+                db.execute("DELETE FROM quarantine WHERE id = ?", (i,)).rowcount for i in released
+            )
             _bump(
                 db,
                 spooled_total=spooled,
                 already_known_total=len(records) - spooled,
                 quarantined_total=len(quarantined),
                 ambiguous_total=ambiguous,
+                quarantine_released_total=gone,
             )
         fresh: Sequence[SpooledRecord] = ()
         if spooled and spooled == len(new):
@@ -709,11 +719,31 @@ class State:
         """The quarantined lines, in the order they were read."""
         with self._reading("read quarantined lines") as db:
             rows = db.execute(
-                "SELECT source, line_no, byte_offset, raw, reason, at FROM quarantine "
+                "SELECT source, line_no, byte_offset, raw, reason, at, id FROM quarantine "
                 "ORDER BY id LIMIT ?",
                 (-1 if limit is None else limit,),
             ).fetchall()
         return [QuarantinedLine(*row) for row in rows]
+
+    def quarantined_by_id(self, ids: Sequence[int] | None = None) -> list[QuarantinedLine]:
+        """The quarantined lines with these ids (all for None), in the order they were read."""
+        lines = self.quarantined()
+        if ids is None:
+            return lines
+        wanted = set(ids)
+        return [q for q in lines if q.id in wanted]
+
+    def purge_quarantined(self, ids: Sequence[int] | None = None) -> int:
+        """Drop quarantined lines (all, or those with ``ids``) on purpose; counted."""
+        with self._transaction("purge quarantined lines") as db:
+            if ids is None:
+                gone = db.execute("DELETE FROM quarantine").rowcount
+            else:
+                gone = sum(
+                    db.execute("DELETE FROM quarantine WHERE id = ?", (i,)).rowcount for i in ids
+                )
+            _bump(db, quarantine_purged_total=gone)
+        return gone
 
     def is_known(self, rid: str, jobid: int) -> bool:
         """Whether record ``rid`` of job ``jobid`` was ever spooled (and so is spooled, dead-lettered

@@ -1,13 +1,16 @@
 """``jobcompd status``: a read-only view of the state, usable as a monitoring check.
 
-Exit status follows the monitoring-plugin convention: 0 ok, 1 warning, 2 critical. Thresholds come
-from the ``[status]`` section of the configuration. Nothing is written: the database is opened
-read-only and the log file is only read.
+Exit status follows the monitoring-plugin convention: 0 ok, 1 warning, 2 critical, 3 unknown (the
+state cannot be read by this user); the first line is the verdict with performance data after
+``|``. Thresholds come from the ``[status]`` section of the configuration. Nothing is written: the
+database is opened read-only and the log file is only read.
 """
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -18,10 +21,10 @@ from jobcompd.identity import fingerprint
 from jobcompd.lock import StateDirLock
 from jobcompd.state import DB_NAME, State, StateError
 
-__all__ = ["StatusReport", "collect", "render"]
+__all__ = ["UNKNOWN", "StatusReport", "collect", "render", "unknown"]
 
-OK, WARNING, CRITICAL = 0, 1, 2
-_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL"}
+OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
 _LAG_SCAN_LIMIT = 256 * 1024 * 1024  # count unread lines in at most this many bytes
 
 
@@ -45,6 +48,8 @@ class StatusReport:
     lag_lines: int | None = None
     last_read_at: float | None = None
     daemon_error: str | None = None
+    warn_spool: int = 0
+    crit_spool: int = 0
     problems: list[tuple[int, str]] = field(default_factory=list)
 
     @property
@@ -63,8 +68,13 @@ class StatusReport:
 
 def collect(settings: Settings) -> StatusReport:
     """Look at the state and the log without changing either."""
-    report = StatusReport(state_dir=str(settings.state.dir), source=str(settings.source.path))
     th = settings.status
+    report = StatusReport(
+        state_dir=str(settings.state.dir),
+        source=str(settings.source.path),
+        warn_spool=th.warn_spool,
+        crit_spool=th.crit_spool,
+    )
     report.daemon_pid = StateDirLock(settings.state.dir).holder()
     if report.daemon_pid is None:
         report.flag(CRITICAL, "no jobcompd is running on this state directory")
@@ -76,6 +86,8 @@ def collect(settings: Settings) -> StatusReport:
             stats: dict[str, Any] = dict(state.stats())
             positions = state.positions()
     except StateError as exc:
+        if not os.access(settings.state.dir / DB_NAME, os.R_OK):
+            raise PermissionError(13, "Permission denied", str(settings.state.dir / DB_NAME)) from exc
         report.flag(CRITICAL, f"state unreadable: {exc}")
         return report
     now = time.time()
@@ -140,6 +152,23 @@ def _daemon_health(report: StatusReport, settings: Settings, now: float) -> None
             )
 
 
+def unknown(settings: Settings, exc: OSError) -> str:
+    """The one line ``status`` prints when it cannot look: what, why, and how to let it."""
+    where = exc.filename or settings.state.dir
+    if isinstance(exc, PermissionError):
+        directory = settings.state.dir
+        try:
+            owner = directory.stat()
+            who = f"{pwd.getpwuid(owner.st_uid).pw_name}:{grp.getgrgid(owner.st_gid).gr_name}"
+        except (OSError, KeyError):
+            who = "the service user"
+        return (
+            f"jobcompd UNKNOWN: cannot read {where}: permission denied; run status as root or as "
+            f"the service user ({who} owns {directory})"
+        )
+    return f"jobcompd UNKNOWN: cannot read {where}: {exc.strerror or exc}"
+
+
 def _file_lag(report: StatusReport, settings: Settings, by_fp: dict[str, Any]) -> None:
     path = settings.source.path
     try:
@@ -170,6 +199,16 @@ def _when(epoch: float | None) -> str:
     return f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(epoch))} ({ago:.0f} s ago)"
 
 
+def perfdata(r: StatusReport) -> str:
+    """Nagios performance data: ``label=value[;warn;crit]`` words."""
+    age = r.oldest_pending_age_s or 0
+    spool = f"spool={r.spool_depth}" + (f";{r.warn_spool};{r.crit_spool}" if r.warn_spool else "")
+    return (
+        f"{spool} lag_bytes={r.lag_bytes or 0}B dead_letters={r.dead_letters} "
+        f"quarantined={r.quarantined} oldest_undelivered_s={age:.0f}s"
+    )
+
+
 def render(r: StatusReport) -> str:
     """The human-readable report."""
     lag = "unknown"
@@ -178,7 +217,9 @@ def render(r: StatusReport) -> str:
         lag = f"{r.lag_bytes} byte(s){lines} (read {r.read_offset} of {r.file_size})"
     oldest = f"{r.oldest_pending_age_s:.0f} s" if r.oldest_pending_age_s is not None else "-"
     rows = [
-        f"jobcompd {_NAMES[r.exit_code]}",
+        f"jobcompd {_NAMES[r.exit_code]}"
+        + (f": {r.problems[0][1]}" if r.problems else "")
+        + f" | {perfdata(r)}",
         f"daemon:          {'running, pid ' + str(r.daemon_pid) if r.daemon_pid else 'not running'}",
         f"source:          {r.source}",
         f"lag:             {lag}",

@@ -566,3 +566,41 @@ def test_real_records_arrive_and_poison_lines_cost_only_themselves(
     checked = env.run("status")
     assert checked.returncode == 1 and "quarantined" in checked.stdout  # a warning, not a stall
     assert daemon.stop() == 0
+
+
+def test_quarantine_retry_delivers_lines_an_older_parser_refused(
+    kafka: MockCluster, env: JobcompdEnv, daemon: DaemonProcess
+) -> None:
+    from jobcompd.state import QuarantinedLine
+
+    real = REAL_LOG.read_bytes().splitlines(keepends=True)
+    split = next(i for i, line in enumerate(real) if not line.startswith(b"JobId="))
+    # What an older jobcompd quarantined: a record split by a line break (both halves), a job
+    # whose account holds spaces, and a line that is garbage for any parser.
+    account = _GOOD.replace(b" Account=", b" Account=acct with space ", 1)
+    old = [
+        QuarantinedLine("old.log", 7, 700, real[split - 1], "malformed field value"),
+        QuarantinedLine("old.log", 8, 800, real[split], "not a jobcomp/filetxt record"),
+        QuarantinedLine("old.log", 20, 2000, account, "malformed field value"),
+        QuarantinedLine("old.log", 30, 3000, b"\x1b[2Jgarbage\xff\n", "not a record"),
+    ]
+    assert env.log_path is not None
+    env.log_path.touch()
+    daemon.start()
+    with State.open(env.state_dir, synchronous="normal") as state:
+        state.commit_batch([], quarantined=old)
+    listed = env.run("quarantine", "list")
+    assert listed.returncode == 0 and listed.stdout.count("old.log:") == 4
+    assert "\x1b" not in listed.stdout and "\\x1b[2Jgarbage\\xff" in listed.stdout  # shown safely
+    retried = env.run("quarantine", "retry", "--all")
+    assert retried.returncode == 1, retried.stderr  # the garbage line is still not a record
+    assert "3 of 4 line(s) read as records now: 2 spooled" in retried.stdout
+    assert_all_arrived(kafka, env, [real[split - 1], real[split], account])
+    left = json.loads(env.run("quarantine", "list", "--json").stdout)
+    assert [q["line_no"] for q in left] == [30]
+    assert env.run("quarantine", "retry", "--all").returncode == 1  # nothing sent twice either
+    purged = env.run("quarantine", "purge", str(left[0]["id"]))
+    assert purged.returncode == 0 and env.count("quarantine") == 0
+    checked = env.run("status")
+    assert checked.returncode == 0, checked.stdout  # no quarantined line: no warning
+    assert daemon.stop() == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -82,3 +83,53 @@ def test_health_is_overwritten_in_place_and_read_back(tmp_path: Path) -> None:
     assert (tmp_path / "health.json").stat().st_size == size == 4096
     back = read_health(tmp_path)
     assert back is not None and back.updated_at == 3.0 and back.state_error is None
+
+
+def test_the_first_line_is_the_verdict_with_performance_data(setup: tuple[Path, Path]) -> None:
+    config, _ = setup
+    first = status.render(verdict(config)).splitlines()[0]
+    # No daemon runs here: critical, with the reason, then the performance data.
+    assert first.startswith("jobcompd CRITICAL: no jobcompd is running")
+    assert first.endswith(
+        "| spool=0;10000;100000 lag_bytes=" + first.split("lag_bytes=")[1].split()[0]
+        + " dead_letters=0 quarantined=0 oldest_undelivered_s=0s"
+    )
+    assert "lag_bytes=" in first and first.split("lag_bytes=")[1].split()[0].endswith("B")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="runs status as another user: needs root and setpriv")
+def test_status_as_a_user_who_cannot_read_the_state_is_unknown_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import tempfile
+
+    from tests.jobcompd_env import JOBCOMPD
+
+    root = Path(tempfile.mkdtemp(prefix="jobcompd-status-"))
+    try:
+        os.chmod(root, 0o755)
+        log = root / "jobcomp.log"
+        log.write_bytes(b"".join(mixed_lines(3, seed=3)))
+        (root / "rdkafka.conf").write_text("bootstrap.servers=127.0.0.1:9\n")
+        config = root / "jobcompd.toml"
+        config.write_text(
+            f'[source]\npath = "{log}"\ntimezone = "UTC"\n'
+            f'[kafka]\nrdkafka_conf = "{root / "rdkafka.conf"}"\nparams = "topic=t"\n'
+            f'[state]\ndir = "{root / "state"}"\n'
+        )
+        for path in (log, root / "rdkafka.conf", config):
+            os.chmod(path, 0o644)
+        with State.open(root / "state"):
+            pass  # 0700, owned by root: a monitoring user cannot look inside
+        done = subprocess.run(
+            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable,
+             JOBCOMPD, "status", "-c", str(config)],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode == 3, (done.stdout, done.stderr)
+        assert done.stdout.startswith("jobcompd UNKNOWN: cannot read ")
+        assert "permission denied" in done.stdout and "root:root owns" in done.stdout
+        assert len(done.stdout.splitlines()) == 1 and "Traceback" not in done.stderr
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
