@@ -90,7 +90,7 @@ _SYSLOG_FACILITIES = frozenset(
 _SECTIONS: dict[str, tuple[str, ...]] = {
     "source": ("path", "timezone", "start_at", "poll", "max_line_bytes", "parse_worker"),
     "kafka": ("rdkafka_conf", "params", "properties"),
-    "state": ("dir", "synchronous", "max_spool_records"),
+    "state": ("dir", "synchronous", "max_spool_records", "known_ids_days"),
     "log": ("level", "format", "target", "facility", "debug_jobcomp"),
     "status": ("warn_spool", "crit_spool", "warn_age_s", "crit_age_s", "stall_s"),
 }
@@ -201,11 +201,13 @@ class KafkaSettings:
 
 @dataclass(frozen=True)
 class StateSettings:
-    """The SQLite spool: where it lives, how hard it syncs, and when reading stops."""
+    """The SQLite spool: where it lives, how hard it syncs, when reading stops, and how long the
+    ids of delivered records are kept (to recognise a log read again)."""
 
     dir: Path
     synchronous: Literal["full", "normal"] = "full"
     max_spool_records: int = 1_000_000
+    known_ids_days: float = 400.0  # ids of records read longer ago are forgotten; 0: never
 
 
 @dataclass(frozen=True)
@@ -899,7 +901,17 @@ class _Builder:
             dir=directory,
             synchronous=cast(Literal["full", "normal"], synchronous),
             max_spool_records=self._count(table, "state", "max_spool_records", 1_000_000, 1),
+            known_ids_days=self._days(table, "state", "known_ids_days", 400.0),
         )
+
+    def _days(self, table: dict[str, Any], section: str, key: str, default: float) -> float:
+        if key not in table:
+            return default
+        value = table[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            self.error(f"{section}.{key}", f"expected a number of days >= 0, got {value!r}")
+            return default
+        return float(value)
 
     def _log(self, table: dict[str, Any]) -> LogSettings:
         level = self._choice(table, "log", "level", ("debug", "info", "warning", "error"), "info")

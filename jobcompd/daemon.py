@@ -45,6 +45,9 @@ __all__ = ["Daemon"]
 _STATE_RETRY_S = 1.0  # after a failed commit (disk full, read-only), wait before trying again
 _BACKPRESSURE_CHECK_S = 0.5
 _HEALTH_EVERY_S = 2.0  # STATUS= and health.json
+_PRUNE_EVERY_S = 600.0  # forget known ids past state.known_ids_days, in steps:
+_PRUNE_STEP = 5_000  # ids a transaction, at most
+_PRUNE_STEPS = 20  # transactions a turn of the main loop, at most
 
 
 class _Queued(NamedTuple):
@@ -237,6 +240,7 @@ class Daemon:
         assert state is not None and tailer is not None and sender is not None
         watchdog_s = _watchdog_interval()
         next_ping = next_status = next_depth = 0.0
+        next_prune = 0.0
         depth = state.spool_depth()
         # Batches read and not yet committed, oldest first: the next one is read (and handed to
         # the parse worker) while the one before is parsed and committed. A failed commit keeps
@@ -254,6 +258,10 @@ class Daemon:
                 depth = state.spool_depth()
                 next_depth = now + _BACKPRESSURE_CHECK_S
                 self._set_backpressure(depth >= self.settings.state.max_spool_records, depth)
+            if now >= next_prune:
+                # At least twice per retention period (a short one is a test's).
+                every = min(_PRUNE_EVERY_S, max(1.0, self.settings.state.known_ids_days * 43_200))
+                next_prune = now + (every if self._prune_known() else 0.0)
             if now >= next_status:
                 self._notify(self._status_line(depth))
                 self._report_health()
@@ -416,6 +424,27 @@ class Daemon:
         return out
 
     # -- systemd -----------------------------------------------------------------------------
+
+    def _prune_known(self) -> bool:
+        """Forget known ids past ``state.known_ids_days``, a few steps at a time; True when done."""
+        days = self.settings.state.known_ids_days
+        if not days or self._state is None:
+            return True
+        older_than = time.time() - days * 86400
+        pruned = 0
+        try:
+            for _ in range(_PRUNE_STEPS):
+                step = self._state.prune_delivered(older_than, limit=_PRUNE_STEP)
+                pruned += step
+                if step < _PRUNE_STEP:
+                    return True
+        except StateError as exc:
+            self._log.warning("cannot forget old known record ids now", error=str(exc))
+            return True
+        finally:
+            if pruned:
+                self._log.info("known record ids forgotten", count=pruned, older_than_days=days)
+        return False
 
     def _report_health(self) -> None:
         sender = self._sender.sender if self._sender else None

@@ -754,21 +754,28 @@ class State:
             ).fetchone()
         return bool(row[0])
 
-    def prune_delivered(self, older_than: float) -> int:
+    def prune_delivered(self, older_than: float, *, limit: int | None = None) -> int:
         """Forget the ids of records read before ``older_than`` (a Unix time) and since delivered.
 
         Known ids only guard against sending a record twice when a log is read again; pruned ids
         would be sent again by a re-read of the same lines. Ids of records still spooled or
-        dead-lettered are kept (they were read no earlier than the oldest of those). Returns how
-        many ids were forgotten.
+        dead-lettered are kept (they were read no earlier than the oldest of those). ``limit``
+        forgets at most that many (the oldest jobs first), so a big prune runs in small steps.
+        Returns how many ids were forgotten.
         """
+        bound = (
+            "min(?1, coalesce((SELECT min(enqueued_at) FROM spool), ?1),"
+            " coalesce((SELECT min(enqueued_at) FROM deadletter), ?1))"
+        )
         with self._transaction("prune the known record ids") as db:
-            pruned = db.execute(
-                "DELETE FROM known WHERE known_at < min(?1,"
-                " coalesce((SELECT min(enqueued_at) FROM spool), ?1),"
-                " coalesce((SELECT min(enqueued_at) FROM deadletter), ?1))",
-                (older_than,),
-            ).rowcount
+            if limit is None:
+                pruned = db.execute(f"DELETE FROM known WHERE known_at < {bound}", (older_than,)).rowcount
+            else:
+                pruned = db.execute(
+                    f"DELETE FROM known WHERE (jobid, rid) IN (SELECT jobid, rid FROM known"
+                    f" WHERE known_at < {bound} LIMIT ?2)",
+                    (older_than, limit),
+                ).rowcount
             _bump(db, pruned_total=pruned)
         return pruned
 

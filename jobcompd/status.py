@@ -50,6 +50,8 @@ class StatusReport:
     daemon_error: str | None = None
     warn_spool: int = 0
     crit_spool: int = 0
+    known_ids: int = 0
+    state_bytes: int = 0
     problems: list[tuple[int, str]] = field(default_factory=list)
 
     @property
@@ -97,6 +99,9 @@ def collect(settings: Settings) -> StatusReport:
     report.dead_letters = int(stats.get("deadletter_count") or 0)
     report.quarantined = int(stats.get("quarantine_count") or 0)
     report.delivered_total = int(stats.get("delivered_total") or 0)
+    # Every record spooled leaves its id in the known ids until the retention forgets it.
+    report.known_ids = max(0, int(stats.get("spooled_total") or 0) - int(stats.get("pruned_total") or 0))
+    report.state_bytes = int(stats.get("db_bytes") or 0)
     report.last_delivered_at = stats.get("last_delivered_at")  # type: ignore[assignment]
     report.last_delivered_jobid = stats.get("last_delivered_jobid")  # type: ignore[assignment]
     _file_lag(report, settings, {p.fingerprint: p for p in positions if p.source.startswith("file:")})
@@ -229,7 +234,7 @@ def render(r: StatusReport) -> str:
         f"delivered:       {r.delivered_total} in total, last {_when(r.last_delivered_at)}"
         + (f", job {r.last_delivered_jobid}" if r.last_delivered_jobid is not None else ""),
         f"last read:       {_when(r.last_read_at)}",
-        f"state dir:       {r.state_dir}",
+        f"state dir:       {r.state_dir} ({r.state_bytes / 1e6:.1f} MB, ~{r.known_ids} known record ids)",
     ]
     rows += [f"{_NAMES[level]}: {text}" for level, text in r.problems]
     return "\n".join(rows)

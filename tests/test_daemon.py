@@ -604,3 +604,23 @@ def test_quarantine_retry_delivers_lines_an_older_parser_refused(
     checked = env.run("status")
     assert checked.returncode == 0, checked.stdout  # no quarantined line: no warning
     assert daemon.stop() == 0
+
+
+def test_a_short_retention_keeps_the_known_ids_bounded(kafka: MockCluster, tmp_path: Path) -> None:
+    # 0.00005 days = 4.3 s: the daemon prunes at least twice per retention period.
+    env = JobcompdEnv(tmp_path, kafka.bootstrap, params="poll_interval=1",
+                      extra_toml="known_ids_days = 0.00005\n")
+    lines = mixed_lines(300, seed=51)
+    assert env.log_path is not None
+    with DaemonProcess(env) as daemon:
+        daemon.start()
+        with SlurmctldWriter(env.log_path) as w:
+            w.write(b"".join(lines[:200]))
+            assert_all_arrived(kafka, env, lines[:200])
+            wait_for(lambda: env.count("known") == 0, 30, "the known ids forgotten")
+            w.write(b"".join(lines[200:]))
+            wait_for(lambda: env.delivered() >= 300, 30, "300 deliveries")
+            wait_for(lambda: env.count("known") == 0, 30, "the new known ids forgotten")
+        shown = env.run("status")
+        assert "~0 known record ids" in shown.stdout, shown.stdout
+        assert daemon.stop() == 0

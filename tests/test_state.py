@@ -230,6 +230,18 @@ def test_prune_delivered_forgets_old_ids_and_counts_them(state: State) -> None:
     assert state.stats()["pruned_total"] == 3
 
 
+def test_prune_in_steps_forgets_the_oldest_jobs_first(state: State) -> None:
+    state.commit_batch(records(0, 25))
+    state.mark_delivered([Delivery(r.seq, 0, r.seq) for r in state.pending()])
+    state.commit_batch(records(25, 27))  # still spooled: kept whatever the steps
+    later = time.time() + 1
+    assert state.prune_delivered(later, limit=10) == 10
+    assert not state.is_known("r000000009", 9) and state.is_known("r000000010", 10)
+    assert [state.prune_delivered(later, limit=10) for _ in range(3)] == [10, 5, 0]
+    assert all(state.is_known(f"r{i:09d}", i) for i in (25, 26))
+    assert state.stats()["pruned_total"] == 25
+
+
 def test_record_attempt_keeps_the_record_with_its_error(state: State) -> None:
     state.commit_batch(records(0, 2))
 
