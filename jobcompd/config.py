@@ -47,6 +47,7 @@ __all__ = [
     "JobCompParams",
     "KafkaSettings",
     "LogSettings",
+    "MetricsSettings",
     "Settings",
     "SlurmConf",
     "SourceSettings",
@@ -93,6 +94,7 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
     "state": ("dir", "synchronous", "max_spool_records", "known_ids_days"),
     "log": ("level", "format", "target", "facility", "debug_jobcomp"),
     "status": ("warn_spool", "crit_spool", "warn_age_s", "crit_age_s", "stall_s"),
+    "metrics": ("listen", "textfile"),
 }
 _TOP_LEVEL = ("slurm_conf", *_SECTIONS)
 
@@ -234,6 +236,16 @@ class StatusThresholds:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """Prometheus metrics: an HTTP endpoint (``listen`` host and port) and/or a file for
+    node_exporter's textfile collector; both off when unset."""
+
+    host: str | None = None
+    port: int | None = None
+    textfile: Path | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything jobcompd needs to run, validated; built once by `load_settings`.
 
@@ -247,6 +259,7 @@ class Settings:
     state: StateSettings
     log: LogSettings = LogSettings()
     status: StatusThresholds = StatusThresholds()
+    metrics: MetricsSettings = MetricsSettings()
     cluster: str | None = None
     slurm: SlurmConf | None = None
     warnings: tuple[str, ...] = ()
@@ -418,9 +431,14 @@ def redacted(settings: Settings) -> dict[str, Any]:
             "dir": str(settings.state.dir),
             "synchronous": settings.state.synchronous,
             "max_spool_records": settings.state.max_spool_records,
+            "known_ids_days": settings.state.known_ids_days,
         },
         "log": dataclasses.asdict(settings.log),
         "status": dataclasses.asdict(settings.status),
+        "metrics": {
+            "listen": f"{settings.metrics.host}:{settings.metrics.port}" if settings.metrics.port else None,
+            "textfile": str(settings.metrics.textfile) if settings.metrics.textfile else None,
+        },
         "warnings": list(settings.warnings),
     }
 
@@ -747,6 +765,7 @@ class _Builder:
         state = self._state(tables["state"], slurm)
         log = self._log(tables["log"])
         status = self._status(tables["status"])
+        metrics = self._metrics(tables["metrics"])
         warnings = tuple(str(warning) for warning in self.warnings)
         if self.problems:
             raise ConfigError(self.problems, warnings)
@@ -758,6 +777,7 @@ class _Builder:
             state=state,
             log=log,
             status=status,
+            metrics=metrics,
             cluster=slurm.cluster_name if slurm else None,
             slurm=slurm,
             warnings=warnings,
@@ -942,6 +962,20 @@ class _Builder:
                     f"status.{crit}", f"{values[crit]} is below status.{warn} ({values[warn]})"
                 )
         return StatusThresholds(**values)
+
+    def _metrics(self, table: dict[str, Any]) -> MetricsSettings:
+        listen = self._get(table, "metrics", "listen", str)
+        textfile = self._get(table, "metrics", "textfile", str)
+        host = port = None
+        if listen:
+            host, _, port_text = listen.rpartition(":")
+            host = host.strip("[]")
+            if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+                self.error("metrics.listen", f"{listen!r} is not HOST:PORT (e.g. \"127.0.0.1:9464\")")
+                host = None
+            else:
+                port = int(port_text)
+        return MetricsSettings(host, port, self._path(textfile) if textfile else None)
 
     # kafka -------------------------------------------------------------------------------------
 

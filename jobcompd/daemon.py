@@ -35,6 +35,7 @@ from jobcompd.config import ConfigError, KafkaSettings, Settings, load_settings
 from jobcompd.health import Health, write_health
 from jobcompd.ingest import Ingestor, Pending
 from jobcompd.lock import StateDirLock
+from jobcompd.metrics import Facts, Metrics
 from jobcompd.producer import Sender
 from jobcompd.record import unfinished_tail
 from jobcompd.state import BatchResult, ReadPosition, SpooledRecord, State, StateError
@@ -45,6 +46,7 @@ __all__ = ["Daemon"]
 _STATE_RETRY_S = 1.0  # after a failed commit (disk full, read-only), wait before trying again
 _BACKPRESSURE_CHECK_S = 0.5
 _HEALTH_EVERY_S = 2.0  # STATUS= and health.json
+_TEXTFILE_EVERY_S = 15.0  # node_exporter's textfile: rewritten this often
 _PRUNE_EVERY_S = 600.0  # forget known ids past state.known_ids_days, in steps:
 _PRUNE_STEP = 5_000  # ids a transaction, at most
 _PRUNE_STEPS = 20  # transactions a turn of the main loop, at most
@@ -141,6 +143,8 @@ class Daemon:
         self.settings = settings
         self._log = structlog.get_logger("jobcompd.daemon")
         self._quiet = logs.Quieter(self._log)
+        self._lines_read = 0
+        self._metrics: Metrics | None = None
         self._notifier = notifier
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -205,6 +209,7 @@ class Daemon:
             logger=structlog.get_logger("jobcompd.tailer"),
         )
         self._tailer.start()
+        metrics = self._start_metrics()
         depth = state.spool_depth()
         self._log.info(
             "jobcompd started",
@@ -223,6 +228,8 @@ class Daemon:
         finally:
             self._notify("STOPPING=1")
             self._log.info("stopping")
+            if metrics is not None:
+                metrics.close()
             self._tailer.stop()
             ingestor.close()
             self._sender.stop()
@@ -240,7 +247,7 @@ class Daemon:
         assert state is not None and tailer is not None and sender is not None
         watchdog_s = _watchdog_interval()
         next_ping = next_status = next_depth = 0.0
-        next_prune = 0.0
+        next_prune = next_textfile = 0.0
         depth = state.spool_depth()
         # Batches read and not yet committed, oldest first: the next one is read (and handed to
         # the parse worker) while the one before is parsed and committed. A failed commit keeps
@@ -266,6 +273,13 @@ class Daemon:
                 self._notify(self._status_line(depth))
                 self._report_health()
                 self._quiet.flush()
+            if self._metrics is not None and now >= next_textfile:
+                next_textfile = now + _TEXTFILE_EVERY_S
+                try:
+                    self._metrics.write_textfile()
+                except (OSError, StateError) as exc:
+                    self._quiet.log("textfile", logging.WARNING, "cannot write the metrics textfile",
+                                    error=str(exc))
                 next_status = now + _HEALTH_EVERY_S
             if sender.error is not None:
                 self._log.error("the sender stopped; exiting so the service manager restarts us")
@@ -287,6 +301,7 @@ class Daemon:
             result = self._commit(ingestor, head)
             if result is not None:
                 queued.popleft()
+                self._lines_read += len(head.batch.lines)
                 depth += len(head.batch.lines)
                 sender.offer(result.fresh)
                 if depth >= self.settings.state.max_spool_records:
@@ -425,6 +440,38 @@ class Daemon:
 
     # -- systemd -----------------------------------------------------------------------------
 
+    def _start_metrics(self) -> Metrics | None:
+        m = self.settings.metrics
+        if m.port is None and m.textfile is None:
+            return None
+        self._metrics = Metrics(self._facts, host=m.host, port=m.port, textfile=m.textfile)
+        if m.port is not None:
+            self._log.info("serving metrics", listen=f"{m.host}:{m.port}")
+        return self._metrics
+
+    def _facts(self) -> Facts:
+        """What the metrics show, read when they are scraped (from the server's thread)."""
+        assert self._state is not None
+        stats = self._state.stats()
+        sender = self._sender.sender.counters if self._sender else None
+        tailer = self._tailer
+        oldest = stats.get("oldest_pending_at")
+        health = self._health
+        return Facts(
+            lines_read=self._lines_read,
+            delivered=int(stats.get("delivered_total") or 0),  # type: ignore[call-overload]
+            quarantined=int(stats.get("quarantined_total") or 0),  # type: ignore[call-overload]
+            ambiguous=int(stats.get("ambiguous_total") or 0),  # type: ignore[call-overload]
+            dead_letters=int(stats.get("deadletter_count") or 0),  # type: ignore[call-overload]
+            spool=int(stats.get("spool_depth") or 0),  # type: ignore[call-overload]
+            oldest_undelivered_s=max(0.0, time.time() - float(oldest)) if oldest else 0.0,  # type: ignore[arg-type]
+            lag_bytes=tailer.status().lag_bytes if tailer is not None else None,
+            last_delivery_at=stats.get("last_delivered_at"),  # type: ignore[arg-type]
+            brokers_up=sender.brokers_up if sender else None,
+            health_ok=health.state_error is None
+            and (sender is None or sender.brokers_down_since is None),
+        )
+
     def _prune_known(self) -> bool:
         """Forget known ids past ``state.known_ids_days``, a few steps at a time; True when done."""
         days = self.settings.state.known_ids_days
@@ -449,7 +496,10 @@ class Daemon:
     def _report_health(self) -> None:
         sender = self._sender.sender if self._sender else None
         if sender is not None:
-            self._health.last_delivery_at = sender.counters.last_delivery_at or None
+            counters = sender.counters
+            self._health.last_delivery_at = counters.last_delivery_at or None
+            self._health.brokers_up = counters.brokers_up
+            self._health.brokers_down_since = counters.brokers_down_since
         self._health.updated_at = time.time()
         write_health(self.settings.state.dir, self._health)
 

@@ -31,6 +31,8 @@ class Health:
     state_error: str | None = None  # why the state cannot be written, while it cannot
     state_error_since: float | None = None
     backpressure: bool = False  # reading paused: the spool is full
+    brokers_up: int | None = None  # brokers librdkafka has up (None: not known yet)
+    brokers_down_since: float | None = None  # none up since then
 
 
 _SIZE = 4096

@@ -27,6 +27,7 @@ reports inside ``poll()``, on that same thread.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +45,7 @@ from jobcompd.state import Delivery, SpooledRecord, State
 __all__ = ["DeliveryReport", "Sender", "SenderCounters"]
 
 RECORD_ID_HEADER = "record_id"
+_STATS_INTERVAL_MS = 5000  # librdkafka's statistics: which brokers are up
 _OFFERED_BATCHES = 4
 
 # Reported for messages we purged ourselves (shutdown, producer rebuild): they stay in the spool.
@@ -84,6 +86,9 @@ class SenderCounters:
     requeued: int = 0
     backpressure_waits: int = 0
     last_delivery_at: float | None = None
+    brokers_up: int | None = None  # from librdkafka's statistics; None until the first ones
+    brokers_known: int | None = None
+    brokers_down_since: float | None = None  # no broker up since then
 
 
 def _reason(error: KafkaError) -> str:
@@ -141,6 +146,8 @@ class Sender:
             conf: dict[str, Any] = dict(self._kafka.producer_config())
             conf["on_delivery"] = self._on_delivery
             conf["error_cb"] = self._on_error
+            conf["stats_cb"] = self._on_stats
+            conf.setdefault("statistics.interval.ms", _STATS_INTERVAL_MS)
             conf.setdefault("logger", librdkafka_logger())
             self._producer = self._factory(conf)
 
@@ -326,6 +333,26 @@ class Sender:
             self._quiet.log(
                 f"client:{error.code()}", logging.WARNING, "kafka client error", error=_reason(error)
             )
+
+    def _on_stats(self, text: str) -> None:
+        """librdkafka's statistics: count the brokers it has up (those it learned, else the
+        bootstrap ones), and say once when none is and when one is again."""
+        try:
+            brokers = list(json.loads(text).get("brokers", {}).values())
+        except ValueError:
+            return
+        learned = [b for b in brokers if b.get("nodeid", -1) >= 0] or brokers
+        up = sum(1 for b in learned if b.get("state") == "UP")
+        counters = self.counters
+        counters.brokers_up, counters.brokers_known = up, len(learned)
+        if learned and not up:
+            if counters.brokers_down_since is None:
+                counters.brokers_down_since = time.time()
+                self._log.warning("no Kafka broker reachable", brokers=len(learned))
+        elif counters.brokers_down_since is not None:
+            down = time.time() - counters.brokers_down_since
+            counters.brokers_down_since = None
+            self._log.info("Kafka brokers reachable again", up=up, after_s=round(down, 1))
 
     def _dead_lettered(self, record: SpooledRecord, reason: str, event: str) -> None:
         """Log a dead letter: each one with ``debug_jobcomp``, else once a minute per reason."""

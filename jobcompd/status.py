@@ -148,6 +148,10 @@ def _daemon_health(report: StatusReport, settings: Settings, now: float) -> None
     if health.state_error:
         since = now - (health.state_error_since or now)
         report.flag(CRITICAL, f"the daemon cannot write its state (for {since:.0f} s): {health.state_error}")
+    if health.brokers_down_since is not None:
+        down = now - health.brokers_down_since
+        level = CRITICAL if down >= stall else WARNING
+        report.flag(level, f"no Kafka broker reachable for {down:.0f} s (critical at {stall} s)")
     if report.lag_bytes:
         last = health.last_read_at or health.started_at
         if now - last >= stall:

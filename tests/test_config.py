@@ -1020,3 +1020,19 @@ def test_redacted_hides_secrets_only(tmp_path: Path) -> None:
     assert shown["kafka"]["rdkafka_conf"] == str(tmp_path / "rdkafka.conf")
     assert shown["slurm_conf"] is None
     assert shown["warnings"] == []
+
+
+def test_metrics_listen_and_textfile(tmp_path: Path) -> None:
+    settings = load(write(tmp_path, minimal(extra='[metrics]\nlisten = "[::1]:9464"\ntextfile = "m.prom"\n')))
+    assert (settings.metrics.host, settings.metrics.port) == ("::1", 9464)
+    assert settings.metrics.textfile == tmp_path / "m.prom"
+    assert load(write(tmp_path, minimal())).metrics.port is None
+    problems = failures(write(tmp_path, minimal(extra='[metrics]\nlisten = "9464"\n')))
+    assert problems and "metrics.listen" in problems[0] and "HOST:PORT" in problems[0]
+
+
+def test_known_ids_days_is_a_number_of_days(tmp_path: Path) -> None:
+    settings = load(write(tmp_path, minimal(extra="[state]\nknown_ids_days = 0.5\n")))
+    assert settings.state.known_ids_days == 0.5
+    problems = failures(write(tmp_path, minimal(extra="[state]\nknown_ids_days = -1\n")))
+    assert problems and "state.known_ids_days" in problems[0]

@@ -624,3 +624,60 @@ def test_a_short_retention_keeps_the_known_ids_bounded(kafka: MockCluster, tmp_p
         shown = env.run("status")
         assert "~0 known record ids" in shown.stdout, shown.stdout
         assert daemon.stop() == 0
+
+
+def test_metrics_endpoint_and_textfile_follow_the_daemon(kafka: MockCluster, tmp_path: Path) -> None:
+    import socket
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    textfile = tmp_path / "jobcompd.prom"
+    env = JobcompdEnv(tmp_path, kafka.bootstrap, params="poll_interval=1",
+                      extra_toml=f'[metrics]\nlisten = "127.0.0.1:{port}"\ntextfile = "{textfile}"\n')
+
+    def scrape(text: str | None = None) -> dict[str, float]:
+        if text is None:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        return {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    lines = mixed_lines(120, seed=52)
+    assert env.log_path is not None
+    with DaemonProcess(env) as daemon:
+        daemon.start()
+        first = scrape()
+        assert first["jobcompd_lines_read_total"] == 0 and first["jobcompd_health_ok"] == 1
+        assert first["jobcompd_build_info"] == 1
+        with SlurmctldWriter(env.log_path) as w:
+            w.write(b"".join(lines[:100]) + b"garbage\n")
+            assert_all_arrived(kafka, env, lines[:100])
+            wait_for(lambda: scrape()["jobcompd_records_quarantined_total"] == 1, 10, "quarantine")
+            now = scrape()
+            assert now["jobcompd_lines_read_total"] == 101
+            assert now["jobcompd_records_delivered_total"] == 100
+            assert now["jobcompd_spool_records"] == 0 and now["jobcompd_log_lag_bytes"] == 0
+            assert now["jobcompd_last_delivery_timestamp_seconds"] > time.time() - 60
+            wait_for(lambda: scrape().get("jobcompd_brokers_up", 0) >= 1, 20, "brokers up")
+            for broker_id in kafka.broker_ids:
+                kafka.broker_down(broker_id)
+            w.write(b"".join(lines[100:]))
+            wait_for(lambda: scrape()["jobcompd_brokers_up"] == 0, 30, "brokers down in the metrics")
+            assert scrape()["jobcompd_health_ok"] == 0
+            checked = env.run("status")
+            assert checked.returncode >= 1 and "no Kafka broker reachable" in checked.stdout
+            for broker_id in kafka.broker_ids:
+                kafka.broker_up(broker_id)
+            assert_all_arrived(kafka, env, lines, allow_duplicates=True)
+            wait_for(lambda: scrape()["jobcompd_health_ok"] == 1, 30, "healthy again")
+        # The textfile holds the same metrics, for node_exporter.
+        wait_for(lambda: textfile.exists() and
+                 scrape(textfile.read_text()).get("jobcompd_records_delivered_total") == 120,
+                 30, "the textfile")
+        assert daemon.stop() == 0
