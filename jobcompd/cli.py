@@ -369,7 +369,7 @@ def _run_daemon(settings: Settings) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from jobcompd.status import UNKNOWN, collect, render, unknown
+    from jobcompd.status import UNKNOWN, collect, from_report, render, unknown
 
     settings = _settings(args)
     if settings is None:
@@ -377,9 +377,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
         return UNKNOWN
     try:
         report = collect(settings)
-    except OSError as exc:  # a state or log this user may not read: say so, in one line
-        print(unknown(settings, exc))
-        return UNKNOWN
+    except OSError as exc:  # a state this user may not read: the daemon's report, or one line
+        shared = from_report(settings)
+        if shared is None:
+            print(unknown(settings, exc))
+            return UNKNOWN
+        report = shared
     if args.json:
         print(json.dumps(report.as_dict(), indent=2, default=str))
     else:

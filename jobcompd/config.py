@@ -93,7 +93,7 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
     "kafka": ("rdkafka_conf", "params", "properties"),
     "state": ("dir", "synchronous", "max_spool_records", "known_ids_days"),
     "log": ("level", "format", "target", "facility", "debug_jobcomp"),
-    "status": ("warn_spool", "crit_spool", "warn_age_s", "crit_age_s", "stall_s"),
+    "status": ("warn_spool", "crit_spool", "warn_age_s", "crit_age_s", "stall_s", "file"),
     "metrics": ("listen", "textfile"),
 }
 _TOP_LEVEL = ("slurm_conf", *_SECTIONS)
@@ -233,6 +233,7 @@ class StatusThresholds:
     warn_age_s: int = 300
     crit_age_s: int = 3600
     stall_s: int = 120
+    file: Path | None = None  # the daemon's report, readable by the monitoring group
 
 
 @dataclass(frozen=True)
@@ -434,7 +435,10 @@ def redacted(settings: Settings) -> dict[str, Any]:
             "known_ids_days": settings.state.known_ids_days,
         },
         "log": dataclasses.asdict(settings.log),
-        "status": dataclasses.asdict(settings.status),
+        "status": {
+            **dataclasses.asdict(settings.status),
+            "file": str(settings.status.file) if settings.status.file else None,
+        },
         "metrics": {
             "listen": f"{settings.metrics.host}:{settings.metrics.port}" if settings.metrics.port else None,
             "textfile": str(settings.metrics.textfile) if settings.metrics.textfile else None,
@@ -952,10 +956,13 @@ class _Builder:
         )
 
     def _status(self, table: dict[str, Any]) -> StatusThresholds:
-        values = {
+        values: dict[str, Any] = {
             key: self._count(table, "status", key, getattr(StatusThresholds, key), 0)
             for key in _SECTIONS["status"]
+            if key != "file"
         }
+        report = self._get(table, "status", "file", str)
+        values["file"] = self._path(report) if report else None
         for warn, crit in (("warn_spool", "crit_spool"), ("warn_age_s", "crit_age_s")):
             if values[crit] < values[warn]:
                 self.error(

@@ -500,8 +500,28 @@ class Daemon:
             self._health.last_delivery_at = counters.last_delivery_at or None
             self._health.brokers_up = counters.brokers_up
             self._health.brokers_down_since = counters.brokers_down_since
+        report = self.settings.status.file
+        if report is not None and self._state is not None:
+            # The numbers status shows, for a monitoring user who may not read the state.
+            try:
+                stats = self._state.stats()
+            except StateError:
+                stats = {}
+            h = self._health
+            h.spool_depth = int(stats.get("spool_depth") or 0)  # type: ignore[call-overload]
+            h.oldest_pending_at = stats.get("oldest_pending_at")  # type: ignore[assignment]
+            h.dead_letters = int(stats.get("deadletter_count") or 0)  # type: ignore[call-overload]
+            h.quarantined = int(stats.get("quarantine_count") or 0)  # type: ignore[call-overload]
+            h.delivered_total = int(stats.get("delivered_total") or 0)  # type: ignore[call-overload]
+            h.last_delivered_jobid = stats.get("last_delivered_jobid")  # type: ignore[assignment]
+            h.state_bytes = int(stats.get("db_bytes") or 0)  # type: ignore[call-overload]
+            h.known_ids = max(0, int(stats.get("spooled_total") or 0)  # type: ignore[call-overload]
+                              - int(stats.get("pruned_total") or 0))  # type: ignore[call-overload]
+            h.lag_bytes = self._tailer.status().lag_bytes if self._tailer is not None else None
         self._health.updated_at = time.time()
         write_health(self.settings.state.dir, self._health)
+        if report is not None:
+            write_health(self.settings.state.dir, self._health, path=report, mode=0o640)
 
     def _status_line(self, depth: int) -> str:
         sender = self._sender.sender if self._sender else None

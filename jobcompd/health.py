@@ -33,21 +33,32 @@ class Health:
     backpressure: bool = False  # reading paused: the spool is full
     brokers_up: int | None = None  # brokers librdkafka has up (None: not known yet)
     brokers_down_since: float | None = None  # none up since then
+    # What `status` shows, for a monitoring user who may read this report but not the state:
+    spool_depth: int = 0
+    oldest_pending_at: float | None = None
+    dead_letters: int = 0
+    quarantined: int = 0
+    delivered_total: int = 0
+    last_delivered_jobid: int | None = None
+    lag_bytes: int | None = None
+    state_bytes: int = 0
+    known_ids: int = 0
 
 
 _SIZE = 4096
 _MAX_ERROR = 1500
 
 
-def write_health(directory: Path, health: Health) -> bool:
-    """Overwrite ``directory``/health.json with ``health``; False if it could not be written."""
+def write_health(directory: Path, health: Health, *, path: Path | None = None, mode: int = 0o600) -> bool:
+    """Overwrite ``directory``/health.json (or ``path``) with ``health``; False if it could not be
+    written. ``mode`` applies when the file is created."""
     report = asdict(health)
     if health.state_error and len(health.state_error) > _MAX_ERROR:
         report["state_error"] = health.state_error[:_MAX_ERROR] + "…"
     data = json.dumps(report).encode()
     data += b" " * (_SIZE - 1 - len(data)) + b"\n"
     try:
-        fd = os.open(directory / HEALTH_NAME, os.O_WRONLY | os.O_CREAT, 0o600)
+        fd = os.open(path or directory / HEALTH_NAME, os.O_WRONLY | os.O_CREAT, mode)
     except OSError:
         return False
     try:
@@ -58,11 +69,12 @@ def write_health(directory: Path, health: Health) -> bool:
         os.close(fd)
 
 
-def read_health(directory: Path) -> Health | None:
-    """The last report, or None if there is none (or it cannot be read)."""
+def read_health(directory: Path, *, path: Path | None = None) -> Health | None:
+    """The last report (``directory``/health.json, or ``path``), or None if there is none or it
+    cannot be read."""
     for _ in range(3):  # a report read while it is being overwritten is read again
         try:
-            data = json.loads((directory / HEALTH_NAME).read_bytes())
+            data = json.loads((path or directory / HEALTH_NAME).read_bytes())
         except OSError:
             return None
         except ValueError:

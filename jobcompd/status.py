@@ -16,12 +16,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from jobcompd.config import Settings
-from jobcompd.health import read_health
+from jobcompd.health import Health, read_health
 from jobcompd.identity import fingerprint
 from jobcompd.lock import StateDirLock
 from jobcompd.state import DB_NAME, State, StateError
 
-__all__ = ["UNKNOWN", "StatusReport", "collect", "render", "unknown"]
+__all__ = ["UNKNOWN", "StatusReport", "collect", "from_report", "render", "unknown"]
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 _NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
@@ -106,8 +106,60 @@ def collect(settings: Settings) -> StatusReport:
     report.last_delivered_jobid = stats.get("last_delivered_jobid")  # type: ignore[assignment]
     _file_lag(report, settings, {p.fingerprint: p for p in positions if p.source.startswith("file:")})
     if report.daemon_pid is not None:
-        _daemon_health(report, settings, now)
+        _daemon_health(report, settings, now, read_health(settings.state.dir))
+    _judge(report, settings)
+    return report
 
+
+def from_report(settings: Settings) -> StatusReport | None:
+    """The verdict from the report the daemon writes to ``[status] file`` — for a monitoring
+    user who may read that file but not the state — or None if there is no such report."""
+    if settings.status.file is None:
+        return None
+    health = read_health(settings.state.dir, path=settings.status.file)
+    if health is None:
+        return None
+    th = settings.status
+    report = StatusReport(
+        state_dir=str(settings.state.dir),
+        source=str(settings.source.path),
+        warn_spool=th.warn_spool,
+        crit_spool=th.crit_spool,
+    )
+    now = time.time()
+    report.daemon_pid = health.pid if _alive(health.pid) else None
+    if report.daemon_pid is None:
+        report.flag(CRITICAL, f"no jobcompd is running (its last report is from {_when(health.updated_at)})")
+    report.spool_depth = health.spool_depth
+    oldest = health.oldest_pending_at
+    report.oldest_pending_age_s = round(now - oldest, 1) if oldest else None
+    report.dead_letters = health.dead_letters
+    report.quarantined = health.quarantined
+    report.delivered_total = health.delivered_total
+    report.last_delivered_at = health.last_delivery_at
+    report.last_delivered_jobid = health.last_delivered_jobid
+    report.lag_bytes = health.lag_bytes
+    report.known_ids = health.known_ids
+    report.state_bytes = health.state_bytes
+    if report.daemon_pid is not None:
+        _daemon_health(report, settings, now, health)
+    _judge(report, settings)
+    return report
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True  # alive, and another user's
+    except OSError:
+        return False
+    return True
+
+
+def _judge(report: StatusReport, settings: Settings) -> None:
+    """Flag the numbers against the thresholds of ``[status]``."""
+    th = settings.status
     for value, warn, crit, what in (
         (report.spool_depth, th.warn_spool, th.crit_spool, "undelivered records in the spool"),
         (report.lag_lines or 0, th.warn_spool, th.crit_spool, "log lines not read yet"),
@@ -126,13 +178,11 @@ def collect(settings: Settings) -> StatusReport:
         report.flag(WARNING, f"{report.dead_letters} dead letter(s): jobcompd deadletter list")
     if report.quarantined:
         report.flag(WARNING, f"{report.quarantined} quarantined line(s) (malformed input)")
-    return report
 
 
-def _daemon_health(report: StatusReport, settings: Settings, now: float) -> None:
+def _daemon_health(report: StatusReport, settings: Settings, now: float, health: Health | None) -> None:
     """What the running daemon says of itself: an error it is stuck on, or a stall."""
     stall = settings.status.stall_s
-    health = read_health(settings.state.dir)
     if health is None or health.pid != report.daemon_pid:
         report.flag(WARNING, "the daemon has not reported its health yet")
         return

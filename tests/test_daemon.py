@@ -681,3 +681,30 @@ def test_metrics_endpoint_and_textfile_follow_the_daemon(kafka: MockCluster, tmp
                  scrape(textfile.read_text()).get("jobcompd_records_delivered_total") == 120,
                  30, "the textfile")
         assert daemon.stop() == 0
+
+
+def test_the_daemon_writes_its_report_for_the_monitoring_group(kafka: MockCluster, tmp_path: Path) -> None:
+    import stat
+
+    from jobcompd.health import read_health
+
+    report = tmp_path / "run" / "status.json"
+    report.parent.mkdir()
+    env = JobcompdEnv(tmp_path, kafka.bootstrap, params="poll_interval=1",
+                      extra_toml=f'[status]\nfile = "{report}"\n')
+    lines = mixed_lines(50, seed=53)
+    assert env.log_path is not None
+    with DaemonProcess(env) as daemon:
+        daemon.start()
+        with SlurmctldWriter(env.log_path) as w:
+            w.write(b"".join(lines))
+        assert_all_arrived(kafka, env, lines)
+
+        def reported() -> bool:
+            health = read_health(env.state_dir, path=report)
+            return health is not None and health.delivered_total == 50 and health.lag_bytes == 0
+
+        wait_for(reported, 20, "the report")
+        assert stat.S_IMODE(report.stat().st_mode) == 0o640  # the group may read it …
+        assert stat.S_IMODE(env.state_dir.stat().st_mode) == 0o700  # … not the state
+        assert daemon.stop() == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import os
 import shutil
 import time
@@ -131,5 +132,32 @@ def test_status_as_a_user_who_cannot_read_the_state_is_unknown_in_one_line(tmp_p
         assert done.stdout.startswith("jobcompd UNKNOWN: cannot read ")
         assert "permission denied" in done.stdout and "root:root owns" in done.stdout
         assert len(done.stdout.splitlines()) == 1 and "Traceback" not in done.stderr
+
+        # With [status] file in a directory of the monitoring group, the daemon's report there
+        # gives a real verdict (the state stays private).
+        shared = root / "run"
+        shared.mkdir()
+        nogroup = grp.getgrnam("nogroup").gr_gid
+        os.chown(shared, 0, nogroup)
+        os.chmod(shared, 0o750)
+        report = shared / "status.json"
+        with config.open("a") as fh:
+            fh.write(f'[status]\nfile = "{report}"\n')
+        now = time.time()
+        assert write_health(root, Health(os.getpid(), started_at=now - 60, updated_at=now,
+                                         last_read_at=now, brokers_up=3, spool_depth=7,
+                                         delivered_total=93, lag_bytes=0, quarantined=1),
+                            path=report, mode=0o640)
+        os.chown(report, 0, nogroup)
+        done = subprocess.run(
+            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable,
+             JOBCOMPD, "status", "-c", str(config)],
+            capture_output=True, text=True, timeout=60,
+        )
+        first = done.stdout.splitlines()[0]
+        assert done.returncode == 1, (done.stdout, done.stderr)  # the quarantined line
+        assert first.startswith("jobcompd WARNING: 1 quarantined line(s)")
+        assert "| spool=7;10000;100000 lag_bytes=0B dead_letters=0 quarantined=1" in first
+        assert "Traceback" not in done.stderr
     finally:
         shutil.rmtree(root, ignore_errors=True)
