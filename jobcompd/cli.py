@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from jobcompd import __version__
@@ -199,46 +199,67 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_OK if summary.complete else EXIT_SOME_BAD
 
 
+def _listing(
+    args: argparse.Namespace,
+    settings: Settings,
+    fetch: Callable[[State], Sequence[Any]],
+    as_json: Callable[[Any], dict[str, Any]],
+    as_text: Callable[[Any], str],
+    noun: str,
+) -> int:
+    """``deadletter list`` and ``quarantine list``: rows read-only, as JSON or text."""
+    state = _open_state(settings, readonly=True)
+    if state is None:
+        return EXIT_USAGE
+    with state:
+        rows = fetch(state)
+    if args.json:
+        print(json.dumps([as_json(row) for row in rows]))
+    else:
+        for row in rows:
+            print(as_text(row))
+        print(f"{len(rows)} {noun}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _chosen(args: argparse.Namespace, settings: Settings, given: Sequence[Any], what: str
+            ) -> tuple[State, list[Any] | None] | None:
+    """The state opened for writing and the ids an action names (None: ``--all``), or None
+    after saying why not."""
+    if not args.all and not given:
+        print(f"jobcompd {args.command} {args.action}: name {what}, or --all", file=sys.stderr)
+        return None
+    state = _open_state(settings)
+    return None if state is None else (state, None if args.all else list(given))
+
+
 def _cmd_deadletter(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if settings is None:
         return EXIT_USAGE
     if args.action == "list":
-        state = _open_state(settings, readonly=True)
-        if state is None:
-            return EXIT_USAGE
-        with state:
-            letters = state.dead_letters(limit=args.limit)
-        if args.json:
-            print(
-                json.dumps(
-                    [
-                        {
-                            "rid": d.rid,
-                            "jobid": d.jobid,
-                            "reason": d.reason,
-                            "failed_at": d.failed_at,
-                            "attempts": d.attempts,
-                            "source": d.source,
-                            "payload": d.payload.decode(errors="replace"),
-                        }
-                        for d in letters
-                    ]
-                )
-            )
-        else:
-            for d in letters:
-                when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(d.failed_at))
-                print(f"{d.rid}  job {d.jobid}  {when}  attempts={d.attempts}  {d.reason}")
-            print(f"{len(letters)} dead letter(s)", file=sys.stderr)
-        return EXIT_OK
-    if not args.all and not args.rids:
-        print(f"jobcompd deadletter {args.action}: name record ids, or --all", file=sys.stderr)
+        return _listing(
+            args,
+            settings,
+            lambda state: state.dead_letters(limit=args.limit),
+            lambda d: {
+                "rid": d.rid,
+                "jobid": d.jobid,
+                "reason": d.reason,
+                "failed_at": d.failed_at,
+                "attempts": d.attempts,
+                "source": d.source,
+                "payload": d.payload.decode(errors="replace"),
+            },
+            lambda d: f"{d.rid}  job {d.jobid}  "
+            f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(d.failed_at))}  "
+            f"attempts={d.attempts}  {d.reason}",
+            "dead letter(s)",
+        )
+    chosen = _chosen(args, settings, args.rids, "record ids")
+    if chosen is None:
         return EXIT_USAGE
-    state = _open_state(settings)
-    if state is None:
-        return EXIT_USAGE
-    rids = None if args.all else list(args.rids)
+    state, rids = chosen
     with state:
         if args.action == "retry":
             n = state.retry_dead_letters(rids)
@@ -262,30 +283,21 @@ def _cmd_quarantine(args: argparse.Namespace) -> int:
     if settings is None:
         return EXIT_USAGE
     if args.action == "list":
-        state = _open_state(settings, readonly=True)
-        if state is None:
-            return EXIT_USAGE
-        with state:
-            lines = state.quarantined(limit=args.limit)
-        if args.json:
-            print(json.dumps([
-                {"id": q.id, "source": q.source, "line_no": q.line_no, "offset": q.offset,
-                 "reason": q.reason, "at": q.at, "raw": q.raw.decode(errors="backslashreplace")}
-                for q in lines
-            ]))
-        else:
-            for q in lines:
-                print(f"{q.id}  {q.source}:{q.line_no} (byte {q.offset})  {q.reason}")
-                print(f"    {_shown(q.raw)}")
-            print(f"{len(lines)} quarantined line(s)", file=sys.stderr)
-        return EXIT_OK
-    if not args.all and not args.ids:
-        print(f"jobcompd quarantine {args.action}: name line ids, or --all", file=sys.stderr)
+        return _listing(
+            args,
+            settings,
+            lambda state: state.quarantined(limit=args.limit),
+            lambda q: {"id": q.id, "source": q.source, "line_no": q.line_no, "offset": q.offset,
+                       "reason": q.reason, "at": q.at,
+                       "raw": q.raw.decode(errors="backslashreplace")},
+            lambda q: f"{q.id}  {q.source}:{q.line_no} (byte {q.offset})  {q.reason}\n"
+            f"    {_shown(q.raw)}",
+            "quarantined line(s)",
+        )
+    chosen = _chosen(args, settings, args.ids, "line ids")
+    if chosen is None:
         return EXIT_USAGE
-    state = _open_state(settings)
-    if state is None:
-        return EXIT_USAGE
-    ids = None if args.all else list(args.ids)
+    state, ids = chosen
     with state:
         if args.action == "purge":
             n = state.purge_quarantined(ids)
@@ -293,13 +305,13 @@ def _cmd_quarantine(args: argparse.Namespace) -> int:
             return EXIT_OK
         from jobcompd.ingest import Ingestor
 
-        chosen = state.quarantined_by_id(ids)
+        lines = state.quarantined_by_id(ids)
         ingestor = Ingestor(state, Encoder(settings.source.tz, settings.cluster),  # type: ignore[arg-type]
                             max_line_bytes=settings.source.max_line_bytes)
-        result, released = ingestor.retry_quarantined(chosen)
-    print(f"{released} of {len(chosen)} line(s) read as records now: {result.spooled} spooled "
+        result, released = ingestor.retry_quarantined(lines)
+    print(f"{released} of {len(lines)} line(s) read as records now: {result.spooled} spooled "
           f"(a running jobcompd sends them), {result.already_known} already known")
-    return EXIT_OK if released == len(chosen) else EXIT_SOME_BAD
+    return EXIT_OK if released == len(lines) else EXIT_SOME_BAD
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

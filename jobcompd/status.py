@@ -68,15 +68,19 @@ class StatusReport:
         return d
 
 
-def collect(settings: Settings) -> StatusReport:
-    """Look at the state and the log without changing either."""
+def _new_report(settings: Settings) -> StatusReport:
     th = settings.status
-    report = StatusReport(
+    return StatusReport(
         state_dir=str(settings.state.dir),
         source=str(settings.source.path),
         warn_spool=th.warn_spool,
         crit_spool=th.crit_spool,
     )
+
+
+def collect(settings: Settings) -> StatusReport:
+    """Look at the state and the log without changing either."""
+    report = _new_report(settings)
     report.daemon_pid = StateDirLock(settings.state.dir).holder()
     if report.daemon_pid is None:
         report.flag(CRITICAL, "no jobcompd is running on this state directory")
@@ -119,13 +123,7 @@ def from_report(settings: Settings) -> StatusReport | None:
     health = read_health(settings.state.dir, path=settings.status.file)
     if health is None:
         return None
-    th = settings.status
-    report = StatusReport(
-        state_dir=str(settings.state.dir),
-        source=str(settings.source.path),
-        warn_spool=th.warn_spool,
-        crit_spool=th.crit_spool,
-    )
+    report = _new_report(settings)
     now = time.time()
     report.daemon_pid = health.pid if _alive(health.pid) else None
     if report.daemon_pid is None:
