@@ -402,6 +402,35 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def _held_records_parser(
+    sub: Any,
+    name: str,
+    func: Callable[[argparse.Namespace], int],
+    *,
+    help: str,
+    description: str,
+    noun: str,
+    retry: str,
+    ids: tuple[str, str, type],
+) -> None:
+    """``NAME list|retry|purge``: the commands for what the state holds aside (dead letters,
+    quarantined lines)."""
+    p = sub.add_parser(name, help=help, description=description)
+    actions = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    actions.required = True
+    q = actions.add_parser("list", help=f"show {noun}s and why")
+    q.add_argument("--limit", type=int, default=None)
+    q.add_argument("--json", action="store_true")
+    dest, metavar, kind = ids
+    for action, text in (("retry", retry), ("purge", f"drop {noun}s on purpose (counted)")):
+        q = actions.add_parser(action, help=text)
+        q.add_argument(dest, nargs="*", metavar=metavar, type=kind)
+        q.add_argument("--all", action="store_true", help=f"every {noun}")
+    for q in actions.choices.values():
+        _config_arg(q)
+    p.set_defaults(func=func)
+
+
 def _config_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-c",
@@ -504,50 +533,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_replay)
 
-    p = sub.add_parser(
+    _held_records_parser(
+        sub,
         "deadletter",
+        _cmd_deadletter,
         help="list, retry or purge records Kafka refused",
         description="Dead letters are records a delivery report refused (too large, not "
         "authorized, timed out without requeue_on_msg_timeout, ...).",
+        noun="dead letter",
+        retry="move dead letters back to the spool to send again",
+        ids=("rids", "RECORD_ID", str),
     )
-    dl = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
-    dl.required = True
-    q = dl.add_parser("list", help="show dead letters and why")
-    q.add_argument("--limit", type=int, default=None)
-    q.add_argument("--json", action="store_true")
-    for action, text in (
-        ("retry", "move dead letters back to the spool to send again"),
-        ("purge", "drop dead letters on purpose (counted)"),
-    ):
-        q = dl.add_parser(action, help=text)
-        q.add_argument("rids", nargs="*", metavar="RECORD_ID")
-        q.add_argument("--all", action="store_true", help="every dead letter")
-    for q in dl.choices.values():
-        _config_arg(q)
-    p.set_defaults(func=_cmd_deadletter)
-
-    p = sub.add_parser(
+    _held_records_parser(
+        sub,
         "quarantine",
+        _cmd_quarantine,
         help="list, retry or purge lines that were not records",
         description="Quarantined lines could not be read as records (malformed, cut short, "
         "out of range, ...). retry reads them again with this version's parser: those that are "
         "records now are spooled (records already known are not sent twice).",
+        noun="quarantined line",
+        retry="read quarantined lines again; exit 1 if some are still not records",
+        ids=("ids", "ID", int),
     )
-    ql = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
-    ql.required = True
-    q = ql.add_parser("list", help="show quarantined lines and why")
-    q.add_argument("--limit", type=int, default=None)
-    q.add_argument("--json", action="store_true")
-    for action, text in (
-        ("retry", "read quarantined lines again; exit 1 if some are still not records"),
-        ("purge", "drop quarantined lines on purpose (counted)"),
-    ):
-        q = ql.add_parser(action, help=text)
-        q.add_argument("ids", nargs="*", metavar="ID", type=int)
-        q.add_argument("--all", action="store_true", help="every quarantined line")
-    for q in ql.choices.values():
-        _config_arg(q)
-    p.set_defaults(func=_cmd_quarantine)
     return parser
 
 
