@@ -306,9 +306,11 @@ def _cmd_quarantine(args: argparse.Namespace) -> int:
         from jobcompd.ingest import Ingestor
 
         lines = state.quarantined_by_id(ids)
-        ingestor = Ingestor(state, Encoder(settings.source.tz, settings.cluster),  # type: ignore[arg-type]
-                            max_line_bytes=settings.source.max_line_bytes)
-        result, released = ingestor.retry_quarantined(lines)
+        ingestor = Ingestor.configured(state, settings.source, settings.cluster)
+        try:
+            result, released = ingestor.retry_quarantined(lines)
+        finally:
+            ingestor.close()
     print(f"{released} of {len(lines)} line(s) read as records now: {result.spooled} spooled "
           f"(a running jobcompd sends them), {result.already_known} already known")
     return EXIT_OK if released == len(lines) else EXIT_SOME_BAD

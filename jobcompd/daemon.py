@@ -209,7 +209,7 @@ class Daemon:
             logger=structlog.get_logger("jobcompd.tailer"),
         )
         self._tailer.start()
-        metrics = self._start_metrics()
+        self._start_metrics()
         depth = state.spool_depth()
         self._log.info(
             "jobcompd started",
@@ -228,8 +228,8 @@ class Daemon:
         finally:
             self._notify("STOPPING=1")
             self._log.info("stopping")
-            if metrics is not None:
-                metrics.close()
+            if self._metrics is not None:
+                self._metrics.close()
             self._tailer.stop()
             ingestor.close()
             self._sender.stop()
@@ -440,14 +440,13 @@ class Daemon:
 
     # -- systemd -----------------------------------------------------------------------------
 
-    def _start_metrics(self) -> Metrics | None:
+    def _start_metrics(self) -> None:
         m = self.settings.metrics
         if m.port is None and m.textfile is None:
-            return None
+            return
         self._metrics = Metrics(self._facts, host=m.host, port=m.port, textfile=m.textfile)
         if m.port is not None:
             self._log.info("serving metrics", listen=f"{m.host}:{m.port}")
-        return self._metrics
 
     def _facts(self) -> Facts:
         """What the metrics show, read when they are scraped (from the server's thread)."""

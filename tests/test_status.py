@@ -19,18 +19,25 @@ from jobcompd.state import ReadPosition, State
 from tests.slurmctld import mixed_lines
 
 
-@pytest.fixture
-def setup(tmp_path: Path) -> tuple[Path, Path]:
-    log = tmp_path / "jobcomp.log"
-    lines = mixed_lines(10, seed=3)
+def configured(root: Path, lines: list[bytes], extra: str = "") -> Path:
+    """A log of ``lines``, a properties file and a jobcompd.toml in ``root``; the config's path."""
+    log = root / "jobcomp.log"
     log.write_bytes(b"".join(lines))
-    (tmp_path / "rdkafka.conf").write_text("bootstrap.servers=127.0.0.1:9\n")
-    config = tmp_path / "jobcompd.toml"
+    (root / "rdkafka.conf").write_text("bootstrap.servers=127.0.0.1:9\n")
+    config = root / "jobcompd.toml"
     config.write_text(
         f'[source]\npath = "{log}"\ntimezone = "UTC"\n'
-        f'[kafka]\nrdkafka_conf = "{tmp_path / "rdkafka.conf"}"\nparams = "topic=t"\n'
-        f'[state]\ndir = "{tmp_path / "state"}"\n[status]\nstall_s = 60\n'
+        f'[kafka]\nrdkafka_conf = "{root / "rdkafka.conf"}"\nparams = "topic=t"\n'
+        f'[state]\ndir = "{root / "state"}"\n{extra}'
     )
+    return config
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Path, Path]:
+    lines = mixed_lines(10, seed=3)
+    log = tmp_path / "jobcomp.log"
+    config = configured(tmp_path, lines, "[status]\nstall_s = 60\n")
     with State.open(tmp_path / "state") as state:  # three lines read, seven not yet
         done = len(b"".join(lines[:3]))
         fp = fingerprint(lines[0])
@@ -110,24 +117,20 @@ def test_status_as_a_user_who_cannot_read_the_state_is_unknown_in_one_line(tmp_p
     root = Path(tempfile.mkdtemp(prefix="jobcompd-status-"))
     try:
         os.chmod(root, 0o755)
-        log = root / "jobcomp.log"
-        log.write_bytes(b"".join(mixed_lines(3, seed=3)))
-        (root / "rdkafka.conf").write_text("bootstrap.servers=127.0.0.1:9\n")
-        config = root / "jobcompd.toml"
-        config.write_text(
-            f'[source]\npath = "{log}"\ntimezone = "UTC"\n'
-            f'[kafka]\nrdkafka_conf = "{root / "rdkafka.conf"}"\nparams = "topic=t"\n'
-            f'[state]\ndir = "{root / "state"}"\n'
-        )
-        for path in (log, root / "rdkafka.conf", config):
+        config = configured(root, mixed_lines(3, seed=3))
+        for path in (root / "jobcomp.log", root / "rdkafka.conf", config):
             os.chmod(path, 0o644)
         with State.open(root / "state"):
             pass  # 0700, owned by root: a monitoring user cannot look inside
-        done = subprocess.run(
-            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable,
-             JOBCOMPD, "status", "-c", str(config)],
-            capture_output=True, text=True, timeout=60,
-        )
+
+        def as_nobody() -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable,
+                 JOBCOMPD, "status", "-c", str(config)],
+                capture_output=True, text=True, timeout=60,
+            )
+
+        done = as_nobody()
         assert done.returncode == 3, (done.stdout, done.stderr)
         assert done.stdout.startswith("jobcompd UNKNOWN: cannot read ")
         assert "permission denied" in done.stdout and "root:root owns" in done.stdout
@@ -149,11 +152,7 @@ def test_status_as_a_user_who_cannot_read_the_state_is_unknown_in_one_line(tmp_p
                                          delivered_total=93, lag_bytes=0, quarantined=1),
                             path=report, mode=0o640)
         os.chown(report, 0, nogroup)
-        done = subprocess.run(
-            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable,
-             JOBCOMPD, "status", "-c", str(config)],
-            capture_output=True, text=True, timeout=60,
-        )
+        done = as_nobody()
         first = done.stdout.splitlines()[0]
         assert done.returncode == 1, (done.stdout, done.stderr)  # the quarantined line
         assert first.startswith("jobcompd WARNING: 1 quarantined line(s)")
