@@ -45,7 +45,7 @@ STAGES = (
     ("Ingestor.commit (jobcompd/ingest.py)", "ingest: wait for the parse + spool commit"),
     ("State.commit_batch (jobcompd/state.py)", "  State.commit_batch (SQLite insert)"),
     ("main (jobcompd/_parse_child.py)", "parse worker (child process): parse + encode + id + framing"),
-    ("parse_lines (jobcompd/_parse_child.py)", "  parse_lines (worker, or in-process for small batches)"),
+    ("parse_batch (jobcompd/batch.py)", "  parse_batch (worker, or in-process for small batches)"),
     ("parse_line (jobcompd/record.py)", "  parse_line"),
     ("Encoder.encode (jobcompd/encode.py)", "  Encoder.encode (dict + orjson)"),
     ("Encoder.record_id (jobcompd/encode.py)", "  Encoder.record_id (BLAKE2b)"),

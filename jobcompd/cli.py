@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import signal
@@ -15,13 +14,15 @@ from typing import Any
 
 from jobcompd import __version__
 from jobcompd._memory import tune_memory
-from jobcompd._parse_child import parse_lines
+from jobcompd.batch import ParseSpec, parse_batch
 from jobcompd.config import ConfigError, Settings, load_settings, redacted
-from jobcompd.encode import Encoder, TimeZoneError, resolve_zone
-from jobcompd.ingest import open_log, read_batches
+from jobcompd.ingest import read_batches
 from jobcompd.lock import StateDirLock, StateDirUnusable
+from jobcompd.logfile import STREAM_ERRORS, open_log
 from jobcompd.record import DEFAULT_MAX_LINE_BYTES
 from jobcompd.state import State, StateError
+from jobcompd.zone import TimeZoneError
+from jobcompd.zone import resolve as resolve_zone
 
 EXIT_OK = 0
 EXIT_SOME_BAD = 1
@@ -36,7 +37,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _cmd_parse(args: argparse.Namespace) -> int:
     try:
-        encoder = Encoder(resolve_zone(args.tz), args.cluster)
+        spec = ParseSpec(resolve_zone(args.tz).spec, args.cluster, args.max_line_bytes)
     except TimeZoneError as exc:
         print(f"jobcompd parse: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -52,8 +53,9 @@ def _cmd_parse(args: argparse.Namespace) -> int:
         try:
             line_no = 1
             for lines in read_batches(fh, 1024, max_bytes=args.max_line_bytes):
-                _, _, payloads, at, bad, _ = parse_lines(encoder, args.max_line_bytes, lines)
-                events: list[tuple[int, bytes | str]] = [*zip(at, payloads, strict=True), *bad]
+                batch = parse_batch(lines, spec)
+                events: list[tuple[int, bytes | str]] = list(zip(batch.at, batch.payloads, strict=True))
+                events += batch.bad
                 for index, value in sorted(events):
                     if isinstance(value, str):
                         out.flush()
@@ -63,7 +65,7 @@ def _cmd_parse(args: argparse.Namespace) -> int:
                         out.write(value + b"\n")
                 line_no += len(lines)
             out.flush()
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        except STREAM_ERRORS as exc:
             print(f"jobcompd parse: {label}: {exc}", file=sys.stderr)
             return EXIT_USAGE
         finally:
@@ -181,6 +183,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         summary = replayer.run(list(args.files))
     except StateError as exc:
         print(f"jobcompd replay: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except STREAM_ERRORS as exc:  # a damaged compressed file: what was read before it is kept
+        print(f"jobcompd replay: cannot read on: {exc}", file=sys.stderr)
         return EXIT_USAGE
     finally:
         ingestor.close()
@@ -462,7 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Exit 0 when every line parsed, 1 when some were quarantined, 2 on usage or I/O errors."
         ),
     )
-    p.add_argument("files", nargs="*", metavar="FILE", help="log files (.gz allowed); - or none: stdin")
+    p.add_argument(
+        "files", nargs="*", metavar="FILE", help="log files (may be gzip, bzip2 or xz); - or none: stdin"
+    )
     p.add_argument(
         "--tz",
         default=None,

@@ -27,20 +27,20 @@ import re
 import stat
 import tomllib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from datetime import tzinfo
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar, cast
 from zoneinfo import ZoneInfo
 
 from jobcompd import _librdkafka
+from jobcompd.zone import TimeZoneError, Zone
+from jobcompd.zone import resolve as resolve_zone
 
 __all__ = [
     "CONFIG_ENV_VAR",
     "DEFAULT_CONFIG_PATH",
     "DEFAULT_RDKAFKA_CONF",
-    "LOCAL_ZONE",
     "REDACTED",
     "ConfigError",
     "ConfigProblem",
@@ -65,7 +65,6 @@ CONFIG_ENV_VAR = "JOBCOMPD_CONFIG"
 DEFAULT_RDKAFKA_CONF = "/etc/jobcompd/rdkafka.conf"
 DEFAULT_SOURCE_PATH = "/var/log/slurm_jobcomp.log"  # also Slurm's default JobCompLoc for filetxt
 DEFAULT_STATE_DIR = "/var/lib/jobcompd"
-LOCAL_ZONE = "localtime"
 REDACTED = "***"
 
 # A property whose name holds one of these — or a word within a typo of one — may hold a secret.
@@ -162,20 +161,24 @@ class SlurmConf:
 
 @dataclass(frozen=True)
 class SourceSettings:
-    """The jobcomp/filetxt log and how to read it.
-
-    ``timezone`` is the zone the log's times are in: an IANA name, or `LOCAL_ZONE`
-    (``"localtime"``) when the system zone has no IANA name that could be found; ``tz`` is the
-    matching tzinfo either way (for ``"localtime"``, read from /etc/localtime).
-    """
+    """The jobcomp/filetxt log and how to read it; ``zone`` is the zone its times are in."""
 
     path: Path
-    timezone: str
-    tz: tzinfo = field(compare=False, repr=False)
+    zone: Zone
     start_at: Literal["beginning", "end"] = "beginning"
     poll: bool = False
     max_line_bytes: int = 65536
     parse_worker: bool = True
+
+    @property
+    def timezone(self) -> str:
+        """The zone's IANA name, or ``"localtime"`` (see :mod:`jobcompd.zone`)."""
+        return self.zone.name
+
+    @property
+    def tz(self) -> ZoneInfo:
+        """The zone as a tzinfo."""
+        return self.zone.tz
 
 
 @dataclass(frozen=True)
@@ -569,69 +572,6 @@ def _as_int(value: str) -> int | None:
         return None
 
 
-# --- time zone ----------------------------------------------------------------------------------
-
-
-def _zone(name: str) -> tzinfo | None:
-    try:
-        return ZoneInfo(name)
-    except (KeyError, ValueError, OSError, UnicodeError):  # KeyError: ZoneInfoNotFoundError
-        return None
-
-
-def _zone_key(path: str) -> str | None:
-    """``Europe/Berlin`` for ``/usr/share/zoneinfo/Europe/Berlin`` (after symlinks)."""
-    real = os.path.realpath(path)
-    marker = "/zoneinfo/"
-    if marker not in real:
-        return None
-    key = real.split(marker, 1)[1]
-    for prefix in ("posix/", "right/"):
-        key = key.removeprefix(prefix)
-    return key if _zone(key) is not None else None
-
-
-def _local_zone(
-    environ: Mapping[str, str],
-    localtime: str = "/etc/localtime",
-    timezone_file: str = "/etc/timezone",
-) -> tuple[str, tzinfo] | str:
-    """The system zone as (IANA name or "localtime", tzinfo), or why it cannot be had."""
-    if "TZ" in environ:
-        spec = environ["TZ"].removeprefix(":")
-        if not spec:  # glibc: TZ set but empty means UTC
-            return "UTC", cast(tzinfo, _zone("UTC"))
-        if spec.startswith("/"):
-            key = _zone_key(spec)
-            if key is not None:
-                return key, cast(tzinfo, _zone(key))
-            try:
-                with open(spec, "rb") as file:
-                    return LOCAL_ZONE, ZoneInfo.from_file(file, key=LOCAL_ZONE)
-            except (OSError, ValueError) as exc:
-                return f"TZ={environ['TZ']} cannot be read as a zone file: {exc}"
-        zone = _zone(spec)
-        if zone is None:
-            return f"TZ={environ['TZ']} is not an IANA zone name (POSIX TZ rules are not supported)"
-        return spec, zone
-    if not os.path.lexists(localtime):  # glibc falls back to UTC
-        return "UTC", cast(tzinfo, _zone("UTC"))
-    key = _zone_key(localtime)
-    if key is not None:
-        return key, cast(tzinfo, _zone(key))
-    try:
-        name = Path(timezone_file).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeError):
-        name = ""
-    if name and (zone := _zone(name)) is not None:
-        return name, zone
-    try:
-        with open(localtime, "rb") as file:
-            return LOCAL_ZONE, ZoneInfo.from_file(file, key=LOCAL_ZONE)
-    except (OSError, ValueError) as exc:
-        return f"{localtime} cannot be read as a zone file: {exc}"
-
-
 # --- slurm.conf ---------------------------------------------------------------------------------
 
 _SLURM_PAIR = re.compile(r'([A-Za-z0-9_.]+)\s*=\s*(?:"([^"]*)"|(\S*))')
@@ -867,8 +807,7 @@ class _Builder:
             return None
         return SourceSettings(
             path=path,
-            timezone=zone[0],
-            tz=zone[1],
+            zone=zone,
             start_at=cast(Literal["beginning", "end"], start_at),
             poll=bool(poll),
             max_line_bytes=max_line_bytes,
@@ -895,22 +834,12 @@ class _Builder:
             )
         return Path(slurm_loc or DEFAULT_SOURCE_PATH)
 
-    def _timezone(self, name: str | None) -> tuple[str, tzinfo] | None:
-        if name is not None and name != LOCAL_ZONE:
-            zone = _zone(name)
-            if zone is None:
-                self.error("source.timezone", f"{name!r} is not a known IANA time zone")
-                return None
-            return name, zone
-        local = _local_zone(self.environ)
-        if isinstance(local, str):
-            self.error(
-                "source.timezone",
-                f"the system zone cannot be used ({local}); set the "
-                'zone slurmctld writes its times in, e.g. "Europe/Berlin"',
-            )
+    def _timezone(self, name: str | None) -> Zone | None:
+        try:
+            return resolve_zone(name, self.environ)
+        except TimeZoneError as exc:
+            self.error("source.timezone", str(exc))
             return None
-        return local
 
     def _state(self, table: dict[str, Any], slurm: SlurmConf | None) -> StateSettings:
         explicit = self._get(table, "state", "dir", str)

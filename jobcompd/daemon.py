@@ -33,13 +33,14 @@ import structlog
 from jobcompd import logs
 from jobcompd.config import ConfigError, KafkaSettings, Settings, load_settings
 from jobcompd.health import Health, write_health
+from jobcompd.identity import LIVE, Position, position_key
 from jobcompd.ingest import Ingestor, Pending
 from jobcompd.lock import StateDirLock
 from jobcompd.metrics import Facts, Metrics
 from jobcompd.producer import Sender
 from jobcompd.record import unfinished_tail
-from jobcompd.state import BatchResult, ReadPosition, SpooledRecord, State, StateError
-from jobcompd.tailer import LineBatch, StoredPosition, Tailer
+from jobcompd.state import BatchResult, SpooledRecord, State, StateError
+from jobcompd.tailer import LineBatch, Tailer
 
 __all__ = ["Daemon"]
 
@@ -312,15 +313,14 @@ class Daemon:
     def _commit(self, ingestor: Ingestor, queued: _Queued) -> BatchResult | None:
         batch = queued.batch
         identity = batch.identity
-        position = ReadPosition(
-            source=identity.key,
+        position = Position(
+            key=identity.key,
             path=batch.path,
             fingerprint=identity.fingerprint,
             offset=batch.end_offset,
             line_no=batch.end_line_no,
             inode=identity.inode,
             dev=identity.dev,
-            size=batch.end_offset,
         )
         try:
             result = ingestor.commit(
@@ -401,42 +401,21 @@ class Daemon:
 
     # -- positions for the tailer ------------------------------------------------------------
 
-    def _lookup(self, fingerprint: str) -> StoredPosition | None:
+    def _lookup(self, fingerprint: str) -> Position | None:
         assert self._state is not None
         # A batch read and not yet committed is where the reader of that file stands.
         for queued in reversed(self._queued):
             batch = queued.batch
             if batch.identity.fingerprint == fingerprint:
-                return StoredPosition(
-                    offset=batch.end_offset,
-                    line_no=batch.end_line_no,
-                    path=batch.path,
-                    updated_at=time.time(),
+                return Position(
+                    batch.identity.key, batch.path, fingerprint, batch.end_offset,
+                    batch.end_line_no, updated_at=time.time(),
                 )
-        p = self._state.position(f"file:{fingerprint}")
-        if p is None:
-            return None
-        return StoredPosition(
-            offset=p.offset, line_no=p.line_no, path=p.path, updated_at=getattr(p, "updated_at", None) or 0.0
-        )
+        return self._state.position(position_key(LIVE, fingerprint))
 
-    def _known(self) -> list[tuple[str, StoredPosition]]:
+    def _known(self) -> list[tuple[str, Position]]:
         assert self._state is not None
-        out = []
-        for p in self._state.positions():
-            if p.source.startswith("file:"):
-                out.append(
-                    (
-                        p.fingerprint,
-                        StoredPosition(
-                            offset=p.offset,
-                            line_no=p.line_no,
-                            path=p.path,
-                            updated_at=getattr(p, "updated_at", None) or 0.0,
-                        ),
-                    )
-                )
-        return out
+        return [(p.fingerprint, p) for p in self._state.positions() if p.reader == LIVE]
 
     # -- systemd -----------------------------------------------------------------------------
 

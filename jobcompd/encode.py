@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import calendar
 import hashlib
-import os
 import struct
 import time
 from datetime import datetime, timedelta
@@ -29,7 +28,7 @@ import orjson
 
 from jobcompd.record import JobRecord
 
-__all__ = ["Encoder", "TimeZoneError", "record_id", "resolve_zone"]
+__all__ = ["Encoder", "record_id"]
 
 _F32 = struct.Struct("f")
 
@@ -51,34 +50,6 @@ def _json_c_double(value: float) -> orjson.Fragment:
     if "." not in text and "e" not in text and "n" not in text:
         text += ".0"
     return orjson.Fragment(text.encode())
-
-
-class TimeZoneError(ValueError):
-    """The configured time zone is not a known IANA name."""
-
-
-def resolve_zone(name: str | None) -> ZoneInfo:
-    """The zone named ``name`` (IANA), or the system's local zone for ``None``/``"localtime"``."""
-    if name is None or name == "localtime":
-        return _system_zone()
-    try:
-        return ZoneInfo(name)
-    except (ValueError, OSError, KeyError) as exc:
-        raise TimeZoneError(f"unknown time zone {name!r}") from exc
-
-
-def _system_zone() -> ZoneInfo:
-    tz = os.environ.get("TZ", "").lstrip(":")
-    if tz:
-        try:
-            return ZoneInfo(tz)
-        except (ValueError, OSError, KeyError):
-            pass
-    try:
-        with open("/etc/localtime", "rb") as fh:
-            return ZoneInfo.from_file(fh, key="localtime")
-    except OSError:
-        return ZoneInfo("UTC")
 
 
 _RECORD_ID_HASH = hashlib.blake2b(digest_size=16, person=b"jobcompd-rec-v1")

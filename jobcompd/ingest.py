@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import gzip
 import itertools
 import marshal
 import os
@@ -23,21 +22,22 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
+from itertools import repeat
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, BinaryIO
 
 import structlog
 
 import jobcompd
-from jobcompd._parse_child import Columns, parse_lines, read_frame, write_frame
+from jobcompd._parse_child import read_frame, write_frame
+from jobcompd.batch import ParseSpec, RecordBatch, parse_batch
 from jobcompd.config import SourceSettings
-from jobcompd.encode import Encoder
+from jobcompd.identity import Position
 from jobcompd.record import DEFAULT_MAX_LINE_BYTES, unfinished_tail
 from jobcompd.state import (
     BatchResult,
     NewRecord,
     QuarantinedLine,
-    ReadPosition,
     State,
     StateError,
 )
@@ -47,39 +47,12 @@ __all__ = [
     "Ingestor",
     "ParseWorker",
     "ParseWorkerError",
-    "Parsed",
     "Pending",
-    "open_log",
-    "parse_batch",
     "read_batches",
 ]
 
 WORKER_MIN_LINES = 200
 """Smaller batches are parsed in-process: the round trip to the child would cost more than it saves."""
-
-# (zone key, fallback cluster, max line bytes): everything a child needs to parse like the parent.
-_Spec = tuple[str, str | None, int]
-
-
-class Parsed(NamedTuple):
-    """A parsed batch: its records, the index of each record's first line, ``(index, reason)`` of
-    each line that is not a record, and the job ids of records read with a choice."""
-
-    records: list[NewRecord]
-    at: list[int]
-    bad: list[tuple[int, str]]
-    ambiguous: list[int]
-
-
-def open_log(name: str) -> BinaryIO:
-    """A log file for reading bytes — gzip recognised by its magic bytes — or ``-`` for stdin."""
-    if name == "-":
-        return sys.stdin.buffer
-    fh: BinaryIO = open(name, "rb")  # noqa: SIM115 - returned to the caller
-    if fh.peek(2)[:2] == b"\x1f\x8b":  # type: ignore[attr-defined]
-        return gzip.GzipFile(fileobj=fh, mode="rb")  # type: ignore[return-value]
-    return fh
-
 
 def read_batches(
     fh: BinaryIO, size: int, *, max_bytes: int = DEFAULT_MAX_LINE_BYTES
@@ -101,17 +74,6 @@ def read_batches(
         lines, carry = lines[: len(lines) - keep], lines[len(lines) - keep :]
         if lines:
             yield lines
-
-
-def parse_batch(encoder: Encoder, max_bytes: int, lines: Sequence[bytes], source: str) -> Parsed:
-    """Parse and encode ``lines``; the same result in-process or in the child."""
-    return _records(parse_lines(encoder, max_bytes, lines), source)
-
-
-def _records(columns: Columns, source: str) -> Parsed:
-    rids, jobids, payloads, at, bad, ambiguous = columns
-    records = list(map(NewRecord, rids, jobids, payloads, itertools.repeat(source, len(rids))))
-    return Parsed(records, at, bad, ambiguous)
 
 
 class ParseWorkerError(Exception):
@@ -142,7 +104,7 @@ class ParseWorker:
         child = self._child
         return None if child is None else child.proc.pid
 
-    def submit(self, spec: _Spec, lines: Sequence[bytes], source: str) -> Future[Parsed] | None:
+    def submit(self, spec: ParseSpec, lines: Sequence[bytes]) -> Future[RecordBatch] | None:
         """Start parsing ``lines`` in the child; ``None`` if the child cannot take them."""
         with self._lock:
             child = self._child
@@ -155,7 +117,7 @@ class ParseWorker:
                 except OSError as exc:  # no processes or memory left
                     self._failed(exc)
                     return None
-            return child.submit(spec, lines, source)
+            return child.submit(spec, lines)
 
     def failed(self, exc: BaseException) -> None:
         """A batch handed to :meth:`submit` failed with ``exc``: report it; a dead child is replaced.
@@ -198,7 +160,7 @@ class _Child:
         )
         self.gone: ParseWorkerError | None = None
         self._lock = threading.Lock()
-        self._waiting: collections.deque[tuple[Future[Parsed], str]] = collections.deque()
+        self._waiting: collections.deque[Future[RecordBatch]] = collections.deque()
         self._requests: queue.SimpleQueue[tuple[object, ...] | None] = queue.SimpleQueue()
         self._threads = [
             threading.Thread(target=self._write, name="parse-worker-writer", daemon=True),
@@ -207,14 +169,14 @@ class _Child:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, spec: _Spec, lines: Sequence[bytes], source: str) -> Future[Parsed]:
-        future: Future[Parsed] = Future()
+    def submit(self, spec: ParseSpec, lines: Sequence[bytes]) -> Future[RecordBatch]:
+        future: Future[RecordBatch] = Future()
         with self._lock:
             if self.gone is not None:
                 future.set_exception(self.gone)
                 return future
-            self._waiting.append((future, source))
-        self._requests.put((*spec, lines))
+            self._waiting.append(future)
+        self._requests.put((tuple(spec), lines))
         return future
 
     def _write(self) -> None:
@@ -236,13 +198,13 @@ class _Child:
             try:
                 ok, value = marshal.loads(read_frame(stream))
                 with self._lock:
-                    future, source = self._waiting.popleft()
+                    future = self._waiting.popleft()
             except Exception:  # end of input, a broken pipe, a garbled frame: this child is done
                 break
             try:
                 if not ok:
                     raise ParseWorkerError(f"the parse worker failed: {value}")
-                future.set_result(_records(value, source))
+                future.set_result(RecordBatch(*value))
             except Exception as exc:
                 future.set_exception(exc)
         code = self.proc.poll()
@@ -254,7 +216,7 @@ class _Child:
                 self.gone = ParseWorkerError(why, exited=True)
             gone = self.gone
             waiting, self._waiting = self._waiting, collections.deque()
-        for future, _ in waiting:
+        for future in waiting:
             future.set_exception(gone)
 
     def close(self, *, wait: bool) -> None:
@@ -280,8 +242,8 @@ class Pending:
     def __init__(self, lines: Sequence[bytes], source: str) -> None:
         self.lines = lines
         self.source = source
-        self._future: Future[Parsed] | None = None
-        self._parsed: Parsed | None = None
+        self._future: Future[RecordBatch] | None = None
+        self._parsed: RecordBatch | None = None
 
 
 class Ingestor:
@@ -290,21 +252,17 @@ class Ingestor:
     def __init__(
         self,
         state: State,
-        encoder: Encoder,
+        spec: ParseSpec,
         *,
-        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         worker: ParseWorker | None = None,
         logger: Any = None,
     ) -> None:
         self._state = state
-        self._encoder = encoder
-        self._max = max_line_bytes
+        self._spec = spec
         self._worker = worker
         self._log = logger or structlog.get_logger("jobcompd.ingest")
         self.last_quarantined: list[QuarantinedLine] = []
         """The lines the last :meth:`commit` quarantined (for the caller's log)."""
-        key = getattr(encoder.zone, "key", None)
-        self._spec: _Spec | None = None if key is None else (key, encoder.cluster, max_line_bytes)
 
     @classmethod
     def configured(
@@ -312,14 +270,14 @@ class Ingestor:
     ) -> Ingestor:
         """The ingestor of ``jobcompd run`` and ``replay``: the log's zone, its line limit and the
         parse worker as ``[source]`` says; :meth:`close` it when done."""
-        encoder = Encoder(source.tz, cluster)  # type: ignore[arg-type]
+        spec = ParseSpec(source.zone.spec, cluster, source.max_line_bytes)
         worker = ParseWorker(logger=logger) if source.parse_worker else None
-        return cls(state, encoder, max_line_bytes=source.max_line_bytes, worker=worker, logger=logger)
+        return cls(state, spec, worker=worker, logger=logger)
 
     @property
     def max_line_bytes(self) -> int:
         """The longest record accepted (line ending excluded)."""
-        return self._max
+        return self._spec.max_line_bytes
 
     def close(self) -> None:
         """Stop the parse worker, if there is one (idempotent)."""
@@ -329,11 +287,11 @@ class Ingestor:
     def prepare(self, lines: Sequence[bytes], *, source: str) -> Pending:
         """Start parsing ``lines``: in the child for a big batch, so the caller can do other work."""
         pending = Pending(lines, source)
-        if self._worker is not None and self._spec is not None and len(lines) >= WORKER_MIN_LINES:
-            pending._future = self._worker.submit(self._spec, list(lines), source)
+        if self._worker is not None and len(lines) >= WORKER_MIN_LINES:
+            pending._future = self._worker.submit(self._spec, list(lines))
         return pending
 
-    def _parsed(self, pending: Pending) -> Parsed:
+    def _parsed(self, pending: Pending) -> RecordBatch:
         if pending._parsed is None:
             future, pending._future = pending._future, None
             if future is not None:
@@ -343,7 +301,7 @@ class Ingestor:
                     assert self._worker is not None
                     self._worker.failed(exc)
             if pending._parsed is None:
-                pending._parsed = parse_batch(self._encoder, self._max, pending.lines, pending.source)
+                pending._parsed = parse_batch(pending.lines, self._spec)
         return pending._parsed
 
     def retry_quarantined(self, lines: Sequence[QuarantinedLine]) -> tuple[BatchResult, int]:
@@ -365,9 +323,9 @@ class Ingestor:
         released: list[int] = []
         ambiguous = 0
         for run in runs:
-            parsed = parse_batch(self._encoder, self._max, [q.raw for q in run], run[0].source)
+            parsed = parse_batch([q.raw for q in run], self._spec)
             bad = {index for index, _ in parsed.bad}
-            records += parsed.records
+            records += map(NewRecord, parsed.rids, parsed.jobids, parsed.payloads, repeat(run[0].source))
             released += [q.id for index, q in enumerate(run) if index not in bad and q.id is not None]
             ambiguous += len(parsed.ambiguous)
         result = self._state.commit_batch(records, released=released, ambiguous=ambiguous)
@@ -380,7 +338,7 @@ class Ingestor:
         source: str,
         first_line_no: int,
         first_offset: int,
-        position: ReadPosition | None,
+        position: Position | None,
         offsets: Sequence[int] | None = None,
     ) -> BatchResult:
         """Turn ``lines`` (each with its newline, if it had one) into one committed batch.
@@ -394,7 +352,7 @@ class Ingestor:
         parsed = self._parsed(pending)
         raw = pending.lines
         starts = offsets
-        if starts is None and (parsed.bad or parsed.records):
+        if starts is None and (parsed.bad or parsed.rids):
             starts = [first_offset]
             for line in raw[:-1]:
                 starts.append(starts[-1] + len(line))
@@ -414,7 +372,8 @@ class Ingestor:
             )
         try:
             return self._state.commit_batch(
-                parsed.records,
+                parsed,
+                source=source,
                 position=position,
                 quarantined=quarantined,
                 ambiguous=len(parsed.ambiguous),
@@ -427,7 +386,8 @@ class Ingestor:
         # with the reason, and the position moves with the last transaction.
         self._log.error("the state refused a record of a batch; storing them one by one", path=source)
         spooled = known = 0
-        for record, index in zip(parsed.records, parsed.at, strict=True):
+        records = map(NewRecord, parsed.rids, parsed.jobids, parsed.payloads, repeat(source))
+        for record, index in zip(records, parsed.at, strict=True):
             try:
                 one = self._state.commit_batch([record])
                 spooled += one.spooled

@@ -12,7 +12,6 @@ spool to Kafka. Running replay again on the same files sends nothing twice:
 
 from __future__ import annotations
 
-import gzip
 import io
 import itertools
 import os
@@ -23,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
-from jobcompd.identity import fingerprint
-from jobcompd.ingest import Ingestor, Pending, open_log, read_batches
+from jobcompd.identity import REPLAY, Position, fingerprint, position_key
+from jobcompd.ingest import Ingestor, Pending, read_batches
+from jobcompd.logfile import is_compressed, open_log, raw_offset
 from jobcompd.producer import Sender
-from jobcompd.state import ReadPosition, State
+from jobcompd.state import State
 
 __all__ = ["ReplaySummary", "Replayer"]
 
@@ -180,16 +180,16 @@ class Replayer:
         """Read one file in committed batches; yield the compressed bytes consumed so far."""
         label = "<stdin>" if name == _STDIN else str(Path(name).resolve())
         fh = open_log(name)
-        gz = isinstance(fh, gzip.GzipFile)
+        gz = is_compressed(fh)
         try:
-            raw = fh.fileobj if gz else fh  # type: ignore[attr-defined]
             first = fh.readline()
             if not first:
                 return
             key = None
             offset = line_no = 0
             if name != _STDIN:
-                key = f"replay:{fingerprint(first)}"
+                fp = fingerprint(first, self._ingestor.max_line_bytes)
+                key = position_key(REPLAY, fp)
                 known = self._state.position(key)
                 if known is not None and known.offset > 0:
                     offset, line_no = known.offset, known.line_no
@@ -202,9 +202,9 @@ class Replayer:
                 pending: list[bytes] = []
             else:
                 pending = [first]
-            st = os.fstat(raw.fileno()) if name != _STDIN else None
+            st = os.fstat(fh.fileno()) if name != _STDIN else None
             # Batch n+1 is parsed (in the parse worker, if any) while batch n is committed and sent.
-            ahead: tuple[Pending, ReadPosition | None, int, int] | None = None
+            ahead: tuple[Pending, Position | None, int, int] | None = None
             batches = read_batches(
                 itertools.chain(pending, fh),  # type: ignore[arg-type]
                 BATCH_LINES,
@@ -217,15 +217,14 @@ class Replayer:
                     consumed = sum(len(x) for x in lines)
                     position = None
                     if key is not None:
-                        position = ReadPosition(
-                            source=key,
+                        position = Position(
+                            key=key,
                             path=label,
-                            fingerprint=key.split(":", 1)[1],
+                            fingerprint=fp,
                             offset=offset + consumed,
                             line_no=line_no + len(lines),
                             inode=st.st_ino if st else 0,
                             dev=st.st_dev if st else 0,
-                            size=st.st_size if st else 0,
                         )
                     batch = (self._ingestor.prepare(lines, source=label), position, line_no, offset)
                     offset += consumed
@@ -244,7 +243,7 @@ class Replayer:
                     self.summary.records += result.spooled
                     self.summary.already_known += result.already_known
                     self.summary.quarantined += result.quarantined
-                    yield raw.tell() if name != _STDIN else 0
+                    yield raw_offset(fh) if name != _STDIN else 0
                     if self._stop.is_set():
                         return
                 if batch is None:

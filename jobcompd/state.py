@@ -26,10 +26,12 @@ from itertools import accumulate, repeat
 from operator import itemgetter
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple, Self
+from typing import Any, NamedTuple, Protocol, Self, cast
 from urllib.parse import quote
 
 import orjson
+
+from jobcompd.identity import Position
 
 __all__ = [
     "DB_NAME",
@@ -38,8 +40,9 @@ __all__ = [
     "DeadLetter",
     "Delivery",
     "NewRecord",
+    "RecordColumns",
     "QuarantinedLine",
-    "ReadPosition",
+    "Position",
     "SpooledRecord",
     "State",
     "StateError",
@@ -257,6 +260,54 @@ class NewRecord(NamedTuple):
 _RID, _JOBID, _PAYLOAD, _SOURCE = map(itemgetter, range(4))
 
 
+class RecordColumns(Protocol):
+    """New records of one source as columns (e.g. :class:`jobcompd.batch.RecordBatch`)."""
+
+    @property
+    def rids(self) -> Sequence[str]: ...
+
+    @property
+    def jobids(self) -> Sequence[int]: ...
+
+    @property
+    def payloads(self) -> Sequence[bytes]: ...
+
+
+class _Columns(NamedTuple):
+    rids: Sequence[str]
+    jobids: Sequence[int]
+    payloads: Sequence[bytes]
+    sources: Sequence[str]
+
+
+def _columns(records: Sequence[NewRecord] | RecordColumns, source: str) -> _Columns:
+    """``records`` as columns, without the repeats of a record id (a line read twice in a batch)."""
+    if not hasattr(records, "rids"):  # NewRecord values (a RecordBatch is a tuple too)
+        records = cast(Sequence[NewRecord], records)
+        cols = _Columns(
+            list(map(_RID, records)),
+            list(map(_JOBID, records)),
+            list(map(_PAYLOAD, records)),
+            list(map(_SOURCE, records)),
+        )
+    else:
+        records = cast(RecordColumns, records)
+        n = len(records.rids)
+        cols = _Columns(records.rids, records.jobids, records.payloads, [source] * n)
+    if len(set(cols.rids)) == len(cols.rids):
+        return cols
+    first: dict[str, int] = {}
+    for i, rid in enumerate(cols.rids):
+        first.setdefault(rid, i)
+    keep = sorted(first.values())
+    return _Columns(
+        [cols.rids[i] for i in keep],
+        [cols.jobids[i] for i in keep],
+        [cols.payloads[i] for i in keep],
+        [cols.sources[i] for i in keep],
+    )
+
+
 class SpooledRecord(NamedTuple):
     """A record waiting in the spool for its delivery report; ``seq`` gives the send order."""
 
@@ -298,25 +349,6 @@ class QuarantinedLine:
     reason: str
     at: float | None = field(default=None, compare=False)
     id: int | None = field(default=None, compare=False)
-
-
-@dataclass(frozen=True, slots=True)
-class ReadPosition:
-    """Where the reader of one log file stands: the byte ``offset`` after the last line consumed.
-
-    ``source`` is the caller's key for the file (e.g. its fingerprint); ``inode``, ``dev`` and
-    ``size`` are hints for recognising the file again. ``updated_at`` is filled in when stored.
-    """
-
-    source: str
-    path: str
-    fingerprint: str
-    offset: int
-    line_no: int
-    inode: int = 0
-    dev: int = 0
-    size: int = 0
-    updated_at: float | None = field(default=None, compare=False)
 
 
 class Delivery(NamedTuple):
@@ -499,14 +531,17 @@ class State:
 
     def commit_batch(
         self,
-        records: Sequence[NewRecord],
+        records: Sequence[NewRecord] | RecordColumns,
         *,
-        position: ReadPosition | None = None,
+        source: str = "",
+        position: Position | None = None,
         quarantined: Sequence[QuarantinedLine] = (),
         ambiguous: int = 0,
         released: Sequence[int] = (),
     ) -> BatchResult:
         """Spool ``records``, keep ``quarantined`` lines and move the read ``position``: all or nothing.
+
+        ``records`` are :class:`NewRecord` values, or columns of records all read from ``source``.
 
         ``ambiguous`` counts the records read with a choice between readings; ``released`` are
         ids of quarantined lines these records were read from again (they leave the quarantine
@@ -514,15 +549,17 @@ class State:
         ``rid`` is already spooled, dead-lettered or delivered (or repeated in this batch) is
         skipped and counted as ``already_known``.
         """
-        if not records and not quarantined and position is None and not released:
+        new = _columns(records, source)
+        count = len(records) if not hasattr(records, "rids") else len(records.rids)
+        if not count and not quarantined and position is None and not released:
             return BatchResult(0, 0, 0)
         now = time.time()
-        new = _first_of_each(records)
+        total = len(new.rids)
         with self._transaction("commit a batch") as db:
             spooled = last_seq = 0
-            for start in range(0, len(new), _INSERT_CHUNK):
+            for start in range(0, total, _INSERT_CHUNK):
                 try:
-                    rows = _new_rows(new[start : start + _INSERT_CHUNK], now)
+                    rows = _new_rows(new, slice(start, start + _INSERT_CHUNK), now)
                 except TypeError as exc:  # a payload that is not bytes, a value JSON cannot hold
                     raise _rejected(self.path, "commit a batch", exc) from exc
                 inserted = db.execute(_INSERT_NEW, rows)
@@ -542,16 +579,16 @@ class State:
             _bump(
                 db,
                 spooled_total=spooled,
-                already_known_total=len(records) - spooled,
+                already_known_total=count - spooled,
                 quarantined_total=len(quarantined),
                 ambiguous_total=ambiguous,
                 quarantine_released_total=gone,
             )
         fresh: Sequence[SpooledRecord] = ()
-        if spooled and spooled == len(new):
+        if spooled and spooled == total:
             # One INSERT per chunk, rows in batch order, AUTOINCREMENT: the seqs are consecutive.
             fresh = _spooled(new, range(last_seq - spooled + 1, last_seq + 1), now)
-        return BatchResult(spooled, len(records) - spooled, len(quarantined), fresh)
+        return BatchResult(spooled, count - spooled, len(quarantined), fresh)
 
     def checkpoint(self) -> bool:
         """Copy the write-ahead log into the database and truncate it; False if SQLite could not.
@@ -568,26 +605,26 @@ class State:
                 return False
             return not busy
 
-    def position(self, source: str) -> ReadPosition | None:
-        """The committed read position for ``source``, or None if it was never read."""
+    def position(self, key: str) -> Position | None:
+        """The committed read position stored under ``key``, or None if it was never read."""
         with self._reading("read a position") as db:
             row = db.execute(
-                f"SELECT {_POSITION_COLUMNS} FROM position WHERE source = ?", (source,)
+                f"SELECT {_POSITION_COLUMNS} FROM position WHERE source = ?", (key,)
             ).fetchone()
         return None if row is None else _position(row)
 
-    def positions(self) -> list[ReadPosition]:
-        """Every committed read position, ordered by source."""
+    def positions(self) -> list[Position]:
+        """Every committed read position, ordered by key."""
         with self._reading("read positions") as db:
             rows = db.execute(
                 f"SELECT {_POSITION_COLUMNS} FROM position ORDER BY source"
             ).fetchall()
         return [_position(row) for row in rows]
 
-    def forget_position(self, source: str) -> bool:
+    def forget_position(self, key: str) -> bool:
         """Drop the read position of a file that is gone for good; True if there was one."""
         with self._transaction("forget a position") as db:
-            return db.execute("DELETE FROM position WHERE source = ?", (source,)).rowcount > 0
+            return db.execute("DELETE FROM position WHERE source = ?", (key,)).rowcount > 0
 
     # -- sending side: what the producer reads and acknowledges -----------------------------------
 
@@ -996,38 +1033,25 @@ def _upgrade(db: sqlite3.Connection) -> None:
 # -- transaction helpers --------------------------------------------------------------------------
 
 
-def _new_rows(records: Sequence[NewRecord], now: float) -> tuple[bytes, bytes, float]:
-    """The parameters of ``_INSERT_NEW`` for ``records``."""
-    payloads = list(map(_PAYLOAD, records))
+def _new_rows(new: _Columns, part: slice, now: float) -> tuple[bytes, bytes, float]:
+    """The parameters of ``_INSERT_NEW`` for the records ``part`` of ``new``."""
+    payloads = new.payloads[part]
     sizes = list(map(len, payloads))
     starts = accumulate(sizes, initial=1)  # substr() counts from 1; one start too many, zip stops
-    rows = zip(map(_RID, records), map(_JOBID, records), starts, sizes, map(_SOURCE, records), strict=False)
+    rows = zip(new.rids[part], new.jobids[part], starts, sizes, new.sources[part], strict=False)
     return orjson.dumps(list(rows)), b"".join(payloads), now
 
 
-def _first_of_each(records: Sequence[NewRecord]) -> Sequence[NewRecord]:
-    """``records`` without the repeats of a record id within them (a line read twice in a batch)."""
-    rids = set(map(_RID, records))
-    if len(rids) == len(records):
-        return records
-    first = []
-    for record in records:
-        if record.rid in rids:
-            rids.discard(record.rid)
-            first.append(record)
-    return first
-
-
-def _spooled(records: Sequence[NewRecord], seqs: range, now: float) -> list[SpooledRecord]:
-    n = len(records)
+def _spooled(new: _Columns, seqs: range, now: float) -> list[SpooledRecord]:
+    n = len(new.rids)
     return list(
         map(
             SpooledRecord,
             seqs,
-            map(_RID, records),
-            map(_JOBID, records),
-            map(_PAYLOAD, records),
-            map(_SOURCE, records),
+            new.rids,
+            new.jobids,
+            new.payloads,
+            new.sources,
             repeat(now, n),
             repeat(0, n),
             repeat(None, n),
@@ -1077,31 +1101,30 @@ def _rollback(db: sqlite3.Connection) -> None:
 # -- values ---------------------------------------------------------------------------------------
 
 
-def _position_row(p: ReadPosition, now: float) -> tuple[object, ...]:
+def _position_row(p: Position, now: float) -> tuple[object, ...]:
     return (
-        p.source,
+        p.key,
         p.path,
         p.fingerprint,
         p.offset,
         p.line_no,
         _signed(p.inode),
         _signed(p.dev),
-        p.size,
+        p.offset,  # the "size" column: what the file held up to the position
         now,
     )
 
 
-def _position(row: Any) -> ReadPosition:
-    source, path, fingerprint, offset, line_no, inode, dev, size, updated_at = row
-    return ReadPosition(
-        source,
+def _position(row: Any) -> Position:
+    key, path, fingerprint, offset, line_no, inode, dev, _, updated_at = row
+    return Position(
+        key,
         path,
         fingerprint,
         offset,
         line_no,
         _unsigned(inode),
         _unsigned(dev),
-        size,
         updated_at,
     )
 

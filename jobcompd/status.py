@@ -17,8 +17,9 @@ from typing import Any
 
 from jobcompd.config import Settings
 from jobcompd.health import Health, read_health
-from jobcompd.identity import fingerprint
+from jobcompd.identity import LIVE, fingerprint
 from jobcompd.lock import StateDirLock
+from jobcompd.logfile import PlainReader, first_line
 from jobcompd.state import DB_NAME, State, StateError
 
 __all__ = ["UNKNOWN", "StatusReport", "collect", "from_report", "render", "unknown"]
@@ -108,7 +109,7 @@ def collect(settings: Settings) -> StatusReport:
     report.state_bytes = int(stats.get("db_bytes") or 0)
     report.last_delivered_at = stats.get("last_delivered_at")  # type: ignore[assignment]
     report.last_delivered_jobid = stats.get("last_delivered_jobid")  # type: ignore[assignment]
-    _file_lag(report, settings, {p.fingerprint: p for p in positions if p.source.startswith("file:")})
+    _file_lag(report, settings, {p.fingerprint: p for p in positions if p.reader == LIVE})
     if report.daemon_pid is not None:
         _daemon_health(report, settings, now, read_health(settings.state.dir))
     _judge(report, settings)
@@ -231,11 +232,12 @@ def _file_lag(report: StatusReport, settings: Settings, by_fp: dict[str, Any]) -
     try:
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
-            first = fh.readline()
+            limit = settings.source.max_line_bytes
+            first = first_line(PlainReader(fh.fileno()), limit + 1, final=False)
             report.file_size = size
-            if not first.endswith(b"\n"):
+            if first is None:
                 return  # no complete line yet: nothing to read
-            known = by_fp.get(fingerprint(first))
+            known = by_fp.get(fingerprint(first, limit))
             offset = known.offset if known is not None else 0
             report.read_offset = offset
             report.lag_bytes = max(0, size - offset)

@@ -28,20 +28,16 @@ How files are told apart and followed (after Filebeat's filestream and Vector's 
 
 from __future__ import annotations
 
-import bz2
-import gzip
-import lzma
 import os
 import re
 import stat
 import threading
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import structlog
 from watchdog.events import (
@@ -57,7 +53,16 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
-from jobcompd.identity import FileIdentity, fingerprint
+from jobcompd.identity import FileIdentity, Position, fingerprint
+from jobcompd.logfile import (
+    CHUNK,
+    COMPRESSED_SUFFIXES,
+    DecompressedReader,
+    Reader,
+    end_of_lines,
+    first_line,
+    open_reader,
+)
 
 __all__ = [
     "Change",
@@ -65,7 +70,6 @@ __all__ = [
     "LineBatch",
     "Lines",
     "Observed",
-    "StoredPosition",
     "TailStatus",
     "Tailer",
     "classify",
@@ -74,13 +78,8 @@ __all__ = [
     "take_lines",
 ]
 
-_CHUNK = 1 << 20
 # mtimes lag the wall clock by up to a kernel tick, and are whole seconds on ext3 and some NFS.
 _MTIME_SLACK = 1.0
-_GZIP_MAGIC = b"\x1f\x8b"
-_BZ2_MAGIC = b"BZh"
-_XZ_MAGIC = b"\xfd7zXZ\x00"
-_COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz")
 _NUMBERED = re.compile(r"\.(\d{1,6})")
 _DATED = re.compile(r"[-._](\d{4}-?\d{2}-?\d{2}(?:[-_.T]?\d+)*)")
 
@@ -105,16 +104,6 @@ class LineBatch:
     first_line_no: int
     end_offset: int
     end_line_no: int
-
-
-@dataclass(frozen=True, slots=True)
-class StoredPosition:
-    """What the caller committed for one file identity: the offset after the last line consumed."""
-
-    offset: int
-    line_no: int
-    path: str = ""
-    updated_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +226,7 @@ def rotation_stamp(base: str, name: str) -> int | str | None:
     if not name.startswith(base) or name == base:
         return None
     rest = name[len(base) :]
-    for suffix in _COMPRESSED_SUFFIXES:
+    for suffix in COMPRESSED_SUFFIXES:
         if rest.endswith(suffix):
             rest = rest[: -len(suffix)]
             break
@@ -262,172 +251,6 @@ def rotation_keys(stamps: Sequence[int | str], mtimes: Sequence[float]) -> list[
 
 
 # -- reading files --------------------------------------------------------------------------------
-
-
-class _Reader(Protocol):
-    failed: str | None
-
-    def pread(self, offset: int, size: int) -> bytes: ...
-
-    def size(self) -> int | None: ...
-
-    def fstat(self) -> os.stat_result: ...
-
-    def close(self) -> None: ...
-
-
-class _Plain:
-    """A plain file, read by offset through its descriptor (renames and unlinks do not matter)."""
-
-    failed: str | None = None
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def pread(self, offset: int, size: int) -> bytes:
-        return os.pread(self.fd, size, offset)
-
-    def size(self) -> int | None:
-        return os.fstat(self.fd).st_size
-
-    def fstat(self) -> os.stat_result:
-        return os.fstat(self.fd)
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-class _Decompressed:
-    """A compressed rotated file, read forward through a window; reading backwards restarts it."""
-
-    def __init__(self, fd: int, kind: str) -> None:
-        self._raw = os.fdopen(fd, "rb")
-        self.kind = kind
-        self._stream: Any = None
-        self._restart()
-
-    def _restart(self) -> None:
-        if self._stream is not None:
-            self._stream.close()
-        self._raw.seek(0)
-        if self.kind == "gzip":
-            self._stream = gzip.GzipFile(fileobj=self._raw, mode="rb")
-        elif self.kind == "bz2":
-            self._stream = bz2.BZ2File(self._raw)
-        else:
-            self._stream = lzma.LZMAFile(self._raw)  # noqa: SIM115 - closed by close()
-        self._pos = 0
-        self._buf = b""
-        self._eof = False
-        self.failed: str | None = None
-
-    def pread(self, offset: int, size: int) -> bytes:
-        if offset < self._pos:
-            self._restart()
-        while True:
-            drop = min(offset - self._pos, len(self._buf))
-            if drop:
-                self._buf = self._buf[drop:]
-                self._pos += drop
-            if self._eof or (self._pos == offset and len(self._buf) >= size):
-                break
-            chunk = self._read()
-            if chunk:
-                self._buf += chunk
-            else:
-                self._eof = True
-        return self._buf[:size] if self._pos == offset else b""
-
-    def _read(self) -> bytes:
-        try:
-            return bytes(self._stream.read(_CHUNK))
-        except (EOFError, OSError, lzma.LZMAError, zlib.error) as exc:
-            self.failed = f"{type(exc).__name__}: {exc}"
-            return b""
-
-    def size(self) -> int | None:
-        return None
-
-    def size_hint(self) -> int | None:
-        """The uncompressed size modulo 2**32 from a gzip trailer (of its last member)."""
-        if self.kind != "gzip":
-            return None
-        size = self.fstat().st_size
-        if size <= 4:
-            return None
-        return int.from_bytes(os.pread(self._raw.fileno(), 4, size - 4), "little")
-
-    def fstat(self) -> os.stat_result:
-        return os.fstat(self._raw.fileno())
-
-    def close(self) -> None:
-        self._stream.close()
-        self._raw.close()
-
-
-def _compression(magic: bytes) -> str | None:
-    if magic.startswith(_GZIP_MAGIC):
-        return "gzip"
-    if magic.startswith(_BZ2_MAGIC):
-        return "bz2"
-    if magic.startswith(_XZ_MAGIC):
-        return "xz"
-    return None
-
-
-def _open_reader(path: str, *, plain_only: bool = False) -> tuple[_Reader, os.stat_result] | None:
-    """Open ``path`` for reading (decompressing rotated files); None if it is gone or no file,
-    or if its name says compressed and its first bytes do not (yet: gzip is still writing it)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        kind = None if plain_only else _compression(os.pread(fd, 6, 0))
-        named = not plain_only and path.endswith(_COMPRESSED_SUFFIXES)
-        if not stat.S_ISREG(st.st_mode) or (named and kind is None):
-            os.close(fd)
-            return None
-        return (_Plain(fd) if kind is None else _Decompressed(fd, kind)), st
-    except OSError:
-        os.close(fd)
-        return None
-
-
-def _first_line(reader: _Reader, limit: int, *, final: bool) -> bytes | None:
-    """The first line as the tailer delivers it (an over-long one cut to ``limit`` bytes).
-
-    None while it is not complete; a file that is ``final`` (closed for good) may end without a
-    newline, and then what it holds is its first line.
-    """
-    data = reader.pread(0, limit)
-    nl = data.find(b"\n")
-    if nl >= 0:
-        return data[: nl + 1]
-    if len(data) < limit:
-        return data if final and data and reader.failed is None else None
-    pos = limit
-    while chunk := reader.pread(pos, _CHUNK):
-        if b"\n" in chunk:
-            return data
-        pos += len(chunk)
-    return data if final else None
-
-
-def _end_of_lines(reader: _Reader, size: int) -> tuple[int, int]:
-    """Offset just after the last complete line within ``size`` bytes, and the lines before it."""
-    pos = last = count = 0
-    while pos < size:
-        chunk = reader.pread(pos, min(_CHUNK, size - pos))
-        if not chunk:
-            break
-        n = chunk.count(b"\n")
-        if n:
-            count += n
-            last = pos + chunk.rfind(b"\n") + 1
-        pos += len(chunk)
-    return last, count
 
 
 _Signature = tuple[int, int, int, int]
@@ -461,7 +284,7 @@ class _Tracked:
     (``rotated``), or a compressed one read to its end (``archived``)."""
 
     path: str
-    reader: _Reader
+    reader: Reader
     dev: int
     inode: int
     role: _Role
@@ -485,17 +308,17 @@ class _Sibling:
     path: str
     key: tuple[Any, ...]
     st: os.stat_result
-    reader: _Reader | None = None
+    reader: Reader | None = None
     fp: str | None = None
 
     @property
     def compressed(self) -> bool:
-        return isinstance(self.reader, _Decompressed)
+        return isinstance(self.reader, DecompressedReader)
 
     def finished_at(self, offset: int) -> bool:
         """Whether a stored ``offset`` is the end of this file (False when it cannot tell)."""
         reader = self.reader
-        if not isinstance(reader, _Decompressed):
+        if not isinstance(reader, DecompressedReader):
             return self.st.st_size <= offset
         hint = reader.size_hint()
         return hint is not None and hint == offset % (1 << 32)
@@ -549,8 +372,8 @@ class Tailer:
         self,
         path: str | Path,
         *,
-        lookup: Callable[[str], StoredPosition | None],
-        known: Callable[[], list[tuple[str, StoredPosition]]] | None = None,
+        lookup: Callable[[str], Position | None],
+        known: Callable[[], list[tuple[str, Position]]] | None = None,
         start_at: Literal["beginning", "end"] = "beginning",
         poll: bool = False,
         max_batch_lines: int = 2000,
@@ -760,12 +583,12 @@ class Tailer:
         first_changed = False
         if changed and cur.identity is not None and st.st_size >= cur.offset:
             head = cur.reader.pread(0, cur.first_len)
-            first_changed = fingerprint(head) != cur.identity.fingerprint
+            first_changed = fingerprint(head, self._limit - 1) != cur.identity.fingerprint
         cur.size, cur.mtime_ns = st.st_size, st.st_mtime_ns
         return Observed(st.st_dev, st.st_ino, st.st_nlink, st.st_size, cur.offset, first_changed)
 
     def _open_current(self) -> None:
-        opened = _open_reader(str(self._path), plain_only=True)
+        opened = open_reader(str(self._path), plain_only=True)
         if opened is None:
             return  # gone again already: the next look decides
         reader, st = opened
@@ -861,20 +684,20 @@ class Tailer:
         for sib in siblings:
             if (sib.st.st_dev, sib.st.st_ino) in tracked:
                 continue
-            got = _open_reader(sib.path)
+            got = open_reader(sib.path)
             if got is None:
                 continue
             sib.reader, sib.st = got
-            first = _first_line(sib.reader, self._limit, final=sib.compressed)
+            first = first_line(sib.reader, self._limit, final=sib.compressed)
             if first is None:
                 sib.close()
                 continue
-            sib.fp = fingerprint(first)
+            sib.fp = fingerprint(first, self._limit - 1)
             opened.append(sib)
         return opened
 
     def _adopt_siblings(
-        self, positions: Callable[[str], StoredPosition | None], *, newer_than: float | None
+        self, positions: Callable[[str], Position | None], *, newer_than: float | None
     ) -> None:
         """Track rotated files that hold unread lines: stored ones short of their end, and
         never-seen ones newer than a known one or than ``newer_than`` (a wall-clock time)."""
@@ -943,12 +766,12 @@ class Tailer:
         still open must not be taken for another file)."""
         if f.identity is not None:
             return f.identity.fingerprint
-        first = _first_line(f.reader, self._limit, final=False)
-        return None if first is None else fingerprint(first)
+        first = first_line(f.reader, self._limit, final=False)
+        return None if first is None else fingerprint(first, self._limit - 1)
 
     def _track_sibling(self, sib: _Sibling, offset: int, line_no: int) -> None:
         assert sib.reader is not None and sib.fp is not None
-        first_len = len(_first_line(sib.reader, self._limit, final=sib.compressed) or b"")
+        first_len = len(first_line(sib.reader, self._limit, final=sib.compressed) or b"")
         self._rotated.append(_Tracked(
             path=sib.path, reader=sib.reader, dev=sib.st.st_dev, inode=sib.st.st_ino,
             role="archived" if sib.compressed else "rotated",
@@ -1000,10 +823,10 @@ class Tailer:
 
     def _identify(self, f: _Tracked, *, final: bool, at_start: bool = False) -> bool:
         """Give ``f`` its identity once its first line is complete, and decide where to start."""
-        first = _first_line(f.reader, self._limit, final=final)
+        first = first_line(f.reader, self._limit, final=final)
         if first is None:
             return False
-        fp = fingerprint(first)
+        fp = fingerprint(first, self._limit - 1)
         twin = next((g for g in self._files() if g is not f and g.identity is not None
                      and g.identity.fingerprint == fp), None)
         if twin is not None:
@@ -1032,14 +855,14 @@ class Tailer:
                     self._log.info("resuming log file", path=f.path, offset=f.offset,
                                    line_no=f.line_no)
         elif at_start and self._start_at == "end" and self._nothing_stored and size is not None:
-            f.offset, f.line_no = _end_of_lines(f.reader, size)
+            f.offset, f.line_no = end_of_lines(f.reader, size)
             self._log.info("starting at the end of the log file", path=f.path, offset=f.offset)
         return True
 
     def _next_batch(self, f: _Tracked, *, final: bool) -> LineBatch | None:
         if f.long is not None:
             return self._long_line(f, final=final)
-        want = max(_CHUNK, self._limit)
+        want = max(CHUNK, self._limit - 1)
         data = f.reader.pread(f.offset, want)
         f.at_end = not data
         if not data:
@@ -1073,7 +896,7 @@ class Tailer:
         """An over-long line: deliver its head once its end is found, skipping the rest."""
         long = f.long
         assert long is not None
-        while chunk := f.reader.pread(long.scanned, _CHUNK):
+        while chunk := f.reader.pread(long.scanned, CHUNK):
             nl = chunk.find(b"\n")
             if nl >= 0:
                 f.long = None

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import json
+import lzma
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -51,6 +54,19 @@ def test_parse_stdin_gzip_and_exit_zero(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     records = [json.loads(x) for x in done.stdout.splitlines()]
     assert [r["jobid"] for r in records] == list(range(1000, 1300))
+
+
+@pytest.mark.parametrize("compress", [bz2.compress, lzma.compress, gzip.compress], ids=["bz2", "xz", "gz"])
+def test_parse_reads_every_compression_the_tailer_reads(tmp_path: Path, compress: Any) -> None:
+    lines = mixed_lines(200, seed=8, zone=ZoneInfo("UTC"))
+    plain = tmp_path / "jobcomp.log"
+    plain.write_bytes(b"".join(lines))
+    packed = tmp_path / "jobcomp.log.2.z"
+    packed.write_bytes(compress(plain.read_bytes()))
+    done = jobcompd("parse", "--tz", "UTC", str(packed))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == jobcompd("parse", "--tz", "UTC", str(plain)).stdout
+    assert len(done.stdout.splitlines()) == 200
 
 
 def test_parse_usage_and_io_errors(tmp_path: Path) -> None:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.resources
 import json
 import os
 import shutil
 import textwrap
-from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -19,7 +17,6 @@ from hypothesis import strategies as st
 from jobcompd import config
 from jobcompd.config import (
     DEFAULT_CONFIG_PATH,
-    LOCAL_ZONE,
     ConfigError,
     ConfigProblem,
     JobCompParams,
@@ -29,6 +26,7 @@ from jobcompd.config import (
     redacted,
     resolve_config_path,
 )
+from jobcompd.zone import resolve as resolve_zone
 
 ETC = Path(__file__).resolve().parent.parent / "etc"
 BROKERS = "bootstrap.servers=k1:9092\n"
@@ -78,8 +76,7 @@ def test_example_config_loads_with_the_example_properties_file(tmp_path: Path) -
     assert settings.config_path == path
     assert settings.source == config.SourceSettings(
         path=Path("/var/log/slurm_jobcomp.log"),
-        timezone="UTC",
-        tz=ZoneInfo("UTC"),
+        zone=resolve_zone("UTC"),
         start_at="beginning",
         poll=False,
         max_line_bytes=65536,
@@ -735,47 +732,6 @@ def test_timezone_defaults_to_tz(tmp_path: Path) -> None:
     ]
     path.write_text(minimal().replace('"UTC"', '"localtime"'))
     assert load(path, TZ="Asia/Tokyo").source.timezone == "Asia/Tokyo"
-
-
-def test_local_zone_from_etc_localtime(tmp_path: Path) -> None:
-    paris = importlib.resources.files("tzdata.zoneinfo").joinpath("Europe/Paris").read_bytes()
-    link = tmp_path / "localtime-link"
-    link.symlink_to(tmp_path / "usr/share/zoneinfo/Europe/Paris")
-    copy = tmp_path / "localtime-copy"
-    copy.write_bytes(paris)
-    timezone_file = tmp_path / "timezone"
-
-    assert config._local_zone({}, str(link), str(timezone_file)) == (
-        "Europe/Paris",
-        ZoneInfo("Europe/Paris"),
-    )
-    local = config._local_zone({}, str(copy), str(timezone_file))
-    assert isinstance(local, tuple)
-    name, tz = local
-    assert name == LOCAL_ZONE
-    assert str(tz) == LOCAL_ZONE
-    assert tz.utcoffset(datetime(2024, 7, 1)) == timedelta(hours=2)
-    timezone_file.write_text("Europe/Paris\n")
-    assert config._local_zone({}, str(copy), str(timezone_file))[0] == "Europe/Paris"
-    assert config._local_zone({}, str(tmp_path / "none"), str(timezone_file))[0] == "UTC"
-
-
-def test_local_zone_from_a_tz_path(tmp_path: Path) -> None:
-    paris = importlib.resources.files("tzdata.zoneinfo").joinpath("Europe/Paris").read_bytes()
-    (tmp_path / "zoneinfo" / "Europe").mkdir(parents=True)
-    (tmp_path / "zoneinfo" / "Europe" / "Paris").write_bytes(paris)
-    (tmp_path / "myzone").write_bytes(paris)
-
-    tz_path = f":{tmp_path}/zoneinfo/Europe/Paris"
-    assert config._local_zone({"TZ": tz_path}) == ("Europe/Paris", ZoneInfo("Europe/Paris"))
-    local = config._local_zone({"TZ": str(tmp_path / "myzone")})
-    assert isinstance(local, tuple)
-    name, tz = local
-    assert (name, tz.utcoffset(datetime(2024, 1, 1))) == (LOCAL_ZONE, timedelta(hours=1))
-    assert config._local_zone({"TZ": str(tmp_path / "none")}) == (
-        f"TZ={tmp_path / 'none'} cannot be read as a zone file: [Errno 2] No such file or "
-        f"directory: '{tmp_path / 'none'}'"
-    )
 
 
 # --- the TOML file itself -------------------------------------------------------------------------

@@ -24,9 +24,9 @@ import pytest
 
 from jobcompd.config import load_settings
 from jobcompd.daemon import Daemon, _Queued
-from jobcompd.identity import FileIdentity
+from jobcompd.identity import FileIdentity, Position
 from jobcompd.ingest import Pending
-from jobcompd.state import ReadPosition, State
+from jobcompd.state import State
 from jobcompd.tailer import LineBatch
 from tests.brokers.mockcluster import MockCluster
 from tests.brokers.readback import consume_all
@@ -505,7 +505,7 @@ def test_a_file_met_again_while_its_batch_is_held_resumes_after_that_batch(tmp_p
     with State.open(env.state_dir, synchronous="normal") as state:
         daemon._state = state
         identity = FileIdentity("fp-log", dev=1, inode=2)
-        state.commit_batch([], position=ReadPosition(identity.key, "/log", "fp-log", 100, 10))
+        state.commit_batch([], position=Position(identity.key, "/log", "fp-log", 100, 10))
         held = LineBatch(
             identity=identity,
             path="/log",

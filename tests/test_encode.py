@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from jobcompd.encode import Encoder, TimeZoneError, record_id, resolve_zone
+from jobcompd.encode import Encoder, record_id
 from jobcompd.record import JobRecord, parse_line, parse_records
 
 BERLIN = ZoneInfo("Europe/Berlin")  # CET (+1) in winter, CEST (+2) in summer
@@ -196,13 +196,6 @@ def test_record_id_uses_the_line_cluster_before_the_fallback() -> None:
     rec = parse_line(legacy)
     assert isinstance(rec, JobRecord)
     assert Encoder(BERLIN, "fallback").record_id(legacy, rec) == record_id(legacy, "fallback")
-
-
-def test_resolve_zone() -> None:
-    assert resolve_zone("UTC") == ZoneInfo("UTC")
-    assert resolve_zone(None) is not None
-    with pytest.raises(TimeZoneError, match="Mars/Olympus"):
-        resolve_zone("Mars/Olympus")
 
 
 # --- the real plugin's bytes -------------------------------------------------------------------

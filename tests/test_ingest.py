@@ -15,13 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from jobcompd.encode import Encoder, resolve_zone
+from jobcompd.batch import ParseSpec
+from jobcompd.identity import Position
 from jobcompd.ingest import WORKER_MIN_LINES, Ingestor, ParseWorker
 from jobcompd.record import ParseError
-from jobcompd.state import ReadPosition, State
+from jobcompd.state import State
+from jobcompd.zone import resolve as resolve_zone
 from tests.jobcompd_env import alive, parse_workers, wait_for
 from tests.slurmctld import mixed_lines
 
+UTC_SPEC = ParseSpec(("UTC", None), None, 65536)
 BAD = [b"garbage\n", b"JobId=12 UserId=alice(1000) GroupId=users(100) Name=cut short\n", b"\n"]
 
 
@@ -61,7 +64,7 @@ def commit_all(state: State, ingestor: Ingestor, batches: list[list[bytes]]) -> 
             source="/var/log/slurm/jobcomp.log",
             first_line_no=line_no + 1,
             first_offset=offset,
-            position=ReadPosition("log", "/var/log/slurm/jobcomp.log", "fp", offset + size, line_no + len(lines)),
+            position=Position("log", "/var/log/slurm/jobcomp.log", "fp", offset + size, line_no + len(lines)),
         )
         offset += size
         line_no += len(lines)
@@ -81,8 +84,9 @@ def test_the_child_commits_exactly_what_in_process_parsing_commits(
     zone = resolve_zone("Europe/Berlin")
     batches = [batch(3000, seed=1), batch(WORKER_MIN_LINES - 1, seed=2), batch(500, seed=3)]
     with State.open(tmp_path / "inline") as inline, State.open(tmp_path / "child") as child:
-        commit_all(inline, Ingestor(inline, Encoder(zone, "fallback")), batches)
-        commit_all(child, Ingestor(child, Encoder(zone, "fallback"), worker=worker), batches)
+        spec = ParseSpec(zone.spec, "fallback", 65536)
+        commit_all(inline, Ingestor(inline, spec), batches)
+        commit_all(child, Ingestor(child, spec, worker=worker), batches)
         assert len(children_once(1)) == 1  # the big batches really went to a child
         expected, got = held(inline), held(child)
 
@@ -102,7 +106,7 @@ def test_a_killed_child_costs_no_line_and_is_replaced(tmp_path: Path, worker: Pa
     zone = resolve_zone("UTC")
     lines = mixed_lines(4 * 1000, seed=5)
     with State.open(tmp_path / "state") as state:
-        ingestor = Ingestor(state, Encoder(zone), worker=worker)
+        ingestor = Ingestor(state, ParseSpec(zone.spec, None, 65536), worker=worker)
         commit_all(state, ingestor, [lines[:1000]])
         (first,) = children_once(1)
 
@@ -128,7 +132,7 @@ def test_batches_queued_for_a_dead_child_do_not_take_its_successor_down(
     lines = mixed_lines(3 * 1000, seed=7)
     source = "/var/log/slurm/jobcomp.log"
     with State.open(tmp_path / "state") as state:
-        ingestor = Ingestor(state, Encoder(resolve_zone("UTC")), worker=worker)
+        ingestor = Ingestor(state, UTC_SPEC, worker=worker)
         # As replay pipelines: the next batch is handed over before the previous one is committed.
         first = ingestor.prepare(lines[:1000], source=source)
         second = ingestor.prepare(lines[1000:2000], source=source)
@@ -148,13 +152,13 @@ def test_batches_queued_for_a_dead_child_do_not_take_its_successor_down(
 
 CHILD_OF_KILLED_PARENT = r"""
 import sys
-from jobcompd.encode import Encoder, resolve_zone
+from jobcompd.batch import ParseSpec
 from jobcompd.ingest import Ingestor, ParseWorker
 from jobcompd.state import State
 from tests.slurmctld import mixed_lines
 
 state = State.open(sys.argv[1])
-ingestor = Ingestor(state, Encoder(resolve_zone("UTC")), worker=ParseWorker())
+ingestor = Ingestor(state, ParseSpec(("UTC", None), None, 65536), worker=ParseWorker())
 ingestor.commit(mixed_lines(500), source="log", first_line_no=1, first_offset=0, position=None)
 print("committed", flush=True)
 sys.stdin.read()
@@ -183,7 +187,7 @@ def test_the_child_dies_with_a_parent_killed_by_sigkill(tmp_path: Path) -> None:
 
 def test_small_batches_are_parsed_in_process(tmp_path: Path, worker: ParseWorker) -> None:
     with State.open(tmp_path / "state") as state:
-        ingestor = Ingestor(state, Encoder(resolve_zone("UTC")), worker=worker)
+        ingestor = Ingestor(state, UTC_SPEC, worker=worker)
         for n in range(5):
             commit_all(state, ingestor, [mixed_lines(10, seed=n)])
         assert parse_workers(os.getpid()) == []  # trickles of lines never start the child
@@ -193,17 +197,16 @@ def test_small_batches_are_parsed_in_process(tmp_path: Path, worker: ParseWorker
 def test_a_record_the_state_refuses_costs_that_record_alone(tmp_path: Path) -> None:
     # The parser keeps job ids within 32 bits; should anything still reach the state that SQLite
     # refuses (its CHECK wants 64-bit integers), that record is quarantined and the rest spooled.
-    from jobcompd.ingest import Parsed, Pending
-    from jobcompd.state import NewRecord, ReadPosition
+    from jobcompd.batch import RecordBatch
+    from jobcompd.ingest import Pending
 
     lines = [b"line %d\n" % i for i in range(5)]
-    good = [NewRecord(f"r{i}", i, b"{}", "log") for i in (0, 1, 3, 4)]
-    refused = NewRecord("r2", 2**63, b"{}", "log")
+    jobids = [0, 1, 2**63, 3, 4]
     pending = Pending(lines, "log")
-    pending._parsed = Parsed([*good[:2], refused, *good[2:]], [0, 1, 2, 3, 4], [], [])
+    pending._parsed = RecordBatch([f"r{i}" for i in range(5)], jobids, [b"{}"] * 5, [0, 1, 2, 3, 4], [], [])
     with State.open(tmp_path / "state", synchronous="normal") as state:
-        ingestor = Ingestor(state, Encoder(resolve_zone("UTC")))
-        position = ReadPosition("file:x", "log", "x", 40, 5, 0, 0, 40)
+        ingestor = Ingestor(state, UTC_SPEC)
+        position = Position("file:x", "log", "x", 40, 5)
         result = ingestor.commit(pending, source="log", first_line_no=1, first_offset=0,
                                  position=position)
         assert (result.spooled, result.quarantined) == (4, 1)

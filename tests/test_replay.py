@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import bz2
 import gzip
+import lzma
 import random
 import signal
 import subprocess
@@ -58,6 +60,21 @@ def test_replay_50k_lines_arrive_exactly_once(broker: Broker, tmp_path: Path) ->
     assert summary_json(piped)["already_known"] == 50_000  # of delivered ids stops resending
     assert summary_json(piped)["delivered"] == 0
     assert len(consume_all(broker.bootstrap, "mycluster", expected=50_001, timeout=3)) == 50_000
+
+
+def test_replay_reads_bz2_and_xz_rotated_logs(mock_cluster: MockCluster, tmp_path: Path) -> None:
+    mock_cluster.create_topic("mycluster", partitions=4)
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap)
+    lines = mixed_lines(600, seed=21)
+    (tmp_path / "jobcomp.log.2.bz2").write_bytes(bz2.compress(b"".join(lines[:300])))
+    (tmp_path / "jobcomp.log.1.xz").write_bytes(lzma.compress(b"".join(lines[300:])))
+    done = env.run("replay", "--json", str(tmp_path / "jobcomp.log.2.bz2"), str(tmp_path / "jobcomp.log.1.xz"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = summary_json(done)
+    assert (summary["records"], summary["quarantined"], summary["delivered"]) == (600, 0, 600)
+    expected = expected_messages(lines)
+    got = consume_all(mock_cluster.bootstrap, "mycluster", expected=len(expected), timeout=60)
+    assert check_arrival(got, expected).exactly_once
 
 
 def test_broker_outage_in_the_middle(mock_cluster: MockCluster, tmp_path: Path) -> None:

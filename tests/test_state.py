@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from jobcompd.identity import Position
 from jobcompd.state import (
     DB_NAME,
     SCHEMA_VERSION,
@@ -26,7 +27,6 @@ from jobcompd.state import (
     Delivery,
     NewRecord,
     QuarantinedLine,
-    ReadPosition,
     State,
     StateError,
 )
@@ -42,8 +42,8 @@ def records(start: int, stop: int, *, size: int = 40, source: str = "log") -> li
     ]
 
 
-def at(offset: int, source: str = "log") -> ReadPosition:
-    return ReadPosition(source, LOG, "fp-" + source, offset, offset, inode=42, dev=7, size=offset)
+def at(offset: int, source: str = "log") -> Position:
+    return Position(source, LOG, "fp-" + source, offset, offset, inode=42, dev=7)
 
 
 def listing(directory: Path) -> dict[str, bytes]:
@@ -324,7 +324,7 @@ def test_quarantined_lines_are_kept_with_their_reason(state: State) -> None:
 
 
 def test_positions_are_upserted_per_source(state: State) -> None:
-    huge = ReadPosition("b", "/rotated", "fp", 10, 1, inode=2**64 - 1, dev=2**63, size=10)
+    huge = Position("b", "/rotated", "fp", 10, 1, inode=2**64 - 1, dev=2**63)
     state.commit_batch([], position=at(100, "a"))
     state.commit_batch([], position=huge)
     state.commit_batch([], position=at(250, "a"))
@@ -767,7 +767,8 @@ def test_reader_and_producer_threads_share_one_state(state: State) -> None:
 
 CRASHING_WRITER = r"""
 import random, sys
-from jobcompd.state import Delivery, NewRecord, ReadPosition, State
+from jobcompd.identity import Position
+from jobcompd.state import Delivery, NewRecord, State
 
 directory, synchronous, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
 rng = random.Random(seed)
@@ -779,7 +780,7 @@ while True:
     k = rng.randint(1, 400)
     batch = [NewRecord(f"r{i:09d}", i, b"j" * rng.randint(10, 3000), "log") for i in range(n, n + k)]
     result = state.commit_batch(
-        batch, position=ReadPosition("log", "/var/log/slurm/jobcomp.log", "fp", n + k, n + k)
+        batch, position=Position("log", "/var/log/slurm/jobcomp.log", "fp", n + k, n + k)
     )
     if result.already_known:
         print("REREAD", n, flush=True)

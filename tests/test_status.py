@@ -13,9 +13,9 @@ import pytest
 from jobcompd import status
 from jobcompd.config import load_settings
 from jobcompd.health import Health, read_health, write_health
-from jobcompd.identity import fingerprint
+from jobcompd.identity import Position, fingerprint
 from jobcompd.lock import StateDirLock
-from jobcompd.state import ReadPosition, State
+from jobcompd.state import State
 from tests.slurmctld import mixed_lines
 
 
@@ -40,8 +40,8 @@ def setup(tmp_path: Path) -> tuple[Path, Path]:
     config = configured(tmp_path, lines, "[status]\nstall_s = 60\n")
     with State.open(tmp_path / "state") as state:  # three lines read, seven not yet
         done = len(b"".join(lines[:3]))
-        fp = fingerprint(lines[0])
-        state.commit_batch([], position=ReadPosition(f"file:{fp}", str(log), fp, done, 3, 0, 0, done))
+        fp = fingerprint(lines[0], 65536)
+        state.commit_batch([], position=Position(f"file:{fp}", str(log), fp, done, 3))
     return config, tmp_path / "state"
 
 

@@ -24,12 +24,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jobcompd.identity import FileIdentity, fingerprint
+from jobcompd.identity import FileIdentity, Position, fingerprint
 from jobcompd.tailer import (
     Change,
     LineBatch,
     Observed,
-    StoredPosition,
     Tailer,
     classify,
     rotation_keys,
@@ -75,7 +74,7 @@ class Harness:
     def __init__(self, path: Path, **options: Any) -> None:
         self.path = path
         self.options = {"close_rotated_after": 0.5, **options}
-        self.db: dict[str, StoredPosition] = {}
+        self.db: dict[str, Position] = {}
         self.received: list[bytes] = []
         self.by_file: dict[str, list[bytes]] = defaultdict(list)
         self.batches: list[LineBatch] = []
@@ -123,7 +122,7 @@ class Harness:
         self.batches.append(batch)
         self.received.extend(batch.lines)
         self.by_file[fp].extend(batch.lines)
-        self.db[fp] = StoredPosition(batch.end_offset, batch.end_line_no, batch.path, time.time())
+        self.db[fp] = Position(batch.identity.key, batch.path, fp, batch.end_offset, batch.end_line_no, updated_at=time.time())
 
     def step(self, timeout: float = 0.05) -> LineBatch | None:
         batch = self.t.read(timeout)
@@ -206,7 +205,7 @@ def assert_exactly_once(h: Harness, directory: Path) -> None:
     for path in sorted(directory.iterdir()):
         lines = lines_on_disk(path)
         if lines:
-            expected.setdefault(fingerprint(lines[0]), lines)
+            expected.setdefault(fingerprint(lines[0], 65536), lines)
     for fp, lines in expected.items():
         got = h.by_file.get(fp, [])
         same = next((i for i, (a, b) in enumerate(zip(got, lines, strict=False)) if a != b),

@@ -1,0 +1,78 @@
+"""Lines → a batch of encoded records: the one seam between reading and spooling.
+
+:func:`parse_batch` is what the parse worker, in-process parsing, ``jobcompd parse`` and the
+benchmark all run, and its :class:`RecordBatch` is what the state commits as it is. A faster
+parser plugs in here. A :class:`ParseSpec` is plain values, so a child process given one parses
+exactly as its parent does (the same zone, not one looked up again by name).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from jobcompd.encode import Encoder
+from jobcompd.record import ParseError, parse_records
+from jobcompd.zone import Zone, ZoneSpec
+
+__all__ = ["ParseSpec", "RecordBatch", "encoder_for", "parse_batch"]
+
+
+class ParseSpec(NamedTuple):
+    """How to parse: the log's zone, the fallback cluster for record ids, the longest record."""
+
+    zone: ZoneSpec
+    cluster: str | None
+    max_line_bytes: int
+
+
+class RecordBatch(NamedTuple):
+    """The records of a batch of lines as columns: record ids, job ids, JSON payloads and the
+    index of each record's first line; ``(index, reason)`` of each line that is not a record; the
+    job ids of records read with a choice between readings (see :mod:`jobcompd.record`)."""
+
+    rids: list[str]
+    jobids: list[int]
+    payloads: list[bytes]
+    at: list[int]
+    bad: list[tuple[int, str]]
+    ambiguous: list[int]
+
+
+@functools.lru_cache(maxsize=8)
+def encoder_for(zone: ZoneSpec, cluster: str | None) -> Encoder:
+    """The encoder for a zone and fallback cluster (built once)."""
+    return Encoder(Zone.from_spec(zone).tz, cluster)
+
+
+def parse_batch(lines: Sequence[bytes], spec: ParseSpec) -> RecordBatch:
+    """Parse and encode ``lines``.
+
+    A record may span several lines (line breaks in its name); its id is that of all its bytes.
+    Whatever goes wrong with one record — a bug included — costs that record alone: it is
+    reported as a bad line with the error, and the rest of the batch goes on.
+    """
+    encoder = encoder_for(spec.zone, spec.cluster)
+    out = RecordBatch([], [], [], [], [], [])
+    rids, jobids, payloads, at, bad, ambiguous = out
+    encode = encoder.encode
+    record_id = encoder.record_id
+    for index, count, record in parse_records(lines, max_bytes=spec.max_line_bytes):
+        if record.__class__ is ParseError:
+            bad.append((index, record.reason))  # type: ignore[union-attr]
+            continue
+        raw = lines[index] if count == 1 else b"".join(lines[index : index + count])
+        try:
+            payload = encode(record)  # type: ignore[arg-type]
+            rid = record_id(raw, record)  # type: ignore[arg-type]
+        except Exception as exc:  # a defect, never a reason to lose the batch
+            bad.extend((i, f"cannot encode the record: {exc!r}") for i in range(index, index + count))
+            continue
+        rids.append(rid)
+        jobids.append(record.jobid)  # type: ignore[union-attr]
+        payloads.append(payload)
+        at.append(index)
+        if record.ambiguous:  # type: ignore[union-attr]
+            ambiguous.append(record.jobid)  # type: ignore[union-attr]
+    return out
