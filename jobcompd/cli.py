@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 from jobcompd import __version__
@@ -102,11 +103,17 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     for warning in settings.warnings:
         print(f"jobcompd: warning: {warning}", file=sys.stderr)
+    zone_warning = _zone_mismatch(settings)
+    if zone_warning:
+        print(f"jobcompd: warning: {zone_warning}", file=sys.stderr)
     view = redacted(settings)
     if args.json:
         print(json.dumps(view, indent=2, default=str))
     else:
         _print_tree(view)
+    access = _check_access(settings, args.user, quiet=args.json)
+    if access is None:
+        return EXIT_USAGE
     if args.connect:
         from jobcompd.preflight import check_connection
 
@@ -115,7 +122,51 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
             print(line)
         if not problems.ok:
             return EXIT_SOME_BAD
-    return EXIT_OK
+    return EXIT_SOME_BAD if access else EXIT_OK
+
+
+def _zone_mismatch(settings: Settings) -> str | None:
+    """A warning when ``source.timezone`` is not the zone this system (and so slurmctld) runs in."""
+    from jobcompd.zone import system_zone
+
+    system = system_zone()
+    if isinstance(system, str) or system == settings.source.zone:
+        return None
+    probe = [datetime(2024, 1, 15, 12), datetime(2024, 7, 15, 12)]
+    if all(system.tz.utcoffset(t) == settings.source.zone.tz.utcoffset(t) for t in probe):
+        return None  # another name for the same offsets (Etc/UTC and UTC)
+    return (
+        f"source.timezone: {settings.source.timezone!r} differs from this system's zone "
+        f"{system.name!r}: slurmctld writes its times in its own zone, so unless it runs with "
+        "TZ set to the first, every time will be shifted (comment source.timezone out to use "
+        "the system's)"
+    )
+
+
+def _check_access(settings: Settings, user: str | None, *, quiet: bool) -> bool | None:
+    """Print what the service user cannot use; True if anything stops it, None on a usage error."""
+    from jobcompd.access import User, check_paths, check_paths_as
+
+    if user is not None and os.geteuid() != 0:
+        print("jobcompd check-config: --user needs root (it checks as that user)", file=sys.stderr)
+        return None
+    try:
+        who = User.named(user) if user is not None else User.current()
+    except KeyError:
+        print(f"jobcompd check-config: no such user: {user}", file=sys.stderr)
+        return None
+    try:
+        findings = check_paths_as(settings, who) if user is not None else check_paths(settings, who)
+    except (OSError, RuntimeError) as exc:
+        print(f"jobcompd check-config: {exc}", file=sys.stderr)
+        return None
+    for finding in findings:
+        print(f"jobcompd: {finding.render(who)}", file=sys.stderr)
+    if not any(f.level == "error" for f in findings):
+        if not quiet:
+            print(f"ok   files: the log, the rdkafka properties and the state dir are usable by {who.name}")
+        return False
+    return True
 
 
 def _print_tree(view: dict[str, Any], prefix: str = "") -> None:
@@ -333,12 +384,36 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print("jobcompd run: --daemon needs --pidfile PATH", file=sys.stderr)
             return EXIT_USAGE
         context = _daemon_context(args.pidfile)
-        if context is None:
+        if context is None or not _can_start(settings):
             return EXIT_USAGE
         with context:
             return _run_daemon(settings)
     logs.configure(settings.log)
     return _run_daemon(settings)
+
+
+def _can_start(settings: Settings) -> bool:
+    """What can stop the daemon from starting, checked while it can still say so on stderr
+    (before it detaches): the state directory, its lock, the state itself and the log."""
+    from jobcompd.logfile import log_problem
+
+    try:
+        lock = StateDirLock(settings.state.dir).acquire()
+    except StateDirUnusable as exc:
+        print(f"jobcompd run: {exc}", file=sys.stderr)
+        return False
+    try:
+        state = _open_state(settings)
+        if state is None:
+            return False
+        state.close()
+    finally:
+        lock.release()
+    problem = log_problem(settings.source.path)
+    if problem is not None:
+        print(f"jobcompd run: source.path {settings.source.path}: {problem}", file=sys.stderr)
+        return False
+    return True
 
 
 def _daemon_context(pidfile: str) -> Any:
@@ -515,11 +590,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "check-config",
         help="validate the configuration and print the effective settings",
-        description="Print the effective settings (secrets redacted). Exit 2 on errors; "
-        "with --connect, exit 1 when the brokers or the topic do not answer.",
+        description="Print the effective settings (secrets redacted) and check, as the current "
+        "user or as --user, that the log (or its directory), the rdkafka properties file and "
+        "the state directory can be used; each problem names the path and the fix. Exit 2 on "
+        "configuration or usage errors; 1 when a file cannot be used or, with --connect, the "
+        "brokers or the topic do not answer.",
     )
     _config_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--user",
+        metavar="NAME",
+        help="check the files as this user, e.g. the service's (root only)",
+    )
     p.add_argument(
         "--connect",
         action="store_true",

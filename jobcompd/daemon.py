@@ -447,6 +447,7 @@ class Daemon:
             last_delivery_at=stats.get("last_delivered_at"),  # type: ignore[arg-type]
             brokers_up=sender.brokers_up if sender else None,
             health_ok=health.state_error is None
+            and health.source_error is None
             and (sender is None or sender.brokers_down_since is None),
         )
 
@@ -478,6 +479,7 @@ class Daemon:
             self._health.last_delivery_at = counters.last_delivery_at or None
             self._health.brokers_up = counters.brokers_up
             self._health.brokers_down_since = counters.brokers_down_since
+        self._health.source_error = self._tailer.problem if self._tailer is not None else None
         report = self.settings.status.file
         if report is not None and self._state is not None:
             # The numbers status shows, for a monitoring user who may not read the state.
@@ -510,6 +512,8 @@ class Daemon:
             parts.append("PAUSED (spool full)")
         if self._health.state_error:
             parts.append(f"STATE ERROR: {self._health.state_error}")
+        if self._health.source_error:
+            parts.append(f"LOG ERROR: {self._health.source_error}")
         return "STATUS=" + ", ".join(parts)
 
     def _notify(self, *lines: str) -> None:

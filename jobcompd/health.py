@@ -30,6 +30,7 @@ class Health:
     last_delivery_at: float | None = None
     state_error: str | None = None  # why the state cannot be written, while it cannot
     state_error_since: float | None = None
+    source_error: str | None = None  # why the log file cannot be read, while it cannot
     backpressure: bool = False  # reading paused: the spool is full
     brokers_up: int | None = None  # brokers librdkafka has up (None: not known yet)
     brokers_down_since: float | None = None  # none up since then

@@ -1,30 +1,38 @@
 """Opening a jobcomp log for reading: plain, or a rotated copy compressed with gzip, bzip2 or xz.
 
-The one place that knows log files on disk, for the tailer (:func:`open_reader`: read by offset,
-so renames and unlinks do not matter) and for ``jobcompd parse``/``replay`` (:func:`open_log`: a
-forward stream). Compression is recognised by the file's first bytes, never by its name alone.
+The one place that knows log files on disk: how to read one — for the tailer by offset
+(:func:`open_reader`: renames and unlinks do not matter), for ``jobcompd parse`` and ``replay`` as
+a forward stream (:func:`open_log`) — and why one cannot be read (:func:`log_problem`, for the
+tailer's error and ``check-config``). Compression is recognised by the file's first bytes, never
+by its name alone.
 """
 
 from __future__ import annotations
 
 import bz2
+import errno
 import gzip
 import lzma
 import os
 import stat
 import sys
 import zlib
+from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any, BinaryIO, Protocol
 
 __all__ = [
     "COMPRESSED_SUFFIXES",
     "CHUNK",
     "DecompressedReader",
+    "LogProblem",
     "PlainReader",
     "Reader",
     "compression",
     "end_of_lines",
     "first_line",
+    "log_problem",
+    "nearest_existing",
     "open_log",
     "open_reader",
 ]
@@ -252,3 +260,64 @@ def end_of_lines(reader: Reader, size: int) -> tuple[int, int]:
             last = pos + chunk.rfind(b"\n") + 1
         pos += len(chunk)
     return last, count
+
+
+@dataclass(frozen=True)
+class LogProblem:
+    """Why the log cannot be read; ``blocked`` is what to make readable when permissions are why."""
+
+    reason: str
+    blocked: Path | None = None
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+_UNLISTABLE = "its directory {} cannot be listed (permission denied): rotation cannot be followed"
+
+
+def log_problem(path: Path) -> LogProblem | None:
+    """Why the log at ``path`` cannot be read, or None if it can — or simply does not exist yet
+    (slurmctld creates it at the first finished job) in a directory this user can look into."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        parent = nearest_existing(path.parent)
+        if parent != path.parent:
+            return None  # the directory will be made by whoever makes the log
+        if not os.access(parent, os.R_OK | os.X_OK):
+            return LogProblem(_UNLISTABLE.format(parent), parent)
+        return None
+    except PermissionError:
+        blocked = _blocked_dir(path)
+        return LogProblem(f"a directory above it cannot be searched (permission denied): {blocked}", blocked)
+    except OSError as exc:
+        return LogProblem(f"cannot be looked at: {exc.strerror}")
+    if stat.S_ISDIR(st.st_mode):
+        return LogProblem("is a directory, not the log file (source.path, or JobCompLoc in slurm.conf)")
+    if not stat.S_ISREG(st.st_mode):
+        return LogProblem("is not a regular file")
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+    except OSError as exc:
+        if exc.errno == errno.EACCES:
+            return LogProblem("exists but cannot be read (permission denied)", path)
+        return LogProblem(f"cannot be opened: {exc.strerror}")
+    if not os.access(path.parent, os.R_OK | os.X_OK):
+        return LogProblem(_UNLISTABLE.format(path.parent), path.parent)
+    return None
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path``, or its nearest ancestor that exists."""
+    while not os.path.exists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _blocked_dir(path: Path) -> Path:
+    """The first directory above ``path`` this user cannot search."""
+    for parent in reversed(path.parents):
+        if not os.access(parent, os.X_OK):
+            return parent
+    return path.parent

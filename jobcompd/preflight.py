@@ -8,6 +8,9 @@ exercises the same bootstrap, TLS and SASL path as production and reports the to
 
 from __future__ import annotations
 
+import logging
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +18,7 @@ from confluent_kafka import KafkaException, Producer
 
 from jobcompd.config import Settings
 
-__all__ = ["ConnectionCheck", "check_connection"]
+__all__ = ["ConnectionCheck", "cause", "check_connection"]
 
 
 @dataclass(slots=True)
@@ -30,12 +33,52 @@ class ConnectionCheck:
         self.report.append(f"FAIL {line}")
 
 
+_CAUSES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"Connect to (?:ipv[46]#)?(\S+) failed: Connection refused"),
+     "connection refused on {0}: nothing listens there (broker down, or a wrong host or port)"),
+    (re.compile(r"Failed to resolve '([^']+)'"),
+     "name not resolved: {0} (check bootstrap.servers and DNS)"),
+    (re.compile(r"Connect to (?:ipv[46]#)?(\S+) failed: (?:Connection timed out|No route to host)"),
+     "no answer from {0} (a firewall, or an address that is not reachable from here)"),
+    (re.compile(r"(?:SSL handshake failed|certificate verify failed|SSL routines)[^\n]*"),
+     "TLS failure: {line} (check security.protocol and the ssl.* properties)"),
+    (re.compile(r"SASL authentication (?:error|failed)[^\n]*|Authentication failed[^\n]*"),
+     "SASL authentication failed: {line} (check the sasl.* properties and the credentials)"),
+)
+
+
+def cause(errors: Sequence[str]) -> str | None:
+    """The reason a connection failed, in one line, from librdkafka's error and log lines."""
+    found: list[str] = []
+    for line in errors:
+        for pattern, text in _CAUSES:
+            if m := pattern.search(line):
+                reason = text.format(*m.groups(), line=m.group(0))
+                if reason not in found:
+                    found.append(reason)
+                break
+    return "; ".join(found[:2]) if found else None
+
+
+class _Collected(logging.Logger):
+    """librdkafka's log lines, kept for the verdict instead of printed raw."""
+
+    def __init__(self) -> None:
+        super().__init__("jobcompd.preflight.librdkafka", logging.DEBUG)
+        self.lines: list[str] = []
+
+    def handle(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
 def check_connection(settings: Settings, *, timeout: float = 10.0) -> ConnectionCheck:
     """Ask the cluster for metadata of the configured topic."""
     result = ConnectionCheck()
     conf: dict[str, Any] = dict(settings.kafka.producer_config())
     errors: list[str] = []
     conf["error_cb"] = lambda err: errors.append(f"{err.name()}: {err.str()}")
+    collected = _Collected()
+    conf["logger"] = collected
     # Look, don't create: a metadata request may otherwise auto-create the topic.
     conf["allow.auto.create.topics"] = "false"
     try:
@@ -47,10 +90,9 @@ def check_connection(settings: Settings, *, timeout: float = 10.0) -> Connection
     try:
         meta = producer.list_topics(topic, timeout=timeout)
     except KafkaException as exc:
-        result.fail(
-            f"brokers {conf.get('bootstrap.servers')!r} did not answer: "
-            f"{exc.args[0].str()}" + (f" ({errors[-1]})" if errors else "")
-        )
+        producer.poll(0.2)  # hand over the log lines and errors queued so far
+        why = cause([*errors, *collected.lines]) or exc.args[0].str()
+        result.fail(f"brokers {conf.get('bootstrap.servers')!r} did not answer within {timeout:g} s: {why}")
         return result
     result.report.append(f"ok   brokers answer: {len(meta.brokers)} broker(s), cluster id {meta.cluster_id}")
     info = meta.topics.get(topic)

@@ -197,6 +197,8 @@ def _daemon_health(report: StatusReport, settings: Settings, now: float, health:
     if health.state_error:
         since = now - (health.state_error_since or now)
         report.flag(CRITICAL, f"the daemon cannot write its state (for {since:.0f} s): {health.state_error}")
+    if health.source_error:
+        report.flag(CRITICAL, f"the daemon cannot read the log {settings.source.path}: {health.source_error}")
     if health.brokers_down_since is not None:
         down = now - health.brokers_down_since
         level = CRITICAL if down >= stall else WARNING

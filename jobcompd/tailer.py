@@ -61,6 +61,7 @@ from jobcompd.logfile import (
     Reader,
     end_of_lines,
     first_line,
+    log_problem,
     open_reader,
 )
 
@@ -80,6 +81,7 @@ __all__ = [
 
 # mtimes lag the wall clock by up to a kernel tick, and are whole seconds on ext3 and some NFS.
 _MTIME_SLACK = 1.0
+_PROBLEM_EVERY_S = 300.0  # a log that cannot be read is logged again this often
 _NUMBERED = re.compile(r"\.(\d{1,6})")
 _DATED = re.compile(r"[-._](\d{4}-?\d{2}-?\d{2}(?:[-_.T]?\d+)*)")
 
@@ -417,6 +419,9 @@ class Tailer:
         self._nothing_stored = True
         self._confirmed_at = 0.0
         self._waiting_logged = False
+        self.problem: str | None = None
+        """Why the log file cannot be read, while it cannot (None: it can, or it does not exist)."""
+        self._problem_logged_at = 0.0
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -594,6 +599,9 @@ class Tailer:
         reader, st = opened
         was_waiting = self._waiting_logged
         self._waiting_logged = False
+        if self.problem is not None:
+            self._log.info("the log file can be read again", path=str(self._path))
+            self.problem = None
         for f in self._rotated:
             if (f.dev, f.inode) == (st.st_dev, st.st_ino):
                 reader.close()
@@ -948,9 +956,23 @@ class Tailer:
         return FileStatus(f.path, f.identity, f.offset, size)
 
     def _log_waiting(self) -> None:
-        if not self._waiting_logged:
-            self._waiting_logged = True
-            self._log.info("waiting for the log file to appear", path=str(self._path))
+        """No file is followed: say why — an error while the path cannot be read (again every
+        ``_PROBLEM_EVERY_S`` until fixed), else that the log is awaited (once)."""
+        problem = log_problem(self._path)
+        if problem is None:
+            if self.problem is not None:
+                self._log.info("the log file's problem is gone", path=str(self._path))
+            self.problem = None
+            if not self._waiting_logged:
+                self._waiting_logged = True
+                self._log.info("waiting for the log file to appear", path=str(self._path))
+            return
+        now = time.monotonic()
+        if problem.reason != self.problem or now - self._problem_logged_at >= _PROBLEM_EVERY_S:
+            self._problem_logged_at = now
+            self._log.error("cannot read the log file", path=str(self._path), problem=problem.reason)
+        self.problem = problem.reason
+        self._waiting_logged = True
 
     def _watch_dir(self) -> None:
         if self._observer is None or self._watch is not None:

@@ -6,9 +6,12 @@ import bz2
 import gzip
 import json
 import lzma
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -106,3 +109,86 @@ def test_make_demo_pipeline_runs() -> None:
     assert "6 message(s) for 6 job line(s)" in done.stdout
     assert '"job_name":"hostile JobState=FAILED name"' in done.stdout
     assert "exit status 0" in done.stdout and "demo finished" in done.stdout
+
+
+def write_config(tmp_path: Path, log: Path, state: Path) -> Path:
+    conf = tmp_path / "rdkafka.conf"
+    conf.write_text("bootstrap.servers=localhost:9092\n")
+    config = tmp_path / "jobcompd.toml"
+    config.write_text(
+        f'[source]\npath = "{log}"\n[kafka]\nrdkafka_conf = "{conf}"\nparams = "topic=jobs"\n'
+        f'[state]\ndir = "{state}"\n'
+    )
+    return config
+
+
+@pytest.fixture
+def reachable() -> Iterator[Path]:
+    """A directory the service user may look into (pytest's own are private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="jobcompd-access-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="checking as another user needs root")
+def test_check_config_as_the_service_user_names_each_problem_and_its_fix(reachable: Path) -> None:
+    tmp_path = reachable
+    log = tmp_path / "slurm_jobcomp.log"
+    log.write_bytes(SAMPLE.read_bytes())
+    log.chmod(0o600)  # root:root, as slurmctld running as root would leave it
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o700)
+    config = write_config(tmp_path, log, locked / "state")
+    (tmp_path / "rdkafka.conf").chmod(0o640)  # `install -m 0640` without -g
+
+    as_root = jobcompd("check-config", "-c", str(config))
+    assert as_root.returncode == 0, as_root.stderr
+    assert b"ok   files: " in as_root.stdout
+
+    checked = jobcompd("check-config", "-c", str(config), "--user", "nobody")
+    assert checked.returncode == 1
+    err = checked.stderr.decode()
+    assert f"source.path: {log}: exists but cannot be read (permission denied) (as user nobody)" in err
+    assert f"fix: chgrp nogroup {log} && chmod g+r {log}" in err
+    conf = tmp_path / "rdkafka.conf"
+    assert f"kafka.rdkafka_conf: {conf}: cannot be read (permission denied)" in err
+    assert f"fix: chgrp nogroup {conf} && chmod g+r {conf}" in err
+    assert f"state.dir: {locked / 'state'}: does not exist and cannot be created ({locked} is not writable)" in err
+    assert f"fix: install -d -o nobody -g nogroup -m 0700 {locked / 'state'}" in err
+
+    # Following the fixes makes the check pass.
+    for path in (log, conf):
+        os.chown(path, 0, 65534)
+        path.chmod(0o640)
+    os.makedirs(locked / "state")
+    os.chown(locked / "state", 65534, 65534)
+    locked.chmod(0o755)
+    fixed = jobcompd("check-config", "-c", str(config), "--user", "nobody")
+    assert fixed.returncode == 0, fixed.stderr
+    assert b"usable by nobody" in fixed.stdout
+
+
+def test_check_config_refuses_a_directory_as_the_log(tmp_path: Path) -> None:
+    config = write_config(tmp_path, tmp_path, tmp_path / "state")
+    checked = jobcompd("check-config", "-c", str(config))
+    assert checked.returncode == 1
+    assert b"is a directory, not the log file" in checked.stderr
+    user = jobcompd("check-config", "-c", str(config), "--user", "no-such-user-here")
+    assert user.returncode == 2
+
+
+def test_check_config_warns_when_the_zone_is_not_the_systems(tmp_path: Path) -> None:
+    config = write_config(tmp_path, tmp_path / "jobcomp.log", tmp_path / "state")
+    config.write_text(config.read_text().replace("[source]\n", '[source]\ntimezone = "Europe/Berlin"\n'))
+
+    def check(tz: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "jobcompd", "check-config", "-c", str(config)],
+                              env={**os.environ, "TZ": tz}, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+
+    warned = check("America/New_York")
+    assert "source.timezone: 'Europe/Berlin' differs from this system's zone 'America/New_York'" in warned
+    assert "differs" not in check("Europe/Berlin")
+    assert "differs" not in check(":Europe/Berlin")

@@ -71,17 +71,17 @@ def test_example_config_loads_with_the_example_properties_file(tmp_path: Path) -
     path = tmp_path / "jobcompd.toml"
     path.write_text(text.replace('"/etc/jobcompd/rdkafka.conf"', '"rdkafka.conf"', 1))
 
-    settings = load(path)
+    settings = load(path, TZ="Asia/Tokyo")  # the shipped file leaves the zone to the system
 
     assert settings.config_path == path
     assert settings.source == config.SourceSettings(
         path=Path("/var/log/slurm_jobcomp.log"),
-        zone=resolve_zone("UTC"),
+        zone=resolve_zone("Asia/Tokyo"),
         start_at="beginning",
         poll=False,
         max_line_bytes=65536,
     )
-    assert settings.source.tz is ZoneInfo("UTC")
+    assert settings.source.tz is ZoneInfo("Asia/Tokyo")
     assert settings.kafka.topic == "mycluster"
     assert settings.kafka.params == JobCompParams(
         flush_timeout=500, poll_interval=2, requeue_on_msg_timeout=True, topic="mycluster"
@@ -112,7 +112,7 @@ def test_example_shows_the_defaults(tmp_path: Path) -> None:
     shutil.copy(ETC / "rdkafka.conf", tmp_path / "rdkafka.conf")
     text = (ETC / "jobcompd.toml").read_text()
     full = write(tmp_path, text.replace('"/etc/jobcompd/rdkafka.conf"', '"rdkafka.conf"'), None)
-    settings = load(full)
+    settings = load(full, TZ="UTC")
     bare = tmp_path / "bare.toml"
     bare.write_text(minimal("topic=mycluster,requeue_on_msg_timeout"))
     assert dataclasses.replace(load(bare), config_path=full) == settings

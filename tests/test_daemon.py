@@ -416,6 +416,52 @@ def test_daemon_mode_with_pidfile(kafka: MockCluster, env: JobcompdEnv, tmp_path
     assert not pidfile.exists()
 
 
+def test_daemon_mode_refuses_before_detaching_with_the_reason(env: JobcompdEnv, tmp_path: Path) -> None:
+    pidfile = tmp_path / "jobcompd.pid"
+
+    def start() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [JOBCOMPD, "run", "-c", str(env.config), "--daemon", "--pidfile", str(pidfile)],
+            capture_output=True, text=True, timeout=30,
+        )
+
+    env.state_dir.write_text("")  # a file where the state directory should be
+    refused = start()
+    assert refused.returncode == 2 and f"cannot use the state directory {env.state_dir}" in refused.stderr
+    assert not pidfile.exists()
+
+    env.state_dir.unlink()
+    assert env.log_path is not None
+    env.log_path.mkdir()
+    refused = start()
+    assert refused.returncode == 2 and "is a directory, not the log file" in refused.stderr
+    assert not pidfile.exists()
+
+
+def test_a_log_that_cannot_be_read_is_an_error_and_status_critical(
+    kafka: MockCluster, env: JobcompdEnv, daemon: DaemonProcess
+) -> None:
+    assert env.log_path is not None
+    env.log_path.mkdir()  # e.g. JobCompLoc pointing at a directory
+    daemon.start()
+    daemon.wait_log("cannot read the log file")
+    assert "is a directory, not the log file" in daemon.output()
+
+    def critical() -> bool:
+        checked = env.run("status")
+        return checked.returncode == 2 and "cannot read the log" in checked.stdout
+
+    wait_for(critical, 20, "status CRITICAL for the unreadable log")
+    env.log_path.rmdir()
+    lines = mixed_lines(30, seed=31)
+    with SlurmctldWriter(env.log_path) as w:
+        w.write(b"".join(lines))
+    assert_all_arrived(kafka, env, lines)
+    daemon.wait_log("the log file can be read again")
+    wait_for(lambda: "cannot read the log" not in env.run("status").stdout, 20, "status to clear")
+    assert daemon.stop() == 0
+
+
 def test_systemd_notify_ready_status_watchdog_reload_stopping(
     kafka: MockCluster, env: JobcompdEnv, tmp_path: Path
 ) -> None:

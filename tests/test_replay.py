@@ -7,6 +7,7 @@ import gzip
 import lzma
 import random
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -273,7 +274,40 @@ def test_check_config_connect(mock_cluster: MockCluster, tmp_path: Path) -> None
     assert "3 partition(s)" in ok.stdout
     missing = JobcompdEnv(tmp_path / "other", mock_cluster.bootstrap, topic="no-such-topic")
     bad = missing.run("check-config", "--connect", "--timeout", "5")
-    assert bad.returncode == 1 and "FAIL" in bad.stdout
+    assert bad.returncode == 1 and "FAIL topic 'no-such-topic'" in bad.stdout
+
+    # A wrong address: one verdict naming the cause, none of librdkafka's raw log lines.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens on it once closed
+    refused = JobcompdEnv(tmp_path / "refused", f"127.0.0.1:{port}").run(
+        "check-config", "--connect", "--timeout", "3"
+    )
+    assert refused.returncode == 1
+    assert f"connection refused on 127.0.0.1:{port}" in refused.stdout
+    assert "%3|" not in refused.stdout + refused.stderr
+    unresolved = JobcompdEnv(tmp_path / "dns", "no-such-host.invalid:9092").run(
+        "check-config", "--connect", "--timeout", "3"
+    )
+    assert "name not resolved: no-such-host.invalid:9092" in unresolved.stdout
+    assert "%3|" not in unresolved.stdout + unresolved.stderr
+
+
+def test_connection_causes_from_librdkafka_lines() -> None:
+    from jobcompd.preflight import cause
+
+    assert cause(["_SSL: ssl://k1:9093/bootstrap: SSL handshake failed: certificate verify failed"]) == (
+        "TLS failure: SSL handshake failed: certificate verify failed (check security.protocol and "
+        "the ssl.* properties)"
+    )
+    assert cause(["_AUTHENTICATION: sasl_ssl://k1:9094/1: SASL authentication error: Authentication "
+                  "failed during authentication due to invalid credentials with SASL mechanism "
+                  "SCRAM-SHA-512"]).startswith("SASL authentication failed: ")
+    assert cause(["_TRANSPORT: k1:9092/bootstrap: Connect to ipv4#10.0.0.9:9092 failed: Connection "
+                  "timed out (after 3000ms in state CONNECT)"]) == (
+        "no answer from 10.0.0.9:9092 (a firewall, or an address that is not reachable from here)"
+    )
+    assert cause(["_ALL_BROKERS_DOWN: 1/1 brokers are down"]) is None
 
 
 def test_replay_refuses_bad_config_and_second_writer(mock_cluster: MockCluster, tmp_path: Path) -> None:
