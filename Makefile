@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed-stamp
 
-.PHONY: test demo bench-parse bench lint fuzz clean venv
+.PHONY: test demo bench-parse bench lint fuzz clean venv dist man
 
 venv: $(STAMP)
 
@@ -34,9 +34,17 @@ bench: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[bench]'
 	$(PY) bench/run_bench.py $(BENCH_ARGS)
 
+# The offline bundle for air-gapped controllers: dist/jobcompd-VERSION-offline.tar.gz (see README).
+dist: $(STAMP)
+	PYTHON=$(PY) sh packaging/bundle.sh
+
+# Regenerate the man pages from --help and etc/jobcompd.toml (tests/test_man.py checks them).
+man: $(STAMP)
+	$(PY) man/generate.py
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check jobcompd tests bench fuzz
 	$(VENV)/bin/mypy jobcompd
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

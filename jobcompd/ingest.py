@@ -366,7 +366,7 @@ class Ingestor:
         for jobid in parsed.ambiguous:
             self._log.warning(
                 "job record read with a choice between readings: fake fields in a name, a "
-                "working directory or an account (see the README, 'Ambiguous records')",
+                "working directory or an account (see docs/reading.md, 'Ambiguous records')",
                 jobid=jobid,
                 path=source,
             )

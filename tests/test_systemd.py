@@ -111,8 +111,8 @@ def _testable_unit(tmp_path: Path) -> Path:
     """A copy of the unit whose ExecStart names an executable that exists here."""
     exe = shutil.which("jobcompd", path=str(Path(sys.executable).parent)) or sys.executable
     text = UNIT.read_text()
-    testable = re.sub(r"^ExecStart=/usr/bin/jobcompd ", f"ExecStart={exe} ", text, flags=re.M)
-    assert testable != text, "ExecStart=/usr/bin/jobcompd ... not found in the unit"
+    testable = re.sub(r"^ExecStart=/opt/jobcompd/bin/jobcompd ", f"ExecStart={exe} ", text, flags=re.M)
+    assert testable != text, "ExecStart=/opt/jobcompd/bin/jobcompd ... not found in the unit"
     copy = tmp_path / UNIT.name
     copy.write_text(testable)
     return copy
@@ -123,7 +123,7 @@ def test_unit_declares_the_service_contract() -> None:
     expected = {
         "Type": ["notify"],
         "NotifyAccess": ["main"],
-        "ExecStart": ["/usr/bin/jobcompd run -c /etc/jobcompd/jobcompd.toml"],
+        "ExecStart": ["/opt/jobcompd/bin/jobcompd run -c /etc/jobcompd/jobcompd.toml"],
         "ExecReload": ["/bin/kill -HUP $MAINPID"],
         "WatchdogSec": ["30"],
         "Restart": ["on-failure"],
