@@ -43,18 +43,18 @@ _FRAME = re.compile(r"^(?P<func>.+?) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
 STAGES = (
     ("Tailer.read (jobcompd/tailer.py)", "tailer: complete lines from the log"),
     ("Ingestor.commit (jobcompd/ingest.py)", "ingest: wait for the parse + spool commit"),
-    ("State.commit_batch (jobcompd/state.py)", "  State.commit_batch (SQLite insert)"),
+    ("Spool.commit_batch (jobcompd/state/_spool.py)", "  State.commit_batch (SQLite insert)"),
     ("main (jobcompd/_parse_child.py)", "parse worker (child process): parse + encode + id + framing"),
     ("parse_batch (jobcompd/batch.py)", "  parse_batch (worker, or in-process for small batches)"),
     ("parse_line (jobcompd/record.py)", "  parse_line"),
     ("Encoder.encode (jobcompd/encode.py)", "  Encoder.encode (dict + orjson)"),
     ("Encoder.record_id (jobcompd/encode.py)", "  Encoder.record_id (BLAKE2b)"),
     ("Sender.pump (jobcompd/producer.py)", "sender: produce + poll + settle"),
-    ("State.pending (jobcompd/state.py)", "  State.pending (spool fetch)"),
+    ("Spool.pending (jobcompd/state/_spool.py)", "  State.pending (spool fetch)"),
     ("Sender._produce (jobcompd/producer.py)", "  Sender._produce (Producer.produce)"),
     ("Sender._on_delivery (jobcompd/producer.py)", "  Sender._on_delivery (report callbacks)"),
-    ("State.mark_delivered (jobcompd/state.py)", "  State.mark_delivered (spool delete)"),
-    ("State.spool_depth (jobcompd/state.py)", "State.spool_depth (count(*) on the spool)"),
+    ("Spool.mark_delivered (jobcompd/state/_spool.py)", "  State.mark_delivered (spool delete)"),
+    ("Spool.spool_depth (jobcompd/state/_spool.py)", "State.spool_depth (count(*) on the spool)"),
 )
 
 

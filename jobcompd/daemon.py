@@ -39,7 +39,7 @@ from jobcompd.lock import StateDirLock
 from jobcompd.metrics import Facts, Metrics
 from jobcompd.producer import Sender
 from jobcompd.record import unfinished_tail
-from jobcompd.state import BatchResult, SpooledRecord, State, StateError
+from jobcompd.state import BatchResult, SpooledRecord, State, StateError, Stats
 from jobcompd.tailer import LineBatch, Tailer
 
 __all__ = ["Daemon"]
@@ -433,18 +433,18 @@ class Daemon:
         stats = self._state.stats()
         sender = self._sender.sender.counters if self._sender else None
         tailer = self._tailer
-        oldest = stats.get("oldest_pending_at")
+        oldest = stats.oldest_pending_at
         health = self._health
         return Facts(
             lines_read=self._lines_read,
-            delivered=int(stats.get("delivered_total") or 0),  # type: ignore[call-overload]
-            quarantined=int(stats.get("quarantined_total") or 0),  # type: ignore[call-overload]
-            ambiguous=int(stats.get("ambiguous_total") or 0),  # type: ignore[call-overload]
-            dead_letters=int(stats.get("deadletter_count") or 0),  # type: ignore[call-overload]
-            spool=int(stats.get("spool_depth") or 0),  # type: ignore[call-overload]
-            oldest_undelivered_s=max(0.0, time.time() - float(oldest)) if oldest else 0.0,  # type: ignore[arg-type]
+            delivered=stats.delivered_total,
+            quarantined=stats.quarantined_total,
+            ambiguous=stats.ambiguous_total,
+            dead_letters=stats.deadletter_count,
+            spool=stats.spool_depth,
+            oldest_undelivered_s=max(0.0, time.time() - oldest) if oldest else 0.0,
             lag_bytes=tailer.status().lag_bytes if tailer is not None else None,
-            last_delivery_at=stats.get("last_delivered_at"),  # type: ignore[arg-type]
+            last_delivery_at=stats.last_delivered_at,
             brokers_up=sender.brokers_up if sender else None,
             health_ok=health.state_error is None
             and health.source_error is None
@@ -484,19 +484,19 @@ class Daemon:
         if report is not None and self._state is not None:
             # The numbers status shows, for a monitoring user who may not read the state.
             try:
-                stats = self._state.stats()
+                stats: Stats | None = self._state.stats()
             except StateError:
-                stats = {}
+                stats = None
             h = self._health
-            h.spool_depth = int(stats.get("spool_depth") or 0)  # type: ignore[call-overload]
-            h.oldest_pending_at = stats.get("oldest_pending_at")  # type: ignore[assignment]
-            h.dead_letters = int(stats.get("deadletter_count") or 0)  # type: ignore[call-overload]
-            h.quarantined = int(stats.get("quarantine_count") or 0)  # type: ignore[call-overload]
-            h.delivered_total = int(stats.get("delivered_total") or 0)  # type: ignore[call-overload]
-            h.last_delivered_jobid = stats.get("last_delivered_jobid")  # type: ignore[assignment]
-            h.state_bytes = int(stats.get("db_bytes") or 0)  # type: ignore[call-overload]
-            h.known_ids = max(0, int(stats.get("spooled_total") or 0)  # type: ignore[call-overload]
-                              - int(stats.get("pruned_total") or 0))  # type: ignore[call-overload]
+            if stats is not None:
+                h.spool_depth = stats.spool_depth
+                h.oldest_pending_at = stats.oldest_pending_at
+                h.dead_letters = stats.deadletter_count
+                h.quarantined = stats.quarantine_count
+                h.delivered_total = stats.delivered_total
+                h.last_delivered_jobid = stats.last_delivered_jobid
+                h.state_bytes = stats.db_bytes
+                h.known_ids = stats.known_ids
             h.lag_bytes = self._tailer.status().lag_bytes if self._tailer is not None else None
         self._health.updated_at = time.time()
         write_health(self.settings.state.dir, self._health)

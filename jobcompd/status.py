@@ -90,7 +90,7 @@ def collect(settings: Settings) -> StatusReport:
         return report
     try:
         with State.open(settings.state.dir, readonly=True, verify=False) as state:
-            stats: dict[str, Any] = dict(state.stats())
+            stats = state.stats()
             positions = state.positions()
     except StateError as exc:
         if not os.access(settings.state.dir / DB_NAME, os.R_OK):
@@ -98,17 +98,16 @@ def collect(settings: Settings) -> StatusReport:
         report.flag(CRITICAL, f"state unreadable: {exc}")
         return report
     now = time.time()
-    report.spool_depth = int(stats.get("spool_depth") or 0)
-    oldest = stats.get("oldest_pending_at")
-    report.oldest_pending_age_s = round(now - float(oldest), 1) if oldest else None  # type: ignore[arg-type]
-    report.dead_letters = int(stats.get("deadletter_count") or 0)
-    report.quarantined = int(stats.get("quarantine_count") or 0)
-    report.delivered_total = int(stats.get("delivered_total") or 0)
-    # Every record spooled leaves its id in the known ids until the retention forgets it.
-    report.known_ids = max(0, int(stats.get("spooled_total") or 0) - int(stats.get("pruned_total") or 0))
-    report.state_bytes = int(stats.get("db_bytes") or 0)
-    report.last_delivered_at = stats.get("last_delivered_at")  # type: ignore[assignment]
-    report.last_delivered_jobid = stats.get("last_delivered_jobid")  # type: ignore[assignment]
+    report.spool_depth = stats.spool_depth
+    oldest = stats.oldest_pending_at
+    report.oldest_pending_age_s = round(now - oldest, 1) if oldest else None
+    report.dead_letters = stats.deadletter_count
+    report.quarantined = stats.quarantine_count
+    report.delivered_total = stats.delivered_total
+    report.known_ids = stats.known_ids
+    report.state_bytes = stats.db_bytes
+    report.last_delivered_at = stats.last_delivered_at
+    report.last_delivered_jobid = stats.last_delivered_jobid
     _file_lag(report, settings, {p.fingerprint: p for p in positions if p.reader == LIVE})
     if report.daemon_pid is not None:
         _daemon_health(report, settings, now, read_health(settings.state.dir))

@@ -62,7 +62,7 @@ def test_offered_records_go_out_once_in_spool_order_from_memory_or_read_back(
         send_all(sender, state)
         assert state.reads == reads, "offered records were read back from the spool"
         assert sender.close() == 0
-        assert state.stats()["delivered_total"] == 900
+        assert state.stats().delivered_total == 900
 
     got = consume_all(mock_cluster.bootstrap, "mycluster", expected=900, timeout=30)
     assert [m.key() for m in got] == [f"r{i:06d}".encode() for i in range(900)]
@@ -106,8 +106,8 @@ def test_a_fatal_error_raised_by_produce_rebuilds_and_dead_letters_nothing(
         sender.wake()
         send_all(sender, state)
         assert FatalOnce.failures == 1
-        assert state.stats()["deadletter_count"] == 0 and sender.counters.dead_lettered == 0
-        assert state.stats()["delivered_total"] == 100
+        assert state.stats().deadletter_count == 0 and sender.counters.dead_lettered == 0
+        assert state.stats().delivered_total == 100
         assert sender.close() == 0
     got = consume_all(mock_cluster.bootstrap, "mycluster", expected=100, timeout=30)
     assert sorted(m.key() for m in got) == [f"r{i:06d}".encode() for i in range(100)]
@@ -126,7 +126,7 @@ def test_an_outage_costs_a_few_log_lines_not_one_per_record(
         state.commit_batch(new(0, 500))
         sender.wake()
         deadline = time.monotonic() + 30
-        while state.stats()["deadletter_count"] < 500:
+        while state.stats().deadletter_count < 500:
             assert time.monotonic() < deadline, state.stats()
             sender.pump(0.05)
         assert sender.close() == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import random
@@ -134,9 +135,7 @@ def test_a_failing_batch_leaves_neither_records_nor_position(
     assert state.position("log") == at(10)
     assert all_rids(state) == [r.rid for r in records(0, 10)]
     assert state.quarantined() == []
-    assert {k: v for k, v in state.stats().items() if k != "db_bytes"} == {
-        k: v for k, v in before.items() if k != "db_bytes"
-    }
+    assert dataclasses.replace(state.stats(), db_bytes=0) == dataclasses.replace(before, db_bytes=0)
     assert state.commit_batch(records(10, 20), position=at(20)).spooled == 10
 
 
@@ -151,7 +150,7 @@ def test_records_already_spooled_dead_lettered_or_delivered_are_skipped(state: S
     assert result == BatchResult(spooled=2, already_known=5, quarantined=0)
     assert all_rids(state) == ["r000000002", "r000000003", "r000000004", "r000000005"]
     assert [d.rid for d in state.dead_letters()] == ["r000000001"]
-    assert state.stats()["already_known_total"] == 5
+    assert state.stats().already_known_total == 5
     assert all(state.is_known(f"r{i:09d}", i) for i in range(6))
     assert not state.is_known("r000000006", 6)
 
@@ -185,10 +184,10 @@ def test_mark_delivered_takes_records_out_of_the_spool_and_keeps_their_ids(state
     assert all(state.is_known(r.rid, r.jobid) for r in spooled)
     assert state.mark_delivered([Delivery(spooled[0].seq, 2, 100)]) == 0
     stats = state.stats()
-    assert stats["delivered_total"] == 3
-    assert stats["last_delivered_jobid"] == 2
-    assert stats["last_delivered_at"] == pytest.approx(time.time(), abs=5)
-    assert stats["spool_depth"] == 2
+    assert stats.delivered_total == 3
+    assert stats.last_delivered_jobid == 2
+    assert stats.last_delivered_at == pytest.approx(time.time(), abs=5)
+    assert stats.spool_depth == 2
     assert state.commit_batch(records(0, 5)) == BatchResult(spooled=0, already_known=5, quarantined=0)
 
 
@@ -200,7 +199,7 @@ def test_reports_in_any_order_settle_exactly_their_records(state: State) -> None
     assert state.mark_delivered([Delivery(seq, 0, 0) for seq in delivered]) == 6
 
     assert all_rids(state) == [f"r{i:09d}" for i in (3, 4, 6, 8)]
-    assert state.stats()["delivered_total"] == 6
+    assert state.stats().delivered_total == 6
 
 
 def test_a_delivery_report_resolves_a_dead_letter(state: State) -> None:
@@ -210,7 +209,7 @@ def test_a_delivery_report_resolves_a_dead_letter(state: State) -> None:
     assert state.mark_delivered([Delivery(seq_of(state, "r000000000"), 0, 7)]) == 1
 
     assert state.dead_letters() == []
-    assert state.stats()["delivered_total"] == 1
+    assert state.stats().delivered_total == 1
     assert state.commit_batch(records(0, 1)).already_known == 1
 
 
@@ -227,7 +226,7 @@ def test_prune_delivered_forgets_old_ids_and_counts_them(state: State) -> None:
     assert not state.is_known("r000000000", 0)
     assert all(state.is_known(f"r{i:09d}", i) for i in range(3, 6))
     assert state.commit_batch(records(3, 6)).already_known == 3
-    assert state.stats()["pruned_total"] == 3
+    assert state.stats().pruned_total == 3
 
 
 def test_prune_in_steps_forgets_the_oldest_jobs_first(state: State) -> None:
@@ -239,7 +238,7 @@ def test_prune_in_steps_forgets_the_oldest_jobs_first(state: State) -> None:
     assert not state.is_known("r000000009", 9) and state.is_known("r000000010", 10)
     assert [state.prune_delivered(later, limit=10) for _ in range(3)] == [10, 5, 0]
     assert all(state.is_known(f"r{i:09d}", i) for i in (25, 26))
-    assert state.stats()["pruned_total"] == 25
+    assert state.stats().pruned_total == 25
 
 
 def test_record_attempt_keeps_the_record_with_its_error(state: State) -> None:
@@ -285,10 +284,10 @@ def test_dead_letters_can_be_retried_and_purged_never_silently(state: State) -> 
     assert state.purge_dead_letters() == 1
     assert state.dead_letters() == []
     stats = state.stats()
-    assert stats["deadlettered_total"] == 2
-    assert stats["retried_total"] == 1
-    assert stats["purged_total"] == 1
-    assert stats["deadletter_count"] == 0
+    assert stats.deadlettered_total == 2
+    assert stats.retried_total == 1
+    assert stats.purged_total == 1
+    assert stats.deadletter_count == 0
 
 
 def test_retry_all_dead_letters_keeps_their_order(state: State) -> None:
@@ -316,8 +315,8 @@ def test_quarantined_lines_are_kept_with_their_reason(state: State) -> None:
     assert kept == bad
     assert all(q.at == pytest.approx(time.time(), abs=5) for q in kept)
     assert state.quarantined(limit=1) == bad[:1]
-    assert state.stats()["quarantine_count"] == 2
-    assert state.stats()["quarantined_total"] == 2
+    assert state.stats().quarantine_count == 2
+    assert state.stats().quarantined_total == 2
 
 
 # -- positions -----------------------------------------------------------------------------------
@@ -368,7 +367,7 @@ def test_reopen_after_close_keeps_everything(state_dir: Path) -> None:
     with State.open(state_dir, synchronous="normal") as s:
         assert (s.pending(), s.dead_letters(), s.quarantined(), s.positions()) == before
         assert s.is_known("r000000000", 0)
-        assert s.stats()["delivered_total"] == 1
+        assert s.stats().delivered_total == 1
 
 
 def test_closed_state_refuses_calls(state: State) -> None:
@@ -394,7 +393,7 @@ def test_readonly_open_creates_nothing_and_refuses_writes(state_dir: Path) -> No
     with State.open(state_dir, readonly=True) as ro:
         assert ro.spool_depth() == 3
         assert ro.position("log") == at(3)
-        assert ro.stats()["spooled_total"] == 3
+        assert ro.stats().spooled_total == 3
         for write in (
             lambda: ro.commit_batch(records(3, 4), position=at(4)),
             lambda: ro.mark_delivered([Delivery(1, 0, 0)]),
@@ -590,7 +589,7 @@ def test_an_older_database_is_upgraded_in_place_keeping_everything(state_dir: Pa
         new_seq = s.pending()[-1].seq
         assert new_seq > 20  # the counter carried over: no seq is used twice
         assert s.mark_delivered([Delivery(r.seq, 0, 0) for r in s.pending()]) == 6
-        assert s.stats()["delivered_total"] == 9
+        assert s.stats().delivered_total == 9
         assert all(s.is_known(r.rid, r.jobid) for r in records(0, 10))
     with sqlite3.connect(state_dir / DB_NAME) as raw:
         assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
@@ -673,7 +672,7 @@ def check_full_disk_round(
     assert "full" in failure.value.reason
     assert state.position("log") == at(10)
     assert all_rids(state) == [r.rid for r in records(0, 10)]
-    assert state.stats()["spooled_total"] == before["spooled_total"]
+    assert state.stats().spooled_total == before.spooled_total
 
     make_room()
     assert state.commit_batch(big, position=at(400)).spooled == 390
@@ -761,7 +760,7 @@ def test_reader_and_producer_threads_share_one_state(state: State) -> None:
 
     assert errors == []
     assert state.spool_depth() == 0
-    assert state.stats()["delivered_total"] == total
+    assert state.stats().delivered_total == total
     assert state.position("log") == at(total)
 
 
@@ -843,9 +842,9 @@ def test_kill_9_loses_nothing_and_rereads_nothing(state_dir: Path) -> None:
         assert set(known) == {f"r{i:09d}" for i in range(committed)}, "records beyond the position"
         held = spooled + dead
         assert len(held) == len(set(held)), "a record both spooled and dead-lettered, or twice"
-        assert stats["spooled_total"] == committed
-        assert stats["already_known_total"] == 0
-        assert depth + len(dead) == committed - stats["delivered_total"]
+        assert stats.spooled_total == committed
+        assert stats.already_known_total == 0
+        assert depth + len(dead) == committed - stats.delivered_total
         in_flight += committed > acknowledged
         acknowledged = committed
         killed_after.append(committed)
