@@ -1,20 +1,9 @@
 """The producer worker: spooled records → Kafka, delivery reports → the durable state.
 
-It mirrors the ``jobcomp/kafka`` plugin's delivery rules (reference §3) but never discards:
-
-==========================  ================================  ====================================
-event                       the plugin                        jobcompd
-==========================  ================================  ====================================
-delivered                   debug log                         record leaves the spool (id kept)
-``_MSG_TIMED_OUT``          produce again if                  produce again if
-                            ``requeue_on_msg_timeout``,       ``requeue_on_msg_timeout``, else
-                            else discard                      dead letter with the reason
-other delivery error        discard                           dead letter with the reason
-queue full on produce       discard                           wait (backpressure) and retry
-message too large/refused   discard                           dead letter with the reason
-shutdown                    purge, flush, state file          flush up to ``flush_timeout``;
-                                                              unacknowledged records stay spooled
-==========================  ================================  ====================================
+It mirrors the ``jobcomp/kafka`` plugin's delivery rules but never discards: what each report
+means for its record is :func:`jobcompd.delivery.outcome` (the table is there); a full queue at
+produce is backpressure (wait and retry), and at shutdown it flushes up to ``flush_timeout`` and
+leaves every unacknowledged record in the spool.
 
 Each message carries the record id as its key and as the ``record_id`` header, so a consumer can
 drop the rare duplicate a crash can cause (a message acknowledged by Kafka whose report was not yet
@@ -39,6 +28,7 @@ import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from jobcompd.config import KafkaSettings
+from jobcompd.delivery import PRODUCER_STATE, Outcome, outcome
 from jobcompd.logs import Quieter, librdkafka_logger
 from jobcompd.state import Delivery, SpooledRecord, State
 
@@ -47,25 +37,6 @@ __all__ = ["DeliveryReport", "Sender", "SenderCounters"]
 RECORD_ID_HEADER = "record_id"
 _STATS_INTERVAL_MS = 5000  # librdkafka's statistics: which brokers are up
 _OFFERED_BATCHES = 4
-
-# Reported for messages we purged ourselves (shutdown, producer rebuild): they stay in the spool.
-_PURGED = frozenset((KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT))
-# Failures of the idempotent producer's own state, not of the record: the producer is rebuilt
-# and the record, still in the spool, is sent again by the new one.
-_PRODUCER_STATE = frozenset(
-    (
-        KafkaError._FATAL,
-        KafkaError._INCONSISTENT,
-        KafkaError._GAPLESS_GUARANTEE,
-        KafkaError._FENCED,
-        KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
-        KafkaError.UNKNOWN_PRODUCER_ID,
-        KafkaError.INVALID_PRODUCER_EPOCH,
-        KafkaError.INVALID_PRODUCER_ID_MAPPING,
-        KafkaError.PRODUCER_FENCED,
-    )
-)
-
 
 class DeliveryReport(NamedTuple):
     """One delivery report as the worker saw it (``error`` is ``None`` on success)."""
@@ -307,7 +278,7 @@ class Sender:
             error: KafkaError = exc.args[0]
             # A producer in a fatal state refuses every record with _FATAL, whose error object
             # does not always say fatal(): the producer is at fault, not the record.
-            if error.fatal() or error.code() in _PRODUCER_STATE:
+            if error.fatal() or error.code() in PRODUCER_STATE:
                 self._log.error("producer fatal error", error=_reason(error))
                 self._rebuild = True
                 return False
@@ -381,21 +352,17 @@ class Sender:
             record = in_flight.get(report.rid)
             if record is None:
                 continue  # not sent by this producer: if it is still spooled, it is sent again
-            error = report.error
-            if error is None:
+            fate = outcome(report.error, requeue_on_msg_timeout=requeue_timeouts, rebuilding=self._rebuild)
+            if fate is Outcome.DELIVERED or report.error is None:
                 delivered.append(Delivery(record.seq, report.partition, report.offset))
-                continue
-            code = error.code()
-            if code in _PURGED:
-                continue  # stays in the spool
-            if code in _PRODUCER_STATE or error.fatal() or self._rebuild:
+            elif fate is Outcome.REBUILD:
                 self._rebuild = True  # stays in the spool, for the rebuilt producer
-                attempts[record.seq] = _reason(error)
-            elif code == KafkaError._MSG_TIMED_OUT and requeue_timeouts:
+                attempts[record.seq] = _reason(report.error)
+            elif fate is Outcome.REQUEUE:
                 requeue.append(record)
-                attempts[record.seq] = _reason(error)
-            else:
-                dead[record.seq] = _reason(error)
+                attempts[record.seq] = _reason(report.error)
+            elif fate is Outcome.DEAD_LETTER:
+                dead[record.seq] = _reason(report.error)
                 dead_records.append(record)
         # Durable first (each call is idempotent, so a retry after a partial failure is safe).
         if delivered:
