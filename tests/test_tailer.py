@@ -24,7 +24,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jobcompd.identity import FileIdentity, Position, fingerprint
+from jobcompd.identity import Position, fingerprint
 from jobcompd.tailer import (
     Change,
     LineBatch,
@@ -778,35 +778,6 @@ def test_overlong_line_is_cut_and_its_rest_skipped(log: Path, pool: Pool, harnes
     assert h.batches[-1].end_line_no == 5
 
 
-def test_rewind_delivers_the_same_lines_again(log: Path, pool: Pool, harness) -> None:
-    h = harness(log, max_batch_lines=4, close_rotated_after=0.3)
-    w = SlurmctldWriter(log)
-    h.start()
-    a = pool.take(6)
-    w.write(join(a))
-    batch = h.t.read(5.0)
-    assert batch is not None and batch.lines == a[:4]
-    h.t.rewind(batch)  # the commit failed
-    again = h.t.read(5.0)
-    assert again == batch
-    h.commit(again)
-    h.wait_lines(6)
-    rotate(log)
-    late = pool.take(2)
-    w.write(join(late))
-    w.reopen()
-    rotated = h.t.read(5.0)
-    assert rotated is not None and rotated.lines == late
-    h.t.rewind(rotated)
-    assert h.t.read(5.0) == rotated
-    h.commit(rotated)
-    w.close()
-    with pytest.raises(ValueError):
-        h.t.rewind(LineBatch(FileIdentity("0" * 32), "x", [b"x\n"], [0], 1, 2, 1))
-    h.settle()
-    assert h.received == a + late
-
-
 # -- a random model -------------------------------------------------------------------------------
 
 
@@ -815,7 +786,7 @@ def test_random_writes_rotations_and_restarts_lose_and_duplicate_nothing(
     tmp_path: Path, harness, seed: int
 ) -> None:
     """Random appends, partial lines, create-mode rotations (with writes to the old descriptor
-    and delayed compression), reads, rewinds and restarts; at the end every line of every file
+    and delayed compression), reads and restarts; at the end every line of every file
     was received once, in order. copytruncate is left out: it loses lines by design."""
     rng = random.Random(seed)
     log = tmp_path / LOG
@@ -834,11 +805,11 @@ def test_random_writes_rotations_and_restarts_lose_and_duplicate_nothing(
     h.wait_lines(3)
     running = True
     deadline = time.monotonic() + 2.5
-    actions = ["write", "partial", "rotate", "read", "restart", "rewind"]
+    actions = ["write", "partial", "rotate", "read", "restart"]
     for _ in range(150):
         if time.monotonic() > deadline:
             break
-        action = rng.choices(actions, weights=[5, 2, 2, 4, 1, 1])[0]
+        action = rng.choices(actions, weights=[5, 2, 2, 4, 1])[0]
         if action == "write":
             write(rng.randint(1, 12))
         elif action == "partial":
@@ -867,10 +838,6 @@ def test_random_writes_rotations_and_restarts_lose_and_duplicate_nothing(
             else:
                 h.start()
             running = not running
-        elif action == "rewind" and running:
-            batch = h.t.read(0.05)
-            if batch is not None:
-                h.t.rewind(batch)
     w.close()
     if not running:
         h.start()
