@@ -26,6 +26,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jobcompd.batch import ParseSpec, parse_batch
+from jobcompd.logfile import BATCH_LINES
 from jobcompd.record import DEFAULT_MAX_LINE_BYTES, parse_line
 from jobcompd.zone import resolve as resolve_zone
 from tests.slurmctld import hostile_lines, mixed_lines, ordinary_line
@@ -60,7 +61,7 @@ def best_of(runs: int, fn, *args) -> float:  # type: ignore[no-untyped-def]
     return min(times)
 
 
-BATCH = 2000  # lines a batch, as the daemon and replay read them
+BATCH = BATCH_LINES  # lines a batch, as the daemon and replay read them
 
 
 def main() -> None:

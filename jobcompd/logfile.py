@@ -23,6 +23,7 @@ from typing import IO, Any, BinaryIO, Protocol
 
 __all__ = [
     "COMPRESSED_SUFFIXES",
+    "BATCH_LINES",
     "CHUNK",
     "DecompressedReader",
     "LogProblem",
@@ -38,6 +39,8 @@ __all__ = [
 ]
 
 CHUNK = 1 << 20
+BATCH_LINES = 2000
+"""Lines read (and parsed, and committed) together, by the daemon and by ``replay``."""
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz")
 _MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"))
 STREAM_ERRORS = (EOFError, OSError, lzma.LZMAError, zlib.error)

@@ -22,15 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
+from jobcompd.config.settings import DEFAULT_MAX_SPOOL_RECORDS
 from jobcompd.identity import REPLAY, Position, fingerprint, position_key
 from jobcompd.ingest import Ingestor, Pending, read_batches
-from jobcompd.logfile import is_compressed, open_log, raw_offset
+from jobcompd.logfile import BATCH_LINES, is_compressed, open_log, raw_offset
 from jobcompd.producer import Sender
 from jobcompd.state import State
 
 __all__ = ["ReplaySummary", "Replayer"]
 
-BATCH_LINES = 2000
 _STDIN = "-"
 
 
@@ -106,7 +106,7 @@ class Replayer:
         ingestor: Ingestor,
         sender: Sender,
         *,
-        max_spool_records: int = 1_000_000,
+        max_spool_records: int = DEFAULT_MAX_SPOOL_RECORDS,
         progress: TextIO | None = None,
         stop: threading.Event | None = None,
     ) -> None:

@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jobcompd import config
+from jobcompd.config import properties
 from jobcompd.config import (
     DEFAULT_CONFIG_PATH,
     ConfigError,
@@ -228,7 +229,7 @@ def test_without_a_properties_file_the_inline_properties_must_name_brokers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     absent = tmp_path / "absent.conf"
-    monkeypatch.setattr(config, "DEFAULT_RDKAFKA_CONF", str(absent))
+    monkeypatch.setattr(properties, "DEFAULT_RDKAFKA_CONF", str(absent))
     toml = '[source]\ntimezone = "UTC"\n[kafka]\nparams = "topic=jobs"\n'
     path = write(tmp_path, toml, None)
     assert failures(path) == [
@@ -250,7 +251,7 @@ def test_the_default_properties_file_is_read_when_present(
 ) -> None:
     default = tmp_path / "default-rdkafka.conf"
     default.write_text("bootstrap.servers=dflt:9092\n")
-    monkeypatch.setattr(config, "DEFAULT_RDKAFKA_CONF", str(default))
+    monkeypatch.setattr(properties, "DEFAULT_RDKAFKA_CONF", str(default))
     settings = load(write(tmp_path, '[source]\ntimezone = "UTC"\n[kafka]\nparams = "topic=t"\n'))
     assert settings.kafka.rdkafka_conf == default
     assert settings.kafka.properties["bootstrap.servers"] == "dflt:9092"
@@ -966,7 +967,7 @@ def test_redacted_hides_secrets_only(tmp_path: Path) -> None:
     }
     assert shown["source"] == {
         "path": "/var/log/slurm_jobcomp.log",
-        "timezone": "UTC",
+        "zone": "UTC",
         "start_at": "beginning",
         "poll": False,
         "max_line_bytes": 65536,
@@ -974,7 +975,10 @@ def test_redacted_hides_secrets_only(tmp_path: Path) -> None:
     }
     assert shown["config_path"] == str(path)
     assert shown["kafka"]["rdkafka_conf"] == str(tmp_path / "rdkafka.conf")
-    assert shown["slurm_conf"] is None
+    assert shown["slurm"] is None
+    # Derived from the fields: every section and every field of it is shown.
+    assert set(shown) == {f.name for f in dataclasses.fields(settings)}
+    assert set(shown["state"]) == {f.name for f in dataclasses.fields(settings.state)}
     assert shown["warnings"] == []
 
 

@@ -21,7 +21,6 @@ BUSY_TIMEOUT_MS = 5000
 
 SIDE_FILES = ("-wal", "-shm", "-journal")
 
-
 # ``known`` holds the id of every record ever spooled (and so spooled, dead-lettered or delivered):
 # a record is checked against it once, when it is read, and a delivery report only has to delete
 # its spool row by ``seq``. It is keyed by (jobid, rid), never by the record id alone: ids are

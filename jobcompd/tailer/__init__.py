@@ -38,7 +38,8 @@ from typing import Any, Literal
 import structlog
 
 from jobcompd.identity import Position, fingerprint
-from jobcompd.logfile import log_problem, open_reader
+from jobcompd.logfile import BATCH_LINES, log_problem, open_reader
+from jobcompd.record import DEFAULT_MAX_LINE_BYTES
 from jobcompd.tailer.followed import FileReading, FollowedFile, _Signature, _stat_key
 from jobcompd.tailer.rotation import (
     Change,
@@ -68,7 +69,6 @@ __all__ = [
 ]
 
 _PROBLEM_EVERY_S = 300.0  # a log that cannot be read is logged again this often
-
 
 __all__ = [
     "Change",
@@ -106,8 +106,8 @@ class Tailer(FileReading, Siblings):
         known: Callable[[], list[tuple[str, Position]]] | None = None,
         start_at: Literal["beginning", "end"] = "beginning",
         poll: bool = False,
-        max_batch_lines: int = 2000,
-        max_line_bytes: int = 65536,
+        max_batch_lines: int = BATCH_LINES,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         close_rotated_after: float = 60.0,
         recheck_interval: float = 1.0,
         hold: Callable[[Sequence[bytes]], int] | None = None,

@@ -33,7 +33,6 @@ def _stat_key(path: Path | str) -> tuple[int, int] | None:
         return None
     return st.st_dev, st.st_ino
 
-
 _Role = Literal["current", "rotated", "archived"]
 
 

@@ -34,7 +34,6 @@ class _Wake(FileSystemEventHandler):
                 self._wake.set()
                 return
 
-
 _WAKING_EVENTS: list[type[FileSystemEvent]] = [
     FileCreatedEvent,
     FileModifiedEvent,
