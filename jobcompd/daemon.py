@@ -71,10 +71,6 @@ class SenderThread(threading.Thread):
         self.error: BaseException | None = None
         self.left_in_spool = 0
 
-    def wake(self) -> None:
-        """New records are in the spool."""
-        self._wake.set()
-
     def offer(self, records: Sequence[SpooledRecord]) -> None:
         """New records are in the spool, and here they are (see :meth:`Sender.offer`)."""
         self.sender.offer(records)
@@ -165,9 +161,6 @@ class Daemon:
     def stop(self) -> None:
         """Ask the daemon to stop gracefully (thread- and signal-safe)."""
         self._stop.set()
-
-    def request_reload(self) -> None:
-        self._reload.set()
 
     # -- run ---------------------------------------------------------------------------------
 
@@ -382,15 +375,18 @@ class Daemon:
         if (new.state.dir, new.state.synchronous) != (old.state.dir, old.state.synchronous):
             self._log.warning("state.dir/state.synchronous changed: take effect at the next restart")
             new = replace(new, state=replace(new.state, dir=old.state.dir, synchronous=old.state.synchronous))
-        logs.configure(new.log)
-        self._log = structlog.get_logger("jobcompd.daemon")
+        # All or nothing: the Kafka settings, which can fail, first; logging only once they apply.
         kafka: KafkaSettings = new.kafka
         assert self._sender is not None
         try:
             self._sender.call(lambda: self._sender.sender.reconfigure(kafka), timeout=120)  # type: ignore[union-attr]
         except Exception as exc:
-            self._log.error("reload: applying Kafka settings failed", error=str(exc))
+            self._log.error("reload refused: applying the Kafka settings failed; keeping the running "
+                            "configuration", error=str(exc))
+            self._notify("READY=1")
             return
+        logs.configure(new.log)
+        self._log = structlog.get_logger("jobcompd.daemon")
         self.settings = new
         for warning in new.warnings:
             self._log.warning(warning)

@@ -114,28 +114,33 @@ class Sender:
     def start(self) -> None:
         """Create the librdkafka producer (idempotent)."""
         if self._producer is None:
-            conf: dict[str, Any] = dict(self._kafka.producer_config())
-            conf["on_delivery"] = self._on_delivery
-            conf["error_cb"] = self._on_error
-            conf["stats_cb"] = self._on_stats
-            conf.setdefault("statistics.interval.ms", _STATS_INTERVAL_MS)
-            conf.setdefault("logger", librdkafka_logger())
-            self._producer = self._factory(conf)
+            self._producer = self._new_producer(self._kafka)
+
+    def _new_producer(self, kafka: KafkaSettings) -> Any:
+        conf: dict[str, Any] = dict(kafka.producer_config())
+        conf["on_delivery"] = self._on_delivery
+        conf["error_cb"] = self._on_error
+        conf["stats_cb"] = self._on_stats
+        conf.setdefault("statistics.interval.ms", _STATS_INTERVAL_MS)
+        conf.setdefault("logger", librdkafka_logger())
+        return self._factory(conf)
 
     def reconfigure(self, kafka: KafkaSettings) -> None:
         """Apply new settings: topic and params at once; new librdkafka properties rebuild the producer.
 
-        A rebuild flushes what is in flight (up to ``flush_timeout``), purges the rest, and sends it
-        again from the spool with the new producer — nothing is lost, and what Kafka acknowledged
-        is not sent twice.
+        All or nothing: the new producer is created before the old one is let go, so settings it
+        refuses raise and leave the running producer and settings as they were. A rebuild then
+        flushes what is in flight (up to ``flush_timeout``), purges the rest, and sends it again
+        from the spool with the new producer — nothing is lost, and what Kafka acknowledged is not
+        sent twice.
         """
         rebuild = dict(kafka.producer_config()) != dict(self._kafka.producer_config())
-        self._kafka = kafka
         if rebuild and self._producer is not None:
+            new = self._new_producer(kafka)  # raises on settings librdkafka refuses
             self._log.info("rebuilding producer for changed librdkafka properties")
             self._drain(self._kafka.params.flush_timeout)
-            self._producer = None
-            self.start()
+            self._producer = new
+        self._kafka = kafka
 
     def close(self, flush_timeout_ms: int | None = None) -> int:
         """Stop: flush up to ``flush_timeout`` ms, settle reports; return what is left unacknowledged.
@@ -175,11 +180,6 @@ class Sender:
         self._spool_exhausted = False
 
     # -- the work ----------------------------------------------------------------------------
-
-    @property
-    def in_flight(self) -> int:
-        """Records handed to librdkafka and not yet settled by a delivery report."""
-        return len(self._in_flight) + len(self._backlog)
 
     def idle(self) -> bool:
         """Nothing in flight and nothing in the spool beyond what was already sent."""

@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 from confluent_kafka import Message
 
 from jobcompd.encode import Encoder
@@ -285,3 +288,30 @@ def check_arrival(messages: list[Message], expected: dict[str, bytes]) -> Arriva
 def summary_json(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     """The ``--json`` summary line a replay printed last on stdout."""
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+@contextmanager
+def mounted_tmpfs(where: Path, size: str, *, mode: str = "0755", required: bool = False) -> Iterator[Path]:
+    """A small tmpfs of our own at ``where`` (for a full or read-only disk), unmounted after.
+
+    Where mounting is not allowed (not root) the test is skipped — or fails, when ``required``:
+    CI runs as root, so a test that must run there says so instead of passing quietly.
+    """
+    give_up = pytest.fail if required else pytest.skip
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        give_up("mounting a tmpfs needs root")
+    where.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode={mode}", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        give_up(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        unmounted = subprocess.run(["umount", str(where)], capture_output=True, check=False)
+        if unmounted.returncode != 0:
+            subprocess.run(["umount", "-l", str(where)], capture_output=True, check=False)

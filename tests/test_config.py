@@ -15,7 +15,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jobcompd import config
-from jobcompd.config import properties
 from jobcompd.config import (
     DEFAULT_CONFIG_PATH,
     ConfigError,
@@ -24,6 +23,7 @@ from jobcompd.config import (
     SlurmConf,
     load_settings,
     parse_jobcomp_params,
+    properties,
     redacted,
     resolve_config_path,
 )

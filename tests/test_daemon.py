@@ -37,6 +37,7 @@ from tests.jobcompd_env import (
     alive,
     check_arrival,
     expected_messages,
+    mounted_tmpfs,
     parse_workers,
     wait_for,
 )
@@ -298,23 +299,9 @@ def test_broker_down_30s_while_tailing(kafka: MockCluster, env: JobcompdEnv, dae
     print(f"broker down 30 s: nothing lost, {dups} duplicate(s) from in-flight retries")
 
 
-def _mount_tmpfs(path: Path, size: str) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.fail(f"cannot mount a small tmpfs for the disk-full test: {done.stderr}")
-
-
 def test_disk_full_and_read_only_state(kafka: MockCluster, tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.fail("this test mounts a small filesystem and needs root (CI runs as root)")
     env = JobcompdEnv(tmp_path, kafka.bootstrap, params="poll_interval=1")
-    _mount_tmpfs(env.state_dir, "16m")
-    try:
+    with mounted_tmpfs(env.state_dir, "16m", mode="0700", required=True):
         lines = mixed_lines(3_000, seed=28)
         log = env.log_path
         assert log is not None
@@ -355,8 +342,6 @@ def test_disk_full_and_read_only_state(kafka: MockCluster, tmp_path: Path) -> No
             daemon.start()
             assert_all_arrived(kafka, env, lines + more, allow_duplicates=True, timeout=120)
             assert daemon.stop() == 0
-    finally:
-        subprocess.run(["umount", "-l", str(env.state_dir)], capture_output=True)
 
 
 def test_status_exit_codes(kafka: MockCluster, env: JobcompdEnv, daemon: DaemonProcess) -> None:

@@ -133,3 +133,33 @@ def test_an_outage_costs_a_few_log_lines_not_one_per_record(
     dead = [e for e in logs if "dead-lettered" in e["event"]]
     assert 1 <= len(dead) <= 2, dead  # the first, and a count of the rest a minute later
     assert len(logs) < 20, [e["event"] for e in logs]
+
+
+def test_a_reconfigure_librdkafka_refuses_changes_nothing(mock_cluster: MockCluster, tmp_path: Path) -> None:
+    # Accepted property by property, refused by librdkafka only when the producer is made
+    # (the CA file does not exist): the running producer and settings stay.
+    mock_cluster.create_topic("mycluster", 1)
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap)
+    with State.open(env.state_dir, synchronous="normal") as state:
+        sender = Sender(state, load_settings(env.config).kafka)
+        sender.start()
+        state.commit_batch(new(0, 50))
+        sender.wake()
+        send_all(sender, state)
+        env.properties = {"security.protocol": "SSL", "ssl.ca.location": str(tmp_path / "no-such-ca.pem")}
+        env.write_config()
+        broken = load_settings(env.config).kafka
+        before = sender._kafka
+        try:
+            sender.reconfigure(broken)
+        except KafkaException as exc:
+            assert "ssl.ca.location" in str(exc)
+        else:
+            raise AssertionError("librdkafka accepted a CA file that does not exist")
+        assert sender._kafka is before
+        state.commit_batch(new(50, 100))
+        sender.wake()
+        send_all(sender, state)  # the old producer still sends
+        assert sender.close() == 0
+        assert state.stats().delivered_total == 100
+    assert len(consume_all(mock_cluster.bootstrap, "mycluster", expected=100, timeout=30)) == 100

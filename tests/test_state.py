@@ -6,7 +6,6 @@ import dataclasses
 import errno
 import os
 import random
-import shutil
 import signal
 import sqlite3
 import stat
@@ -15,7 +14,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -31,6 +29,7 @@ from jobcompd.state import (
     State,
     StateError,
 )
+from tests.jobcompd_env import mounted_tmpfs
 
 ROOT = Path(__file__).resolve().parent.parent
 LOG = "/var/log/slurm/jobcomp.log"
@@ -620,28 +619,6 @@ def test_a_leftover_write_ahead_log_without_its_database_is_refused(state_dir: P
 
 
 # -- disk trouble --------------------------------------------------------------------------------
-
-
-@contextmanager
-def mounted_tmpfs(where: Path, size: str) -> Iterator[Path]:
-    """A small tmpfs of our own; skips the test where mounting is not allowed."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    where.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(where)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        unmounted = subprocess.run(["umount", str(where)], capture_output=True, check=False)
-        if unmounted.returncode != 0:
-            subprocess.run(["umount", "-l", str(where)], capture_output=True, check=False)
 
 
 def fill(path: Path) -> None:
