@@ -15,7 +15,6 @@ buffer) and says so in the log and the status.
 
 from __future__ import annotations
 
-import collections
 import functools
 import logging
 import os
@@ -26,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import structlog
 
@@ -34,7 +33,7 @@ from jobcompd import logs
 from jobcompd.config import ConfigError, KafkaSettings, Settings, load_settings
 from jobcompd.health import Health, write_health
 from jobcompd.identity import LIVE, Position, position_key
-from jobcompd.ingest import Ingestor, Pending
+from jobcompd.ingest import Ingestor, ReadAhead
 from jobcompd.lock import StateDirLock
 from jobcompd.metrics import Facts, Metrics
 from jobcompd.producer import Sender
@@ -51,11 +50,6 @@ _TEXTFILE_EVERY_S = 15.0  # node_exporter's textfile: rewritten this often
 _PRUNE_EVERY_S = 600.0  # forget known ids past state.known_ids_days, in steps:
 _PRUNE_STEP = 5_000  # ids a transaction, at most
 _PRUNE_STEPS = 20  # transactions a turn of the main loop, at most
-
-
-class _Queued(NamedTuple):
-    batch: LineBatch
-    parsing: Pending
 
 
 class SenderThread(threading.Thread):
@@ -149,7 +143,7 @@ class Daemon:
         self._state: State | None = None
         self._tailer: Tailer | None = None
         self._sender: SenderThread | None = None
-        self._queued: collections.deque[_Queued] = collections.deque()
+        self._ahead: ReadAhead | None = None  # batches read, not yet committed
 
     # -- signals -----------------------------------------------------------------------------
 
@@ -192,6 +186,7 @@ class Daemon:
         )
         self._sender = SenderThread(sender, self._log)
         self._sender.start()
+        self._ahead = ReadAhead(ingestor, state)
         self._tailer = Tailer(
             settings.source.path,
             lookup=self._lookup,
@@ -218,7 +213,7 @@ class Daemon:
         self._notify("READY=1", self._status_line(depth))
         self._report_health()
         try:
-            self._loop(ingestor)
+            self._loop()
         finally:
             self._notify("STOPPING=1")
             self._log.info("stopping")
@@ -234,7 +229,7 @@ class Daemon:
             return 1
         return 0
 
-    def _loop(self, ingestor: Ingestor) -> None:
+    def _loop(self) -> None:
         state = self._state
         tailer = self._tailer
         sender = self._sender
@@ -243,10 +238,10 @@ class Daemon:
         next_ping = next_status = next_depth = 0.0
         next_prune = next_textfile = 0.0
         depth = state.spool_depth()
-        # Batches read and not yet committed, oldest first: the next one is read (and handed to
-        # the parse worker) while the one before is parsed and committed. A failed commit keeps
-        # its batch at the head, to be tried again.
-        queued = self._queued
+        # The next batch is read (and handed to the parse worker) while the one before is parsed
+        # and committed. A failed commit keeps its batch at the head, to be tried again.
+        ahead = self._ahead
+        assert ahead is not None
         while not self._stop.is_set():
             now = time.monotonic()
             if self._reload.is_set():
@@ -267,6 +262,7 @@ class Daemon:
                 self._notify(self._status_line(depth))
                 self._report_health()
                 self._quiet.flush()
+                next_status = now + _HEALTH_EVERY_S
             if self._metrics is not None and now >= next_textfile:
                 next_textfile = now + _TEXTFILE_EVERY_S
                 try:
@@ -274,7 +270,6 @@ class Daemon:
                 except (OSError, StateError) as exc:
                     self._quiet.log("textfile", logging.WARNING, "cannot write the metrics textfile",
                                     error=str(exc))
-                next_status = now + _HEALTH_EVERY_S
             if sender.error is not None:
                 self._log.error("the sender stopped; exiting so the service manager restarts us")
                 self._stop.set()
@@ -282,29 +277,28 @@ class Daemon:
             if self._health.backpressure:
                 self._stop.wait(0.2)
                 continue
-            if not queued:
+            if not ahead:
                 batch = tailer.read(timeout=0.2)
                 if batch is None:
                     continue
-                queued.append(_Queued(batch, ingestor.prepare(batch.lines, source=batch.path)))
-            if len(queued) == 1 and self._health.state_error is None:
-                ahead = tailer.read(timeout=0)
-                if ahead is not None:
-                    queued.append(_Queued(ahead, ingestor.prepare(ahead.lines, source=ahead.path)))
-            head = queued[0]
-            result = self._commit(ingestor, head)
+                self._add(ahead, batch)
+            if len(ahead) == 1 and self._health.state_error is None:
+                more = tailer.read(timeout=0)
+                if more is not None:
+                    self._add(ahead, more)
+            lines = len(ahead.head.pending.lines)
+            result = self._commit(ahead)
             if result is not None:
-                queued.popleft()
-                self._lines_read += len(head.batch.lines)
-                depth += len(head.batch.lines)
+                self._lines_read += lines
+                depth += lines
                 sender.offer(result.fresh)
                 if depth >= self.settings.state.max_spool_records:
                     self._set_backpressure(True, depth)
             else:
                 self._stop.wait(_STATE_RETRY_S)
 
-    def _commit(self, ingestor: Ingestor, queued: _Queued) -> BatchResult | None:
-        batch = queued.batch
+    @staticmethod
+    def _add(ahead: ReadAhead, batch: LineBatch) -> None:
         identity = batch.identity
         position = Position(
             key=identity.key,
@@ -315,15 +309,12 @@ class Daemon:
             inode=identity.inode,
             dev=identity.dev,
         )
+        ahead.add(batch.lines, source=batch.path, position=position, first_line_no=batch.first_line_no,
+                  first_offset=batch.offsets[0] if batch.offsets else 0, offsets=batch.offsets)
+
+    def _commit(self, ahead: ReadAhead) -> BatchResult | None:
         try:
-            result = ingestor.commit(
-                queued.parsing,
-                source=batch.path,
-                first_line_no=batch.first_line_no,
-                first_offset=batch.offsets[0] if batch.offsets else 0,
-                position=position,
-                offsets=batch.offsets,
-            )
+            result = ahead.commit()
         except StateError as exc:
             if self._health.state_error != str(exc):
                 self._log.error("cannot write the state; reading paused until it can", error=str(exc))
@@ -340,7 +331,7 @@ class Daemon:
             self._log.info("state writable again; reading resumed")
             self._health.state_error = self._health.state_error_since = None
         self._health.last_read_at = time.time()
-        for q in ingestor.last_quarantined:
+        for q in ahead.ingestor.last_quarantined:
             # One line per reason a minute; `jobcompd quarantine list` shows them all.
             self._quiet.log(q.reason, logging.WARNING, "line quarantined", path=q.source,
                             line=q.line_no, offset=q.offset, reason=q.reason)
@@ -398,16 +389,8 @@ class Daemon:
     # -- positions for the tailer ------------------------------------------------------------
 
     def _lookup(self, fingerprint: str) -> Position | None:
-        assert self._state is not None
-        # A batch read and not yet committed is where the reader of that file stands.
-        for queued in reversed(self._queued):
-            batch = queued.batch
-            if batch.identity.fingerprint == fingerprint:
-                return Position(
-                    batch.identity.key, batch.path, fingerprint, batch.end_offset,
-                    batch.end_line_no, updated_at=time.time(),
-                )
-        return self._state.position(position_key(LIVE, fingerprint))
+        assert self._ahead is not None
+        return self._ahead.position(position_key(LIVE, fingerprint))
 
     def _known(self) -> list[tuple[str, Position]]:
         assert self._state is not None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import itertools
 import marshal
 import os
@@ -20,11 +21,12 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from itertools import repeat
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import structlog
 
@@ -48,6 +50,8 @@ __all__ = [
     "ParseWorker",
     "ParseWorkerError",
     "Pending",
+    "Queued",
+    "ReadAhead",
     "read_batches",
 ]
 
@@ -401,3 +405,80 @@ class Ingestor:
             [], position=position, quarantined=quarantined, ambiguous=len(parsed.ambiguous)
         )
         return BatchResult(spooled, known, result.quarantined)
+
+
+class Queued(NamedTuple):
+    """A batch read and handed to the parser, with what its commit needs."""
+
+    pending: Pending
+    position: Position | None
+    first_line_no: int
+    first_offset: int
+    offsets: Sequence[int] | None
+
+
+class ReadAhead:
+    """Batches read and not yet committed, oldest first — shared by ``run`` and ``replay``.
+
+    The next batch is read (and handed to the parse worker) while the one before it is parsed and
+    committed. It owns the answer to "where does this file stand": the end of the newest batch
+    held for it, else the committed position.
+    """
+
+    def __init__(self, ingestor: Ingestor, state: State) -> None:
+        self._ingestor = ingestor
+        self._state = state
+        self._queue: collections.deque[Queued] = collections.deque()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    @property
+    def ingestor(self) -> Ingestor:
+        """What parses and commits the batches (its ``last_quarantined``: the last commit's)."""
+        return self._ingestor
+
+    def add(
+        self,
+        lines: Sequence[bytes],
+        *,
+        source: str,
+        position: Position | None,
+        first_line_no: int,
+        first_offset: int,
+        offsets: Sequence[int] | None = None,
+    ) -> None:
+        """Queue a batch read from ``source`` (starting to parse it), ``position`` its end."""
+        pending = self._ingestor.prepare(lines, source=source)
+        self._queue.append(Queued(pending, position, first_line_no, first_offset, offsets))
+
+    @property
+    def head(self) -> Queued:
+        """The oldest batch, the next to commit."""
+        return self._queue[0]
+
+    def commit(self) -> BatchResult:
+        """Commit the oldest batch with its position; on StateError it stays, to be tried again."""
+        head = self._queue[0]
+        result = self._ingestor.commit(
+            head.pending,
+            source=head.pending.source,
+            first_line_no=head.first_line_no,
+            first_offset=head.first_offset,
+            position=head.position,
+            offsets=head.offsets,
+        )
+        self._queue.popleft()
+        return result
+
+    def clear(self) -> None:
+        """Forget the batches held (they are read again from the committed positions)."""
+        self._queue.clear()
+
+    def position(self, key: str) -> Position | None:
+        """Where the file stored under ``key`` stands: the end of the newest batch held for it,
+        else its committed position."""
+        for queued in reversed(self._queue):
+            if queued.position is not None and queued.position.key == key:
+                return dataclasses.replace(queued.position, updated_at=time.time())
+        return self._state.position(key)

@@ -24,7 +24,7 @@ from typing import BinaryIO, TextIO
 
 from jobcompd.config.settings import DEFAULT_MAX_SPOOL_RECORDS
 from jobcompd.identity import REPLAY, Position, fingerprint, position_key
-from jobcompd.ingest import Ingestor, Pending, read_batches
+from jobcompd.ingest import Ingestor, ReadAhead, read_batches
 from jobcompd.logfile import BATCH_LINES, is_compressed, open_log, raw_offset
 from jobcompd.producer import Sender
 from jobcompd.state import State
@@ -204,7 +204,7 @@ class Replayer:
                 pending = [first]
             st = os.fstat(fh.fileno()) if name != _STDIN else None
             # Batch n+1 is parsed (in the parse worker, if any) while batch n is committed and sent.
-            ahead: tuple[Pending, Position | None, int, int] | None = None
+            ahead = ReadAhead(self._ingestor, self._state)
             batches = read_batches(
                 itertools.chain(pending, fh),  # type: ignore[arg-type]
                 BATCH_LINES,
@@ -212,7 +212,6 @@ class Replayer:
             )
             while True:
                 lines = next(batches, None)
-                batch = None
                 if lines:
                     consumed = sum(len(x) for x in lines)
                     position = None
@@ -226,29 +225,23 @@ class Replayer:
                             inode=st.st_ino if st else 0,
                             dev=st.st_dev if st else 0,
                         )
-                    batch = (self._ingestor.prepare(lines, source=label), position, line_no, offset)
+                    ahead.add(lines, source=label, position=position, first_line_no=line_no + 1,
+                              first_offset=offset)
                     offset += consumed
                     line_no += len(lines)
-                if ahead is not None:
-                    prepared, at, first_line, first_offset = ahead
-                    result = self._ingestor.commit(
-                        prepared,
-                        source=label,
-                        first_line_no=first_line + 1,
-                        first_offset=first_offset,
-                        position=at,
-                    )
+                if len(ahead) > 1 or (ahead and not lines):
+                    read = len(ahead.head.pending.lines)
+                    result = ahead.commit()
                     self._sender.offer(result.fresh)
-                    self.summary.lines += len(prepared.lines)
+                    self.summary.lines += read
                     self.summary.records += result.spooled
                     self.summary.already_known += result.already_known
                     self.summary.quarantined += result.quarantined
                     yield raw_offset(fh) if name != _STDIN else 0
                     if self._stop.is_set():
                         return
-                if batch is None:
+                if not lines and not ahead:
                     break
-                ahead = batch
         finally:
             if name != _STDIN:
                 fh.close()

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 from jobcompd.config import load_settings
-from jobcompd.daemon import Daemon, _Queued
+from jobcompd.daemon import Daemon
 from jobcompd.identity import FileIdentity, Position
-from jobcompd.ingest import Pending
+from jobcompd.ingest import Ingestor, ReadAhead
 from jobcompd.state import State
 from jobcompd.tailer import LineBatch
 from tests.brokers.mockcluster import MockCluster
@@ -546,13 +546,14 @@ def test_a_file_met_again_while_its_batch_is_held_resumes_after_that_batch(tmp_p
             end_offset=104,
             end_line_no=12,
         )
-        daemon._queued.append(_Queued(held, Pending(held.lines, "/log")))
+        daemon._ahead = ReadAhead(Ingestor.configured(state, daemon.settings.source, None), state)
+        daemon._add(daemon._ahead, held)
 
         at = daemon._lookup("fp-log")
         assert at is not None and (at.offset, at.line_no, at.path) == (104, 12, "/log")
         assert daemon._lookup("fp-other") is None
 
-        daemon._queued.clear()  # committed (or given up): the state answers again
+        daemon._ahead.clear()  # committed (or given up): the state answers again
         at = daemon._lookup("fp-log")
         assert at is not None and (at.offset, at.line_no) == (100, 10)
 
