@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 with atheris.instrument_imports():
     from jobcompd import record
     from jobcompd.encode import Encoder
-    from jobcompd.record import JobRecord, ParseError, parse_records
+    from jobcompd.joining import parse_records
+    from jobcompd.record import JobRecord, ParseError
 
 from tests.slurmctld import GENERATIONS, FakeJob, mixed_lines, render  # noqa: E402
 

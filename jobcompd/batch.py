@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from jobcompd.encode import Encoder
-from jobcompd.record import ParseError, parse_records
+from jobcompd.joining import parse_records
+from jobcompd.record import ParseError
 from jobcompd.zone import Zone, ZoneSpec
 
 __all__ = ["ParseSpec", "RecordBatch", "encoder_for", "parse_batch"]

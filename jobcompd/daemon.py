@@ -18,11 +18,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,14 +29,15 @@ import structlog
 
 from jobcompd import logs
 from jobcompd.config import ConfigError, KafkaSettings, Settings, load_settings
-from jobcompd.health import Health, write_health
+from jobcompd.health import Health
 from jobcompd.identity import LIVE, Position, position_key
 from jobcompd.ingest import Ingestor, ReadAhead
+from jobcompd.joining import unfinished_tail
 from jobcompd.lock import StateDirLock
-from jobcompd.metrics import Facts, Metrics
-from jobcompd.producer import Sender
-from jobcompd.record import unfinished_tail
-from jobcompd.state import BatchResult, SpooledRecord, State, StateError, Stats
+from jobcompd.metrics import Metrics
+from jobcompd.monitoring import Monitoring
+from jobcompd.producer import Sender, SenderThread
+from jobcompd.state import BatchResult, State, StateError
 from jobcompd.tailer import LineBatch, Tailer
 
 __all__ = ["Daemon"]
@@ -48,86 +47,9 @@ _BACKPRESSURE_CHECK_S = 0.5
 _HEALTH_EVERY_S = 2.0  # STATUS= and health.json
 _TEXTFILE_EVERY_S = 15.0  # node_exporter's textfile: rewritten this often
 _PRUNE_EVERY_S = 600.0  # forget known ids past state.known_ids_days, in steps:
-_PRUNE_STEP = 5_000  # ids a transaction, at most
-_PRUNE_STEPS = 20  # transactions a turn of the main loop, at most
 
 
-class SenderThread(threading.Thread):
-    """Runs :class:`Sender` on its own thread; other threads talk to it through :meth:`call`."""
-
-    def __init__(self, sender: Sender, log: Any) -> None:
-        super().__init__(name="jobcompd-sender", daemon=True)
-        self.sender = sender
-        self._log = log
-        self._wake = threading.Event()
-        self._halt = threading.Event()  # not _stop: that would shadow Thread._stop()
-        self._calls: queue.Queue[tuple[Callable[[], Any], queue.Queue[Any]]] = queue.Queue()
-        self.error: BaseException | None = None
-        self.left_in_spool = 0
-
-    def offer(self, records: Sequence[SpooledRecord]) -> None:
-        """New records are in the spool, and here they are (see :meth:`Sender.offer`)."""
-        self.sender.offer(records)
-        self._wake.set()
-
-    def call(self, fn: Callable[[], Any], timeout: float | None = None) -> Any:
-        """Run ``fn`` on the sender thread (the producer is not thread-safe) and return its result."""
-        reply: queue.Queue[Any] = queue.Queue(maxsize=1)
-        self._calls.put((fn, reply))
-        self._wake.set()
-        ok, value = reply.get(timeout=timeout)
-        if not ok:
-            raise value
-        return value
-
-    def stop(self) -> None:
-        self._halt.set()
-        self._wake.set()
-
-    def run(self) -> None:
-        sender = self.sender
-        poll_interval = max(0.05, float(sender.kafka.params.poll_interval))
-        try:
-            sender.start()
-            while not self._halt.is_set():
-                self._serve_calls()
-                if self._wake.is_set():
-                    self._wake.clear()
-                    sender.wake()
-                if sender.idle():
-                    # Nothing in flight: sleep until a batch is committed (or a poll_interval
-                    # passes, to pick up records that reach the spool another way).
-                    self._wake.wait(poll_interval)
-                    sender.pump(0)
-                else:
-                    try:
-                        sender.pump(0.05)
-                    except StateError as exc:
-                        self._log.error("state error while settling deliveries", error=str(exc))
-                        time.sleep(_STATE_RETRY_S)
-            self._serve_calls()
-        except BaseException as exc:  # pragma: no cover - surfaced by the main loop
-            self.error = exc
-            self._log.exception("sender thread failed")
-        finally:
-            try:
-                self.left_in_spool = sender.close()
-            except Exception as exc:  # pragma: no cover
-                self._log.error("closing the producer failed", error=str(exc))
-
-    def _serve_calls(self) -> None:
-        while True:
-            try:
-                fn, reply = self._calls.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                reply.put((True, fn()))
-            except Exception as exc:
-                reply.put((False, exc))
-
-
-class Daemon:
+class Daemon(Monitoring):
     """Wires settings, state, tailer, ingestor and sender together and runs until stopped."""
 
     def __init__(self, settings: Settings, *, notifier: Any = None) -> None:
@@ -398,106 +320,11 @@ class Daemon:
 
     # -- systemd -----------------------------------------------------------------------------
 
-    def _start_metrics(self) -> None:
-        m = self.settings.metrics
-        if m.port is None and m.textfile is None:
-            return
-        self._metrics = Metrics(self._facts, host=m.host, port=m.port, textfile=m.textfile)
-        if m.port is not None:
-            self._log.info("serving metrics", listen=f"{m.host}:{m.port}")
 
-    def _facts(self) -> Facts:
-        """What the metrics show, read when they are scraped (from the server's thread)."""
-        assert self._state is not None
-        stats = self._state.stats()
-        sender = self._sender.sender.counters if self._sender else None
-        tailer = self._tailer
-        oldest = stats.oldest_pending_at
-        health = self._health
-        return Facts(
-            lines_read=self._lines_read,
-            delivered=stats.delivered_total,
-            quarantined=stats.quarantined_total,
-            ambiguous=stats.ambiguous_total,
-            dead_letters=stats.deadletter_count,
-            spool=stats.spool_depth,
-            oldest_undelivered_s=max(0.0, time.time() - oldest) if oldest else 0.0,
-            lag_bytes=tailer.status().lag_bytes if tailer is not None else None,
-            last_delivery_at=stats.last_delivered_at,
-            brokers_up=sender.brokers_up if sender else None,
-            health_ok=health.state_error is None
-            and health.source_error is None
-            and (sender is None or sender.brokers_down_since is None),
-        )
 
-    def _prune_known(self) -> bool:
-        """Forget known ids past ``state.known_ids_days``, a few steps at a time; True when done."""
-        days = self.settings.state.known_ids_days
-        if not days or self._state is None:
-            return True
-        older_than = time.time() - days * 86400
-        pruned = 0
-        try:
-            for _ in range(_PRUNE_STEPS):
-                step = self._state.prune_delivered(older_than, limit=_PRUNE_STEP)
-                pruned += step
-                if step < _PRUNE_STEP:
-                    return True
-        except StateError as exc:
-            self._log.warning("cannot forget old known record ids now", error=str(exc))
-            return True
-        finally:
-            if pruned:
-                self._log.info("known record ids forgotten", count=pruned, older_than_days=days)
-        return False
 
-    def _report_health(self) -> None:
-        sender = self._sender.sender if self._sender else None
-        if sender is not None:
-            counters = sender.counters
-            self._health.last_delivery_at = counters.last_delivery_at or None
-            self._health.brokers_up = counters.brokers_up
-            self._health.brokers_down_since = counters.brokers_down_since
-        self._health.source_error = self._tailer.problem if self._tailer is not None else None
-        report = self.settings.status.file
-        if report is not None and self._state is not None:
-            # The numbers status shows, for a monitoring user who may not read the state.
-            try:
-                stats: Stats | None = self._state.stats()
-            except StateError:
-                stats = None
-            h = self._health
-            if stats is not None:
-                h.spool_depth = stats.spool_depth
-                h.oldest_pending_at = stats.oldest_pending_at
-                h.dead_letters = stats.deadletter_count
-                h.quarantined = stats.quarantine_count
-                h.delivered_total = stats.delivered_total
-                h.last_delivered_jobid = stats.last_delivered_jobid
-                h.state_bytes = stats.db_bytes
-                h.known_ids = stats.known_ids
-            h.lag_bytes = self._tailer.status().lag_bytes if self._tailer is not None else None
-        self._health.updated_at = time.time()
-        write_health(self.settings.state.dir, self._health)
-        if report is not None:
-            write_health(self.settings.state.dir, self._health, path=report, mode=0o640)
 
-    def _status_line(self, depth: int) -> str:
-        sender = self._sender.sender if self._sender else None
-        parts = [f"spool {depth}"]
-        if sender is not None and sender.counters.last_delivery_at:
-            parts.append(f"delivered {sender.counters.delivered}")
-        if self._health.backpressure:
-            parts.append("PAUSED (spool full)")
-        if self._health.state_error:
-            parts.append(f"STATE ERROR: {self._health.state_error}")
-        if self._health.source_error:
-            parts.append(f"LOG ERROR: {self._health.source_error}")
-        return "STATUS=" + ", ".join(parts)
 
-    def _notify(self, *lines: str) -> None:
-        if self._notifier is not None:
-            self._notifier.notify("\n".join(lines))
 
 
 def _watchdog_interval() -> float:

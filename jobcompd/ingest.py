@@ -35,7 +35,8 @@ from jobcompd._parse_child import read_frame, write_frame
 from jobcompd.batch import ParseSpec, RecordBatch, parse_batch
 from jobcompd.config import SourceSettings
 from jobcompd.identity import Position
-from jobcompd.record import DEFAULT_MAX_LINE_BYTES, unfinished_tail
+from jobcompd.joining import unfinished_tail
+from jobcompd.record import DEFAULT_MAX_LINE_BYTES
 from jobcompd.state import (
     BatchResult,
     NewRecord,

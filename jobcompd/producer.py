@@ -16,57 +16,30 @@ reports inside ``poll()``, on that same thread.
 from __future__ import annotations
 
 import collections
-import json
-import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import structlog
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from jobcompd.config import KafkaSettings
-from jobcompd.delivery import PRODUCER_STATE, Outcome, outcome
+from jobcompd.delivery import PRODUCER_STATE
 from jobcompd.logs import Quieter, librdkafka_logger
-from jobcompd.state import Delivery, SpooledRecord, State
+from jobcompd.reports import DeliveryReport, ReportHandling, SenderCounters, _reason
+from jobcompd.state import SpooledRecord, State, StateError
 
-__all__ = ["DeliveryReport", "Sender", "SenderCounters"]
+__all__ = ["DeliveryReport", "Sender", "SenderCounters", "SenderThread"]
 
 RECORD_ID_HEADER = "record_id"
 _STATS_INTERVAL_MS = 5000  # librdkafka's statistics: which brokers are up
 _OFFERED_BATCHES = 4
+_STATE_RETRY_S = 1.0  # after the state refused to settle reports (disk full), wait before trying again
 
-class DeliveryReport(NamedTuple):
-    """One delivery report as the worker saw it (``error`` is ``None`` on success)."""
-
-    rid: str
-    error: KafkaError | None
-    partition: int
-    offset: int
-
-
-@dataclass(slots=True)
-class SenderCounters:
-    """What this worker did since it started (the state keeps the durable totals)."""
-
-    produced: int = 0
-    delivered: int = 0
-    dead_lettered: int = 0
-    requeued: int = 0
-    backpressure_waits: int = 0
-    last_delivery_at: float | None = None
-    brokers_up: int | None = None  # from librdkafka's statistics; None until the first ones
-    brokers_known: int | None = None
-    brokers_down_since: float | None = None  # no broker up since then
-
-
-def _reason(error: KafkaError) -> str:
-    return f"{error.name()}: {error.str()}"
-
-
-class Sender:
+class Sender(ReportHandling):
     """Moves spooled records to Kafka and settles each one by its delivery report.
 
     ``window`` bounds the records handed to librdkafka and not yet reported; the spool, not
@@ -291,118 +264,77 @@ class Sender:
         self.counters.produced += 1
         return True
 
-    def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
-        key = message.key()
-        rid = key.decode() if isinstance(key, bytes) else str(key)
-        self._reports.append(DeliveryReport(rid, error, message.partition() or 0, message.offset() or 0))
 
-    def _on_error(self, error: KafkaError) -> None:
-        if error.fatal():
-            self._log.error("producer fatal error", error=_reason(error))
-            self._rebuild = True
-        else:
-            self._quiet.log(
-                f"client:{error.code()}", logging.WARNING, "kafka client error", error=_reason(error)
-            )
+class SenderThread(threading.Thread):
+    """Runs :class:`Sender` on its own thread; other threads talk to it through :meth:`call`."""
 
-    def _on_stats(self, text: str) -> None:
-        """librdkafka's statistics: count the brokers it has up (those it learned, else the
-        bootstrap ones), and say once when none is and when one is again."""
+    def __init__(self, sender: Sender, log: Any) -> None:
+        super().__init__(name="jobcompd-sender", daemon=True)
+        self.sender = sender
+        self._log = log
+        self._wake = threading.Event()
+        self._halt = threading.Event()  # not _stop: that would shadow Thread._stop()
+        self._calls: queue.Queue[tuple[Callable[[], Any], queue.Queue[Any]]] = queue.Queue()
+        self.error: BaseException | None = None
+        self.left_in_spool = 0
+
+    def offer(self, records: Sequence[SpooledRecord]) -> None:
+        """New records are in the spool, and here they are (see :meth:`Sender.offer`)."""
+        self.sender.offer(records)
+        self._wake.set()
+
+    def call(self, fn: Callable[[], Any], timeout: float | None = None) -> Any:
+        """Run ``fn`` on the sender thread (the producer is not thread-safe) and return its result."""
+        reply: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self._calls.put((fn, reply))
+        self._wake.set()
+        ok, value = reply.get(timeout=timeout)
+        if not ok:
+            raise value
+        return value
+
+    def stop(self) -> None:
+        self._halt.set()
+        self._wake.set()
+
+    def run(self) -> None:
+        sender = self.sender
+        poll_interval = max(0.05, float(sender.kafka.params.poll_interval))
         try:
-            brokers = list(json.loads(text).get("brokers", {}).values())
-        except ValueError:
-            return
-        learned = [b for b in brokers if b.get("nodeid", -1) >= 0] or brokers
-        up = sum(1 for b in learned if b.get("state") == "UP")
-        counters = self.counters
-        counters.brokers_up, counters.brokers_known = up, len(learned)
-        if learned and not up:
-            if counters.brokers_down_since is None:
-                counters.brokers_down_since = time.time()
-                self._log.warning("no Kafka broker reachable", brokers=len(learned))
-        elif counters.brokers_down_since is not None:
-            down = time.time() - counters.brokers_down_since
-            counters.brokers_down_since = None
-            self._log.info("Kafka brokers reachable again", up=up, after_s=round(down, 1))
+            sender.start()
+            while not self._halt.is_set():
+                self._serve_calls()
+                if self._wake.is_set():
+                    self._wake.clear()
+                    sender.wake()
+                if sender.idle():
+                    # Nothing in flight: sleep until a batch is committed (or a poll_interval
+                    # passes, to pick up records that reach the spool another way).
+                    self._wake.wait(poll_interval)
+                    sender.pump(0)
+                else:
+                    try:
+                        sender.pump(0.05)
+                    except StateError as exc:
+                        self._log.error("state error while settling deliveries", error=str(exc))
+                        time.sleep(_STATE_RETRY_S)
+            self._serve_calls()
+        except BaseException as exc:  # pragma: no cover - surfaced by the main loop
+            self.error = exc
+            self._log.exception("sender thread failed")
+        finally:
+            try:
+                self.left_in_spool = sender.close()
+            except Exception as exc:  # pragma: no cover
+                self._log.error("closing the producer failed", error=str(exc))
 
-    def _dead_lettered(self, record: SpooledRecord, reason: str, event: str) -> None:
-        """Log a dead letter: each one with ``debug_jobcomp``, else once a minute per reason."""
-        if self._debug:
-            self._log.error(event, jobid=record.jobid, rid=record.rid, reason=reason)
-        else:
-            self._quiet.log(f"dead:{reason}", logging.ERROR, event, jobid=record.jobid, reason=reason)
-
-    def _settle(self) -> int:
-        """Write the served delivery reports to the state, then forget them.
-
-        If the state cannot be written (disk full, read-only), nothing is forgotten: the reports
-        stay queued and are settled again at the next pump, so no record is stranded.
-        """
-        reports = self._reports
-        if not reports:
-            return 0
-        delivered: list[Delivery] = []
-        dead: dict[int, str] = {}
-        requeue: list[SpooledRecord] = []
-        attempts: dict[int, str | None] = {}
-        dead_records: list[SpooledRecord] = []
-        requeue_timeouts = self._kafka.params.requeue_on_msg_timeout
-        in_flight = self._in_flight
-        for report in reports:
-            record = in_flight.get(report.rid)
-            if record is None:
-                continue  # not sent by this producer: if it is still spooled, it is sent again
-            fate = outcome(report.error, requeue_on_msg_timeout=requeue_timeouts, rebuilding=self._rebuild)
-            if fate is Outcome.DELIVERED or report.error is None:
-                delivered.append(Delivery(record.seq, report.partition, report.offset))
-            elif fate is Outcome.REBUILD:
-                self._rebuild = True  # stays in the spool, for the rebuilt producer
-                attempts[record.seq] = _reason(report.error)
-            elif fate is Outcome.REQUEUE:
-                requeue.append(record)
-                attempts[record.seq] = _reason(report.error)
-            elif fate is Outcome.DEAD_LETTER:
-                dead[record.seq] = _reason(report.error)
-                dead_records.append(record)
-        # Durable first (each call is idempotent, so a retry after a partial failure is safe).
-        if delivered:
-            self._state.mark_delivered(delivered)
-        if dead:
-            self._state.dead_letter_many(dead)
-        if attempts:
-            self._state.record_attempts(attempts)
-        self._reports = []
-        for report in reports:
-            record = in_flight.pop(report.rid, None)
-            if self._debug and report.error is None and record is not None:
-                self._log.info(
-                    "job delivered",
-                    jobid=record.jobid,
-                    rid=report.rid,
-                    partition=report.partition,
-                    offset=report.offset,
-                )
-        if delivered:
-            self.counters.delivered += len(delivered)
-            self.counters.last_delivery_at = time.time()
-        for record in requeue:
-            self.counters.requeued += 1
-            if self._debug:
-                self._log.warning("message timed out, producing again", jobid=record.jobid, rid=record.rid)
-            else:
-                self._quiet.log("requeue", logging.WARNING, "messages timed out, producing them again",
-                                jobid=record.jobid)
-            if not self._produce(record):
-                self._backlog.append(record)
-        for record in dead_records:
-            self.counters.dead_lettered += 1
-            self._dead_lettered(record, dead[record.seq], "delivery failed, dead-lettered")
-        return len(reports)
-
-    def _rebuild_after_fatal(self) -> None:
-        self._rebuild = False
-        self._log.warning("recreating the producer after a fatal error")
-        if self._producer is not None:
-            self._drain(0)
-        self._producer = None
-        self.start()
+    def _serve_calls(self) -> None:
+        while True:
+            try:
+                fn, reply = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                reply.put((True, fn()))
+            except Exception as exc:
+                reply.put((False, exc))

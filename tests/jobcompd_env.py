@@ -26,7 +26,8 @@ import pytest
 from confluent_kafka import Message
 
 from jobcompd.encode import Encoder
-from jobcompd.record import JobRecord, parse_records
+from jobcompd.joining import parse_records
+from jobcompd.record import JobRecord
 
 JOBCOMPD = str(Path(sys.executable).parent / "jobcompd")
 

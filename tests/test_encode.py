@@ -10,7 +10,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from jobcompd.encode import Encoder, record_id
-from jobcompd.record import JobRecord, parse_line, parse_records
+from jobcompd.joining import parse_records
+from jobcompd.record import JobRecord, parse_line
 
 BERLIN = ZoneInfo("Europe/Berlin")  # CET (+1) in winter, CEST (+2) in summer
 

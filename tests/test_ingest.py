@@ -221,7 +221,7 @@ def test_a_batch_never_ends_inside_a_record_split_by_line_breaks() -> None:
     import io
 
     from jobcompd.ingest import read_batches
-    from jobcompd.record import parse_records
+    from jobcompd.joining import parse_records
     from tests.test_record import real
 
     split = real(name=b"one\ntwo\nthree").splitlines(keepends=True)  # three physical lines

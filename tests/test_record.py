@@ -15,14 +15,12 @@ from hypothesis import strategies as st
 
 from jobcompd import record as record_module
 from jobcompd.encode import Encoder
+from jobcompd.joining import MAX_CONTINUATION_LINES, parse_records, unfinished_tail
 from jobcompd.record import (
     DEFAULT_MAX_LINE_BYTES,
-    MAX_CONTINUATION_LINES,
     JobRecord,
     ParseError,
     parse_line,
-    parse_records,
-    unfinished_tail,
 )
 from tests.slurmctld import (
     GENERATIONS,

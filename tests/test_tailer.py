@@ -879,7 +879,7 @@ def test_a_writer_thread_rotating_while_lines_are_read(tmp_path: Path, harness) 
 
 
 def test_an_unfinished_record_waits_for_its_rest_then_for_quiet(tmp_path: Path) -> None:
-    from jobcompd.record import unfinished_tail
+    from jobcompd.joining import unfinished_tail
     from tests.test_record import real
 
     log = tmp_path / "jobcomp.log"

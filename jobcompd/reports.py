@@ -1,0 +1,183 @@
+"""Delivery reports and what else librdkafka tells: settling each record in the state by the
+policy of :mod:`jobcompd.delivery`, the producer's own errors, and which brokers are up."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from confluent_kafka import KafkaError, Message
+
+from jobcompd.config import KafkaSettings
+from jobcompd.delivery import Outcome, outcome
+from jobcompd.logs import Quieter
+from jobcompd.state import Delivery, SpooledRecord, State
+
+__all__ = ["DeliveryReport", "ReportHandling", "SenderCounters"]
+
+
+class DeliveryReport(NamedTuple):
+    """One delivery report as the worker saw it (``error`` is ``None`` on success)."""
+
+    rid: str
+    error: KafkaError | None
+    partition: int
+    offset: int
+
+
+@dataclass(slots=True)
+class SenderCounters:
+    """What this worker did since it started (the state keeps the durable totals)."""
+
+    produced: int = 0
+    delivered: int = 0
+    dead_lettered: int = 0
+    requeued: int = 0
+    backpressure_waits: int = 0
+    last_delivery_at: float | None = None
+    brokers_up: int | None = None  # from librdkafka's statistics; None until the first ones
+    brokers_known: int | None = None
+    brokers_down_since: float | None = None  # no broker up since then
+
+
+def _reason(error: KafkaError) -> str:
+    return f"{error.name()}: {error.str()}"
+
+
+class ReportHandling:
+    """The report side of :class:`jobcompd.producer.Sender`: what it shares with the send side."""
+
+    _state: State
+    _kafka: KafkaSettings
+    _debug: bool
+    _log: Any
+    _quiet: Quieter
+    _producer: Any
+    _in_flight: dict[str, SpooledRecord]
+    _backlog: list[SpooledRecord]
+    _reports: list[DeliveryReport]
+    _rebuild: bool
+    counters: SenderCounters
+    _produce: Callable[[SpooledRecord], bool]
+    _drain: Callable[[int], None]
+    start: Callable[[], None]
+
+    def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
+        key = message.key()
+        rid = key.decode() if isinstance(key, bytes) else str(key)
+        self._reports.append(DeliveryReport(rid, error, message.partition() or 0, message.offset() or 0))
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self._log.error("producer fatal error", error=_reason(error))
+            self._rebuild = True
+        else:
+            self._quiet.log(
+                f"client:{error.code()}", logging.WARNING, "kafka client error", error=_reason(error)
+            )
+
+    def _on_stats(self, text: str) -> None:
+        """librdkafka's statistics: count the brokers it has up (those it learned, else the
+        bootstrap ones), and say once when none is and when one is again."""
+        try:
+            brokers = list(json.loads(text).get("brokers", {}).values())
+        except ValueError:
+            return
+        learned = [b for b in brokers if b.get("nodeid", -1) >= 0] or brokers
+        up = sum(1 for b in learned if b.get("state") == "UP")
+        counters = self.counters
+        counters.brokers_up, counters.brokers_known = up, len(learned)
+        if learned and not up:
+            if counters.brokers_down_since is None:
+                counters.brokers_down_since = time.time()
+                self._log.warning("no Kafka broker reachable", brokers=len(learned))
+        elif counters.brokers_down_since is not None:
+            down = time.time() - counters.brokers_down_since
+            counters.brokers_down_since = None
+            self._log.info("Kafka brokers reachable again", up=up, after_s=round(down, 1))
+
+    def _dead_lettered(self, record: SpooledRecord, reason: str, event: str) -> None:
+        """Log a dead letter: each one with ``debug_jobcomp``, else once a minute per reason."""
+        if self._debug:
+            self._log.error(event, jobid=record.jobid, rid=record.rid, reason=reason)
+        else:
+            self._quiet.log(f"dead:{reason}", logging.ERROR, event, jobid=record.jobid, reason=reason)
+
+    def _settle(self) -> int:
+        """Write the served delivery reports to the state, then forget them.
+
+        If the state cannot be written (disk full, read-only), nothing is forgotten: the reports
+        stay queued and are settled again at the next pump, so no record is stranded.
+        """
+        reports = self._reports
+        if not reports:
+            return 0
+        delivered: list[Delivery] = []
+        dead: dict[int, str] = {}
+        requeue: list[SpooledRecord] = []
+        attempts: dict[int, str | None] = {}
+        dead_records: list[SpooledRecord] = []
+        requeue_timeouts = self._kafka.params.requeue_on_msg_timeout
+        in_flight = self._in_flight
+        for report in reports:
+            record = in_flight.get(report.rid)
+            if record is None:
+                continue  # not sent by this producer: if it is still spooled, it is sent again
+            fate = outcome(report.error, requeue_on_msg_timeout=requeue_timeouts, rebuilding=self._rebuild)
+            if fate is Outcome.DELIVERED or report.error is None:
+                delivered.append(Delivery(record.seq, report.partition, report.offset))
+            elif fate is Outcome.REBUILD:
+                self._rebuild = True  # stays in the spool, for the rebuilt producer
+                attempts[record.seq] = _reason(report.error)
+            elif fate is Outcome.REQUEUE:
+                requeue.append(record)
+                attempts[record.seq] = _reason(report.error)
+            elif fate is Outcome.DEAD_LETTER:
+                dead[record.seq] = _reason(report.error)
+                dead_records.append(record)
+        # Durable first (each call is idempotent, so a retry after a partial failure is safe).
+        if delivered:
+            self._state.mark_delivered(delivered)
+        if dead:
+            self._state.dead_letter_many(dead)
+        if attempts:
+            self._state.record_attempts(attempts)
+        self._reports = []
+        for report in reports:
+            record = in_flight.pop(report.rid, None)
+            if self._debug and report.error is None and record is not None:
+                self._log.info(
+                    "job delivered",
+                    jobid=record.jobid,
+                    rid=report.rid,
+                    partition=report.partition,
+                    offset=report.offset,
+                )
+        if delivered:
+            self.counters.delivered += len(delivered)
+            self.counters.last_delivery_at = time.time()
+        for record in requeue:
+            self.counters.requeued += 1
+            if self._debug:
+                self._log.warning("message timed out, producing again", jobid=record.jobid, rid=record.rid)
+            else:
+                self._quiet.log("requeue", logging.WARNING, "messages timed out, producing them again",
+                                jobid=record.jobid)
+            if not self._produce(record):
+                self._backlog.append(record)
+        for record in dead_records:
+            self.counters.dead_lettered += 1
+            self._dead_lettered(record, dead[record.seq], "delivery failed, dead-lettered")
+        return len(reports)
+
+    def _rebuild_after_fatal(self) -> None:
+        self._rebuild = False
+        self._log.warning("recreating the producer after a fatal error")
+        if self._producer is not None:
+            self._drain(0)
+        self._producer = None
+        self.start()
