@@ -208,7 +208,7 @@ class Daemon(Monitoring):
                 more = tailer.read(timeout=0)
                 if more is not None:
                     self._add(ahead, more)
-            lines = len(ahead.head.pending.lines)
+            lines = len(ahead.head.prepared.lines)
             result = self._commit(ahead)
             if result is not None:
                 self._lines_read += lines

@@ -50,7 +50,7 @@ __all__ = [
     "Ingestor",
     "ParseWorker",
     "ParseWorkerError",
-    "Pending",
+    "Prepared",
     "Queued",
     "ReadAhead",
     "read_batches",
@@ -239,7 +239,7 @@ class _Child:
         self._end("the parse worker was stopped")
 
 
-class Pending:
+class Prepared:
     """A batch being parsed (in the child or already done), to be committed with :meth:`Ingestor.commit`."""
 
     __slots__ = ("_future", "_parsed", "lines", "source")
@@ -289,25 +289,25 @@ class Ingestor:
         if self._worker is not None:
             self._worker.close()
 
-    def prepare(self, lines: Sequence[bytes], *, source: str) -> Pending:
+    def prepare(self, lines: Sequence[bytes], *, source: str) -> Prepared:
         """Start parsing ``lines``: in the child for a big batch, so the caller can do other work."""
-        pending = Pending(lines, source)
+        prepared = Prepared(lines, source)
         if self._worker is not None and len(lines) >= WORKER_MIN_LINES:
-            pending._future = self._worker.submit(self._spec, list(lines))
-        return pending
+            prepared._future = self._worker.submit(self._spec, list(lines))
+        return prepared
 
-    def _parsed(self, pending: Pending) -> RecordBatch:
-        if pending._parsed is None:
-            future, pending._future = pending._future, None
+    def _parsed(self, prepared: Prepared) -> RecordBatch:
+        if prepared._parsed is None:
+            future, prepared._future = prepared._future, None
             if future is not None:
                 try:
-                    pending._parsed = future.result()
+                    prepared._parsed = future.result()
                 except Exception as exc:  # the child died or failed: parse here instead
                     assert self._worker is not None
                     self._worker.failed(exc)
-            if pending._parsed is None:
-                pending._parsed = parse_batch(pending.lines, self._spec)
-        return pending._parsed
+            if prepared._parsed is None:
+                prepared._parsed = parse_batch(prepared.lines, self._spec)
+        return prepared._parsed
 
     def retry_quarantined(self, lines: Sequence[QuarantinedLine]) -> tuple[BatchResult, int]:
         """Parse quarantined ``lines`` again with this parser; those that are records now leave the
@@ -338,7 +338,7 @@ class Ingestor:
 
     def commit(
         self,
-        lines: Sequence[bytes] | Pending,
+        lines: Sequence[bytes] | Prepared,
         *,
         source: str,
         first_line_no: int,
@@ -353,9 +353,9 @@ class Ingestor:
         ``first_line_no`` and ``first_offset``, unless the reader gives each line's exact
         ``offsets`` (an over-long line is cut short when read).
         """
-        pending = lines if isinstance(lines, Pending) else self.prepare(lines, source=source)
-        parsed = self._parsed(pending)
-        raw = pending.lines
+        prepared = lines if isinstance(lines, Prepared) else self.prepare(lines, source=source)
+        parsed = self._parsed(prepared)
+        raw = prepared.lines
         starts = offsets
         if starts is None and (parsed.bad or parsed.rids):
             starts = [first_offset]
@@ -411,7 +411,7 @@ class Ingestor:
 class Queued(NamedTuple):
     """A batch read and handed to the parser, with what its commit needs."""
 
-    pending: Pending
+    prepared: Prepared
     position: Position | None
     first_line_no: int
     first_offset: int
@@ -450,8 +450,8 @@ class ReadAhead:
         offsets: Sequence[int] | None = None,
     ) -> None:
         """Queue a batch read from ``source`` (starting to parse it), ``position`` its end."""
-        pending = self._ingestor.prepare(lines, source=source)
-        self._queue.append(Queued(pending, position, first_line_no, first_offset, offsets))
+        prepared = self._ingestor.prepare(lines, source=source)
+        self._queue.append(Queued(prepared, position, first_line_no, first_offset, offsets))
 
     @property
     def head(self) -> Queued:
@@ -462,8 +462,8 @@ class ReadAhead:
         """Commit the oldest batch with its position; on StateError it stays, to be tried again."""
         head = self._queue[0]
         result = self._ingestor.commit(
-            head.pending,
-            source=head.pending.source,
+            head.prepared,
+            source=head.prepared.source,
             first_line_no=head.first_line_no,
             first_offset=head.first_offset,
             position=head.position,

@@ -230,7 +230,7 @@ class Replayer:
                     offset += consumed
                     line_no += len(lines)
                 if len(ahead) > 1 or (ahead and not lines):
-                    read = len(ahead.head.pending.lines)
+                    read = len(ahead.head.prepared.lines)
                     result = ahead.commit()
                     self._sender.offer(result.fresh)
                     self.summary.lines += read

@@ -198,11 +198,11 @@ def test_a_record_the_state_refuses_costs_that_record_alone(tmp_path: Path) -> N
     # The parser keeps job ids within 32 bits; should anything still reach the state that SQLite
     # refuses (its CHECK wants 64-bit integers), that record is quarantined and the rest spooled.
     from jobcompd.batch import RecordBatch
-    from jobcompd.ingest import Pending
+    from jobcompd.ingest import Prepared
 
     lines = [b"line %d\n" % i for i in range(5)]
     jobids = [0, 1, 2**63, 3, 4]
-    pending = Pending(lines, "log")
+    pending = Prepared(lines, "log")
     pending._parsed = RecordBatch([f"r{i}" for i in range(5)], jobids, [b"{}"] * 5, [0, 1, 2, 3, 4], [], [])
     with State.open(tmp_path / "state", synchronous="normal") as state:
         ingestor = Ingestor(state, UTC_SPEC)
