@@ -96,6 +96,12 @@ class _Stream:
     def fileno(self) -> int:
         return self.raw.fileno()
 
+    def __enter__(self) -> _Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         self._stream.close()
         self.raw.close()
