@@ -14,6 +14,8 @@ import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from jobcompd.state import Stats
+
 __all__ = ["HEALTH_NAME", "Health", "read_health", "write_health"]
 
 HEALTH_NAME = "health.json"
@@ -44,6 +46,17 @@ class Health:
     lag_bytes: int | None = None
     state_bytes: int = 0
     known_ids: int = 0
+
+    def take(self, stats: Stats) -> None:
+        """Copy the numbers ``status`` shows from the state's statistics."""
+        self.spool_depth = stats.spool_depth
+        self.oldest_pending_at = stats.oldest_pending_at
+        self.dead_letters = stats.deadletter_count
+        self.quarantined = stats.quarantine_count
+        self.delivered_total = stats.delivered_total
+        self.last_delivered_jobid = stats.last_delivered_jobid
+        self.state_bytes = stats.db_bytes
+        self.known_ids = stats.known_ids
 
 
 _SIZE = 4096

@@ -83,14 +83,7 @@ class Monitoring:
                 stats = None
             h = self._health
             if stats is not None:
-                h.spool_depth = stats.spool_depth
-                h.oldest_pending_at = stats.oldest_pending_at
-                h.dead_letters = stats.deadletter_count
-                h.quarantined = stats.quarantine_count
-                h.delivered_total = stats.delivered_total
-                h.last_delivered_jobid = stats.last_delivered_jobid
-                h.state_bytes = stats.db_bytes
-                h.known_ids = stats.known_ids
+                h.take(stats)
             h.lag_bytes = self._tailer.status().lag_bytes if self._tailer is not None else None
         self._health.updated_at = time.time()
         write_health(self.settings.state.dir, self._health)

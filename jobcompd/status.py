@@ -98,16 +98,9 @@ def collect(settings: Settings) -> StatusReport:
         report.flag(CRITICAL, f"state unreadable: {exc}")
         return report
     now = time.time()
-    report.spool_depth = stats.spool_depth
-    oldest = stats.oldest_pending_at
-    report.oldest_pending_age_s = round(now - oldest, 1) if oldest else None
-    report.dead_letters = stats.deadletter_count
-    report.quarantined = stats.quarantine_count
-    report.delivered_total = stats.delivered_total
-    report.known_ids = stats.known_ids
-    report.state_bytes = stats.db_bytes
-    report.last_delivered_at = stats.last_delivered_at
-    report.last_delivered_jobid = stats.last_delivered_jobid
+    figures = Health(pid=0, started_at=0.0, last_delivery_at=stats.last_delivered_at)
+    figures.take(stats)
+    _numbers(report, figures, now)
     _file_lag(report, settings, {p.fingerprint: p for p in positions if p.reader == LIVE})
     if report.daemon_pid is not None:
         _daemon_health(report, settings, now, read_health(settings.state.dir))
@@ -128,21 +121,26 @@ def from_report(settings: Settings) -> StatusReport | None:
     report.daemon_pid = health.pid if _alive(health.pid) else None
     if report.daemon_pid is None:
         report.flag(CRITICAL, f"no jobcompd is running (its last report is from {_when(health.updated_at)})")
-    report.spool_depth = health.spool_depth
-    oldest = health.oldest_pending_at
-    report.oldest_pending_age_s = round(now - oldest, 1) if oldest else None
-    report.dead_letters = health.dead_letters
-    report.quarantined = health.quarantined
-    report.delivered_total = health.delivered_total
-    report.last_delivered_at = health.last_delivery_at
-    report.last_delivered_jobid = health.last_delivered_jobid
+    _numbers(report, health, now)
     report.lag_bytes = health.lag_bytes
-    report.known_ids = health.known_ids
-    report.state_bytes = health.state_bytes
     if report.daemon_pid is not None:
         _daemon_health(report, settings, now, health)
     _judge(report, settings)
     return report
+
+
+def _numbers(report: StatusReport, figures: Health, now: float) -> None:
+    """The numbers shown, from the state (through :meth:`Health.take`) or the daemon's report."""
+    report.spool_depth = figures.spool_depth
+    oldest = figures.oldest_pending_at
+    report.oldest_pending_age_s = round(now - oldest, 1) if oldest else None
+    report.dead_letters = figures.dead_letters
+    report.quarantined = figures.quarantined
+    report.delivered_total = figures.delivered_total
+    report.last_delivered_at = figures.last_delivery_at
+    report.last_delivered_jobid = figures.last_delivered_jobid
+    report.known_ids = figures.known_ids
+    report.state_bytes = figures.state_bytes
 
 
 def _alive(pid: int) -> bool:
