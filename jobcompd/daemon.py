@@ -42,6 +42,7 @@ from jobcompd.tailer import LineBatch, Tailer
 
 __all__ = ["Daemon"]
 
+_IDLE_WAIT_S = 1.0  # the longest the main loop waits for lines (inotify wakes it at once)
 _STATE_RETRY_S = 1.0  # after a failed commit (disk full, read-only), wait before trying again
 _BACKPRESSURE_CHECK_S = 0.5
 _HEALTH_EVERY_S = 2.0  # STATUS= and health.json
@@ -72,11 +73,21 @@ class Daemon(Monitoring):
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self.stop())
         signal.signal(signal.SIGINT, lambda *_: self.stop())
-        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._request_reload())
 
     def stop(self) -> None:
         """Ask the daemon to stop gracefully (thread- and signal-safe)."""
         self._stop.set()
+        self._wake_reader()
+
+    def _request_reload(self) -> None:
+        self._reload.set()
+        self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        # The main loop waits for lines up to _IDLE_WAIT_S: a signal must not wait that long.
+        if self._tailer is not None:
+            self._tailer.wake()
 
     # -- run ---------------------------------------------------------------------------------
 
@@ -200,7 +211,7 @@ class Daemon(Monitoring):
                 self._stop.wait(0.2)
                 continue
             if not ahead:
-                batch = tailer.read(timeout=0.2)
+                batch = tailer.read(timeout=_IDLE_WAIT_S)
                 if batch is None:
                     continue
                 self._add(ahead, batch)

@@ -309,6 +309,25 @@ def test_rotated_names_and_their_order() -> None:
 # -- appends --------------------------------------------------------------------------------------
 
 
+def test_wake_ends_a_waiting_read_at_once_and_loses_nothing(log: Path, pool: Pool, harness) -> None:
+    h = harness(log)
+    h.start()
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.append(h.t.read(30.0)))
+    began = time.monotonic()
+    waiter.start()
+    time.sleep(0.3)  # waiting for lines that do not come
+    h.t.wake()
+    waiter.join(timeout=5)
+    assert not waiter.is_alive() and got == [None]
+    assert time.monotonic() - began < 5  # not the 30 s it was given
+    lines = pool.take(3)
+    with SlurmctldWriter(log) as w:
+        w.write(join(lines))
+    h.wait_lines(3)  # the next reads go on as before
+    assert h.received == lines
+
+
 def test_appends_single_lines_bursts_and_a_partial_line(log: Path, pool: Pool, harness) -> None:
     h = harness(log, max_batch_lines=100)
     with SlurmctldWriter(log) as w:

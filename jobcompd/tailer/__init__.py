@@ -134,6 +134,7 @@ class Tailer(FileReading, Siblings):
         self._hold_for = hold_for
         self._log = logger or structlog.get_logger("jobcompd.tailer")
         self._wake = threading.Event()
+        self._interrupted = False  # set by wake(): the waiting read() returns
         self._lock = threading.Lock()
         self._watch: DirectoryWatch | None = None
         self._current: FollowedFile | None = None
@@ -199,6 +200,11 @@ class Tailer(FileReading, Siblings):
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def wake(self) -> None:
+        """End a :meth:`read` that is waiting, with None (thread- and signal-safe)."""
+        self._interrupted = True
+        self._wake.set()
+
     def read(self, timeout: float) -> LineBatch | None:
         """The next batch of complete lines, waiting up to ``timeout`` seconds; None if none.
 
@@ -219,7 +225,8 @@ class Tailer(FileReading, Siblings):
             if batch is not None:
                 return batch
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self._interrupted:
+                self._interrupted = False
                 return None
             self._wake.wait(min(remaining, self._recheck))
 
