@@ -28,6 +28,13 @@ def parse_records(
     start a record themselves — at most :data:`MAX_CONTINUATION_LINES` of them, within
     ``max_bytes``. The longest run of them that makes one record with it is joined (a 17.02
     record only into a newer one); lines that make none stand alone.
+
+    A name can also hold a line break followed by text that looks like a record start
+    (``evil\\nJobId=77 UserId=root(0) …``): read alone, that line would be a record for another job
+    carrying this job's fields. So a line that starts a record and stops before ``JobState=``
+    (slurmctld never writes such a line: its record goes on after a line break in the name), that
+    nothing else completes, is joined with the fewest following lines — record starts included —
+    that make one record with it; that record is marked ambiguous.
     """
     out: list[tuple[int, int, JobRecord | ParseError]] = []
     i = 0
@@ -47,9 +54,31 @@ def parse_records(
                 ):
                     result, count = whole, k + 1
                     break
+            if result.__class__ is ParseError and _headless(line):
+                joined = _across_starts(lines, i, max_bytes)
+                if joined is not None:
+                    result, count = joined
         out.append((i, count, result))
         i += count
     return out
+
+
+def _headless(line: bytes) -> bool:
+    """A record start whose line ends before ``JobState=``: its name goes on after a line break."""
+    return line.endswith(b"\n") and b" JobState=" not in line and is_record_start(line)
+
+
+def _across_starts(lines: Sequence[bytes], i: int, max_bytes: int) -> tuple[JobRecord, int] | None:
+    """The fewest lines after ``lines[i]``, record starts included, that make one record with it."""
+    size = len(lines[i])
+    for end in range(i + 1, min(len(lines), i + 1 + MAX_CONTINUATION_LINES)):
+        size += len(lines[end])
+        if size > max_bytes + 2:
+            return None
+        whole = parse_line(b"".join(lines[i : end + 1]), max_bytes=max_bytes)
+        if whole.__class__ is JobRecord:
+            return whole._replace(ambiguous=True), end + 1 - i  # type: ignore[union-attr]
+    return None
 
 
 def _continuation(lines: Sequence[bytes], i: int, max_bytes: int) -> Sequence[bytes]:
@@ -77,14 +106,21 @@ def unfinished_tail(lines: Sequence[bytes], *, max_bytes: int = DEFAULT_MAX_LINE
     """How many of the last ``lines`` start a record that the lines after them may still complete.
 
     A reader holds these back until more lines come (or the file stays quiet), so that a record
-    with line breaks in its name is joined even when a read or a batch ends in its middle.
+    with line breaks in its name is joined even when a read or a batch ends in its middle. The
+    earliest such start counts: a name's line break may be followed by text that looks like a
+    record start itself.
     """
     n = len(lines)
-    for back in range(1, min(n, MAX_CONTINUATION_LINES + 1) + 1):
-        if is_record_start(lines[n - back]):
-            # The lines after it do not start a record: while they do not complete it (or
-            # complete only a 17.02 reading), the next lines may.
-            _, count, result = parse_records(lines[n - back :], max_bytes=max_bytes)[0]
-            unfinished = result.__class__ is ParseError or (count == back and _may_continue(result))
-            return back if unfinished else 0
+    window = min(n, MAX_CONTINUATION_LINES + 1)
+    starts = [back for back in range(window, 0, -1) if is_record_start(lines[n - back])]
+    for back in starts:
+        # The lines after it may still complete it (or complete only a 17.02 reading)...
+        _, count, result = parse_records(lines[n - back :], max_bytes=max_bytes)[0]
+        if result.__class__ is ParseError:
+            # ... when nothing else completes it: the last start, or one that stops before its
+            # fields (the rest of its name, and its record, come after a line break).
+            if back == starts[-1] or _headless(lines[n - back]):
+                return back
+        elif count == back and _may_continue(result):
+            return back
     return 0

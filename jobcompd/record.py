@@ -135,6 +135,7 @@ _ONE_READING = re.compile(
 )
 _SELECT_WORD = re.compile(r"[A-Z][A-Za-z_]*=\S*")
 _RECORD_START = re.compile(r"JobId=\d+ UserId=\S*\(\d+\) GroupId=")
+_INNER_START = re.compile(r"(?<!\n)JobId=\d+ UserId=\S*\(\d+\) GroupId=")
 _NOT_SET = frozenset(("", _NULL))
 _NO_WORK_DIR = frozenset(("unknown", _NULL))
 _NO_CLUSTER = frozenset(("", "unknown", _NULL))
@@ -195,8 +196,9 @@ def parse_line(line: bytes, *, max_bytes: int = DEFAULT_MAX_LINE_BYTES) -> JobRe
         if not text.strip():
             return ParseError("empty line")
         return ParseError("not a jobcomp/filetxt record (no leading JobId=)")
-    # A record start inside a value is a write cut short, then the next record: never one job.
-    if text.find("JobId=", 1) > 0 and _RECORD_START.search(text, 1) is not None:
+    # A record start inside a line is a write cut short, then the next record: never one job.
+    # (One right after a line break is a name's own text: joining.parse_records decides.)
+    if text.find("JobId=", 1) > 0 and _INNER_START.search(text, 1) is not None:
         return ParseError(_diagnose(text))
     result = _one_reading(text)
     if result is None:

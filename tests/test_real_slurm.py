@@ -39,6 +39,7 @@ NAMES: list[str | bytes] = [
     FORGED,
     "naïve ☃ 日本語 🚀",
     "line1\nline2 JobId=77 x",
+    "evil\nJobId=77 UserId=root(0) GroupId=root(0) Name=y",
     "two\nline\nbreaks",
     "tab\there",
     b"bad\xff\xfebytes",

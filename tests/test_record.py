@@ -469,6 +469,30 @@ def test_a_record_split_by_line_breaks_in_its_name_is_joined() -> None:
     assert json.loads(Encoder(UTC).encode(joined))["job_name"] == "line1\nline2\n\nline4 JobId=77 x"
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        b"evil\nJobId=77 UserId=root(0) GroupId=root(0) Name=y",
+        b"a\nJobId=1 UserId=r(0) GroupId=r(0) Name=\nJobId=77 UserId=root(0) GroupId=root(0) Name=y",
+    ],
+    ids=["one fake start", "two fake starts"],
+)
+def test_a_fake_record_start_after_a_line_break_in_a_name_forges_nothing(name: bytes) -> None:
+    # Read alone, the last line would be a record of job 77 (user root) with job 100's fields.
+    lines = real(name=name).splitlines(keepends=True)
+    before, after = real(jobid=b"99"), real(jobid=b"101")
+    groups = parse_records([before, *lines, after])
+    assert [(i, n) for i, n, _ in groups] == [(0, 1), (1, len(lines)), (1 + len(lines), 1)]
+    record = groups[1][2]
+    assert isinstance(record, JobRecord)
+    assert (record.jobid, record.name, record.ambiguous) == (100, name.decode(), True)
+    assert [r.jobid for _, _, r in groups if isinstance(r, JobRecord)] == [99, 100, 101]
+    # A read or a batch that ends in its middle holds back all of it, not just the last start.
+    for k in range(1, len(lines)):
+        assert unfinished_tail([before, *lines[:k]]) == k
+    assert unfinished_tail([before, *lines]) == 0
+
+
 def test_lines_are_not_glued_into_a_record_they_do_not_make() -> None:
     # A cut-short record, then whole records: each stands alone.
     cut = real(jobid=b"5")[:80] + b"\n"
