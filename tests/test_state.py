@@ -848,3 +848,17 @@ def test_round_trip_of_a_10k_batch(state: State) -> None:
         f"total {done - started:.3f}s"
     )
     assert state.spool_depth() == 0
+
+
+def test_a_state_killed_while_being_created_starts_fresh_next_time(tmp_path: Path) -> None:
+    # kill -9 while the database is made leaves only its temporary file (no record was ever in
+    # it); jobcompd.db itself never exists half made, so an empty one is damage from outside.
+    directory = tmp_path / "state"
+    directory.mkdir(mode=0o700)
+    (directory / "jobcompd.db.new").write_bytes(b"")
+    (directory / "jobcompd.db.new-journal").write_bytes(b"x")
+    with State.open(directory) as state:
+        assert state.commit_batch(records(0, 3)).spooled == 3
+    assert not (directory / "jobcompd.db.new").exists()
+    with State.open(directory) as state:
+        assert state.spool_depth() == 3

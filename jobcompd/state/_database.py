@@ -141,7 +141,9 @@ class Database:
                 raise StateError(
                     path, "not writable by this process", _recovery(RECOVER_PERMISSIONS, path)
                 )
-            db = _connect(path, "mode=rw" if exists else "mode=rwc")
+            if not exists:
+                _create(path, synchronous)
+            db = _connect(path, "mode=rw")
             try:
                 _configure(db, path, synchronous, verify=verify)
             except BaseException:
@@ -252,3 +254,34 @@ class Database:
         if self._db is None:
             raise StateError(self.path, f"cannot {action}: the state is closed", RECOVER_BUG)
         return self._db
+
+
+def _create(path: Path, synchronous: str) -> None:
+    """Create the database under a temporary name and rename it into place once it holds its
+    schema, so that ``jobcompd.db`` never exists half made: a kill -9 during creation leaves only
+    the temporary file (removed at the next start, it never held a record), and an empty
+    ``jobcompd.db`` can only be a state damaged from outside — which is refused."""
+    new = path.with_name(path.name + ".new")
+    for suffix in ("", *SIDE_FILES):
+        with suppress(FileNotFoundError):
+            os.unlink(_sidecar(new, suffix))
+    db = _connect(new, "mode=rwc")
+    try:
+        _configure(db, new, synchronous, verify=False)
+        # One self-contained file to rename: no write-ahead log beside it.
+        db.execute("PRAGMA journal_mode = DELETE")
+    except sqlite3.Error as exc:
+        raise _translate(path, "create", exc) from exc
+    finally:
+        db.close()
+    fd = os.open(new, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(new, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
