@@ -5,12 +5,15 @@
 Any input must give, for every group of lines, a :class:`JobRecord` whose JSON is valid UTF-8 JSON,
 or a :class:`ParseError` with a reason — never an exception, never more than 100 ms for one line
 (the parser is linear: 64 KiB take a few milliseconds) — and where the one-reading shortcut
-answers, the general reader must give the same record. The corpus is seeded from the test lines
+answers, the general reader must give the same record; where the compiled reader answers, its
+JSON bytes, record id and job id are the Python reader's, and a batch read with both is the batch
+read with Python alone. The corpus is seeded from the test lines
 (every Slurm generation, the real plugin's workload, hostile values) in a scratch directory.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -24,15 +27,27 @@ import atheris
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+# JOBCOMPD_FUZZ_FASTLINE=path/to/_fastline.so: fuzz that build of the compiled reader (make fuzz
+# builds one with AddressSanitizer, so a read out of the line's bounds stops the run).
+_build = os.environ.get("JOBCOMPD_FUZZ_FASTLINE")
+if _build:
+    _loader = importlib.util.spec_from_file_location("jobcompd._fastline", _build)
+    assert _loader is not None and _loader.loader is not None
+    sys.modules["jobcompd._fastline"] = importlib.util.module_from_spec(_loader)
+    _loader.loader.exec_module(sys.modules["jobcompd._fastline"])
+
 with atheris.instrument_imports():
-    from jobcompd import record
+    from jobcompd import batch, fastpath, record
     from jobcompd.encode import Encoder
     from jobcompd.joining import parse_records
     from jobcompd.record import JobRecord, ParseError
+    from jobcompd.zone import resolve
 
 from tests.slurmctld import GENERATIONS, FakeJob, mixed_lines, render  # noqa: E402
 
 _ENCODER = Encoder(ZoneInfo("Europe/Berlin"), "fuzz")
+_SPEC = batch.ParseSpec(resolve("Europe/Berlin").spec, "fuzz", record.DEFAULT_MAX_LINE_BYTES)
+_COMPILED = fastpath.compiled_encoder(*_SPEC)
 _SLOW_S = 0.1
 
 
@@ -63,6 +78,17 @@ def one_input(data: bytes) -> None:
             start = record._START.match(text)
             assert start is not None and fast == record._read(text, start), text
     assert covered == len(lines)
+    if _COMPILED is not None:
+        # Where the compiled reader answers, its bytes are the Python reader's.
+        for line in lines:
+            answer = _COMPILED.encode_line(line)
+            if answer is not None:
+                rid, jobid, payload = answer
+                parsed = record.parse_line(line)
+                assert isinstance(parsed, JobRecord) and not parsed.ambiguous, (line, parsed)
+                assert payload == _ENCODER.encode(parsed), line
+                assert rid == _ENCODER.record_id(line, parsed) and jobid == parsed.jobid, line
+        assert batch.parse_batch(lines, _SPEC) == batch._parse_batch(lines, _SPEC, None), lines
 
 
 def seed(directory: Path) -> None:
@@ -79,6 +105,7 @@ def seed(directory: Path) -> None:
 
 def main() -> None:
     seconds = int(sys.argv[1]) if len(sys.argv) > 1 else 60
+    print(f"reader: {fastpath.PARSER}" + (f" ({_build})" if _build else ""), flush=True)
     extra = sys.argv[2:]
     with tempfile.TemporaryDirectory(prefix="jobcompd-fuzz-") as scratch:
         corpus = Path(scratch) / "corpus"

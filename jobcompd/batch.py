@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from jobcompd.encode import Encoder
-from jobcompd.joining import parse_records
+from jobcompd.fastpath import compiled_encoder
+from jobcompd.joining import parse_records_around
 from jobcompd.record import ParseError
 from jobcompd.zone import Zone, ZoneSpec
 
@@ -50,16 +51,44 @@ def encoder_for(zone: ZoneSpec, cluster: str | None) -> Encoder:
 def parse_batch(lines: Sequence[bytes], spec: ParseSpec) -> RecordBatch:
     """Parse and encode ``lines``.
 
-    A record may span several lines (line breaks in its name); its id is that of all its bytes.
-    Whatever goes wrong with one record — a bug included — costs that record alone: it is
-    reported as a bad line with the error, and the rest of the batch goes on.
+    The compiled reader (:mod:`jobcompd.fastpath`), when built, reads the usual records; the
+    Python reader reads every other line, and the records split across lines. A record may span
+    several lines (line breaks in its name); its id is that of all its bytes. Whatever goes wrong
+    with one record — a bug included — costs that record alone: it is reported as a bad line with
+    the error, and the rest of the batch goes on.
     """
+    compiled = compiled_encoder(spec.zone, spec.cluster, spec.max_line_bytes)
+    if compiled is None:
+        return _parse_batch(lines, spec, None)
+    answered = compiled.encode_lines(lines)
+    if len(answered[3]) == len(lines):
+        rids, jobids, payloads, at = answered
+        return RecordBatch(rids, jobids, payloads, at, [], [])
+    return _parse_batch(lines, spec, answered)
+
+
+def _parse_batch(
+    lines: Sequence[bytes],
+    spec: ParseSpec,
+    compiled: tuple[list[str], list[int], list[bytes], list[int]] | None,
+) -> RecordBatch:
+    """The Python reader's loop, taking the compiled reader's records (if any) in their turn."""
     encoder = encoder_for(spec.zone, spec.cluster)
     out = RecordBatch([], [], [], [], [], [])
     rids, jobids, payloads, at, bad, ambiguous = out
     encode = encoder.encode
     record_id = encoder.record_id
-    for index, count, record in parse_records(lines, max_bytes=spec.max_line_bytes):
+    answered: dict[int, int] = {}
+    if compiled is not None:
+        answered = {index: k for k, index in enumerate(compiled[3])}
+    for index, count, record in parse_records_around(lines, answered, max_bytes=spec.max_line_bytes):
+        if record is None:
+            k = answered[index]
+            rids.append(compiled[0][k])  # type: ignore[index]
+            jobids.append(compiled[1][k])  # type: ignore[index]
+            payloads.append(compiled[2][k])  # type: ignore[index]
+            at.append(index)
+            continue
         if record.__class__ is ParseError:
             bad.append((index, record.reason))  # type: ignore[union-attr]
             continue

@@ -27,7 +27,7 @@ from typing import Any
 
 import structlog
 
-from jobcompd import logs
+from jobcompd import fastpath, logs
 from jobcompd.config import ConfigError, KafkaSettings, Settings, load_settings
 from jobcompd.health import Health
 from jobcompd.identity import LIVE, Position, position_key
@@ -62,7 +62,7 @@ class Daemon(Monitoring):
         self._notifier = notifier
         self._stop = threading.Event()
         self._reload = threading.Event()
-        self._health = Health(pid=os.getpid(), started_at=time.time())
+        self._health = Health(pid=os.getpid(), started_at=time.time(), reader=fastpath.PARSER)
         self._state: State | None = None
         self._tailer: Tailer | None = None
         self._sender: SenderThread | None = None
@@ -140,6 +140,7 @@ class Daemon(Monitoring):
             state_dir=str(settings.state.dir),
             spooled=depth,
             pid=os.getpid(),
+            reader=fastpath.PARSER,
         )
         for warning in settings.warnings:
             self._log.warning(warning)

@@ -28,7 +28,7 @@ import orjson
 
 from jobcompd.record import JobRecord
 
-__all__ = ["Encoder", "record_id"]
+__all__ = ["RECORD_ID_PERSON", "Encoder", "record_id"]
 
 _F32 = struct.Struct("f")
 
@@ -52,7 +52,10 @@ def _json_c_double(value: float) -> orjson.Fragment:
     return orjson.Fragment(text.encode())
 
 
-_RECORD_ID_HASH = hashlib.blake2b(digest_size=16, person=b"jobcompd-rec-v1")
+RECORD_ID_PERSON = b"jobcompd-rec-v1"
+"""BLAKE2b personalisation of record ids (the compiled reader computes the same ids)."""
+
+_RECORD_ID_HASH = hashlib.blake2b(digest_size=16, person=RECORD_ID_PERSON)
 
 
 def record_id(line: bytes, cluster: str | None) -> str:

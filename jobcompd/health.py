@@ -46,6 +46,7 @@ class Health:
     lag_bytes: int | None = None
     state_bytes: int = 0
     known_ids: int = 0
+    reader: str | None = None  # the record reader in use: compiled, or python (and why)
 
     def take(self, stats: Stats) -> None:
         """Copy the numbers ``status`` shows from the state's statistics."""

@@ -7,11 +7,11 @@ lines read, using :func:`jobcompd.record.parse_line` on the candidates.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 
 from jobcompd.record import DEFAULT_MAX_LINE_BYTES, JobRecord, ParseError, is_record_start, parse_line
 
-__all__ = ["MAX_CONTINUATION_LINES", "parse_records", "unfinished_tail"]
+__all__ = ["MAX_CONTINUATION_LINES", "parse_records", "parse_records_around", "unfinished_tail"]
 
 MAX_CONTINUATION_LINES = 8
 """Most physical lines a record split by line breaks in its name may add to its first line."""
@@ -36,10 +36,29 @@ def parse_records(
     nothing else completes, is joined with the fewest following lines — record starts included —
     that make one record with it; that record is marked ambiguous.
     """
-    out: list[tuple[int, int, JobRecord | ParseError]] = []
+    return _parse_records(lines, max_bytes, ())  # type: ignore[return-value]
+
+
+def parse_records_around(
+    lines: Sequence[bytes], answered: Container[int], *, max_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> list[tuple[int, int, JobRecord | ParseError | None]]:
+    """:func:`parse_records`, where the lines at the indexes ``answered`` are single-line records
+    read already (by the compiled reader): each comes as ``(index, 1, None)`` when its turn comes,
+    unless an earlier line's record takes it in (then it is part of that record, as without)."""
+    return _parse_records(lines, max_bytes, answered)
+
+
+def _parse_records(
+    lines: Sequence[bytes], max_bytes: int, answered: Container[int]
+) -> list[tuple[int, int, JobRecord | ParseError | None]]:
+    out: list[tuple[int, int, JobRecord | ParseError | None]] = []
     i = 0
     n = len(lines)
     while i < n:
+        if i in answered:
+            out.append((i, 1, None))
+            i += 1
+            continue
         line = lines[i]
         result = parse_line(line, max_bytes=max_bytes)
         count = 1

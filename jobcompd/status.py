@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from jobcompd import fastpath
 from jobcompd.config import Settings
 from jobcompd.health import Health, read_health
 from jobcompd.identity import LIVE, fingerprint
@@ -53,6 +54,7 @@ class StatusReport:
     crit_spool: int = 0
     known_ids: int = 0
     state_bytes: int = 0
+    reader: str = fastpath.PARSER  # the daemon's record reader (this install's when it has not said)
     problems: list[tuple[int, str]] = field(default_factory=list)
 
     @property
@@ -183,6 +185,7 @@ def _daemon_health(report: StatusReport, settings: Settings, now: float, health:
         report.flag(WARNING, "the daemon has not reported its health yet")
         return
     report.last_read_at = health.last_read_at
+    report.reader = health.reader or report.reader
     report.daemon_error = health.state_error
     silent = now - health.updated_at
     if silent >= stall:
@@ -287,6 +290,7 @@ def render(r: StatusReport) -> str:
         f"delivered:       {r.delivered_total} in total, last {_when(r.last_delivered_at)}"
         + (f", job {r.last_delivered_jobid}" if r.last_delivered_jobid is not None else ""),
         f"last read:       {_when(r.last_read_at)}",
+        f"reader:          {r.reader}",
         f"state dir:       {r.state_dir} ({r.state_bytes / 1e6:.1f} MB, ~{r.known_ids} known record ids)",
     ]
     rows += [f"{_NAMES[level]}: {text}" for level, text in r.problems]

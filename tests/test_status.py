@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from jobcompd import status
+from jobcompd import fastpath, status
 from jobcompd.config import load_settings
 from jobcompd.health import Health, read_health, write_health
 from jobcompd.identity import Position, fingerprint
@@ -160,3 +160,14 @@ def test_status_as_a_user_who_cannot_read_the_state_is_unknown_in_one_line(tmp_p
         assert "Traceback" not in done.stderr
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_status_says_which_record_reader_the_daemon_uses(setup: tuple[Path, Path]) -> None:
+    config, state_dir = setup
+    now = time.time()
+    with StateDirLock(state_dir):
+        write_health(state_dir, Health(os.getpid(), started_at=now, updated_at=now, last_read_at=now,
+                                       reader="python (JOBCOMPD_PARSER=python)"))
+        assert "reader:          python (JOBCOMPD_PARSER=python)" in status.render(verdict(config))
+    # No daemon: this installation's reader.
+    assert f"reader:          {fastpath.PARSER}" in status.render(verdict(config))

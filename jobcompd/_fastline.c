@@ -1,0 +1,980 @@
+/* The compiled fast path: one ordinary filetxt record -> the jobcomp/kafka plugin's JSON bytes and
+ * the record id, or "not mine".
+ *
+ * The Python reader (jobcompd/record.py, joining.py, encode.py) is the reference; this file is its
+ * twin for the usual record only, and answers "not mine" for anything else, which the Python path
+ * then reads as today. It takes a line only when record.py's one-reading shortcut would take it
+ * and every value has its plain shape:
+ *
+ *   - one physical line, at most max_bytes long (line ending excluded), printable ASCII or valid
+ *     UTF-8, no control character, no DEL;
+ *   - "JobId=" at the start and nowhere else; " JobState=", " ReservationName=", " QOS=" and
+ *     " Cluster=" each exactly once (so each free value -- name, work dir, account, wckey -- ends at
+ *     the one place its key stands);
+ *   - a 17.11 or later record (a 17.02 one may be the first line of a longer record);
+ *   - strict fields (user, group, partition, node list, ...) in printable ASCII (a str regex's \S
+ *     and \d also take non-ASCII spaces and digits), numbers of at most 10 digits within 32 bits;
+ *   - times from 1900 to 9998 in an hour with one UTC offset that no DST fold repeats (the offset
+ *     comes from a Python callback, once per local hour, cached here).
+ *
+ * Every read is bounded by the line's length: the parser moves a cursor forward over [p, end) and
+ * checks the room left before each comparison. tests/test_fastline.py and fuzz/fuzz_record.py
+ * compare its answers with the Python path's byte for byte.
+ */
+#define _GNU_SOURCE /* memmem */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------- BLAKE2b (RFC 7693) */
+
+static const uint64_t b2_iv[8] = {
+    0x6a09e667f3bcc908ULL, 0xbb67ae8584caa73bULL, 0x3c6ef372fe94f82bULL, 0xa54ff53a5f1d36f1ULL,
+    0x510e527fade682d1ULL, 0x9b05688c2b3e6c1fULL, 0x1f83d9abfb41bd6bULL, 0x5be0cd19137e2179ULL,
+};
+
+static const uint8_t b2_sigma[12][16] = {
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+    {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+    {11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4},
+    {7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8},
+    {9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13},
+    {2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9},
+    {12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11},
+    {13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10},
+    {6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5},
+    {10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0},
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+    {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+};
+
+typedef struct {
+    uint64_t h[8];
+    uint64_t t; /* bytes hashed so far (a record is far below 2^64) */
+    uint8_t buf[128];
+    size_t fill;
+} blake2b;
+
+static inline uint64_t rotr64(uint64_t x, int n) { return (x >> n) | (x << (64 - n)); }
+
+static inline uint64_t load64(const uint8_t *p) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
+    return v;
+}
+
+#define B2_G(a, b, c, d, x, y)              \
+    do {                                    \
+        v[a] = v[a] + v[b] + (x);           \
+        v[d] = rotr64(v[d] ^ v[a], 32);     \
+        v[c] = v[c] + v[d];                 \
+        v[b] = rotr64(v[b] ^ v[c], 24);     \
+        v[a] = v[a] + v[b] + (y);           \
+        v[d] = rotr64(v[d] ^ v[a], 16);     \
+        v[c] = v[c] + v[d];                 \
+        v[b] = rotr64(v[b] ^ v[c], 63);     \
+    } while (0)
+
+static void b2_compress(blake2b *s, const uint8_t *block, int last) {
+    uint64_t m[16], v[16];
+    for (int i = 0; i < 16; i++) m[i] = load64(block + 8 * i);
+    for (int i = 0; i < 8; i++) {
+        v[i] = s->h[i];
+        v[i + 8] = b2_iv[i];
+    }
+    v[12] ^= s->t;
+    if (last) v[14] = ~v[14];
+    for (int r = 0; r < 12; r++) {
+        const uint8_t *q = b2_sigma[r];
+        B2_G(0, 4, 8, 12, m[q[0]], m[q[1]]);
+        B2_G(1, 5, 9, 13, m[q[2]], m[q[3]]);
+        B2_G(2, 6, 10, 14, m[q[4]], m[q[5]]);
+        B2_G(3, 7, 11, 15, m[q[6]], m[q[7]]);
+        B2_G(0, 5, 10, 15, m[q[8]], m[q[9]]);
+        B2_G(1, 6, 11, 12, m[q[10]], m[q[11]]);
+        B2_G(2, 7, 8, 13, m[q[12]], m[q[13]]);
+        B2_G(3, 4, 9, 14, m[q[14]], m[q[15]]);
+    }
+    for (int i = 0; i < 8; i++) s->h[i] ^= v[i] ^ v[i + 8];
+}
+
+/* The start state of a 16-byte digest with no key and a 16-byte personalisation. */
+static void b2_init(blake2b *s, const uint8_t person[16]) {
+    for (int i = 0; i < 8; i++) s->h[i] = b2_iv[i];
+    s->h[0] ^= 0x01010000ULL | 16; /* fanout 1, depth 1, no key, digest length 16 */
+    s->h[6] ^= load64(person);
+    s->h[7] ^= load64(person + 8);
+    s->t = 0;
+    s->fill = 0;
+}
+
+static void b2_update(blake2b *s, const uint8_t *in, size_t n) {
+    while (n > 0) {
+        if (s->fill == 128) { /* a full block is compressed only once more input follows */
+            s->t += 128;
+            b2_compress(s, s->buf, 0);
+            s->fill = 0;
+        }
+        size_t take = 128 - s->fill;
+        if (take > n) take = n;
+        memcpy(s->buf + s->fill, in, take);
+        s->fill += take;
+        in += take;
+        n -= take;
+    }
+}
+
+static void b2_final_hex(blake2b *s, char out[32]) {
+    static const char hex[] = "0123456789abcdef";
+    s->t += s->fill;
+    memset(s->buf + s->fill, 0, 128 - s->fill);
+    b2_compress(s, s->buf, 1);
+    for (int i = 0; i < 16; i++) {
+        uint8_t byte = (uint8_t)(s->h[i / 8] >> (8 * (i % 8)));
+        out[2 * i] = hex[byte >> 4];
+        out[2 * i + 1] = hex[byte & 15];
+    }
+}
+
+/* ---------------------------------------------------------------- output buffer */
+
+typedef struct {
+    char *data;
+    size_t len, cap;
+} outbuf;
+
+static int out_reserve(outbuf *o, size_t more) {
+    if (o->len + more <= o->cap) return 0;
+    size_t cap = o->cap ? o->cap : 1024;
+    while (cap < o->len + more) cap *= 2;
+    char *data = PyMem_Realloc(o->data, cap);
+    if (data == NULL) return -1;
+    o->data = data;
+    o->cap = cap;
+    return 0;
+}
+
+static inline void out_raw(outbuf *o, const char *s, size_t n) {
+    memcpy(o->data + o->len, s, n);
+    o->len += n;
+}
+
+#define OUT_LIT(o, lit) out_raw((o), (lit), sizeof(lit) - 1)
+
+static void out_int(outbuf *o, int64_t v) {
+    char tmp[24];
+    int n = 0;
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    do {
+        tmp[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0) tmp[n++] = '-';
+    while (n) o->data[o->len++] = tmp[--n];
+}
+
+/* A JSON string as orjson writes it, then with every "/" escaped as json-c does. The fast path
+ * takes no control character, so '"' and '\\' are the only other bytes to escape. */
+static void out_str(outbuf *o, const char *s, Py_ssize_t n) {
+    o->data[o->len++] = '"';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (c == '"' || c == '\\' || c == '/') o->data[o->len++] = '\\';
+        o->data[o->len++] = c;
+    }
+    o->data[o->len++] = '"';
+}
+
+/* ---------------------------------------------------------------- times */
+
+static int64_t days_from_civil(int64_t y, int m, int d) {
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    int64_t yoe = y - era * 400;
+    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+static void civil_from_days(int64_t z, int64_t *y, int *m, int *d) {
+    z += 719468;
+    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+    int64_t doe = z - era * 146097;
+    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    int64_t mp = (5 * doy + 2) / 153;
+    *d = (int)(doy - (153 * mp + 2) / 5 + 1);
+    *m = (int)(mp < 10 ? mp + 3 : mp - 9);
+    *y = yoe + era * 400 + (*m <= 2);
+}
+
+static inline int64_t floor_div(int64_t a, int64_t b) {
+    int64_t q = a / b;
+    return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+
+#define HOUR_SLOTS 4096
+
+typedef struct {
+    int64_t hour;   /* local hour number: local wall-clock seconds (read as UTC) // 3600 */
+    int32_t offset; /* seconds east of UTC */
+    int8_t known;   /* 0: empty slot, 1: offset holds, 2: not one clean offset (not mine) */
+} hour_slot;
+
+/* ---------------------------------------------------------------- the encoder object */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *offset_of_hour; /* callable: local hour number -> offset seconds, or None */
+    char *cluster;            /* fallback cluster for record ids (UTF-8), may be empty */
+    Py_ssize_t cluster_len;
+    Py_ssize_t max_bytes;
+    uint8_t person[16];
+    outbuf out;
+    hour_slot hours[HOUR_SLOTS];
+} Encoder;
+
+/* 1: offset set; 0: not mine; -1: error (an exception is set). */
+static int offset_for(Encoder *self, int64_t hour, int32_t *offset) {
+    hour_slot *slot = &self->hours[(uint64_t)hour & (HOUR_SLOTS - 1)];
+    if (slot->known && slot->hour == hour) {
+        *offset = slot->offset;
+        return slot->known == 1;
+    }
+    PyObject *answer = PyObject_CallFunction(self->offset_of_hour, "L", (long long)hour);
+    if (answer == NULL) return -1;
+    int known = 2;
+    if (answer != Py_None) {
+        long value = PyLong_AsLong(answer);
+        if (value == -1 && PyErr_Occurred()) {
+            Py_DECREF(answer);
+            return -1;
+        }
+        if (value > -86400 && value < 86400) {
+            known = 1;
+            slot->offset = (int32_t)value;
+        }
+    }
+    Py_DECREF(answer);
+    slot->hour = hour;
+    slot->known = (int8_t)known;
+    *offset = slot->offset;
+    return known == 1;
+}
+
+/* A parsed time: absent (a word such as Unknown) or epoch seconds and the UTC text. */
+typedef struct {
+    int present;
+    int64_t epoch;
+    char utc[19];
+} when;
+
+static inline int is_digit(char c) { return c >= '0' && c <= '9'; }
+
+static int days_in_month(int64_t y, int m) {
+    static const int dim[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (m == 2 && ((y % 4 == 0 && y % 100 != 0) || y % 400 == 0)) return 29;
+    return dim[m - 1];
+}
+
+/* ---------------------------------------------------------------- the line parser */
+
+typedef struct {
+    const char *p, *end;
+} cursor;
+
+static inline int take_lit(cursor *c, const char *lit, size_t n) {
+    if ((size_t)(c->end - c->p) < n || memcmp(c->p, lit, n) != 0) return 0;
+    c->p += n;
+    return 1;
+}
+
+#define TAKE(c, lit) take_lit((c), (lit), sizeof(lit) - 1)
+
+/* An unsigned number of 1..10 ASCII digits within 32 bits. */
+static int take_u32(cursor *c, int64_t *value) {
+    const char *start = c->p;
+    int64_t v = 0;
+    while (c->p < c->end && is_digit(*c->p)) {
+        if (c->p - start == 10) return 0;
+        v = v * 10 + (*c->p - '0');
+        c->p++;
+    }
+    if (c->p == start || v > 0xFFFFFFFFLL) return 0;
+    *value = v;
+    return 1;
+}
+
+/* A \S* value: printable ASCII other than space, up to the next space (or the end). */
+static int take_token(cursor *c, const char **s, Py_ssize_t *n) {
+    const char *start = c->p;
+    while (c->p < c->end && *c->p != ' ') {
+        unsigned char b = (unsigned char)*c->p;
+        if (b < 0x21 || b > 0x7E) return 0;
+        c->p++;
+    }
+    *s = start;
+    *n = c->p - start;
+    return 1;
+}
+
+/* "name(digits)" up to the next space: the name is what comes before the last "(digits)". */
+static int take_owner(cursor *c, const char **name, Py_ssize_t *name_len, int64_t *id) {
+    const char *s;
+    Py_ssize_t n;
+    if (!take_token(c, &s, &n) || n < 3 || s[n - 1] != ')') return 0;
+    Py_ssize_t i = n - 2;
+    while (i >= 0 && is_digit(s[i])) i--;
+    if (i < 0 || s[i] != '(' || i == n - 2) return 0;
+    cursor num = {s + i + 1, s + n - 1};
+    if (!take_u32(&num, id) || num.p != num.end) return 0;
+    *name = s;
+    *name_len = i;
+    return 1;
+}
+
+/* A time (YYYY-MM-DDTHH:MM:SS, years 1900..9998, an hour with one clean offset) or one of the
+ * words Slurm writes for no time. 1: read; 0: not mine; -1: error. */
+static int take_time(Encoder *self, cursor *c, when *w) {
+    w->present = 0;
+    if (TAKE(c, "Unknown") || TAKE(c, "unknown") || TAKE(c, "None")) return 1;
+    const char *s = c->p;
+    if (c->end - s < 19) return 0;
+    static const char shape[] = "dddd-dd-ddTdd:dd:dd";
+    for (int i = 0; i < 19; i++) {
+        if (shape[i] == 'd' ? !is_digit(s[i]) : s[i] != shape[i]) return 0;
+    }
+    int64_t y = (s[0] - '0') * 1000 + (s[1] - '0') * 100 + (s[2] - '0') * 10 + (s[3] - '0');
+    int mo = (s[5] - '0') * 10 + (s[6] - '0');
+    int d = (s[8] - '0') * 10 + (s[9] - '0');
+    int h = (s[11] - '0') * 10 + (s[12] - '0');
+    int mi = (s[14] - '0') * 10 + (s[15] - '0');
+    int se = (s[17] - '0') * 10 + (s[18] - '0');
+    if (y < 1900 || y > 9998 || mo < 1 || mo > 12 || d < 1 || d > days_in_month(y, mo) || h > 23 ||
+        mi > 59 || se > 59)
+        return 0;
+    int64_t local = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + se;
+    int32_t offset;
+    int ok = offset_for(self, floor_div(local, 3600), &offset);
+    if (ok <= 0) return ok;
+    int64_t epoch = local - offset;
+    int64_t days = floor_div(epoch, 86400);
+    int64_t rest = epoch - days * 86400;
+    int64_t uy;
+    int um, ud;
+    civil_from_days(days, &uy, &um, &ud);
+    if (uy < 1000 || uy > 9999) return 0;
+    char *o = w->utc;
+    o[0] = (char)('0' + uy / 1000);
+    o[1] = (char)('0' + uy / 100 % 10);
+    o[2] = (char)('0' + uy / 10 % 10);
+    o[3] = (char)('0' + uy % 10);
+    o[4] = '-';
+    o[5] = (char)('0' + um / 10);
+    o[6] = (char)('0' + um % 10);
+    o[7] = '-';
+    o[8] = (char)('0' + ud / 10);
+    o[9] = (char)('0' + ud % 10);
+    o[10] = 'T';
+    int uh = (int)(rest / 3600), umi = (int)(rest / 60 % 60), us = (int)(rest % 60);
+    o[11] = (char)('0' + uh / 10);
+    o[12] = (char)('0' + uh % 10);
+    o[13] = ':';
+    o[14] = (char)('0' + umi / 10);
+    o[15] = (char)('0' + umi % 10);
+    o[16] = ':';
+    o[17] = (char)('0' + us / 10);
+    o[18] = (char)('0' + us % 10);
+    w->present = 1;
+    w->epoch = epoch;
+    c->p += 19;
+    return 1;
+}
+
+/* An exit status: "exit:signal" kept as written, or a raw wait status decoded into it. */
+typedef struct {
+    const char *s;
+    Py_ssize_t n;
+    int raw;
+    int64_t status;
+} exit_code;
+
+static int take_signed10(cursor *c, int64_t *v) {
+    int neg = c->p < c->end && *c->p == '-';
+    if (neg) c->p++;
+    const char *start = c->p;
+    int64_t x = 0;
+    while (c->p < c->end && is_digit(*c->p)) {
+        if (c->p - start == 10) return 0;
+        x = x * 10 + (*c->p - '0');
+        c->p++;
+    }
+    if (c->p == start) return 0;
+    *v = neg ? -x : x;
+    return 1;
+}
+
+static int take_exit(cursor *c, exit_code *e) {
+    e->s = c->p;
+    int64_t first, second;
+    if (!take_signed10(c, &first)) return 0;
+    e->raw = 1;
+    e->status = first;
+    if (c->p < c->end && *c->p == ':') {
+        c->p++;
+        if (!take_signed10(c, &second)) return 0;
+        e->raw = 0;
+    }
+    e->n = c->p - e->s;
+    return 1;
+}
+
+static void out_exit(outbuf *o, const exit_code *e) {
+    if (!e->raw) {
+        out_str(o, e->s, e->n);
+        return;
+    }
+    int64_t sig = e->status & 0x7F;
+    o->data[o->len++] = '"';
+    if (sig && sig != 0x7F) {
+        OUT_LIT(o, "0:");
+        out_int(o, sig);
+    } else {
+        out_int(o, (e->status >> 8) & 0xFF);
+        OUT_LIT(o, ":0");
+    }
+    o->data[o->len++] = '"';
+}
+
+typedef struct {
+    const char *s;
+    Py_ssize_t n;
+} text;
+
+static inline int is_lit(text t, const char *lit) {
+    size_t n = strlen(lit);
+    return (size_t)t.n == n && memcmp(t.s, lit, n) == 0;
+}
+
+static inline int not_set(text t) { return t.n == 0 || is_lit(t, "(null)"); }
+
+/* Where `key` stands in [from, end): NULL when it does not, or stands there more than once
+ * (*twice is then set). */
+static const char *only(const char *from, const char *end, const char *key, int *twice) {
+    size_t n = strlen(key);
+    *twice = 0;
+    const char *at = memmem(from, (size_t)(end - from), key, n);
+    if (at == NULL) return NULL;
+    if (memmem(at + 1, (size_t)(end - at - 1), key, n) != NULL) {
+        *twice = 1;
+        return NULL;
+    }
+    return at;
+}
+
+/* Whether [s, s+n) is printable ASCII or well-formed UTF-8 with no control character. */
+static int clean_utf8(const unsigned char *s, Py_ssize_t n) {
+    Py_ssize_t i = 0;
+    while (i < n) {
+        unsigned char b = s[i];
+        if (b < 0x80) {
+            if (b < 0x20 || b == 0x7F) return 0;
+            i++;
+            continue;
+        }
+        int more;
+        unsigned char lo = 0x80, hi = 0xBF;
+        if (b >= 0xC2 && b <= 0xDF) {
+            more = 1;
+        } else if (b >= 0xE0 && b <= 0xEF) {
+            more = 2;
+            if (b == 0xE0) lo = 0xA0;
+            if (b == 0xED) hi = 0x9F; /* no surrogates */
+        } else if (b >= 0xF0 && b <= 0xF4) {
+            more = 3;
+            if (b == 0xF0) lo = 0x90;
+            if (b == 0xF4) hi = 0x8F;
+        } else {
+            return 0;
+        }
+        if (n - i <= more) return 0;
+        if (s[i + 1] < lo || s[i + 1] > hi) return 0;
+        for (int k = 2; k <= more; k++) {
+            if (s[i + k] < 0x80 || s[i + k] > 0xBF) return 0;
+        }
+        /* C1 controls (U+0080..U+009F) are escaped by no one, but keep to the plain case. */
+        if (b == 0xC2 && s[i + 1] < 0xA0) return 0;
+        i += more + 1;
+    }
+    return 1;
+}
+
+/* Whether "JobId=<digits> UserId=" stands in [from, end): a record start inside the line (a write
+ * cut short, then the next record) is the Python reader's to judge. ArrayJobId= and HetJobId= are
+ * not starts. */
+static int inner_start(const char *from, const char *end) {
+    const char *at = from;
+    while ((at = memmem(at, (size_t)(end - at), "JobId=", 6)) != NULL) {
+        cursor c = {at + 6, end};
+        const char *digits = c.p;
+        /* The Python reader's \d also takes non-ASCII digits: any non-ASCII byte counts as one. */
+        while (c.p < c.end && (is_digit(*c.p) || (unsigned char)*c.p >= 0x80)) c.p++;
+        if (c.p > digits && TAKE(&c, " UserId=")) return 1;
+        at += 6;
+    }
+    return 0;
+}
+
+typedef struct {
+    int64_t jobid, uid, gid, ncnt, cpus, limit;
+    int has_limit;
+    text user, group, name, state, partition, nodes, work_dir, resv, tres, account, qos, wckey,
+        cluster;
+    when start, end, submit, eligible;
+    int has_array, has_het;
+    int64_t array_job, array_task, het_id, het_offset;
+    exit_code derived, exit;
+    int legacy; /* a 17.02 record: nothing after the work dir is sent */
+} fields;
+
+/* Whether [s, s+n) is a select-plugin word, [A-Z][A-Za-z_]*=\S* (ASCII only: the Python reader's
+ * \S is Unicode's, so a non-ASCII byte makes the line not mine, *unsure set). */
+static int select_word(const char *s, Py_ssize_t n, int *unsure) {
+    if (n < 2 || !(s[0] >= 'A' && s[0] <= 'Z')) return 0;
+    Py_ssize_t i = 1;
+    while (i < n && ((s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= 'a' && s[i] <= 'z') || s[i] == '_')) i++;
+    if (i == n || s[i] != '=') return 0;
+    for (i++; i < n; i++) {
+        if ((unsigned char)s[i] >= 0x80) *unsure = 1;
+    }
+    return 1;
+}
+
+/* "WorkDir=%s %s" of 17.02: the directory, then select-plugin words (peeled off from the end). */
+static int legacy_work_dir(cursor *c, fields *f) {
+    const char *rest = c->p;
+    Py_ssize_t cut = c->end - rest;
+    if (cut > 0 && rest[cut - 1] == ' ') cut--;
+    int unsure = 0;
+    for (;;) {
+        Py_ssize_t space = cut - 1;
+        while (space >= 0 && rest[space] != ' ') space--;
+        if (space < 0 || !select_word(rest + space + 1, cut - space - 1, &unsure)) break;
+        if (unsure) return 0;
+        cut = space;
+    }
+    f->work_dir = (text){rest, cut};
+    return 1;
+}
+
+/* Whether a line surely starts a record as the Python reader sees one (JobId=N UserId=..(N) GroupId=). */
+static int record_start(PyObject *item) {
+    if (!PyBytes_Check(item)) return 0;
+    cursor c = {PyBytes_AS_STRING(item), PyBytes_AS_STRING(item) + PyBytes_GET_SIZE(item)};
+    int64_t v;
+    const char *s;
+    Py_ssize_t n;
+    return TAKE(&c, "JobId=") && take_u32(&c, &v) && TAKE(&c, " UserId=") && take_owner(&c, &s, &n, &v) &&
+           TAKE(&c, " GroupId=");
+}
+
+/* 1: the record was read into f; 0: not mine; -1: error (exception set). */
+static int read_record(Encoder *self, const char *line, Py_ssize_t n, fields *f) {
+    const char *end = line + n;
+    memset(f, 0, sizeof *f);
+    if (n > self->max_bytes) return 0;
+    if (!clean_utf8((const unsigned char *)line, n)) return 0;
+    if (n < 6 || memcmp(line, "JobId=", 6) != 0) return 0;
+    if (inner_start(line + 1, end)) return 0;
+    int twice[4];
+    const char *jobstate = only(line, end, " JobState=", &twice[0]);
+    const char *resv = only(line, end, " ReservationName=", &twice[1]);
+    const char *qos = only(line, end, " QOS=", &twice[2]);
+    const char *cluster = only(line, end, " Cluster=", &twice[3]);
+    if (!jobstate) return 0;
+    /* 17.02 and older: none of the 17.11 keys anywhere. */
+    f->legacy = !resv && !qos && !cluster && !twice[1] && !twice[2] && !twice[3];
+    if (!f->legacy && (!resv || !qos || !cluster || !(jobstate < resv && resv < qos && qos < cluster)))
+        return 0;
+
+    cursor c = {line + 6, end};
+    int ok;
+    if (!take_u32(&c, &f->jobid) || !TAKE(&c, " UserId=")) return 0;
+    if (!take_owner(&c, &f->user.s, &f->user.n, &f->uid) || !TAKE(&c, " GroupId=")) return 0;
+    if (!take_owner(&c, &f->group.s, &f->group.n, &f->gid) || !TAKE(&c, " Name=")) return 0;
+    if (c.p > jobstate) return 0;
+    f->name = (text){c.p, jobstate - c.p};
+
+    c.p = jobstate + 10; /* " JobState=" */
+    const char *s = c.p;
+    while (c.p < c.end && ((*c.p >= 'A' && *c.p <= 'Z') || *c.p == '_')) c.p++;
+    if (c.p == s) return 0;
+    f->state = (text){s, c.p - s};
+    if (!TAKE(&c, " Partition=") || !take_token(&c, &f->partition.s, &f->partition.n)) return 0;
+    if (!TAKE(&c, " TimeLimit=")) return 0;
+    s = c.p;
+    if (c.p < c.end && is_digit(*c.p)) {
+        if (!take_u32(&c, &f->limit)) return 0;
+        f->has_limit = 1;
+    } else {
+        while (c.p < c.end && ((*c.p >= 'A' && *c.p <= 'Z') || (*c.p >= 'a' && *c.p <= 'z') || *c.p == '_'))
+            c.p++;
+        if (c.p == s) return 0;
+        f->has_limit = 0;
+    }
+    if (!TAKE(&c, " StartTime=")) return 0;
+    if ((ok = take_time(self, &c, &f->start)) <= 0) return ok;
+    if (!TAKE(&c, " EndTime=")) return 0;
+    if ((ok = take_time(self, &c, &f->end)) <= 0) return ok;
+    if (!TAKE(&c, " NodeList=") || !take_token(&c, &f->nodes.s, &f->nodes.n)) return 0;
+    if (!TAKE(&c, " NodeCnt=") || !take_u32(&c, &f->ncnt)) return 0;
+    if (!(TAKE(&c, " ProcCnt=") || TAKE(&c, " Procs=")) || !take_u32(&c, &f->cpus)) return 0;
+    if (!TAKE(&c, " WorkDir=")) return 0;
+    if (f->legacy) return legacy_work_dir(&c, f);
+    if (c.p > resv) return 0;
+    f->work_dir = (text){c.p, resv - c.p};
+
+    c.p = resv + 17; /* " ReservationName=" */
+    if (!take_token(&c, &f->resv.s, &f->resv.n)) return 0;
+    if (!(TAKE(&c, " Tres=") || TAKE(&c, " Gres="))) return 0;
+    if (!take_token(&c, &f->tres.s, &f->tres.n) || !TAKE(&c, " Account=") || c.p > qos) return 0;
+    f->account = (text){c.p, qos - c.p};
+
+    c.p = qos + 5; /* " QOS=" */
+    if (!take_token(&c, &f->qos.s, &f->qos.n) || !TAKE(&c, " WcKey=") || c.p > cluster) return 0;
+    f->wckey = (text){c.p, cluster - c.p};
+
+    c.p = cluster + 9; /* " Cluster=" */
+    if (!take_token(&c, &f->cluster.s, &f->cluster.n) || !TAKE(&c, " SubmitTime=")) return 0;
+    if ((ok = take_time(self, &c, &f->submit)) <= 0) return ok;
+    if (!TAKE(&c, " EligibleTime=")) return 0;
+    if ((ok = take_time(self, &c, &f->eligible)) <= 0) return ok;
+    f->has_array = TAKE(&c, " ArrayJobId=");
+    if (f->has_array) {
+        if (!take_u32(&c, &f->array_job) || !TAKE(&c, " ArrayTaskId=") || !take_u32(&c, &f->array_task))
+            return 0;
+    }
+    f->has_het = TAKE(&c, " PackJobId=") || TAKE(&c, " HetJobId=");
+    if (f->has_het) {
+        if (!take_u32(&c, &f->het_id)) return 0;
+        if (!(TAKE(&c, " PackJobOffset=") || TAKE(&c, " HetJobOffset="))) return 0;
+        if (!take_u32(&c, &f->het_offset)) return 0;
+    } else {
+        f->het_id = f->het_offset = 0;
+    }
+    if (!TAKE(&c, " DerivedExitCode=") || !take_exit(&c, &f->derived)) return 0;
+    if (!TAKE(&c, " ExitCode=") || !take_exit(&c, &f->exit)) return 0;
+    return c.p == c.end || *c.p == ' '; /* what follows is select-plugin text, not sent */
+}
+
+/* C float arithmetic of the plugin: (elapsed * total_cpus) / 3600.0f. 0: out of reach. */
+static int out_cpu_hours(outbuf *o, int64_t elapsed, int64_t cpus) {
+    if (!elapsed || !cpus) {
+        OUT_LIT(o, "0.0");
+        return 1;
+    }
+    int64_t product;
+    if (__builtin_mul_overflow(elapsed, cpus, &product)) return 0;
+    float f = (float)(double)product;
+    float hours = (float)((double)f / 3600.0);
+    char *text = PyOS_double_to_string((double)hours, 'g', 17, 0, NULL);
+    if (text == NULL) return -1;
+    size_t n = strlen(text);
+    int plain = strpbrk(text, ".en") == NULL;
+    out_raw(o, text, n);
+    if (plain) OUT_LIT(o, ".0");
+    PyMem_Free(text);
+    return 1;
+}
+
+static void out_time(outbuf *o, const char *key, size_t key_len, const when *w) {
+    out_raw(o, key, key_len);
+    o->data[o->len++] = '"';
+    out_raw(o, w->utc, 19);
+    o->data[o->len++] = '"';
+}
+
+#define OUT_TIME(o, lit, w) out_time((o), (lit), sizeof(lit) - 1, (w))
+
+static void out_str_or_null(outbuf *o, text t) {
+    if (is_lit(t, "(null)"))
+        OUT_LIT(o, "null");
+    else
+        out_str(o, t.s, t.n);
+}
+
+/* The plugin's JSON for f into self->out (keys in encode.Encoder.to_dict's order).
+ * 1: written; 0: not mine; -1: error. */
+static int write_json(Encoder *self, const fields *f, Py_ssize_t line_len) {
+    outbuf *o = &self->out;
+    o->len = 0;
+    /* Every string is at most twice its length in the line; keys and numbers need < 2 KiB. */
+    if (out_reserve(o, 2048 + 2 * (size_t)line_len) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    OUT_LIT(o, "{\"jobid\":");
+    out_int(o, f->jobid);
+    OUT_LIT(o, ",\"username\":");
+    out_str_or_null(o, f->user);
+    OUT_LIT(o, ",\"user_id\":");
+    out_int(o, f->uid);
+    OUT_LIT(o, ",\"groupname\":");
+    out_str_or_null(o, f->group);
+    OUT_LIT(o, ",\"group_id\":");
+    out_int(o, f->gid);
+    int64_t elapsed = 0;
+    if (f->start.present) OUT_TIME(o, ",\"@start\":", &f->start);
+    if (f->end.present) {
+        if (f->start.present && f->end.epoch > f->start.epoch) elapsed = f->end.epoch - f->start.epoch;
+        OUT_TIME(o, ",\"@end\":", &f->end);
+    }
+    OUT_LIT(o, ",\"elapsed\":");
+    out_int(o, elapsed);
+    OUT_LIT(o, ",\"partition\":");
+    out_str_or_null(o, f->partition);
+    OUT_LIT(o, ",\"nodes\":");
+    out_str_or_null(o, f->nodes);
+    OUT_LIT(o, ",\"total_cpus\":");
+    out_int(o, f->cpus);
+    OUT_LIT(o, ",\"total_nodes\":");
+    out_int(o, f->ncnt);
+    if (!f->legacy) {
+        OUT_LIT(o, ",\"derived_ec\":");
+        out_exit(o, &f->derived);
+        OUT_LIT(o, ",\"exit_code\":");
+        out_exit(o, &f->exit);
+    }
+    OUT_LIT(o, ",\"state\":");
+    out_str(o, f->state.s, f->state.n);
+    OUT_LIT(o, ",\"cpu_hours\":");
+    int ok = out_cpu_hours(o, elapsed, f->cpus);
+    if (ok <= 0) return ok;
+    if (f->has_array) {
+        OUT_LIT(o, ",\"array_job_id\":");
+        out_int(o, f->array_job);
+        OUT_LIT(o, ",\"array_task_id\":");
+        out_int(o, f->array_task);
+    }
+    OUT_LIT(o, ",\"pack_job_id\":");
+    out_int(o, f->het_id);
+    OUT_LIT(o, ",\"pack_job_offset\":");
+    out_int(o, f->het_offset);
+    OUT_LIT(o, ",\"het_job_id\":");
+    out_int(o, f->het_id);
+    OUT_LIT(o, ",\"het_job_offset\":");
+    out_int(o, f->het_offset);
+    if (f->submit.present) OUT_TIME(o, ",\"@submit\":", &f->submit);
+    if (f->eligible.present) {
+        OUT_TIME(o, ",\"@eligible\":", &f->eligible);
+        if (f->start.present && f->start.epoch >= f->eligible.epoch) {
+            OUT_LIT(o, ",\"@queue_wait\":");
+            out_int(o, f->start.epoch - f->eligible.epoch);
+        }
+    }
+    if (!is_lit(f->work_dir, "unknown") && !is_lit(f->work_dir, "(null)")) {
+        OUT_LIT(o, ",\"work_dir\":");
+        out_str(o, f->work_dir.s, f->work_dir.n);
+    }
+    if (!not_set(f->cluster) && !is_lit(f->cluster, "unknown")) {
+        OUT_LIT(o, ",\"cluster\":");
+        out_str(o, f->cluster.s, f->cluster.n);
+    }
+    if (!not_set(f->qos)) {
+        OUT_LIT(o, ",\"qos\":");
+        out_str(o, f->qos.s, f->qos.n);
+    }
+    if (f->has_limit) {
+        OUT_LIT(o, ",\"time_limit\":");
+        out_int(o, f->limit * 60);
+    }
+    OUT_LIT(o, ",\"job_name\":");
+    out_str(o, f->name.s, f->name.n);
+    if (!not_set(f->resv)) {
+        OUT_LIT(o, ",\"reservation_name\":");
+        out_str(o, f->resv.s, f->resv.n);
+    }
+    if (!not_set(f->wckey)) {
+        OUT_LIT(o, ",\"wc_key\":");
+        out_str(o, f->wckey.s, f->wckey.n);
+    }
+    if (!not_set(f->tres)) {
+        OUT_LIT(o, ",\"tres_req\":");
+        out_str(o, f->tres.s, f->tres.n);
+    }
+    if (!not_set(f->account)) {
+        OUT_LIT(o, ",\"account\":");
+        out_str(o, f->account.s, f->account.n);
+    }
+    o->data[o->len++] = '}';
+    return 1;
+}
+
+static void record_id_hex(Encoder *self, const fields *f, const char *line, Py_ssize_t n, char hex[32]) {
+    blake2b s;
+    b2_init(&s, self->person);
+    if (!not_set(f->cluster) && !is_lit(f->cluster, "unknown"))
+        b2_update(&s, (const uint8_t *)f->cluster.s, (size_t)f->cluster.n);
+    else
+        b2_update(&s, (const uint8_t *)self->cluster, (size_t)self->cluster_len);
+    b2_update(&s, (const uint8_t *)"", 1);
+    b2_update(&s, (const uint8_t *)line, (size_t)n);
+    b2_final_hex(&s, hex);
+}
+
+/* One line: 1 with *rid, *jobid, *payload set (new references); 0: not mine; -1: error.
+ * A 17.02 record stands alone only when no line follows it or the next one starts a record
+ * (else the Python reader may join the lines into one newer record): `alone` says so. */
+static int encode_one(Encoder *self, PyObject *item, int alone, PyObject **rid, PyObject **jobid,
+                      PyObject **payload) {
+    char *line;
+    Py_ssize_t n;
+    if (PyBytes_AsStringAndSize(item, &line, &n) < 0) return -1;
+    if (n > 0 && line[n - 1] == '\n') {
+        n--;
+        if (n > 0 && line[n - 1] == '\r') n--;
+    }
+    fields f;
+    int ok = read_record(self, line, n, &f);
+    if (ok <= 0 || (f.legacy && !alone)) return ok < 0 ? ok : 0;
+    ok = write_json(self, &f, n);
+    if (ok <= 0) return ok;
+    char hex[32];
+    record_id_hex(self, &f, line, n, hex);
+    *payload = PyBytes_FromStringAndSize(self->out.data, (Py_ssize_t)self->out.len);
+    *rid = PyUnicode_FromStringAndSize(hex, 32);
+    *jobid = PyLong_FromLongLong(f.jobid);
+    if (*payload == NULL || *rid == NULL || *jobid == NULL) {
+        Py_XDECREF(*payload);
+        Py_XDECREF(*rid);
+        Py_XDECREF(*jobid);
+        return -1;
+    }
+    return 1;
+}
+
+static PyObject *Encoder_encode_line(Encoder *self, PyObject *line) {
+    if (!PyBytes_Check(line)) {
+        PyErr_SetString(PyExc_TypeError, "encode_line() takes bytes");
+        return NULL;
+    }
+    PyObject *rid, *jobid, *payload;
+    int ok = encode_one(self, line, 1, &rid, &jobid, &payload);
+    if (ok < 0) return NULL;
+    if (ok == 0) Py_RETURN_NONE;
+    return Py_BuildValue("(NNN)", rid, jobid, payload);
+}
+
+static PyObject *Encoder_encode_lines(Encoder *self, PyObject *lines) {
+    PyObject *seq = PySequence_Fast(lines, "encode_lines() takes a sequence of bytes");
+    if (seq == NULL) return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    PyObject *rids = PyList_New(0), *jobids = PyList_New(0), *payloads = PyList_New(0), *at = PyList_New(0);
+    if (!rids || !jobids || !payloads || !at) goto fail;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (!PyBytes_Check(items[i])) continue; /* not mine: the Python path takes any buffer */
+        PyObject *rid, *jobid, *payload;
+        int alone = i + 1 == count || record_start(items[i + 1]);
+        int ok = encode_one(self, items[i], alone, &rid, &jobid, &payload);
+        if (ok < 0) goto fail;
+        if (ok == 0) continue;
+        PyObject *index = PyLong_FromSsize_t(i);
+        int bad = index == NULL || PyList_Append(rids, rid) < 0 || PyList_Append(jobids, jobid) < 0 ||
+                  PyList_Append(payloads, payload) < 0 || PyList_Append(at, index) < 0;
+        Py_DECREF(rid);
+        Py_DECREF(jobid);
+        Py_DECREF(payload);
+        Py_XDECREF(index);
+        if (bad) goto fail;
+    }
+    Py_DECREF(seq);
+    return Py_BuildValue("(NNNN)", rids, jobids, payloads, at);
+fail:
+    Py_DECREF(seq);
+    Py_XDECREF(rids);
+    Py_XDECREF(jobids);
+    Py_XDECREF(payloads);
+    Py_XDECREF(at);
+    return NULL;
+}
+
+static int Encoder_init(Encoder *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"offset_of_hour", "cluster", "max_bytes", "person", NULL};
+    PyObject *offset_of_hour;
+    const char *cluster, *person;
+    Py_ssize_t cluster_len, person_len, max_bytes;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Oy#ny#", kwlist, &offset_of_hour, &cluster, &cluster_len,
+                                     &max_bytes, &person, &person_len))
+        return -1;
+    if (!PyCallable_Check(offset_of_hour)) {
+        PyErr_SetString(PyExc_TypeError, "offset_of_hour must be callable");
+        return -1;
+    }
+    if (person_len > 16) {
+        PyErr_SetString(PyExc_ValueError, "person is at most 16 bytes");
+        return -1;
+    }
+    char *copy = PyMem_Malloc((size_t)cluster_len + 1);
+    if (copy == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(copy, cluster, (size_t)cluster_len);
+    PyMem_Free(self->cluster);
+    self->cluster = copy;
+    self->cluster_len = cluster_len;
+    self->max_bytes = max_bytes;
+    memset(self->person, 0, 16);
+    memcpy(self->person, person, (size_t)person_len);
+    memset(self->hours, 0, sizeof self->hours);
+    Py_INCREF(offset_of_hour);
+    Py_XSETREF(self->offset_of_hour, offset_of_hour);
+    return 0;
+}
+
+static void Encoder_dealloc(Encoder *self) {
+    Py_XDECREF(self->offset_of_hour);
+    PyMem_Free(self->cluster);
+    PyMem_Free(self->out.data);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef Encoder_methods[] = {
+    {"encode_line", (PyCFunction)Encoder_encode_line, METH_O,
+     "encode_line(line) -> (record id, job id, payload), or None when the line is not the usual record."},
+    {"encode_lines", (PyCFunction)Encoder_encode_lines, METH_O,
+     "encode_lines(lines) -> (record ids, job ids, payloads, indexes) of the lines it answers for."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject EncoderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "jobcompd._fastline.Encoder",
+    .tp_basicsize = sizeof(Encoder),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Encoder(offset_of_hour, cluster, max_bytes, person): the usual record, compiled.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Encoder_init,
+    .tp_dealloc = (destructor)Encoder_dealloc,
+    .tp_methods = Encoder_methods,
+};
+
+static struct PyModuleDef fastline_module = {
+    PyModuleDef_HEAD_INIT, "_fastline",
+    "The compiled twin of jobcompd's reader for the usual record (see jobcompd/fastpath.py).", -1, NULL,
+};
+
+PyMODINIT_FUNC PyInit__fastline(void) {
+    if (PyType_Ready(&EncoderType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&fastline_module);
+    if (m == NULL) return NULL;
+    Py_INCREF(&EncoderType);
+    if (PyModule_AddObject(m, "Encoder", (PyObject *)&EncoderType) < 0) {
+        Py_DECREF(&EncoderType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

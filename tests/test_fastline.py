@@ -1,0 +1,217 @@
+"""The compiled reader (jobcompd/_fastline.c) against its Python twin, the reference.
+
+Wherever the compiled reader answers for a line, the Python reader must read a record from it
+with the same JSON bytes, the same record id and the same job id; and a batch read with both
+readers is the batch read with the Python reader alone. The compiled reader may leave any line
+to Python ("not mine"), but must answer for the usual records.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from jobcompd import batch, fastpath
+from jobcompd.batch import ParseSpec, RecordBatch, encoder_for
+from jobcompd.joining import parse_records
+from jobcompd.record import DEFAULT_MAX_LINE_BYTES, JobRecord, parse_line
+from jobcompd.zone import resolve
+from tests.slurmctld import GENERATIONS, FakeJob, hostile_lines, mixed_lines, ordinary_line, render
+from tests.test_record import jobs
+
+pytestmark = pytest.mark.skipif(
+    fastpath.PARSER != "compiled", reason=f"the compiled reader is not in use: {fastpath.PARSER}"
+)
+
+REAL_LOG = Path(__file__).parent / "data" / "real-plugin-26.05" / "jobcomp-filetxt.log"
+ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe"]
+
+
+def spec_for(zone: str, cluster: str | None = "fallback", max_bytes: int = DEFAULT_MAX_LINE_BYTES) -> ParseSpec:
+    return ParseSpec(resolve(zone).spec, cluster, max_bytes)
+
+
+def assert_agrees(line: bytes, spec: ParseSpec) -> bool:
+    """Whether the compiled reader answered for ``line``; when it did, it agrees with Python."""
+    compiled = fastpath.compiled_encoder(*spec)
+    answer = compiled.encode_line(line)
+    if answer is None:
+        return False
+    rid, jobid, payload = answer
+    record = parse_line(line, max_bytes=spec.max_line_bytes)
+    assert isinstance(record, JobRecord), (line, record)
+    assert not record.ambiguous, line
+    encoder = encoder_for(spec.zone, spec.cluster)
+    assert payload == encoder.encode(record), line
+    assert rid == encoder.record_id(line, record), line
+    assert jobid == record.jobid
+    return True
+
+
+def assert_batches_agree(lines: list[bytes], spec: ParseSpec) -> RecordBatch:
+    both = batch.parse_batch(lines, spec)
+    python = batch._parse_batch(lines, spec, None)
+    assert both == python
+    return both
+
+
+@pytest.mark.parametrize("zone", ZONES)
+def test_usual_records_of_every_generation_are_answered_alike(zone: str) -> None:
+    spec = spec_for(zone)
+    lines = mixed_lines(3000, seed=11, zone=resolve(zone).tz)
+    answered = sum(assert_agrees(line, spec) for line in lines)
+    # The generator's jobs include hostile names (fake field runs) that only Python reads.
+    assert answered > 0.8 * len(lines)
+    assert_batches_agree(lines, spec)
+
+
+def test_the_real_plugins_workload_is_answered_alike() -> None:
+    spec = spec_for("Europe/Berlin", cluster=None)
+    lines = REAL_LOG.read_bytes().splitlines(keepends=True)
+    left = [line[:12] for line in lines if not assert_agrees(line, spec)]
+    # Python's: fake field runs in a name, a directory or after a reservation; a tab; bytes that
+    # are not UTF-8; a name with a line break (two physical lines).
+    assert left == [b"JobId=105 Us", b"JobId=108 Us", b"JobId=111 Us", b"JobId=112 Us", b"JobId=114 Us",
+                    b"JobId=142 Us", b"line2 JobSta"]
+    assert_batches_agree(lines, spec)
+
+
+def test_hostile_lines_are_left_to_python_or_answered_alike() -> None:
+    spec = spec_for("UTC")
+    for line in hostile_lines(DEFAULT_MAX_LINE_BYTES - 600).values():
+        assert_agrees(line, spec)
+    assert_agrees(ordinary_line(), spec)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(jobs())
+def test_generated_jobs_are_answered_alike(case: tuple[FakeJob, str, object]) -> None:
+    job, generation, zone = case
+    line = render(job, generation, zone)  # type: ignore[arg-type]
+    assert_agrees(line, spec_for(zone.key))  # type: ignore[attr-defined]
+
+
+def _mutations(base: bytes, rng: random.Random) -> list[bytes]:
+    alphabet = b" =()/\\\"-:0123456789TAZaz_\t\r\n\x00\x7f\xc2\xa0\xe2\x80\xa8\xff" + b"JobId=UserId= Cluster="
+    out = []
+    for _ in range(300):
+        data = bytearray(base)
+        for _ in range(rng.randrange(1, 4)):
+            at = rng.randrange(len(data) + 1)
+            kind = rng.randrange(3)
+            if kind == 0 and at < len(data):
+                del data[at : at + rng.randrange(1, 8)]
+            elif kind == 1:
+                data[at:at] = bytes(rng.choice(alphabet) for _ in range(rng.randrange(1, 4)))
+            elif at < len(data):
+                data[at] = rng.choice(alphabet)
+        out.append(bytes(data))
+    return out
+
+
+@pytest.mark.parametrize("generation", GENERATIONS)
+def test_mutated_lines_are_left_to_python_or_answered_alike(generation: str) -> None:
+    spec = spec_for("Europe/Berlin")
+    rng = random.Random(generation)
+    job = FakeJob(array=(7, 3), het=(9, 1), work_dir="/home/a b", account="a c", wckey="w=1")
+    for line in _mutations(render(job, generation, resolve("Europe/Berlin").tz), rng):
+        assert_agrees(line, spec)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600))
+@example(b"JobId=1 UserId=a(1) GroupId=b(2) Name=x JobState=COMPLETED\n")
+def test_random_bytes_are_left_to_python_or_answered_alike(data: bytes) -> None:
+    spec = spec_for("UTC")
+    head = ordinary_line()[:120]
+    for line in (data, head + data, ordinary_line()[:-1] + data):
+        assert_agrees(line, spec)
+
+
+@pytest.mark.parametrize(
+    ("local", "zone"),
+    [
+        # Around the DST changes of 2026 in Berlin (gap 02:00-03:00 on 03-29, fold on 10-25),
+        # New York and Lord Howe (a 30-minute change).
+        ("2026-03-29T01:59:59", "Europe/Berlin"),
+        ("2026-03-29T02:30:00", "Europe/Berlin"),
+        ("2026-03-29T03:00:00", "Europe/Berlin"),
+        ("2026-10-25T01:59:59", "Europe/Berlin"),
+        ("2026-10-25T02:30:00", "Europe/Berlin"),
+        ("2026-10-25T03:00:00", "Europe/Berlin"),
+        ("2026-11-01T01:30:00", "America/New_York"),
+        ("2026-04-05T01:45:00", "Australia/Lord_Howe"),
+        ("2026-10-04T02:15:00", "Australia/Lord_Howe"),
+        ("1900-01-01T00:00:00", "Europe/Berlin"),
+        ("9998-12-31T23:59:59", "Asia/Kolkata"),
+        ("2024-02-29T12:00:00", "UTC"),
+    ],
+)
+def test_times_near_dst_changes_and_range_ends_are_answered_alike(local: str, zone: str) -> None:
+    line = ordinary_line()
+    for key in (b"StartTime=", b"EndTime=", b"SubmitTime=", b"EligibleTime="):
+        at = line.index(key) + len(key)
+        assert_agrees(line[:at] + local.encode() + line[at + 19 :], spec_for(zone))
+
+
+def test_record_ids_hash_long_lines_and_clusters_as_python_does() -> None:
+    # BLAKE2b blocks are 128 bytes: lengths around the block edges, and each cluster fallback.
+    base = ordinary_line()
+    for pad in range(0, 300, 7):
+        line = base.replace(b"Name=job", b"Name=" + b"j" * pad)
+        for cluster in (None, "", "c", "x" * 200):
+            assert assert_agrees(line, spec_for("UTC", cluster=cluster))
+        assert assert_agrees(line.replace(b"Cluster=", b"Cluster=named"), spec_for("UTC"))
+
+
+def test_a_legacy_record_is_answered_only_where_it_stands_alone() -> None:
+    spec = spec_for("UTC")
+    zone = resolve("UTC").tz
+    old = render(FakeJob(job_id=5, work_dir="/a"), "17.02", zone)
+    new = render(FakeJob(job_id=6), "23.02", zone)
+    for lines in (
+        [old, new],
+        [new, old],
+        [old, b"rest of a name ReservationName= Tres= Account= QOS= WcKey= Cluster=c\n", new],
+        [old, b"junk\n", old],
+        [old, old, old],
+    ):
+        result = assert_batches_agree(lines, spec)
+        assert [rid for rid in result.rids] == [rid for rid in batch._parse_batch(lines, spec, None).rids]
+
+
+def test_batches_with_joined_records_and_bad_lines_agree() -> None:
+    spec = spec_for("Europe/Berlin")
+    zone = resolve("Europe/Berlin").tz
+    split = render(FakeJob(job_id=7, name="two\nlines"), "23.02", zone)
+    forged = render(FakeJob(job_id=8, name="evil\nJobId=77 UserId=root(0) GroupId=root(0) Name=y"), "23.02", zone)
+    good = mixed_lines(50, seed=3, zone=zone)
+    lines = [
+        *good[:10], *split.splitlines(keepends=True), b"\n", b"garbage\n", *good[10:20],
+        *forged.splitlines(keepends=True), *good[20:], b"JobId=9 cut short\n",
+    ]
+    result = assert_batches_agree(lines, spec)
+    assert len(result.bad) == 3 and 8 in result.ambiguous
+    assert [len(r) for r in (result.rids, result.jobids, result.payloads, result.at)] == [len(result.at)] * 4
+    assert [i for i, _, r in parse_records(lines) if isinstance(r, JobRecord)] == result.at
+
+
+def test_the_line_cap_is_the_python_readers() -> None:
+    line = ordinary_line()
+    size = len(line) - 1
+    assert assert_agrees(line, spec_for("UTC", max_bytes=size))
+    assert not assert_agrees(line, spec_for("UTC", max_bytes=size - 1))
+
+
+def test_the_python_path_is_chosen_by_the_environment() -> None:
+    code = "from jobcompd import fastpath; print(fastpath.PARSER, fastpath.compiled_encoder(None, None, 1))"
+    env = {**os.environ, "JOBCOMPD_PARSER": "python"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "python (JOBCOMPD_PARSER=python) None"
