@@ -203,6 +203,10 @@ class StateView:
         return int(rows[0][0] or 0) if rows else 0
 
     def count(self, table: str) -> int:
+        """Rows of a state table; records for ``spool`` (which holds them by batch)."""
+        if table == "spool":
+            rows = self._query("SELECT coalesce(sum(waiting), 0) FROM spool_waiting")
+            return int(rows[0][0]) if rows else 0
         rows = self._query(f"SELECT count(*) FROM {table}")
         return int(rows[0][0]) if rows else 0
 

@@ -8,9 +8,10 @@
  *
  *   - one physical line, at most max_bytes long (line ending excluded), printable ASCII or valid
  *     UTF-8, no control character, no DEL;
- *   - "JobId=" at the start and nowhere else; " JobState=", " ReservationName=", " QOS=" and
- *     " Cluster=" each exactly once (so each free value -- name, work dir, account, wckey -- ends at
- *     the one place its key stands);
+ *   - "JobId=" at the start and nowhere else; " ReservationName=", " QOS=" and " Cluster=" each
+ *     exactly once, and one " JobState=" that may start the fixed fields (others, not followed by
+ *     a state and " Partition=", are a name's text): each free value -- name, work dir, account,
+ *     wckey -- ends at the one place its key stands, and the record has one reading;
  *   - a 17.11 or later record (a 17.02 one may be the first line of a longer record);
  *   - strict fields (user, group, partition, node list, ...) in printable ASCII (a str regex's \S
  *     and \d also take non-ASCII spaces and digits), numbers of at most 10 digits within 32 bits;
@@ -538,6 +539,25 @@ typedef struct {
     int legacy; /* a 17.02 record: nothing after the work dir is sent */
 } fields;
 
+/* Where the one " JobState=" stands that may start the run of fixed fields, or NULL when none
+ * or several may. Any other " JobState=" is a name's (or a directory's) own text: it is not
+ * followed by [A-Z_]+ " Partition=", so the Python reader does not take it for a run either. */
+static const char *the_run(const char *from, const char *end) {
+    const char *found = NULL;
+    const char *at = from;
+    while ((at = memmem(at, (size_t)(end - at), " JobState=", 10)) != NULL) {
+        cursor c = {at + 10, end};
+        const char *state = c.p;
+        while (c.p < c.end && ((*c.p >= 'A' && *c.p <= 'Z') || *c.p == '_')) c.p++;
+        if (c.p > state && TAKE(&c, " Partition=")) {
+            if (found != NULL) return NULL;
+            found = at;
+        }
+        at += 10;
+    }
+    return found;
+}
+
 /* Whether [s, s+n) is a select-plugin word, [A-Z][A-Za-z_]*=\S* (ASCII only: the Python reader's
  * \S is Unicode's, so a non-ASCII byte makes the line not mine, *unsure set). */
 static int select_word(const char *s, Py_ssize_t n, int *unsure) {
@@ -588,7 +608,8 @@ static int read_record(Encoder *self, const char *line, Py_ssize_t n, fields *f)
     if (n < 6 || memcmp(line, "JobId=", 6) != 0) return 0;
     if (inner_start(line + 1, end)) return 0;
     int twice[4];
-    const char *jobstate = only(line, end, " JobState=", &twice[0]);
+    const char *jobstate = the_run(line, end);
+    twice[0] = 0;
     const char *resv = only(line, end, " ReservationName=", &twice[1]);
     const char *qos = only(line, end, " QOS=", &twice[2]);
     const char *cluster = only(line, end, " Cluster=", &twice[3]);

@@ -24,15 +24,15 @@ from contextlib import suppress
 from typing import Any
 
 import structlog
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from jobcompd.config import KafkaSettings
 from jobcompd.delivery import PRODUCER_STATE
 from jobcompd.logs import Quieter, librdkafka_logger
-from jobcompd.reports import DeliveryReport, ReportHandling, SenderCounters, _reason
+from jobcompd.reports import ReportHandling, SenderCounters, _reason
 from jobcompd.state import SpooledRecord, State, StateError
 
-__all__ = ["DeliveryReport", "Sender", "SenderCounters", "SenderThread"]
+__all__ = ["Sender", "SenderCounters", "SenderThread"]
 
 RECORD_ID_HEADER = "record_id"
 _STATS_INTERVAL_MS = 5000  # librdkafka's statistics: which brokers are up
@@ -71,7 +71,7 @@ class Sender(ReportHandling):
         self._backlog: list[SpooledRecord] = []  # fetched, not yet accepted by librdkafka
         # Batches just spooled, handed over by the reader (another thread, in the daemon).
         self._offered: collections.deque[Sequence[SpooledRecord]] = collections.deque()
-        self._reports: list[DeliveryReport] = []
+        self._reports: list[tuple[KafkaError | None, Message]] = []
         self._rebuild = False
         self._spool_exhausted = False
         self._fetched_at = 0.0
@@ -189,12 +189,12 @@ class Sender(ReportHandling):
 
         They are sent from memory when they come next in the spool, right after what was already
         sent; otherwise they are dropped here and read from the spool in their turn. A sender that
-        falls behind (a full window, a few batches offered already) drops what it holds, so a
-        backlog never waits in memory.
+        falls behind (a few batches offered already and not sent) drops what it holds, so a
+        backlog never waits in memory; a full window alone does not (its reports free it soon).
         """
         if not records:
             return
-        if len(self._in_flight) >= self._window or len(self._offered) >= _OFFERED_BATCHES:
+        if len(self._offered) >= _OFFERED_BATCHES:
             self._offered.clear()
             return
         self._offered.append(records)

@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from confluent_kafka import KafkaError, Message
 
@@ -17,16 +17,7 @@ from jobcompd.delivery import Outcome, outcome
 from jobcompd.logs import Quieter
 from jobcompd.state import Delivery, SpooledRecord, State
 
-__all__ = ["DeliveryReport", "ReportHandling", "SenderCounters"]
-
-
-class DeliveryReport(NamedTuple):
-    """One delivery report as the worker saw it (``error`` is ``None`` on success)."""
-
-    rid: str
-    error: KafkaError | None
-    partition: int
-    offset: int
+__all__ = ["ReportHandling", "SenderCounters"]
 
 
 @dataclass(slots=True)
@@ -59,7 +50,7 @@ class ReportHandling:
     _producer: Any
     _in_flight: dict[str, SpooledRecord]
     _backlog: list[SpooledRecord]
-    _reports: list[DeliveryReport]
+    _reports: list[tuple[KafkaError | None, Message]]
     _rebuild: bool
     counters: SenderCounters
     _produce: Callable[[SpooledRecord], bool]
@@ -67,9 +58,8 @@ class ReportHandling:
     start: Callable[[], None]
 
     def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
-        key = message.key()
-        rid = key.decode() if isinstance(key, bytes) else str(key)
-        self._reports.append(DeliveryReport(rid, error, message.partition() or 0, message.offset() or 0))
+        # Kept as it comes (one callback per record): read once, when the reports are settled.
+        self._reports.append((error, message))
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
@@ -123,21 +113,31 @@ class ReportHandling:
         dead_records: list[SpooledRecord] = []
         requeue_timeouts = self._kafka.params.requeue_on_msg_timeout
         in_flight = self._in_flight
-        for report in reports:
-            record = in_flight.get(report.rid)
+        rids: list[str] = []
+        sent: list[SpooledRecord] = []
+        for error, message in reports:
+            key = message.key()
+            rid = key.decode() if isinstance(key, bytes) else str(key)
+            rids.append(rid)
+            record = in_flight.get(rid)
             if record is None:
                 continue  # not sent by this producer: if it is still spooled, it is sent again
-            fate = outcome(report.error, requeue_on_msg_timeout=requeue_timeouts, rebuilding=self._rebuild)
-            if fate is Outcome.DELIVERED or report.error is None:
-                delivered.append(Delivery(record.seq, report.partition, report.offset))
+            if error is None:
+                delivered.append(Delivery(record.seq, message.partition() or 0, message.offset() or 0))
+                sent.append(record)
+                continue
+            fate = outcome(error, requeue_on_msg_timeout=requeue_timeouts, rebuilding=self._rebuild)
+            if fate is Outcome.DELIVERED:
+                delivered.append(Delivery(record.seq, message.partition() or 0, message.offset() or 0))
+                sent.append(record)
             elif fate is Outcome.REBUILD:
                 self._rebuild = True  # stays in the spool, for the rebuilt producer
-                attempts[record.seq] = _reason(report.error)
+                attempts[record.seq] = _reason(error)
             elif fate is Outcome.REQUEUE:
                 requeue.append(record)
-                attempts[record.seq] = _reason(report.error)
+                attempts[record.seq] = _reason(error)
             elif fate is Outcome.DEAD_LETTER:
-                dead[record.seq] = _reason(report.error)
+                dead[record.seq] = _reason(error)
                 dead_records.append(record)
         # Durable first (each call is idempotent, so a retry after a partial failure is safe).
         if delivered:
@@ -147,15 +147,16 @@ class ReportHandling:
         if attempts:
             self._state.record_attempts(attempts)
         self._reports = []
-        for report in reports:
-            record = in_flight.pop(report.rid, None)
-            if self._debug and report.error is None and record is not None:
+        for rid in rids:
+            in_flight.pop(rid, None)
+        if self._debug:
+            for record, delivery in zip(sent, delivered, strict=True):
                 self._log.info(
                     "job delivered",
                     jobid=record.jobid,
-                    rid=report.rid,
-                    partition=report.partition,
-                    offset=report.offset,
+                    rid=record.rid,
+                    partition=delivery.partition,
+                    offset=delivery.offset,
                 )
         if delivered:
             self.counters.delivered += len(delivered)

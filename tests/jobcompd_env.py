@@ -94,7 +94,10 @@ class JobcompdEnv:
         )
 
     def count(self, table: str) -> int:
-        """Rows in a state table, read without disturbing a running jobcompd."""
+        """Rows in a state table (records for ``spool``, which holds them by batch), read without
+        disturbing a running jobcompd."""
+        if table == "spool":
+            return self._number("SELECT coalesce(sum(waiting), 0) FROM spool_waiting")
         return self._number(f"SELECT count(*) FROM {table}")
 
     def delivered(self) -> int:

@@ -215,3 +215,14 @@ def test_the_python_path_is_chosen_by_the_environment() -> None:
     env = {**os.environ, "JOBCOMPD_PARSER": "python"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "python (JOBCOMPD_PARSER=python) None"
+
+
+@pytest.mark.parametrize("generation", GENERATIONS)
+def test_a_name_with_key_text_that_starts_no_run_is_answered_alike(generation: str) -> None:
+    zone = resolve("UTC").tz
+    spec = spec_for("UTC")
+    for name in ("job JobState=FAILED123", "a JobState= Partition=x", "JobState=X Partition=y", "b JobState=a Partition="):
+        assert assert_agrees(render(FakeJob(name=name), generation, zone), spec), name
+    # A fake copy of the run (a state, then " Partition="): two readings, the Python reader's.
+    for name in ("x JobState=FAILED Partition=p", "y JobState=A_B Partition=p TimeLimit=1"):
+        assert not assert_agrees(render(FakeJob(name=name), generation, zone), spec), name

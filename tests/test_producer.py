@@ -69,12 +69,14 @@ def test_offered_records_go_out_once_in_spool_order_from_memory_or_read_back(
     assert [m.value() for m in got] == [b'{"jobid":%d}' % i for i in range(900)]
 
 
-def test_a_batch_with_records_already_known_is_not_offered(tmp_path: Path) -> None:
+def test_of_a_batch_with_records_already_known_the_new_ones_are_offered(tmp_path: Path) -> None:
     with State.open(tmp_path / "state", synchronous="normal") as state:
         assert len(state.commit_batch(new(0, 3)).fresh) == 3
         mixed = state.commit_batch(new(2, 5))
-        assert (mixed.spooled, mixed.already_known, list(mixed.fresh)) == (2, 1, [])
-        big = state.commit_batch(new(5, 25_005))  # more than one INSERT: the seqs still follow
+        assert (mixed.spooled, mixed.already_known) == (2, 1)
+        assert [r.rid for r in mixed.fresh] == ["r000003", "r000004"]
+        assert list(mixed.fresh) == state.pending(after_seq=3)
+        big = state.commit_batch(new(5, 25_005))  # more than one spool row: the seqs still follow
         assert list(big.fresh) == state.pending(after_seq=5, limit=10**6)
 
 

@@ -597,6 +597,72 @@ def test_an_older_database_is_upgraded_in_place_keeping_everything(state_dir: Pa
     raw.close()
 
 
+def test_a_schema_3_spool_becomes_batches_keeping_seqs_attempts_and_order(state_dir: Path) -> None:
+    """Schema 3 held one row per record; 4 holds one per batch: every record keeps its seq, read
+    time, source and failed sends, and no seq is handed out twice."""
+    from jobcompd.state._schema import _SCHEMA, _SPOOL_V3
+
+    state_dir.mkdir()
+    with sqlite3.connect(state_dir / DB_NAME) as raw:
+        raw.execute(_SPOOL_V3)
+        for statement in _SCHEMA:
+            if not statement.lstrip().startswith(("CREATE TABLE spool ", "CREATE TABLE spool_")):
+                raw.execute(statement)
+        raw.executemany("INSERT INTO meta VALUES (?, ?)", [("spooled_total", 7), ("created_at", 1.0)])
+        # Seqs 3-5 read together, 6 later, a gap, 9-10 from another log; 12 is a dead letter.
+        rows = [(3, 1.0, "a"), (4, 1.0, "a"), (5, 1.0, "a"), (6, 2.0, "a"), (9, 3.0, "b"), (10, 3.0, "c")]
+        raw.executemany(
+            "INSERT INTO spool (seq, rid, jobid, payload, source, enqueued_at, attempts, last_error)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(seq, f"r{seq}", seq * 10, b"p%d" % seq, source, t, seq % 2, f"e{seq}" if seq == 5 else None)
+             for seq, t, source in rows],
+        )
+        raw.execute("INSERT INTO deadletter VALUES (12, 'r12', 120, x'00', 'a', 1.0, 1, 'e', 'big', 3.0)")
+        raw.execute(f"PRAGMA application_id = {0x4A434D44}")
+        raw.execute("PRAGMA user_version = 3")
+    raw.close()
+
+    with State.open(state_dir) as s:
+        held = s.pending()
+        assert [(r.seq, r.rid, r.jobid, r.payload, r.source, r.enqueued_at, r.attempts, r.last_error)
+                for r in held] == [
+            (seq, f"r{seq}", seq * 10, b"p%d" % seq, source, t, seq % 2, f"e{seq}" if seq == 5 else None)
+            for seq, t, source in rows
+        ]
+        assert s.spool_depth() == 6 and s.oldest_pending_at() == 1.0
+        assert s.pending(after_seq=4, limit=2) == held[2:4]
+        assert s.commit_batch(records(0, 1)).fresh[0].seq == 13
+        assert s.mark_delivered([Delivery(seq, 0, 0) for seq in (3, 9, 10, 12)]) == 4
+        assert [r.seq for r in s.pending()] == [4, 5, 6, 13]
+        assert [d.seq for d in s.dead_letters()] == []
+    with sqlite3.connect(state_dir / DB_NAME) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert raw.execute("SELECT first_seq, count FROM spool ORDER BY first_seq").fetchall() == [
+            (3, 3), (6, 1), (13, 1)  # the batch of 9-10 left whole once both were delivered
+        ]
+    raw.close()
+
+
+def test_a_batch_leaves_the_spool_when_its_last_record_is_settled(state: State) -> None:
+    state.commit_batch(records(0, 6), position=at(6))
+    seqs = [r.seq for r in state.pending()]
+    assert state.dead_letter(seqs[1], "too large")
+    assert state.mark_delivered([Delivery(seq, 0, 0) for seq in seqs[2:]]) == 4
+    state.record_attempt(seqs[0], "timed out")
+    assert [(r.seq, r.attempts, r.last_error) for r in state.pending()] == [(seqs[0], 1, "timed out")]
+    assert state.record_attempts({seqs[3]: "x"}) == 0  # delivered: not spooled any more
+    assert state.mark_delivered([Delivery(seqs[0], 0, 0)]) == 1
+    assert state.pending() == [] and state.spool_depth() == 0 and state.oldest_pending_at() is None
+    with sqlite3.connect(state.path) as raw:
+        assert raw.execute("SELECT count(*) FROM spool").fetchone()[0] == 0
+        assert raw.execute("SELECT count(*) FROM spool_attempt").fetchone()[0] == 0
+    raw.close()
+    assert state.retry_dead_letters() == 1
+    back = state.pending()
+    assert [(r.rid, r.attempts, r.last_error) for r in back] == [("r000000001", 0, "too large")]
+    assert back[0].seq > seqs[-1]
+
+
 def test_another_programs_database_is_refused(state_dir: Path) -> None:
     state_dir.mkdir()
     with sqlite3.connect(state_dir / DB_NAME) as raw:

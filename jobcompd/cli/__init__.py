@@ -23,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="jobcompd",
         description="Ship Slurm jobcomp/filetxt records to Kafka as the jobcomp/kafka plugin's JSON.",
     )
-    parser.add_argument("--version", action="version", version=f"jobcompd {__version__} (record reader: {fastpath.PARSER})")
+    parser.add_argument(
+        "--version", action="version", version=f"jobcompd {__version__} (record reader: {fastpath.PARSER})"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 

@@ -207,7 +207,8 @@ class Database:
         """Numbers for ``jobcompd status`` and metrics: depths, totals, last delivery, file size."""
         with self._reading("read statistics") as db:
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-            depth, oldest = db.execute("SELECT count(*), min(enqueued_at) FROM spool").fetchone()
+            depth = db.execute("SELECT coalesce(sum(waiting), 0) FROM spool_waiting").fetchone()[0]
+            oldest = db.execute("SELECT min(enqueued_at) FROM spool").fetchone()[0]
             deadletters = db.execute("SELECT count(*) FROM deadletter").fetchone()[0]
             quarantined = db.execute("SELECT count(*) FROM quarantine").fetchone()[0]
         return Stats(

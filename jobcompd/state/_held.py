@@ -2,27 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 
 from jobcompd.state._database import Database
 from jobcompd.state._schema import _bump
-from jobcompd.state.values import DeadLetter, QuarantinedLine
+from jobcompd.state._spool import _append, _settle, _spooled_record
+from jobcompd.state.values import DeadLetter, QuarantinedLine, SpooledRecord
 
 _DEADLETTER_COLUMNS = "seq, rid, jobid, payload, source, reason, failed_at, attempts"
 
-_SPOOL_TO_DEADLETTER = """
+_INSERT_DEADLETTER = """
 INSERT INTO deadletter
     (seq, rid, jobid, payload, source, enqueued_at, attempts, last_error, reason, failed_at)
-SELECT seq, rid, jobid, payload, source, enqueued_at, attempts, last_error, ?2, ?3
-FROM spool WHERE seq = ?1
-"""
-
-_DEADLETTER_TO_SPOOL = """
-INSERT INTO spool (rid, jobid, payload, source, enqueued_at, attempts, last_error)
-SELECT rid, jobid, payload, source, enqueued_at, attempts, reason
-FROM deadletter WHERE rid = ?1
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 
@@ -39,10 +34,11 @@ class HeldRecords(Database):
             return 0
         now = time.time()
         with self._transaction("dead-letter records") as db:
-            moved = db.executemany(
-                _SPOOL_TO_DEADLETTER, [(seq, reason, now) for seq, reason in reasons.items()]
-            ).rowcount
-            db.executemany("DELETE FROM spool WHERE seq = ?", [(seq,) for seq in reasons])
+            records = [r for r in map(functools.partial(_spooled_record, db), sorted(reasons)) if r]
+            db.executemany(
+                _INSERT_DEADLETTER, [(*r, reasons[r.seq], now) for r in records]
+            )
+            moved, _ = _settle(db, [r.seq for r in records])
             _bump(db, deadlettered_total=moved)
         return moved
 
@@ -63,7 +59,13 @@ class HeldRecords(Database):
         """
         with self._transaction("retry dead letters") as db:
             found = self._select_dead_letters(db, rids)
-            db.executemany(_DEADLETTER_TO_SPOOL, [(rid,) for _, rid in found])
+            for seq, _ in found:  # each back as a batch of its own: it keeps its own read time
+                row = db.execute(
+                    "SELECT seq, rid, jobid, payload, source, enqueued_at, attempts, reason"
+                    " FROM deadletter WHERE seq = ?",
+                    (seq,),
+                ).fetchone()
+                _append(db, [SpooledRecord(*row)], row[5])
             db.executemany("DELETE FROM deadletter WHERE rid = ?", [(rid,) for _, rid in found])
             _bump(db, retried_total=len(found))
         return len(found)

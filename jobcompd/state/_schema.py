@@ -12,7 +12,7 @@ from jobcompd.state._errors import RECOVER_CORRUPT, RECOVER_PERMISSIONS, StateEr
 
 DB_NAME = "jobcompd.db"
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # "JCMD": marks the file as jobcompd's, so another program's SQLite file is refused, not adopted.
 APPLICATION_ID = 0x4A434D44
@@ -22,21 +22,26 @@ BUSY_TIMEOUT_MS = 5000
 SIDE_FILES = ("-wal", "-shm", "-journal")
 
 # ``known`` holds the id of every record ever spooled (and so spooled, dead-lettered or delivered):
-# a record is checked against it once, when it is read, and a delivery report only has to delete
-# its spool row by ``seq``. It is keyed by (jobid, rid), never by the record id alone: ids are
+# a record is checked against it once, when it is read, and a delivery report only has to settle
+# its ``seq``. It is keyed by (jobid, rid), never by the record id alone: ids are
 # hashes, so an index on them sends every insert to a random page (with a million ids, one page
 # written per record), while job ids mostly grow and keep the work at the index's end.
+#
+# The spool holds one row per committed batch of records, not one per record: record ``i`` of a
+# batch has ``seq`` first_seq + i; ``records`` is the JSON [rids, jobids, payload sizes, sources
+# or null when all share ``source``] and ``payloads`` the payloads end to end. What of a batch
+# still waits is in ``spool_waiting`` (a small row rewritten at each delivery report, so the
+# payloads are written once and dropped once); a batch leaves when its last record is settled
+# (delivered or dead-lettered). ``spool_attempt`` holds the failed sends of a record (rare).
 _SCHEMA = (
     """
 CREATE TABLE spool (
-    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
-    rid         TEXT    NOT NULL CHECK (typeof(rid) = 'text' AND rid <> ''),
-    jobid       INTEGER NOT NULL CHECK (typeof(jobid) = 'integer'),
-    payload     BLOB    NOT NULL CHECK (typeof(payload) = 'blob'),
+    first_seq   INTEGER PRIMARY KEY,
+    count       INTEGER NOT NULL CHECK (typeof(count) = 'integer' AND count > 0),
     source      TEXT    NOT NULL DEFAULT '',
     enqueued_at REAL    NOT NULL,
-    attempts    INTEGER NOT NULL DEFAULT 0,
-    last_error  TEXT
+    records     BLOB    NOT NULL,
+    payloads    BLOB    NOT NULL CHECK (typeof(payloads) = 'blob')
 )
 """,
     """
@@ -60,6 +65,20 @@ CREATE TABLE known (
     known_at    REAL    NOT NULL,
     PRIMARY KEY (jobid, rid)
 ) WITHOUT ROWID
+""",
+    """
+CREATE TABLE spool_waiting (
+    first_seq   INTEGER PRIMARY KEY,
+    settled     BLOB    NOT NULL,
+    waiting     INTEGER NOT NULL CHECK (waiting > 0)
+)
+""",
+    """
+CREATE TABLE spool_attempt (
+    seq         INTEGER PRIMARY KEY,
+    attempts    INTEGER NOT NULL,
+    last_error  TEXT
+)
 """,
     """
 CREATE TABLE quarantine (
@@ -113,6 +132,7 @@ _META_INITIAL = (
     ("opened_at", None),
     ("last_delivered_at", None),
     ("last_delivered_jobid", None),
+    ("last_seq", 0),
 )
 
 _ADD_COUNTER = "INSERT OR IGNORE INTO meta (key, value) VALUES (?, 0)"
@@ -122,6 +142,21 @@ _BUMP = "UPDATE meta SET value = value + ?2 WHERE key = ?1"
 _SET = "UPDATE meta SET value = ?2 WHERE key = ?1"
 
 _SPOOL_COLUMNS = "seq, rid, jobid, payload, source, enqueued_at, attempts, last_error"
+
+# The spool of schemas 1 to 3: one row per record.
+_SPOOL_V3 = """
+CREATE TABLE spool (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    rid         TEXT    NOT NULL CHECK (typeof(rid) = 'text' AND rid <> ''),
+    jobid       INTEGER NOT NULL CHECK (typeof(jobid) = 'integer'),
+    payload     BLOB    NOT NULL CHECK (typeof(payload) = 'blob'),
+    source      TEXT    NOT NULL DEFAULT '',
+    enqueued_at REAL    NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    last_error  TEXT
+)
+"""
+_KNOWN = next(statement for statement in _SCHEMA if "CREATE TABLE known" in statement)
 _SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
 _I64 = 1 << 63
 
@@ -188,6 +223,9 @@ def _configure(db: sqlite3.Connection, path: Path, synchronous: str, *, verify: 
         db.execute("PRAGMA cache_size = -2048")  # 2 MiB: RSS stays bounded at a 1M backlog
         db.execute("PRAGMA journal_size_limit = 67108864")
         db.execute("PRAGMA temp_store = MEMORY")
+        # Some builds (Debian's) zero every freed page: a settled batch's payloads would be written
+        # a second time, as zeros. They are in the log and in Kafka already; the file is 0700.
+        db.execute("PRAGMA secure_delete = FAST")
         now = time.time()
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -198,8 +236,8 @@ def _configure(db: sqlite3.Connection, path: Path, synchronous: str, *, verify: 
                 db.execute(_SET, ("created_at", now))
                 db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                _upgrade(db)
+            elif (version := db.execute("PRAGMA user_version").fetchone()[0]) < SCHEMA_VERSION:
+                _upgrade(db, version)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             # Counters added by later versions start at 0 in an older state.
             db.executemany(_ADD_COUNTER, [(name,) for name in COUNTERS])
@@ -251,7 +289,14 @@ def _check_database(db: sqlite3.Connection, path: Path, *, verify: bool) -> bool
     return False
 
 
-def _upgrade(db: sqlite3.Connection) -> None:
+def _upgrade(db: sqlite3.Connection, version: int) -> None:
+    """An older schema → this one, in the open transaction, keeping every record and counter."""
+    if version < 3:
+        _upgrade_to_3(db)
+    _upgrade_to_4(db)
+
+
+def _upgrade_to_3(db: sqlite3.Connection) -> None:
     """Schemas 1 and 2 → 3: the ids of delivered records and of spooled ones go into ``known``.
 
     Schema 1 keyed the spool and the delivered ledger by record id alone, 2 by (jobid, rid); both
@@ -261,8 +306,8 @@ def _upgrade(db: sqlite3.Connection) -> None:
     """
     counter = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'spool'").fetchone()
     db.execute("ALTER TABLE spool RENAME TO spool_old")
-    db.execute(_SCHEMA[0])
-    db.execute(_SCHEMA[2])
+    db.execute(_SPOOL_V3)
+    db.execute(_KNOWN)
     db.execute(f"INSERT INTO spool ({_SPOOL_COLUMNS}) SELECT {_SPOOL_COLUMNS} FROM spool_old")
     for table, at in (("delivered", "delivered_at"), ("spool", "enqueued_at"), ("deadletter", "enqueued_at")):
         db.execute(
@@ -276,6 +321,49 @@ def _upgrade(db: sqlite3.Connection) -> None:
         "INSERT INTO sqlite_sequence (name, seq) "
         "SELECT 'spool', max(?, coalesce((SELECT max(seq) FROM spool), 0))",
         (0 if counter is None else counter[0],),
+    )
+
+
+_RowV3 = tuple[int, str, int, bytes, str, float, int, "str | None"]
+
+
+def _upgrade_to_4(db: sqlite3.Connection) -> None:
+    """Schema 3 → 4: the spool's rows become batches (each run of consecutive seqs read at the same
+    moment), their failed sends go to ``spool_attempt``; the seq counter moves to ``meta``."""
+    counter = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'spool'").fetchone()
+    db.execute("ALTER TABLE spool RENAME TO spool_v3")
+    for statement in _SCHEMA:
+        if statement.lstrip().startswith(("CREATE TABLE spool ", "CREATE TABLE spool_")):
+            db.execute(statement)
+    run: list[_RowV3] = []
+    for row in db.execute(f"SELECT {_SPOOL_COLUMNS} FROM spool_v3 ORDER BY seq"):
+        if run and (row[0] != run[-1][0] + 1 or row[5] != run[-1][5] or len(run) >= 4096):
+            _convert(db, run)
+            run = []
+        run.append(row)
+    if run:
+        _convert(db, run)
+    db.execute(
+        "INSERT INTO spool_attempt (seq, attempts, last_error) SELECT seq, attempts, last_error"
+        " FROM spool_v3 WHERE attempts > 0 OR last_error IS NOT NULL"
+    )
+    last = db.execute(
+        "SELECT max(?, coalesce((SELECT max(seq) FROM spool_v3), 0),"
+        " coalesce((SELECT max(seq) FROM deadletter), 0))",
+        (0 if counter is None else counter[0],),
+    ).fetchone()[0]
+    db.execute("DROP TABLE spool_v3")
+    db.execute("DELETE FROM sqlite_sequence WHERE name IN ('spool', 'spool_v3')")
+    db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', ?)", (last,))
+
+
+def _convert(db: sqlite3.Connection, run: list[_RowV3]) -> None:
+    """One batch of the schema-3 spool rows ``run`` (consecutive seqs)."""
+    from jobcompd.state._spool import _insert_batch  # the one writer of the batch layout
+
+    _insert_batch(
+        db, run[0][0], [r[1] for r in run], [r[2] for r in run], [r[3] for r in run], [r[4] for r in run],
+        run[0][5],
     )
 
 

@@ -1,4 +1,8 @@
-"""The spool: records read and not yet acknowledged, committed with the position; delivery reports."""
+"""The spool: records read and not yet acknowledged, committed with the position; delivery reports.
+
+Records are spooled by batch — one row for the records of a commit, payloads end to end — and
+settled one by one (see the schema's notes in :mod:`jobcompd.state._schema`).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from jobcompd.identity import Position
 from jobcompd.state._database import Database
 from jobcompd.state._errors import _rejected
 from jobcompd.state._positions import _UPSERT_POSITION, _position_row
-from jobcompd.state._schema import _SET, _SPOOL_COLUMNS, _bump
+from jobcompd.state._schema import _SET, _bump
 from jobcompd.state.values import (
     _JOBID,
     _PAYLOAD,
@@ -29,34 +33,32 @@ from jobcompd.state.values import (
     _Columns,
 )
 
-# New records go in with two statements per batch, not one per record: ?1 is a JSON array of
-# [rid, jobid, start, size, source] (orjson writes it in C), ?2 the payloads end to end, each one
-# cut out with substr(). Per record that is half the cost of binding five parameters in Python.
-# The records not yet known are spooled, then all of them are known.
-_INSERT_NEW = """
-INSERT INTO spool (rid, jobid, payload, source, enqueued_at)
-SELECT rid, jobid, substr(?2, start, size), source, ?3
-FROM (
-    SELECT key,
-           json_extract(value, '$[0]') AS rid, json_extract(value, '$[1]') AS jobid,
-           json_extract(value, '$[2]') AS start, json_extract(value, '$[3]') AS size,
-           json_extract(value, '$[4]') AS source
-    FROM json_each(?1)
-) AS new
-WHERE NOT EXISTS (SELECT 1 FROM known k WHERE k.jobid = new.jobid AND k.rid = new.rid)
-ORDER BY key
+# A batch is checked against the known ids, and made known, with one statement each: ?1 is the
+# JSON array of [rid, jobid] of its records (orjson writes it in C).
+_ALREADY_KNOWN = """
+SELECT key FROM json_each(?1)
+WHERE EXISTS (
+    SELECT 1 FROM known k
+    WHERE k.jobid = json_extract(value, '$[1]') AND k.rid = json_extract(value, '$[0]')
+)
 """
 
 _INSERT_KNOWN = """
 INSERT INTO known (jobid, rid, known_at)
-SELECT json_extract(value, '$[1]'), json_extract(value, '$[0]'), ?3 FROM json_each(?1) WHERE true
+SELECT json_extract(value, '$[1]'), json_extract(value, '$[0]'), ?2 FROM json_each(?1) WHERE true
 ON CONFLICT (jobid, rid) DO NOTHING
 """
 
-_INSERT_CHUNK = 10_000
+BATCH_RECORDS = 4096
+"""Most records one spool row holds (a commit of more makes several rows)."""
 
 _INSERT_QUARANTINE = """
 INSERT INTO quarantine (source, line_no, byte_offset, raw, reason, at) VALUES (?, ?, ?, ?, ?, ?)
+"""
+
+_BATCH_OF = """
+SELECT w.first_seq, w.settled, w.waiting FROM spool_waiting w
+WHERE w.first_seq <= ?1 ORDER BY w.first_seq DESC LIMIT 1
 """
 
 
@@ -88,18 +90,27 @@ class Spool(Database):
         if not count and not quarantined and position is None and not released:
             return BatchResult(0, 0, 0)
         now = time.time()
-        total = len(new.rids)
+        fresh: list[SpooledRecord] = []
         with self._transaction("commit a batch") as db:
-            spooled = last_seq = 0
-            for start in range(0, total, _INSERT_CHUNK):
+            spooled = 0
+            if new.rids:
                 try:
-                    rows = _new_rows(new, slice(start, start + _INSERT_CHUNK), now)
-                except TypeError as exc:  # a payload that is not bytes, a value JSON cannot hold
+                    _check_types(new)
+                    ids = orjson.dumps(list(zip(new.rids, new.jobids, strict=True)))
+                except (TypeError, ValueError) as exc:  # not bytes, not an int, not a JSON value
                     raise _rejected(self.path, "commit a batch", exc) from exc
-                inserted = db.execute(_INSERT_NEW, rows)
-                spooled += inserted.rowcount
-                last_seq = inserted.lastrowid or 0
-                db.execute(_INSERT_KNOWN, rows)
+                known = db.execute(_ALREADY_KNOWN, (ids,)).fetchall()
+                if known:
+                    skip = {k for (k,) in known}
+                    keep = [i for i in range(len(new.rids)) if i not in skip]
+                    new = _Columns(*([column[i] for i in keep] for column in new))  # type: ignore[arg-type]
+                for at in range(0, len(new.rids), BATCH_RECORDS):
+                    part = _Columns(*(column[at : at + BATCH_RECORDS] for column in new))  # type: ignore[arg-type]
+                    first = _next_seqs(db, len(part.rids))
+                    _insert_batch(db, first, *part, now)
+                    fresh += _spooled(part, first, now)
+                    spooled += len(part.rids)
+                db.execute(_INSERT_KNOWN, (ids, now))
             if quarantined:
                 db.executemany(
                     _INSERT_QUARANTINE,
@@ -118,25 +129,67 @@ class Spool(Database):
                 ambiguous_total=ambiguous,
                 quarantine_released_total=gone,
             )
-        fresh: Sequence[SpooledRecord] = ()
-        if spooled and spooled == total:
-            # One INSERT per chunk, rows in batch order, AUTOINCREMENT: the seqs are consecutive.
-            fresh = _spooled(new, range(last_seq - spooled + 1, last_seq + 1), now)
         return BatchResult(spooled, count - spooled, len(quarantined), fresh)
 
     def pending(self, *, after_seq: int = 0, limit: int = 1000) -> list[SpooledRecord]:
         """Up to ``limit`` spooled records with ``seq`` greater than ``after_seq``, in seq order."""
+        out: list[SpooledRecord] = []
         with self._reading("read the spool") as db:
             rows = db.execute(
-                f"SELECT {_SPOOL_COLUMNS} FROM spool WHERE seq > ? ORDER BY seq LIMIT ?",
-                (after_seq, limit),
-            ).fetchall()
-        return list(map(SpooledRecord._make, rows))
+                "SELECT s.first_seq, s.count, s.source, s.enqueued_at, s.records, s.payloads, w.settled"
+                " FROM spool s JOIN spool_waiting w USING (first_seq)"
+                " WHERE s.first_seq + s.count > ?1 ORDER BY s.first_seq",
+                (after_seq,),
+            )
+            for first, count, source, enqueued_at, packed, payloads, settled in rows:
+                rids, jobids, sizes, sources = orjson.loads(packed)
+                tried = dict(
+                    (seq, (attempts, error))
+                    for seq, attempts, error in db.execute(
+                        "SELECT seq, attempts, last_error FROM spool_attempt WHERE seq BETWEEN ? AND ?",
+                        (first, first + count - 1),
+                    )
+                )
+                lo = max(0, after_seq + 1 - first)
+                hi = min(count, lo + limit - len(out))
+                if not tried and settled.count(0, lo, hi) == hi - lo:
+                    # The usual case, records as they were spooled: built without a Python loop.
+                    bounds = list(accumulate(sizes, initial=0))
+                    out += map(
+                        SpooledRecord,
+                        range(first + lo, first + hi),
+                        rids[lo:hi],
+                        jobids[lo:hi],
+                        map(payloads.__getitem__, map(slice, bounds[lo:hi], bounds[lo + 1 : hi + 1])),
+                        repeat(source) if sources is None else sources[lo:hi],
+                        repeat(enqueued_at),
+                        repeat(0),
+                        repeat(None),
+                    )
+                else:
+                    end = sum(sizes[:lo])
+                    for i in range(lo, count):
+                        begin, end = end, end + sizes[i]
+                        seq = first + i
+                        if settled[i]:
+                            continue
+                        attempts, error = tried.get(seq, (0, None))
+                        out.append(
+                            SpooledRecord(
+                                seq, rids[i], jobids[i], payloads[begin:end],
+                                source if sources is None else sources[i], enqueued_at, attempts, error,
+                            )
+                        )
+                        if len(out) >= limit:
+                            break
+                if len(out) >= limit:
+                    break
+        return out[:limit]
 
     def spool_depth(self) -> int:
         """How many records wait for a delivery report."""
         with self._reading("count the spool") as db:
-            return int(db.execute("SELECT count(*) FROM spool").fetchone()[0])
+            return int(db.execute("SELECT coalesce(sum(waiting), 0) FROM spool_waiting").fetchone()[0])
 
     def oldest_pending_at(self) -> float | None:
         """When the longest-waiting spooled record was first read, or None if the spool is empty."""
@@ -159,14 +212,10 @@ class Spool(Database):
             last_jobid = _last_jobid(db, deliveries)
             if last_jobid is None:
                 return 0
-            removed = db.executemany(
-                "DELETE FROM spool WHERE seq BETWEEN ? AND ?", _runs(seqs)
-            ).rowcount
-            if removed < len(seqs) and db.execute(
-                "SELECT EXISTS (SELECT 1 FROM deadletter)"
-            ).fetchone()[0]:
+            removed, elsewhere = _settle(db, seqs)
+            if elsewhere and db.execute("SELECT EXISTS (SELECT 1 FROM deadletter)").fetchone()[0]:
                 removed += db.executemany(
-                    "DELETE FROM deadletter WHERE seq = ?", [(seq,) for seq in seqs]
+                    "DELETE FROM deadletter WHERE seq = ?", [(seq,) for seq in elsewhere]
                 ).rowcount
             _bump(db, delivered_total=removed)
             db.executemany(_SET, [("last_delivered_at", now), ("last_delivered_jobid", last_jobid)])
@@ -181,10 +230,143 @@ class Spool(Database):
         if not errors:
             return 0
         with self._transaction("record send attempts") as db:
-            return db.executemany(
-                "UPDATE spool SET attempts = attempts + 1, last_error = ?2 WHERE seq = ?1",
-                list(errors.items()),
-            ).rowcount
+            spooled = [(seq, error) for seq, error in errors.items() if _waiting(db, seq) is not None]
+            db.executemany(
+                "INSERT INTO spool_attempt (seq, attempts, last_error) VALUES (?1, 1, ?2)"
+                " ON CONFLICT (seq) DO UPDATE SET attempts = attempts + 1, last_error = ?2",
+                spooled,
+            )
+            return len(spooled)
+
+
+_I64 = 1 << 63
+
+
+def _check_types(new: _Columns) -> None:
+    """Refuse what the spool cannot hold: ids must be non-empty text, job ids integers, payloads bytes."""
+    if not all(type(rid) is str and rid for rid in new.rids):
+        raise TypeError("a record id is not a non-empty str")
+    if not all(type(jobid) is int and -_I64 <= jobid < _I64 for jobid in new.jobids):
+        raise TypeError("a job id is not a 64-bit int")
+    if not all(type(payload) is bytes for payload in new.payloads):
+        raise TypeError("a payload is not bytes")
+
+
+def _next_seqs(db: sqlite3.Connection, count: int) -> int:
+    """Hand out ``count`` consecutive seqs; the first of them."""
+    last = int(db.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()[0])
+    db.execute(_SET, ("last_seq", last + count))
+    return last + 1
+
+
+def _insert_batch(
+    db: sqlite3.Connection,
+    first: int,
+    rids: Sequence[str],
+    jobids: Sequence[int],
+    payloads: Sequence[bytes],
+    sources: Sequence[str],
+    enqueued_at: float,
+) -> None:
+    """Spool records ``first``, ``first + 1``, ... as one row (and its ``spool_waiting`` row)."""
+    count = len(rids)
+    common = sources[0] if sources and sources.count(sources[0]) == count else None
+    packed = orjson.dumps(
+        [list(rids), list(jobids), list(map(len, payloads)), None if common is not None else list(sources)]
+    )
+    db.execute(
+        "INSERT INTO spool (first_seq, count, source, enqueued_at, records, payloads)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (first, count, common or "", enqueued_at, packed, b"".join(payloads)),
+    )
+    db.execute("INSERT INTO spool_waiting (first_seq, settled, waiting) VALUES (?, zeroblob(?), ?)",
+               (first, count, count))
+
+
+def _append(
+    db: sqlite3.Connection, records: Sequence[SpooledRecord], enqueued_at: float
+) -> int:
+    """Spool ``records`` (their seqs are new ones) as one batch, with their attempts; the first seq."""
+    first = _next_seqs(db, len(records))
+    _insert_batch(
+        db, first, [r.rid for r in records], [r.jobid for r in records], [r.payload for r in records],
+        [r.source for r in records], enqueued_at,
+    )
+    db.executemany(
+        "INSERT INTO spool_attempt (seq, attempts, last_error) VALUES (?, ?, ?)",
+        [(first + i, r.attempts, r.last_error) for i, r in enumerate(records) if r.attempts or r.last_error],
+    )
+    return first
+
+
+def _waiting(db: sqlite3.Connection, seq: int) -> tuple[int, bytes] | None:
+    """(first seq, settled flags) of the batch where record ``seq`` waits, or None if it does not."""
+    row = db.execute(_BATCH_OF, (seq,)).fetchone()
+    if row is None or seq >= row[0] + len(row[1]) or row[1][seq - row[0]]:
+        return None
+    return row[0], row[1]
+
+
+def _settle(db: sqlite3.Connection, seqs: Sequence[int]) -> tuple[int, list[int]]:
+    """Take sorted, distinct ``seqs`` out of the spool: how many were waiting, and the seqs that
+    were not (already settled, or never spooled)."""
+    settled_now = 0
+    elsewhere: list[int] = []
+    first = end = -1
+    flags = bytearray()
+    waiting = 0
+
+    def store() -> None:
+        if first < 0:
+            return
+        if waiting:
+            db.execute(
+                "UPDATE spool_waiting SET settled = ?, waiting = ? WHERE first_seq = ?",
+                (bytes(flags), waiting, first),
+            )
+        else:  # the whole batch is settled: its payloads go
+            db.execute("DELETE FROM spool WHERE first_seq = ?", (first,))
+            db.execute("DELETE FROM spool_waiting WHERE first_seq = ?", (first,))
+            db.execute("DELETE FROM spool_attempt WHERE seq BETWEEN ? AND ?", (first, end - 1))
+
+    for seq in seqs:
+        if not first <= seq < end:
+            store()
+            first = end = -1
+            row = db.execute(_BATCH_OF, (seq,)).fetchone()
+            if row is None or seq >= row[0] + len(row[1]):
+                elsewhere.append(seq)
+                continue
+            first, flags, waiting = row[0], bytearray(row[1]), row[2]
+            end = first + len(flags)
+        if flags[seq - first]:
+            elsewhere.append(seq)
+            continue
+        flags[seq - first] = 1
+        waiting -= 1
+        settled_now += 1
+    store()
+    return settled_now, elsewhere
+
+
+def _spooled_record(db: sqlite3.Connection, seq: int) -> SpooledRecord | None:
+    """Spooled record ``seq`` while it waits, else None."""
+    batch = _waiting(db, seq)
+    if batch is None:
+        return None
+    first = batch[0]
+    source, enqueued_at, packed, payloads = db.execute(
+        "SELECT source, enqueued_at, records, payloads FROM spool WHERE first_seq = ?", (first,)
+    ).fetchone()
+    rids, jobids, sizes, sources = orjson.loads(packed)
+    i = seq - first
+    begin = sum(sizes[:i])
+    tried = db.execute("SELECT attempts, last_error FROM spool_attempt WHERE seq = ?", (seq,)).fetchone()
+    attempts, error = tried if tried is not None else (0, None)
+    return SpooledRecord(
+        seq, rids[i], jobids[i], payloads[begin : begin + sizes[i]],
+        source if sources is None else sources[i], enqueued_at, attempts, error,
+    )
 
 
 def _columns(records: Sequence[NewRecord] | RecordColumns, source: str) -> _Columns:
@@ -215,21 +397,12 @@ def _columns(records: Sequence[NewRecord] | RecordColumns, source: str) -> _Colu
     )
 
 
-def _new_rows(new: _Columns, part: slice, now: float) -> tuple[bytes, bytes, float]:
-    """The parameters of ``_INSERT_NEW`` for the records ``part`` of ``new``."""
-    payloads = new.payloads[part]
-    sizes = list(map(len, payloads))
-    starts = accumulate(sizes, initial=1)  # substr() counts from 1; one start too many, zip stops
-    rows = zip(new.rids[part], new.jobids[part], starts, sizes, new.sources[part], strict=False)
-    return orjson.dumps(list(rows)), b"".join(payloads), now
-
-
-def _spooled(new: _Columns, seqs: range, now: float) -> list[SpooledRecord]:
+def _spooled(new: _Columns, first: int, now: float) -> list[SpooledRecord]:
     n = len(new.rids)
     return list(
         map(
             SpooledRecord,
-            seqs,
+            range(first, first + n),
             new.rids,
             new.jobids,
             new.payloads,
@@ -241,25 +414,17 @@ def _spooled(new: _Columns, seqs: range, now: float) -> list[SpooledRecord]:
     )
 
 
-def _runs(seqs: Sequence[int]) -> list[tuple[int, int]]:
-    """Sorted, distinct ``seqs`` as (first, last) of each run of consecutive numbers."""
-    runs = []
-    first = last = seqs[0]
-    for seq in seqs[1:]:
-        if seq != last + 1:
-            runs.append((first, last))
-            first = seq
-        last = seq
-    runs.append((first, last))
-    return runs
-
-
 def _last_jobid(db: sqlite3.Connection, deliveries: Sequence[Delivery]) -> int | None:
+    """The job id of the last of ``deliveries`` still waiting in the spool or dead-lettered."""
     for delivery in reversed(deliveries):
+        seq = delivery.seq
         row = db.execute(
-            "SELECT jobid FROM spool WHERE seq = ?1"
+            "SELECT json_extract(s.records, '$[1][' || (?1 - s.first_seq) || ']')"
+            " FROM spool s JOIN spool_waiting w USING (first_seq)"
+            " WHERE s.first_seq = (SELECT max(first_seq) FROM spool WHERE first_seq <= ?1)"
+            " AND ?1 < s.first_seq + s.count AND substr(w.settled, ?1 - s.first_seq + 1, 1) = x'00'"
             " UNION ALL SELECT jobid FROM deadletter WHERE seq = ?1",
-            (delivery.seq,),
+            (seq,),
         ).fetchone()
         if row is not None:
             return int(row[0])
