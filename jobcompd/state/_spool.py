@@ -33,8 +33,8 @@ from jobcompd.state.values import (
     _Columns,
 )
 
-# A batch is checked against the known ids, and made known, with one statement each: ?1 is the
-# JSON array of [rid, jobid] of its records (orjson writes it in C).
+# A batch is made known, and (when some of it was known already) checked against the known ids,
+# with one statement each: ?1 is the JSON array of [rid, jobid] of its records (orjson writes it).
 _ALREADY_KNOWN = """
 SELECT key FROM json_each(?1)
 WHERE EXISTS (
@@ -99,18 +99,22 @@ class Spool(Database):
                     ids = orjson.dumps(list(zip(new.rids, new.jobids, strict=True)))
                 except (TypeError, ValueError) as exc:  # not bytes, not an int, not a JSON value
                     raise _rejected(self.path, "commit a batch", exc) from exc
-                known = db.execute(_ALREADY_KNOWN, (ids,)).fetchall()
-                if known:
-                    skip = {k for (k,) in known}
+                # Usually every record is new: making them known says so (one statement, no
+                # look-up first). When some were known already, that is undone and they are found.
+                db.execute("SAVEPOINT new_ids")
+                if db.execute(_INSERT_KNOWN, (ids, now)).rowcount != len(new.rids):
+                    db.execute("ROLLBACK TO new_ids")
+                    skip = {k for (k,) in db.execute(_ALREADY_KNOWN, (ids,))}
+                    db.execute(_INSERT_KNOWN, (ids, now))
                     keep = [i for i in range(len(new.rids)) if i not in skip]
                     new = _Columns(*([column[i] for i in keep] for column in new))  # type: ignore[arg-type]
+                db.execute("RELEASE new_ids")
                 for at in range(0, len(new.rids), BATCH_RECORDS):
                     part = _Columns(*(column[at : at + BATCH_RECORDS] for column in new))  # type: ignore[arg-type]
                     first = _next_seqs(db, len(part.rids))
                     _insert_batch(db, first, *part, now)
                     fresh += _spooled(part, first, now)
                     spooled += len(part.rids)
-                db.execute(_INSERT_KNOWN, (ids, now))
             if quarantined:
                 db.executemany(
                     _INSERT_QUARANTINE,
