@@ -643,6 +643,19 @@ def test_a_schema_3_spool_becomes_batches_keeping_seqs_attempts_and_order(state_
     raw.close()
 
 
+def test_many_records_of_a_batch_are_dead_lettered_whole(state: State) -> None:
+    batch = records(0, 50)
+    state.commit_batch(batch, position=at(50))
+    held = state.pending()
+    reasons = {r.seq: f"refused {r.jobid}" for r in held[::2]}
+    assert state.dead_letter_many(reasons) == 25
+    assert [(d.rid, d.payload, d.reason) for d in state.dead_letters()] == [
+        (r.rid, r.payload, f"refused {r.jobid}") for r in batch[::2]
+    ]
+    assert [r.rid for r in state.pending()] == [r.rid for r in batch[1::2]]
+    assert state.dead_letter_many(reasons) == 0  # not spooled any more
+
+
 def test_a_batch_leaves_the_spool_when_its_last_record_is_settled(state: State) -> None:
     state.commit_batch(records(0, 6), position=at(6))
     seqs = [r.seq for r in state.pending()]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 
 from jobcompd.state._database import Database
 from jobcompd.state._schema import _bump
-from jobcompd.state._spool import _append, _settle, _spooled_record
+from jobcompd.state._spool import _append, _Batch, _settle, _spooled_record
 from jobcompd.state.values import DeadLetter, QuarantinedLine, SpooledRecord
 
 _DEADLETTER_COLUMNS = "seq, rid, jobid, payload, source, reason, failed_at, attempts"
@@ -34,7 +33,8 @@ class HeldRecords(Database):
             return 0
         now = time.time()
         with self._transaction("dead-letter records") as db:
-            records = [r for r in map(functools.partial(_spooled_record, db), sorted(reasons)) if r]
+            batches: dict[int, _Batch] = {}
+            records = [r for seq in sorted(reasons) if (r := _spooled_record(db, seq, batches))]
             db.executemany(
                 _INSERT_DEADLETTER, [(*r, reasons[r.seq], now) for r in records]
             )

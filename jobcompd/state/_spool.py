@@ -353,22 +353,34 @@ def _settle(db: sqlite3.Connection, seqs: Sequence[int]) -> tuple[int, list[int]
     return settled_now, elsewhere
 
 
-def _spooled_record(db: sqlite3.Connection, seq: int) -> SpooledRecord | None:
-    """Spooled record ``seq`` while it waits, else None."""
+# A spool row as read: source, read time, rids, job ids, sources (or None), payloads, payload bounds.
+_Batch = tuple[str, float, list[str], list[int], "list[str] | None", bytes, list[int]]
+
+
+def _spooled_record(
+    db: sqlite3.Connection, seq: int, batches: dict[int, _Batch] | None = None
+) -> SpooledRecord | None:
+    """Spooled record ``seq`` while it waits, else None. ``batches`` keeps the batches read (by
+    their first seq) for the next calls, so many records of one batch read it once."""
     batch = _waiting(db, seq)
     if batch is None:
         return None
     first = batch[0]
-    source, enqueued_at, packed, payloads = db.execute(
-        "SELECT source, enqueued_at, records, payloads FROM spool WHERE first_seq = ?", (first,)
-    ).fetchone()
-    rids, jobids, sizes, sources = orjson.loads(packed)
+    found = None if batches is None else batches.get(first)
+    if found is None:
+        source, enqueued_at, packed, payloads = db.execute(
+            "SELECT source, enqueued_at, records, payloads FROM spool WHERE first_seq = ?", (first,)
+        ).fetchone()
+        rids, jobids, sizes, sources = orjson.loads(packed)
+        found = (source, enqueued_at, rids, jobids, sources, payloads, list(accumulate(sizes, initial=0)))
+        if batches is not None:
+            batches[first] = found
+    source, enqueued_at, rids, jobids, sources, payloads, bounds = cast(_Batch, found)
     i = seq - first
-    begin = sum(sizes[:i])
     tried = db.execute("SELECT attempts, last_error FROM spool_attempt WHERE seq = ?", (seq,)).fetchone()
     attempts, error = tried if tried is not None else (0, None)
     return SpooledRecord(
-        seq, rids[i], jobids[i], payloads[begin : begin + sizes[i]],
+        seq, rids[i], jobids[i], payloads[bounds[i] : bounds[i + 1]],
         source if sources is None else sources[i], enqueued_at, attempts, error,
     )
 
