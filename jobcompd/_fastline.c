@@ -607,15 +607,14 @@ static int read_record(Encoder *self, const char *line, Py_ssize_t n, fields *f)
     if (!clean_utf8((const unsigned char *)line, n)) return 0;
     if (n < 6 || memcmp(line, "JobId=", 6) != 0) return 0;
     if (inner_start(line + 1, end)) return 0;
-    int twice[4];
+    int resv_twice, qos_twice, cluster_twice;
     const char *jobstate = the_run(line, end);
-    twice[0] = 0;
-    const char *resv = only(line, end, " ReservationName=", &twice[1]);
-    const char *qos = only(line, end, " QOS=", &twice[2]);
-    const char *cluster = only(line, end, " Cluster=", &twice[3]);
+    const char *resv = only(line, end, " ReservationName=", &resv_twice);
+    const char *qos = only(line, end, " QOS=", &qos_twice);
+    const char *cluster = only(line, end, " Cluster=", &cluster_twice);
     if (!jobstate) return 0;
     /* 17.02 and older: none of the 17.11 keys anywhere. */
-    f->legacy = !resv && !qos && !cluster && !twice[1] && !twice[2] && !twice[3];
+    f->legacy = !resv && !qos && !cluster && !resv_twice && !qos_twice && !cluster_twice;
     if (!f->legacy && (!resv || !qos || !cluster || !(jobstate < resv && resv < qos && qos < cluster)))
         return 0;
 

@@ -78,15 +78,14 @@ def _parse_batch(
     rids, jobids, payloads, at, bad, ambiguous = out
     encode = encoder.encode
     record_id = encoder.record_id
-    answered: dict[int, int] = {}
-    if compiled is not None:
-        answered = {index: k for k, index in enumerate(compiled[3])}
+    c_rids, c_jobids, c_payloads, c_at = compiled if compiled is not None else ([], [], [], [])
+    answered = {index: k for k, index in enumerate(c_at)}
     for index, count, record in parse_records_around(lines, answered, max_bytes=spec.max_line_bytes):
-        if record is None:
+        if record is None:  # the compiled reader's
             k = answered[index]
-            rids.append(compiled[0][k])  # type: ignore[index]
-            jobids.append(compiled[1][k])  # type: ignore[index]
-            payloads.append(compiled[2][k])  # type: ignore[index]
+            rids.append(c_rids[k])
+            jobids.append(c_jobids[k])
+            payloads.append(c_payloads[k])
             at.append(index)
             continue
         if record.__class__ is ParseError:

@@ -122,12 +122,8 @@ class ReportHandling:
             record = in_flight.get(rid)
             if record is None:
                 continue  # not sent by this producer: if it is still spooled, it is sent again
-            if error is None:
-                delivered.append(Delivery(record.seq, message.partition() or 0, message.offset() or 0))
-                sent.append(record)
-                continue
             fate = outcome(error, requeue_on_msg_timeout=requeue_timeouts, rebuilding=self._rebuild)
-            if fate is Outcome.DELIVERED:
+            if fate is Outcome.DELIVERED or error is None:
                 delivered.append(Delivery(record.seq, message.partition() or 0, message.offset() or 0))
                 sent.append(record)
             elif fate is Outcome.REBUILD:
