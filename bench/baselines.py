@@ -11,9 +11,11 @@ Both get the producer settings jobcompd runs with: ``linger.ms=5`` and an idempo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,19 +98,53 @@ def run_rsyslog(
     every line is stored, and the mock cluster's request log gives the time of the last Produce
     request (on the same monotonic clock as ``time.monotonic()``).
     """
+    size = TopicSize(cluster.bootstrap, topic, partitions)
+    cluster.clear_requests()
+    cluster.start_request_tracking()
+    conf = rsyslog_configured(lines, cluster, topic, workdir)
+    try:
+        start = time.monotonic()
+        with rsyslog_running(conf, workdir) as alive:
+            wait_until(
+                lambda: size() >= expected,
+                timeout=timeout,
+                what="rsyslog → Kafka",
+                interval=0.05,
+                alive=alive,
+            )
+            polled = time.monotonic()
+            cluster.stop_request_tracking()
+            produce = [r.timestamp_us for r in cluster.requests() if r.api_key == ApiKey.PRODUCE]
+            last = max(produce) / 1e6 if produce else polled
+            end = last if start < last <= polled else polled
+            stored = size()
+            acked = _omkafka_acked(workdir / "impstats.json")
+    finally:
+        size.close()
+        cluster.stop_request_tracking()
+        cluster.clear_requests()
+    note = f"omkafka impstats acked={acked} when the broker held all {expected}" if acked is not None else ""
+    return BaselineRun(end - start, stored, note)
+
+
+def rsyslog_configured(lines: Path, cluster: MockCluster, topic: str, workdir: Path) -> Path:
+    """Write (and have rsyslogd check) a private configuration: ``lines`` → ``topic``; its path."""
     (workdir / "work").mkdir(parents=True, exist_ok=True)
     conf = workdir / "rsyslog.conf"
     conf.write_text(rsyslog_config(workdir, lines, cluster, topic))
     check = subprocess.run(["rsyslogd", "-N1", "-f", str(conf)], capture_output=True, text=True)
     if check.returncode != 0:
         raise BenchError(f"rsyslogd refuses the configuration: {check.stderr[-1500:]}")
-    size = TopicSize(cluster.bootstrap, topic, partitions)
-    cluster.clear_requests()
-    cluster.start_request_tracking()
+    return conf
+
+
+@contextlib.contextmanager
+def rsyslog_running(conf: Path, workdir: Path) -> Iterator[Callable[[], str | None]]:
+    """rsyslogd in the foreground with ``conf`` (see :func:`rsyslog_configured`); yields a function
+    that says why it exited, or None while it runs."""
     log = open(workdir / "rsyslogd.log", "wb")  # noqa: SIM115 - closed below
     proc = None
     try:
-        start = time.monotonic()
         proc = spawn(
             ["rsyslogd", "-n", "-f", str(conf), "-i", str(workdir / "rsyslogd.pid")],
             stdout=log,
@@ -120,24 +156,10 @@ def run_rsyslog(
                 return None
             return f"rsyslogd exited {proc.returncode}: {(workdir / 'rsyslogd.log').read_text()[-1500:]}"
 
-        wait_until(
-            lambda: size() >= expected, timeout=timeout, what="rsyslog → Kafka", interval=0.05, alive=alive
-        )
-        polled = time.monotonic()
-        cluster.stop_request_tracking()
-        produce = [r.timestamp_us for r in cluster.requests() if r.api_key == ApiKey.PRODUCE]
-        last = max(produce) / 1e6 if produce else polled
-        end = last if start < last <= polled else polled
-        stored = size()
-        acked = _omkafka_acked(workdir / "impstats.json")
+        yield alive
     finally:
         terminate(proc)
         log.close()
-        size.close()
-        cluster.stop_request_tracking()
-        cluster.clear_requests()
-    note = f"omkafka impstats acked={acked} when the broker held all {expected}" if acked is not None else ""
-    return BaselineRun(end - start, stored, note)
 
 
 def _omkafka_acked(stats: Path) -> int | None:

@@ -124,7 +124,9 @@ class ReportHandling:
                 continue  # not sent by this producer: if it is still spooled, it is sent again
             fate = outcome(error, requeue_on_msg_timeout=requeue_timeouts, rebuilding=self._rebuild)
             if fate is Outcome.DELIVERED or error is None:
-                delivered.append(Delivery(record.seq, message.partition() or 0, message.offset() or 0))
+                delivered.append(
+                    Delivery(record.seq, message.partition() or 0, message.offset() or 0, record.jobid)
+                )
                 sent.append(record)
             elif fate is Outcome.REBUILD:
                 self._rebuild = True  # stays in the spool, for the rebuilt producer

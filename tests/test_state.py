@@ -212,6 +212,53 @@ def test_a_delivery_report_resolves_a_dead_letter(state: State) -> None:
     assert state.commit_batch(records(0, 1)).already_known == 1
 
 
+def test_the_last_delivered_job_is_the_same_whether_the_sender_names_it_or_not(tmp_path: Path) -> None:
+    def last_jobid(named: bool) -> list[int | None]:
+        seen = []
+        with State.open(tmp_path / str(named)) as s:
+            s.commit_batch(records(0, 6))
+            s.dead_letter(seq_of(s, "r000000005"), "refused")
+            pending = {r.rid: r for r in s.pending()}
+            held = {d.rid: d.seq for d in s.dead_letters()}
+            for reports in (["r000000001", "r000000003"], ["r000000000", "r000000003"], ["r000000005"]):
+                seqs = [pending[rid].seq if rid in pending else held[rid] for rid in reports]
+                jobids = [int(rid[1:]) if named else None for rid in reports]
+                s.mark_delivered([Delivery(q, 0, 0, j) for q, j in zip(seqs, jobids, strict=True)])
+                seen.append(s.stats().last_delivered_jobid)
+        return seen
+
+    # The last report of a batch that was still waiting (or dead-lettered) names the job.
+    assert last_jobid(named=True) == last_jobid(named=False) == [3, 0, 5]
+
+
+def test_a_batch_is_committed_synced_and_reports_are_settled_unsynced(tmp_path: Path) -> None:
+    """Settling runs with synchronous = NORMAL (a power cut can only repeat sends); the next
+    commit of records runs with the state's own setting again, so its flush covers both."""
+    def synchronous(s: State) -> int:
+        with s._reading("test") as db:
+            return int(db.execute("PRAGMA synchronous").fetchone()[0])
+
+    full, normal = 2, 1
+    with State.open(tmp_path / "full") as s:
+        s.commit_batch(records(0, 3))
+        assert synchronous(s) == full
+        s.mark_delivered([Delivery(r.seq, 0, 0, r.jobid) for r in s.pending()])
+        assert synchronous(s) == normal
+        s.commit_batch(records(3, 4), position=at(10))
+        assert synchronous(s) == full
+        assert s.stats().delivered_total == 3
+    with State.open(tmp_path / "normal", synchronous="normal") as s:
+        s.commit_batch(records(0, 3))
+        s.mark_delivered([Delivery(r.seq, 0, 0) for r in s.pending()])
+        s.commit_batch(records(3, 4))
+        assert synchronous(s) == normal
+
+
+def test_a_new_state_has_16_kib_pages(tmp_path: Path) -> None:
+    with State.open(tmp_path / "new") as s, s._reading("test") as db:
+        assert db.execute("PRAGMA page_size").fetchone()[0] == 16384
+
+
 def test_prune_delivered_forgets_old_ids_and_counts_them(state: State) -> None:
     state.commit_batch(records(0, 3))
     state.mark_delivered([Delivery(r.seq, 0, r.seq) for r in state.pending()])

@@ -42,12 +42,16 @@ class Database:
     """One open state database: opening (checked, never reset), closing, transactions under one
     lock, statistics. :class:`jobcompd.state.State` adds what is stored in it."""
 
-    def __init__(self, db: sqlite3.Connection, path: Path, *, readonly: bool) -> None:
+    def __init__(
+        self, db: sqlite3.Connection, path: Path, *, readonly: bool, synchronous: str = "FULL"
+    ) -> None:
         """Wrap an open, checked connection; use `State.open` instead."""
         self._db: sqlite3.Connection | None = db
         self._lock = threading.Lock()
         self.path = path
         self.readonly = readonly
+        self._synchronous = synchronous  # as opened: what a transaction gets unless told otherwise
+        self._connection_synchronous = synchronous  # the connection's PRAGMA synchronous now
 
     @classmethod
     def open(
@@ -157,7 +161,7 @@ class Database:
             for suffix in ("", "-wal", "-shm"):
                 with suppress(FileNotFoundError):
                     os.chmod(_sidecar(path, suffix), 0o600)
-        return cls(db, path, readonly=False)
+        return cls(db, path, readonly=False, synchronous=synchronous)
 
     def close(self) -> None:
         """Close the database; later calls raise `StateError`. Closing twice is harmless."""
@@ -226,12 +230,20 @@ class Database:
         )
 
     @contextmanager
-    def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, action: str, *, synced: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction. ``synced=False`` skips its flush to disk (``synchronous =
+        NORMAL``): it survives a crash of jobcompd, and a power loss once the next synced
+        transaction (or checkpoint) is on disk, as the write-ahead log is written in order. For
+        what a power loss may only repeat, never lose: settling delivery reports."""
         if self.readonly:
             raise StateError(self.path, f"cannot {action}: opened read-only", RECOVER_READONLY)
         with self._lock:
             db = self._connection(action)
+            mode = self._synchronous if synced else "NORMAL"
             try:
+                if mode != self._connection_synchronous:
+                    db.execute(f"PRAGMA synchronous = {mode}")
+                    self._connection_synchronous = mode
                 db.execute("BEGIN IMMEDIATE")
                 yield db
                 db.execute("COMMIT")

@@ -19,6 +19,11 @@ APPLICATION_ID = 0x4A434D44
 
 BUSY_TIMEOUT_MS = 5000
 
+PAGE_SIZE = 16384
+"""Bytes per page of a state created now (SQLite's default is 4096). A batch's payloads then span
+a quarter of the pages, so committing it writes and checksums a quarter of the page headers and
+write-ahead log frames: about a quarter less time per record. States made earlier keep theirs."""
+
 SIDE_FILES = ("-wal", "-shm", "-journal")
 
 # ``known`` holds the id of every record ever spooled (and so spooled, dead-lettered or delivered):
@@ -212,6 +217,8 @@ def _configure(db: sqlite3.Connection, path: Path, synchronous: str, *, verify: 
     try:
         db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         new = _check_database(db, path, verify=verify)
+        if new:  # only an empty file takes a page size (a state in use keeps its own)
+            db.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         journal = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(journal).lower() != "wal":
             raise StateError(
