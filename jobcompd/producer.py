@@ -16,6 +16,7 @@ reports inside ``poll()``, on that same thread.
 from __future__ import annotations
 
 import collections
+import operator
 import queue
 import threading
 import time
@@ -36,14 +37,17 @@ __all__ = ["Sender", "SenderCounters", "SenderThread"]
 
 RECORD_ID_HEADER = "record_id"
 _STATS_INTERVAL_MS = 5000  # librdkafka's statistics: which brokers are up
-_OFFERED_BATCHES = 4
+# Memory is bounded by bytes, not records (a record may be a few hundred bytes or hundreds of kB):
+_OFFERED_BYTES = 4 << 20  # payloads of batches offered and not yet sent, at most
+_WINDOW_BYTES = 4 << 20  # payloads handed to librdkafka and not yet reported, at most (about)
 _STATE_RETRY_S = 1.0  # after the state refused to settle reports (disk full), wait before trying again
+_PAYLOAD = operator.attrgetter("payload")
 
 class Sender(ReportHandling):
     """Moves spooled records to Kafka and settles each one by its delivery report.
 
-    ``window`` bounds the records handed to librdkafka and not yet reported; the spool, not
-    librdkafka's queue, is where the backlog waits.
+    ``window`` bounds the records handed to librdkafka and not yet reported (and ``window_bytes``
+    their payloads); the spool, not librdkafka's queue, is where the backlog waits.
     """
 
     def __init__(
@@ -53,6 +57,7 @@ class Sender(ReportHandling):
         *,
         debug_jobcomp: bool = False,
         window: int = 5_000,
+        window_bytes: int = _WINDOW_BYTES,
         fetch: int = 2_000,
         logger: Any = None,
         producer_factory: Callable[[dict[str, Any]], Producer] = Producer,
@@ -61,6 +66,8 @@ class Sender(ReportHandling):
         self._kafka = kafka
         self._debug = debug_jobcomp
         self._window = window
+        self._window_bytes = window_bytes
+        self._in_flight_bytes = 0
         self._fetch = fetch
         self._log = logger or structlog.get_logger("jobcompd.producer")
         self._quiet = Quieter(self._log)
@@ -69,8 +76,11 @@ class Sender(ReportHandling):
         self._cursor = 0  # highest spool seq handed to librdkafka
         self._in_flight: dict[str, SpooledRecord] = {}
         self._backlog: list[SpooledRecord] = []  # fetched, not yet accepted by librdkafka
-        # Batches just spooled, handed over by the reader (another thread, in the daemon).
-        self._offered: collections.deque[Sequence[SpooledRecord]] = collections.deque()
+        # Batches just spooled, handed over by the reader (another thread, in the daemon), with
+        # the bytes of their payloads.
+        self._offered: collections.deque[tuple[Sequence[SpooledRecord], int]] = collections.deque()
+        self._offered_bytes = 0
+        self._offered_lock = threading.Lock()
         self._reports: list[tuple[KafkaError | None, Message]] = []
         self._rebuild = False
         self._spool_exhausted = False
@@ -132,7 +142,9 @@ class Sender(ReportHandling):
         producer = self._producer
         assert producer is not None
         self._backlog.clear()
-        self._offered.clear()
+        with self._offered_lock:
+            self._offered.clear()
+            self._offered_bytes = 0
         # A producer that hit a fatal error raises from every call: what it did not report
         # stays in the spool either way.
         with suppress(KafkaException):
@@ -149,6 +161,7 @@ class Sender(ReportHandling):
         self._settle()
         # Anything still unreported stays in the spool; start over from its first record.
         self._in_flight.clear()
+        self._in_flight_bytes = 0
         self._cursor = 0
         self._spool_exhausted = False
 
@@ -189,24 +202,28 @@ class Sender(ReportHandling):
 
         They are sent from memory when they come next in the spool, right after what was already
         sent; otherwise they are dropped here and read from the spool in their turn. A sender that
-        falls behind (a few batches offered already and not sent) drops what it holds, so a
+        falls behind (more than ``_OFFERED_BYTES`` offered and not sent) drops what it holds, so a
         backlog never waits in memory; a full window alone does not (its reports free it soon).
         """
         if not records:
             return
-        if len(self._offered) >= _OFFERED_BATCHES:
-            self._offered.clear()
-            return
-        self._offered.append(records)
+        size = sum(map(len, map(_PAYLOAD, records)))
+        with self._offered_lock:
+            if self._offered and self._offered_bytes + size > _OFFERED_BYTES:
+                self._offered.clear()
+                self._offered_bytes = 0
+                return
+            self._offered.append((records, size))
+            self._offered_bytes += size
 
     def _next_offered(self) -> Sequence[SpooledRecord] | None:
-        while True:
-            try:
-                records = self._offered.popleft()
-            except IndexError:
-                return None
-            if records[0].seq == self._cursor + 1:
-                return records
+        with self._offered_lock:
+            while self._offered:
+                records, size = self._offered.popleft()
+                self._offered_bytes -= size
+                if records[0].seq == self._cursor + 1:
+                    return records
+        return None
 
     def _produce_more(self) -> None:
         if self._spool_exhausted and (
@@ -215,7 +232,7 @@ class Sender(ReportHandling):
             # Records can reach the spool from elsewhere (``deadletter retry``): look again now
             # and then, at the plugin's poll_interval.
             self._spool_exhausted = False
-        while len(self._in_flight) < self._window:
+        while len(self._in_flight) < self._window and self._in_flight_bytes < self._window_bytes:
             if not self._backlog:
                 batch = self._next_offered()
                 if batch is None:
@@ -261,6 +278,7 @@ class Sender(ReportHandling):
             self.counters.dead_lettered += 1
             return True
         self._in_flight[record.rid] = record
+        self._in_flight_bytes += len(record.payload)
         self.counters.produced += 1
         return True
 

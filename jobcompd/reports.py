@@ -3,13 +3,13 @@ policy of :mod:`jobcompd.delivery`, the producer's own errors, and which brokers
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from confluent_kafka import KafkaError, Message
 
 from jobcompd.config import KafkaSettings
@@ -49,6 +49,7 @@ class ReportHandling:
     _quiet: Quieter
     _producer: Any
     _in_flight: dict[str, SpooledRecord]
+    _in_flight_bytes: int  # the payloads' of _in_flight
     _backlog: list[SpooledRecord]
     _reports: list[tuple[KafkaError | None, Message]]
     _rebuild: bool
@@ -73,9 +74,9 @@ class ReportHandling:
     def _on_stats(self, text: str) -> None:
         """librdkafka's statistics: count the brokers it has up (those it learned, else the
         bootstrap ones), and say once when none is and when one is again."""
-        try:
-            brokers = list(json.loads(text).get("brokers", {}).values())
-        except ValueError:
+        try:  # some 50 kB of JSON every statistics.interval.ms: orjson reads it in a third of the time
+            brokers = list(orjson.loads(text).get("brokers", {}).values())
+        except (ValueError, AttributeError):
             return
         learned = [b for b in brokers if b.get("nodeid", -1) >= 0] or brokers
         up = sum(1 for b in learned if b.get("state") == "UP")
@@ -146,7 +147,9 @@ class ReportHandling:
             self._state.record_attempts(attempts)
         self._reports = []
         for rid in rids:
-            in_flight.pop(rid, None)
+            sent_record = in_flight.pop(rid, None)
+            if sent_record is not None:
+                self._in_flight_bytes -= len(sent_record.payload)
         if self._debug:
             for record, delivery in zip(sent, delivered, strict=True):
                 self._log.info(

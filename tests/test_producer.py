@@ -10,7 +10,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from structlog.testing import capture_logs
 
 from jobcompd.config import load_settings
-from jobcompd.producer import Sender
+from jobcompd.producer import _OFFERED_BYTES, Sender
 from jobcompd.state import NewRecord, SpooledRecord, State
 from tests.brokers.mockcluster import MockCluster
 from tests.brokers.readback import consume_all
@@ -21,10 +21,13 @@ class CountingState(State):
     """The real State, counting how often the spool is read back."""
 
     reads = 0
+    records_read = 0
 
     def pending(self, *, after_seq: int = 0, limit: int = 1000) -> list[SpooledRecord]:
         self.reads += 1
-        return super().pending(after_seq=after_seq, limit=limit)
+        found = super().pending(after_seq=after_seq, limit=limit)
+        self.records_read += len(found)
+        return found
 
 
 def new(start: int, stop: int) -> list[NewRecord]:
@@ -67,6 +70,57 @@ def test_offered_records_go_out_once_in_spool_order_from_memory_or_read_back(
     got = consume_all(mock_cluster.bootstrap, "mycluster", expected=900, timeout=30)
     assert [m.key() for m in got] == [f"r{i:06d}".encode() for i in range(900)]
     assert [m.value() for m in got] == [b'{"jobid":%d}' % i for i in range(900)]
+
+
+def test_offered_batches_past_their_byte_bound_are_dropped_and_read_back(
+    mock_cluster: MockCluster, tmp_path: Path
+) -> None:
+    mock_cluster.create_topic("mycluster", 4)
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=60")
+    payload = b"y" * (_OFFERED_BYTES // 32)
+    with CountingState.open(env.state_dir, synchronous="normal") as state:
+        sender = Sender(state, load_settings(env.config).kafka)
+        batches = [
+            state.commit_batch([NewRecord(f"r{b}-{i:02d}", 100 * b + i, payload, "log") for i in range(12)])
+            for b in range(2)
+        ]
+        for batch in batches:  # 3/4 of the bound: both wait in memory
+            sender.offer(batch.fresh)
+        sender.wake()
+        send_all(sender, state)
+        assert state.records_read == 0, "offered records were read back from the spool"
+
+        more = [
+            state.commit_batch([NewRecord(f"s{b}-{i:02d}", 1000 + 100 * b + i, payload, "log") for i in range(12)])
+            for b in range(3)
+        ]
+        for batch in more:  # the third goes past the bound: what is held is let go
+            sender.offer(batch.fresh)
+        sender.wake()
+        send_all(sender, state)
+        assert state.records_read == 36, "records offered past the bound were kept in memory"
+        assert sender.close() == 0
+        assert state.stats().delivered_total == 60
+    assert len(consume_all(mock_cluster.bootstrap, "mycluster", expected=60, timeout=30)) == 60
+
+
+def test_the_window_bounds_the_bytes_handed_to_librdkafka(mock_cluster: MockCluster, tmp_path: Path) -> None:
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=60")
+    big = [NewRecord(f"r{i:06d}", i, b"x" * 10_000, "log") for i in range(20)]
+    with State.open(env.state_dir, synchronous="normal") as state:
+        for broker_id in mock_cluster.broker_ids:
+            mock_cluster.broker_down(broker_id)
+        sender = Sender(state, load_settings(env.config).kafka, window_bytes=50_000)
+        state.commit_batch(big)
+        sender.wake()
+        for _ in range(5):
+            sender.pump(0.05)
+        assert sender.counters.produced == 5  # 5 x 10 kB: the window is full, the rest waits in the spool
+        for broker_id in mock_cluster.broker_ids:
+            mock_cluster.broker_up(broker_id)
+        send_all(sender, state, timeout=60)
+        assert sender.counters.produced == 20
+        assert state.stats().delivered_total == 20
 
 
 def test_of_a_batch_with_records_already_known_the_new_ones_are_offered(tmp_path: Path) -> None:
