@@ -37,9 +37,10 @@ __all__ = ["Sender", "SenderCounters", "SenderThread"]
 
 RECORD_ID_HEADER = "record_id"
 _STATS_INTERVAL_MS = 5000  # librdkafka's statistics: which brokers are up
-# Memory is bounded by bytes, not records (a record may be a few hundred bytes or hundreds of kB):
-_OFFERED_BYTES = 4 << 20  # payloads of batches offered and not yet sent, at most
-_WINDOW_BYTES = 4 << 20  # payloads handed to librdkafka and not yet reported, at most (about)
+# Memory is bounded by bytes too, not only by records (a record may be a few hundred bytes or
+# hundreds of kB); for the usual ~1 kB record the counts bound first, as they did alone:
+_OFFERED_BYTES = 8 << 20  # payloads of batches offered and not yet sent, at most (~3 batches of 2,000)
+_WINDOW_BYTES = 8 << 20  # payloads handed to librdkafka and not yet reported, at most (about)
 _STATE_RETRY_S = 1.0  # after the state refused to settle reports (disk full), wait before trying again
 _PAYLOAD = operator.attrgetter("payload")
 
