@@ -29,6 +29,7 @@ from jobcompd.state import (
     State,
     StateError,
 )
+from jobcompd.state._spool import UNSYNCED_REPORTS
 from tests.jobcompd_env import mounted_tmpfs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -247,6 +248,20 @@ def test_a_batch_is_committed_synced_and_reports_are_settled_unsynced(tmp_path: 
         s.commit_batch(records(3, 4), position=at(10))
         assert synchronous(s) == full
         assert s.stats().delivered_total == 3
+    with State.open(tmp_path / "drain") as s:
+        # Draining a backlog with no new lines: a settlement is flushed once UNSYNCED_REPORTS
+        # records were settled without one, so a power cut repeats a bounded number.
+        s.commit_batch(records(0, UNSYNCED_REPORTS + 10))
+        waiting = s.pending(limit=10**9)
+        s.mark_delivered([Delivery(r.seq, 0, 0, r.jobid) for r in waiting[: UNSYNCED_REPORTS - 1]])
+        assert synchronous(s) == normal
+        s.mark_delivered([Delivery(r.seq, 0, 0, r.jobid) for r in waiting[UNSYNCED_REPORTS - 1 : -5]])
+        assert synchronous(s) == normal  # 5,004 settled unflushed: the next one flushes
+        s.mark_delivered([Delivery(r.seq, 0, 0, r.jobid) for r in waiting[-5:-3]])
+        assert synchronous(s) == full
+        s.mark_delivered([Delivery(r.seq, 0, 0, r.jobid) for r in waiting[-3:]])
+        assert synchronous(s) == normal
+        assert s.stats().delivered_total == UNSYNCED_REPORTS + 10
     with State.open(tmp_path / "normal", synchronous="normal") as s:
         s.commit_batch(records(0, 3))
         s.mark_delivered([Delivery(r.seq, 0, 0) for r in s.pending()])

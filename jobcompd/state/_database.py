@@ -52,6 +52,7 @@ class Database:
         self.readonly = readonly
         self._synchronous = synchronous  # as opened: what a transaction gets unless told otherwise
         self._connection_synchronous = synchronous  # the connection's PRAGMA synchronous now
+        self._unsynced_reports = 0  # records settled since a transaction was last flushed to disk
 
     @classmethod
     def open(
@@ -247,6 +248,8 @@ class Database:
                 db.execute("BEGIN IMMEDIATE")
                 yield db
                 db.execute("COMMIT")
+                if synced:
+                    self._unsynced_reports = 0
             except sqlite3.Error as exc:
                 _rollback(db)
                 raise _translate(self.path, action, exc) from exc

@@ -49,6 +49,10 @@ SELECT json_extract(value, '$[1]'), json_extract(value, '$[0]'), ?2 FROM json_ea
 ON CONFLICT (jobid, rid) DO NOTHING
 """
 
+UNSYNCED_REPORTS = 5000
+"""Records settled without a flush to disk at most (the sender's default window): after a power
+cut, at most these and the window are sent again."""
+
 BATCH_RECORDS = 4096
 """Most records one spool row holds (a commit of more makes several rows)."""
 
@@ -213,8 +217,11 @@ class Spool(Database):
         now = time.time()
         seqs = sorted({d.seq for d in deliveries})
         # A settlement lost to a power cut only sends its records again (the duplicates a crash
-        # may cause; each carries its id): not worth a flush to disk per report batch.
-        with self._transaction("record deliveries", synced=False) as db:
+        # may cause; each carries its id): not worth a flush to disk per report batch. The next
+        # commit of records flushes it; so does this one once UNSYNCED_REPORTS have piled up
+        # (draining a backlog while no line comes), which bounds what a power cut can repeat.
+        synced = self._unsynced_reports >= UNSYNCED_REPORTS
+        with self._transaction("record deliveries", synced=synced) as db:
             last_jobid = _last_jobid(db, deliveries)
             if last_jobid is None:
                 return 0
@@ -225,6 +232,8 @@ class Spool(Database):
                 ).rowcount
             _bump(db, delivered_total=removed)
             db.executemany(_SET, [("last_delivered_at", now), ("last_delivered_jobid", last_jobid)])
+        if not synced:
+            self._unsynced_reports += removed
         return removed
 
     def record_attempt(self, seq: int, error: str | None) -> None:
