@@ -153,6 +153,20 @@ if [ "$systemd" = yes ]; then
 fi
 mv "$manifest.new" "$manifest"
 
+# Without systemd there is no StateDirectory=: the state directory (an absolute [state] dir in
+# jobcompd.toml) is made here, private to the service user. An existing one is left as it is.
+if [ "$systemd" = no ] && [ "$root" = yes ] && [ -n "$group" ]; then
+    statedir=$("$prefix/bin/python" -c 'import sys, tomllib
+with open(sys.argv[1], "rb") as f:
+    d = tomllib.load(f).get("state", {}).get("dir")
+print(d if isinstance(d, str) and d.startswith("/") else "")' "$sysconfdir/jobcompd.toml" 2>/dev/null) \
+        || statedir=
+    if [ -n "$statedir" ] && [ ! -e "$statedir" ]; then
+        install -d -o "$user" -g "$group" -m 0700 "$statedir" \
+            && say "created the state directory $statedir (0700, $user:$group)"
+    fi
+fi
+
 say "checking the configuration as ${user}:"
 if [ "$root" = yes ] && [ -n "$group" ]; then
     "$prefix/bin/jobcompd" check-config -c "$sysconfdir/jobcompd.toml" --user "$user" >/dev/null \

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import stat
 import subprocess
 import sys
 import tarfile
@@ -54,8 +56,13 @@ def test_the_bundle_holds_everything_an_air_gapped_install_needs(bundle: Path) -
         assert (bundle / path).is_file(), path
 
 
+# No such user here: the files stay root's and, without systemd, no state directory is made (the
+# shipped jobcompd.toml names /var/lib/jobcompd, which a test must not create).
+NO_USER = ("--user", "jobcompd-test-no-such-user")
+
+
 def test_install_upgrade_and_uninstall_without_an_index(bundle: Path, tmp_path: Path) -> None:
-    first = install(bundle, tmp_path)
+    first = install(bundle, tmp_path, *NO_USER)
     assert first.returncode == 0, first.stdout + first.stderr
     program = tmp_path / "bin" / "jobcompd"
     # The bundle's wheel carries the compiled reader, built where `make dist` ran (asked without
@@ -78,7 +85,7 @@ def test_install_upgrade_and_uninstall_without_an_index(bundle: Path, tmp_path: 
 
     # Again: an upgrade in place that keeps the admin's configuration.
     toml.write_text(toml.read_text() + "# the admin's edit\n")
-    again = install(bundle, tmp_path)
+    again = install(bundle, tmp_path, *NO_USER)
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"kept {toml}" in again.stdout and toml.read_text().endswith("# the admin's edit\n")
 
@@ -88,6 +95,19 @@ def test_install_upgrade_and_uninstall_without_an_index(bundle: Path, tmp_path: 
     assert gone.returncode == 0, gone.stderr
     assert not (tmp_path / "opt").exists() and not program.exists() and not program.is_symlink()
     assert toml.exists() and f"kept the configuration in {tmp_path / 'etc'}" in gone.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a directory for another user needs root")
+def test_without_systemd_the_state_directory_is_made_for_the_service_user(bundle: Path, tmp_path: Path) -> None:
+    nobody = pwd.getpwnam("nobody")
+    state = tmp_path / "var" / "jobcompd"
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "jobcompd.toml").write_text(f'[state]\ndir = "{state}"\n')  # the admin's, kept
+    done = install(bundle, tmp_path, "--user", "nobody")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"created the state directory {state} (0700, nobody:" in done.stdout
+    made = state.stat()
+    assert (stat.S_IMODE(made.st_mode), made.st_uid, made.st_gid) == (0o700, nobody.pw_uid, nobody.pw_gid)
 
 
 def test_install_refuses_a_python_below_3_11(bundle: Path, tmp_path: Path) -> None:
