@@ -43,7 +43,7 @@ from jobcompd.tailer import LineBatch, Tailer
 __all__ = ["Daemon"]
 
 # The longest the main loop waits for lines, and how often the log's path is looked at without an
-# event (inotify wakes it at once). Each turn costs about half a millisecond of CPU when idle.
+# event (inotify wakes it at once). Each turn costs well under a millisecond of CPU when idle.
 _IDLE_WAIT_S = 2.0
 _STATE_RETRY_S = 1.0  # after a failed commit (disk full, read-only), wait before trying again
 _BACKPRESSURE_CHECK_S = 0.5

@@ -49,7 +49,7 @@ class ReportHandling:
     _quiet: Quieter
     _producer: Any
     _in_flight: dict[str, SpooledRecord]
-    _in_flight_bytes: int  # the payloads' of _in_flight
+    _in_flight_bytes: int  # bytes of the payloads in _in_flight
     _backlog: list[SpooledRecord]
     _reports: list[tuple[KafkaError | None, Message]]
     _rebuild: bool
