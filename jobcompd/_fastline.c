@@ -162,6 +162,8 @@ static inline void out_raw(outbuf *o, const char *s, size_t n) {
 }
 
 #define OUT_LIT(o, lit) out_raw((o), (lit), sizeof(lit) - 1)
+/* A key (with its comma and colon) and a text value as a JSON string. */
+#define OUT_STR_FIELD(o, key, t) do { OUT_LIT(o, key); out_str((o), (t).s, (t).n); } while (0)
 
 static void out_int(outbuf *o, int64_t v) {
     char tmp[24];
@@ -766,8 +768,7 @@ static int write_json(Encoder *self, const fields *f, Py_ssize_t line_len) {
         OUT_LIT(o, ",\"exit_code\":");
         out_exit(o, &f->exit);
     }
-    OUT_LIT(o, ",\"state\":");
-    out_str(o, f->state.s, f->state.n);
+    OUT_STR_FIELD(o, ",\"state\":", f->state);
     OUT_LIT(o, ",\"cpu_hours\":");
     int ok = out_cpu_hours(o, elapsed, f->cpus);
     if (ok <= 0) return ok;
@@ -794,38 +795,30 @@ static int write_json(Encoder *self, const fields *f, Py_ssize_t line_len) {
         }
     }
     if (!is_lit(f->work_dir, "unknown") && !is_lit(f->work_dir, "(null)")) {
-        OUT_LIT(o, ",\"work_dir\":");
-        out_str(o, f->work_dir.s, f->work_dir.n);
+        OUT_STR_FIELD(o, ",\"work_dir\":", f->work_dir);
     }
     if (!not_set(f->cluster) && !is_lit(f->cluster, "unknown")) {
-        OUT_LIT(o, ",\"cluster\":");
-        out_str(o, f->cluster.s, f->cluster.n);
+        OUT_STR_FIELD(o, ",\"cluster\":", f->cluster);
     }
     if (!not_set(f->qos)) {
-        OUT_LIT(o, ",\"qos\":");
-        out_str(o, f->qos.s, f->qos.n);
+        OUT_STR_FIELD(o, ",\"qos\":", f->qos);
     }
     if (f->has_limit) {
         OUT_LIT(o, ",\"time_limit\":");
         out_int(o, f->limit * 60);
     }
-    OUT_LIT(o, ",\"job_name\":");
-    out_str(o, f->name.s, f->name.n);
+    OUT_STR_FIELD(o, ",\"job_name\":", f->name);
     if (!not_set(f->resv)) {
-        OUT_LIT(o, ",\"reservation_name\":");
-        out_str(o, f->resv.s, f->resv.n);
+        OUT_STR_FIELD(o, ",\"reservation_name\":", f->resv);
     }
     if (!not_set(f->wckey)) {
-        OUT_LIT(o, ",\"wc_key\":");
-        out_str(o, f->wckey.s, f->wckey.n);
+        OUT_STR_FIELD(o, ",\"wc_key\":", f->wckey);
     }
     if (!not_set(f->tres)) {
-        OUT_LIT(o, ",\"tres_req\":");
-        out_str(o, f->tres.s, f->tres.n);
+        OUT_STR_FIELD(o, ",\"tres_req\":", f->tres);
     }
     if (!not_set(f->account)) {
-        OUT_LIT(o, ",\"account\":");
-        out_str(o, f->account.s, f->account.n);
+        OUT_STR_FIELD(o, ",\"account\":", f->account);
     }
     o->data[o->len++] = '}';
     return 1;
