@@ -10,7 +10,7 @@ three-broker Kafka in its own process, on loopback; a fresh one per measurement)
    "job delivered" log line, ``debug_jobcomp``) and write → a consumer receiving the message
    (matched by record id); then rsyslog imfile → omkafka on the same lines at the same rate, write →
    the same consumer (matched by the line's ``JobId=``), the like-for-like baseline;
-3. memory: the peak RSS of the daemon and its parse worker while a 1M-record backlog builds up
+3. memory: the peak RSS of the daemon (parse worker included, if any) while a 1M-record backlog builds up
    (brokers down) and drains;
 4. recovery: restart with 1M records in the spool: time to the first delivery and to an empty spool;
 5. idle: the CPU of the daemon and its parse worker over a quiet minute;
@@ -79,12 +79,12 @@ GOAL_IDLE_PCT = 0.1  # of one core
 
 TOPIC = "bench"
 WARMUP_LINES = 50
-WORKER_TAG = {True: "", False: " (parse_worker = false)"}
+WORKER_TAG = {False: "", True: " (parse_worker = true)"}
 MEASUREMENTS = (
     "replay",
-    "replay-inline",
+    "replay-worker",
     "daemon",
-    "daemon-inline",
+    "daemon-worker",
     "kcat",
     "rsyslog",
     "latency",
@@ -118,7 +118,7 @@ class Run:
         return max(180.0, (records or self.n) / 2_000)
 
     def env(
-        self, name: str, bootstrap: str, *, parse_worker: bool = True, log_deliveries: bool = False
+        self, name: str, bootstrap: str, *, parse_worker: bool = False, log_deliveries: bool = False
     ) -> JobcompdEnv:
         """A jobcompd configuration of its own under the workspace (state, log, rdkafka.conf).
 
@@ -133,7 +133,7 @@ class Run:
             params="requeue_on_msg_timeout",
             extra_toml=f"max_spool_records = {max(2 * self.n, 1_000_000)}\n"
             + ('[log]\nformat = "json"\ndebug_jobcomp = true\n' if log_deliveries else ""),
-            source_toml="" if parse_worker else "parse_worker = false\n",
+            source_toml="parse_worker = true\n" if parse_worker else "",
         )
 
 
@@ -166,9 +166,9 @@ def rate(records: int, seconds: float) -> float:
 # -- 1. throughput -------------------------------------------------------------------------------
 
 
-def throughput_replay(run: Run, *, parse_worker: bool = True) -> None:
+def throughput_replay(run: Run, *, parse_worker: bool = False) -> None:
     """``jobcompd replay`` of the N lines, timed from exec to exit (it exits once all are delivered)."""
-    key = "replay" if parse_worker else "replay-inline"
+    key = "replay-worker" if parse_worker else "replay"
     with mock_cluster(TOPIC, run.partitions) as cluster:
         env = run.env(key, cluster.bootstrap, parse_worker=parse_worker)
         argv = [JOBCOMPD, "replay", "--json", "-q", str(run.lines_file), "-c", str(env.config)]
@@ -205,9 +205,9 @@ def throughput_replay(run: Run, *, parse_worker: bool = True) -> None:
     )
 
 
-def throughput_daemon(run: Run, *, parse_worker: bool = True) -> None:
+def throughput_daemon(run: Run, *, parse_worker: bool = False) -> None:
     """The live daemon: N lines appended in bulk to its log, until the state counts N delivered."""
-    key = "daemon" if parse_worker else "daemon-inline"
+    key = "daemon-worker" if parse_worker else "daemon"
     with mock_cluster(TOPIC, run.partitions) as cluster:
         env = run.env(key, cluster.bootstrap, parse_worker=parse_worker)
         state = StateView(env.db)
@@ -717,12 +717,12 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
 
     for key, label in (
         ("replay", f"throughput `jobcompd replay`, {n} lines, exec → exit (last delivery report)"),
-        ("replay-inline", f"the same with `parse_worker = false` (one process), {n} lines"),
+        ("replay-worker", f"the same with `parse_worker = true` (a parse worker process), {n} lines"),
         (
             "daemon",
             f"throughput `jobcompd run`, {n} lines appended in bulk, first byte → last delivery report",
         ),
-        ("daemon-inline", f"the same with `parse_worker = false` (one process), {n} lines"),
+        ("daemon-worker", f"the same with `parse_worker = true` (a parse worker process), {n} lines"),
     ):
         goal = f"≥ {GOAL_RSYSLOG_RATIO:.1f}× rsyslog"
         if key in f:
@@ -763,7 +763,7 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
     else:
         rows.append((title, failed("latency-rsyslog"), "—", "—", "baseline"))
     mem = f.get("memory")
-    title = f"peak RSS of the daemon + parse worker, {n}-record backlog (brokers down, then up)"
+    title = f"peak RSS of the daemon (and its parse worker, if any), {n}-record backlog (brokers down, up)"
     if mem:
         rows.append(
             (
@@ -832,14 +832,14 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
 
 STEPS: dict[str, tuple[str, Callable[[Run], None]]] = {
     "replay": ("1. throughput: jobcompd replay", throughput_replay),
-    "replay-inline": (
-        "1. throughput: jobcompd replay, parse_worker = false",
-        functools.partial(throughput_replay, parse_worker=False),
+    "replay-worker": (
+        "1. throughput: jobcompd replay, parse_worker = true",
+        functools.partial(throughput_replay, parse_worker=True),
     ),
     "daemon": ("1. throughput: jobcompd run (live daemon)", throughput_daemon),
-    "daemon-inline": (
-        "1. throughput: jobcompd run, parse_worker = false",
-        functools.partial(throughput_daemon, parse_worker=False),
+    "daemon-worker": (
+        "1. throughput: jobcompd run, parse_worker = true",
+        functools.partial(throughput_daemon, parse_worker=True),
     ),
     "kcat": ("1. throughput baseline: kcat", baseline_kcat),
     "rsyslog": ("1. throughput baseline: rsyslog imfile → omkafka", baseline_rsyslog),

@@ -34,6 +34,7 @@ import jobcompd
 from jobcompd._parse_child import read_frame, write_frame
 from jobcompd.batch import ParseSpec, RecordBatch, parse_batch
 from jobcompd.config import SourceSettings
+from jobcompd.fastpath import PARSER
 from jobcompd.identity import Position
 from jobcompd.joining import unfinished_tail
 from jobcompd.record import DEFAULT_MAX_LINE_BYTES
@@ -276,7 +277,10 @@ class Ingestor:
         """The ingestor of ``jobcompd run`` and ``replay``: the log's zone, its line limit and the
         parse worker as ``[source]`` says; :meth:`close` it when done."""
         spec = ParseSpec(source.zone.spec, cluster, source.max_line_bytes)
-        worker = ParseWorker(logger=logger) if source.parse_worker else None
+        wanted = source.parse_worker
+        if wanted == "auto":  # a second core pays for itself on the Python reader only
+            wanted = PARSER != "compiled"
+        worker = ParseWorker(logger=logger) if wanted else None
         return cls(state, spec, worker=worker, logger=logger)
 
     @property

@@ -10,7 +10,9 @@ drop the rare duplicate a crash can cause (a message acknowledged by Kafka whose
 committed to the state is sent again after a restart).
 
 The worker is driven from one thread through :meth:`Sender.pump`; confluent-kafka serves delivery
-reports inside ``poll()``, on that same thread.
+reports inside ``poll()``, on that same thread. The reader may hand the records it just spooled to
+:meth:`Sender.send_now`, from its own thread: when the sender is caught up they are produced right
+there, without waiting for the sender thread to wake (the send side is under one lock).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from jobcompd.config import KafkaSettings
 from jobcompd.delivery import PRODUCER_STATE
 from jobcompd.logs import Quieter, librdkafka_logger
-from jobcompd.reports import ReportHandling, SenderCounters, _reason
+from jobcompd.reports import InFlight, ReportHandling, SenderCounters, _reason
 from jobcompd.state import SpooledRecord, State, StateError
 
 __all__ = ["Sender", "SenderCounters", "SenderThread"]
@@ -75,7 +77,7 @@ class Sender(ReportHandling):
         self._factory = producer_factory
         self._producer: Producer | None = None
         self._cursor = 0  # highest spool seq handed to librdkafka
-        self._in_flight: dict[str, SpooledRecord] = {}
+        self._in_flight: dict[str, InFlight] = {}
         self._backlog: list[SpooledRecord] = []  # fetched, not yet accepted by librdkafka
         # Batches just spooled, handed over by the reader (another thread, in the daemon), with
         # the bytes of their payloads.
@@ -83,6 +85,9 @@ class Sender(ReportHandling):
         self._offered_bytes = 0
         self._offered_lock = threading.Lock()
         self._reports: list[tuple[KafkaError | None, Message]] = []
+        # The send side — producing, the cursor, the backlog, what is in flight, settling — is used
+        # by the sender's thread and, through send_now, by the reader's.
+        self._send_lock = threading.RLock()
         self._rebuild = False
         self._spool_exhausted = False
         self._fetched_at = 0.0
@@ -119,27 +124,33 @@ class Sender(ReportHandling):
         sent twice.
         """
         rebuild = dict(kafka.producer_config()) != dict(self._kafka.producer_config())
-        if rebuild and self._producer is not None:
-            new = self._new_producer(kafka)  # raises on settings librdkafka refuses
-            self._log.info("rebuilding producer for changed librdkafka properties")
-            self._drain(self._kafka.params.flush_timeout)
-            self._producer = new
-        self._kafka = kafka
+        with self._send_lock:
+            if rebuild and self._producer is not None:
+                new = self._new_producer(kafka)  # raises on settings librdkafka refuses
+                self._log.info("rebuilding producer for changed librdkafka properties")
+                self._drain(self._kafka.params.flush_timeout)
+                self._producer = new
+            self._kafka = kafka
 
     def close(self, flush_timeout_ms: int | None = None) -> int:
         """Stop: flush up to ``flush_timeout`` ms, settle reports; return what is left unacknowledged.
 
         Whatever is left stays in the spool and is sent again at the next start.
         """
-        if self._producer is None:
-            return 0
-        if flush_timeout_ms is None:
-            flush_timeout_ms = self._kafka.params.flush_timeout
-        self._drain(flush_timeout_ms)
-        self._producer = None
+        with self._send_lock:
+            if self._producer is None:
+                return 0
+            if flush_timeout_ms is None:
+                flush_timeout_ms = self._kafka.params.flush_timeout
+            self._drain(flush_timeout_ms)
+            self._producer = None
         return self._state.spool_depth()
 
     def _drain(self, flush_timeout_ms: int) -> None:
+        with self._send_lock:
+            self._drain_locked(flush_timeout_ms)
+
+    def _drain_locked(self, flush_timeout_ms: int) -> None:
         producer = self._producer
         assert producer is not None
         self._backlog.clear()
@@ -177,12 +188,13 @@ class Sender(ReportHandling):
 
         Returns the number of delivery reports settled.
         """
-        if self._producer is None:
-            self.start()
-        if self._rebuild:
-            self._rebuild_after_fatal()
-        self._produce_more()
-        producer = self._producer
+        with self._send_lock:
+            if self._producer is None:
+                self.start()
+            if self._rebuild:
+                self._rebuild_after_fatal()
+            self._produce_more()
+            producer = self._producer
         assert producer is not None
         try:
             producer.poll(timeout if not self._reports else 0)
@@ -198,24 +210,51 @@ class Sender(ReportHandling):
         """New records were spooled: look for them at the next pump."""
         self._spool_exhausted = False
 
-    def offer(self, records: Sequence[SpooledRecord]) -> None:
+    def send_now(self, records: Sequence[SpooledRecord]) -> bool:
+        """Produce records just spooled on the caller's thread, if the sender is caught up: nothing
+        fetched and waiting, these next in the spool, room for them all in the window, and the send
+        side not busy. ``False``: nothing was done (:meth:`offer` them instead)."""
+        if not records or not self._send_lock.acquire(blocking=False):
+            return False
+        try:
+            if (
+                self._producer is None
+                or self._rebuild
+                or self._backlog
+                or records[0].seq != self._cursor + 1
+                or len(self._in_flight) + len(records) > self._window
+                or self._in_flight_bytes >= self._window_bytes
+            ):
+                return False
+            self._cursor = records[-1].seq
+            self._backlog = list(reversed(records))  # what librdkafka refuses waits for the sender
+            while self._backlog and self._produce(self._backlog[-1]):
+                self._backlog.pop()
+            return True
+        finally:
+            self._send_lock.release()
+
+    def offer(self, records: Sequence[SpooledRecord]) -> bool:
         """Records just spooled (`BatchResult.fresh`), to send without reading them back; thread-safe.
 
         They are sent from memory when they come next in the spool, right after what was already
-        sent; otherwise they are dropped here and read from the spool in their turn. A sender that
-        falls behind (more than ``_OFFERED_BYTES`` offered and not sent) drops what it holds, so a
-        backlog never waits in memory; a full window alone does not (its reports free it soon).
+        sent. A sender that falls behind (more than ``_OFFERED_BYTES`` offered and not sent) or
+        whose window is full (brokers down or slow) drops what it holds and what it is offered, so
+        a backlog waits in the spool, not in memory. ``False``: dropped; call :meth:`wake`, and
+        they are read from the spool in their turn.
         """
         if not records:
-            return
+            return True
         size = sum(map(len, map(_PAYLOAD, records)))
+        full = len(self._in_flight) >= self._window or self._in_flight_bytes >= self._window_bytes
         with self._offered_lock:
-            if self._offered and self._offered_bytes + size > _OFFERED_BYTES:
+            if full or (self._offered and self._offered_bytes + size > _OFFERED_BYTES):
                 self._offered.clear()
                 self._offered_bytes = 0
-                return
+                return False
             self._offered.append((records, size))
             self._offered_bytes += size
+        return True
 
     def _next_offered(self) -> Sequence[SpooledRecord] | None:
         with self._offered_lock:
@@ -274,12 +313,16 @@ class Sender(ReportHandling):
                 self._rebuild = True
                 return False
             reason = _reason(error)
-            self._dead_lettered(record, reason, "record refused by librdkafka, dead-lettered")
+            event = "record refused by librdkafka, dead-lettered"
+            self._dead_lettered(record.jobid, record.rid, reason, event)
             self._state.dead_letter_many({record.seq: reason})
             self.counters.dead_lettered += 1
             return True
-        self._in_flight[record.rid] = record
-        self._in_flight_bytes += len(record.payload)
+        size = len(record.payload)
+        # Its payload is not kept: librdkafka has a copy, and a report that asks for the record
+        # again (a timeout to requeue) brings it back.
+        self._in_flight[record.rid] = (record.seq, record.jobid, size)
+        self._in_flight_bytes += size
         self.counters.produced += 1
         return True
 
@@ -292,14 +335,19 @@ class SenderThread(threading.Thread):
         self.sender = sender
         self._log = log
         self._wake = threading.Event()
+        self._look = False  # records were spooled and not offered: read the spool
         self._halt = threading.Event()  # not _stop: that would shadow Thread._stop()
         self._calls: queue.Queue[tuple[Callable[[], Any], queue.Queue[Any]]] = queue.Queue()
         self.error: BaseException | None = None
         self.left_in_spool = 0
 
     def offer(self, records: Sequence[SpooledRecord]) -> None:
-        """New records are in the spool, and here they are (see :meth:`Sender.offer`)."""
-        self.sender.offer(records)
+        """New records are in the spool, and here they are: produced at once if the sender is
+        caught up (:meth:`Sender.send_now`), else left for the sender (:meth:`Sender.offer`) or,
+        if it holds too much, for it to read from the spool."""
+        sender = self.sender
+        if not sender.send_now(records) and not sender.offer(records):
+            self._look = True
         self._wake.set()
 
     def call(self, fn: Callable[[], Any], timeout: float | None = None) -> Any:
@@ -325,7 +373,9 @@ class SenderThread(threading.Thread):
                 self._serve_calls()
                 if self._wake.is_set():
                     self._wake.clear()
-                    sender.wake()
+                    if self._look:
+                        self._look = False
+                        sender.wake()
                 if sender.idle():
                     # Nothing in flight: sleep until a batch is committed (or a poll_interval
                     # passes, to pick up records that reach the spool another way).

@@ -133,7 +133,6 @@ class Replayer:
                     break
                 self.summary.files += 1
                 for consumed in self._read_file(name):
-                    sender.wake()
                     self._send_while_full(progress, done_before + consumed)
                     sender.pump(0)
                     if progress:
@@ -232,7 +231,8 @@ class Replayer:
                 if len(ahead) > 1 or (ahead and not lines):
                     read = len(ahead.head.prepared.lines)
                     result = ahead.commit()
-                    self._sender.offer(result.fresh)
+                    if not self._sender.offer(result.fresh):
+                        self._sender.wake()  # read them from the spool
                     self.summary.lines += read
                     self.summary.records += result.spooled
                     self.summary.already_known += result.already_known

@@ -4,6 +4,7 @@ policy of :mod:`jobcompd.delivery`, the producer's own errors, and which brokers
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,11 @@ from jobcompd.delivery import Outcome, outcome
 from jobcompd.logs import Quieter
 from jobcompd.state import Delivery, SpooledRecord, State
 
-__all__ = ["ReportHandling", "SenderCounters"]
+__all__ = ["InFlight", "ReportHandling", "SenderCounters"]
+
+# A record handed to librdkafka and not yet reported, by record id: its spool seq, job id and
+# payload size (the payload itself is librdkafka's now).
+InFlight = tuple[int, int, int]
 
 
 @dataclass(slots=True)
@@ -48,10 +53,11 @@ class ReportHandling:
     _log: Any
     _quiet: Quieter
     _producer: Any
-    _in_flight: dict[str, SpooledRecord]
-    _in_flight_bytes: int  # bytes of the payloads in _in_flight
+    _in_flight: dict[str, InFlight]
+    _in_flight_bytes: int  # bytes of the payloads of _in_flight
     _backlog: list[SpooledRecord]
     _reports: list[tuple[KafkaError | None, Message]]
+    _send_lock: threading.RLock
     _rebuild: bool
     counters: SenderCounters
     _produce: Callable[[SpooledRecord], bool]
@@ -91,12 +97,12 @@ class ReportHandling:
             counters.brokers_down_since = None
             self._log.info("Kafka brokers reachable again", up=up, after_s=round(down, 1))
 
-    def _dead_lettered(self, record: SpooledRecord, reason: str, event: str) -> None:
+    def _dead_lettered(self, jobid: int, rid: str, reason: str, event: str) -> None:
         """Log a dead letter: each one with ``debug_jobcomp``, else once a minute per reason."""
         if self._debug:
-            self._log.error(event, jobid=record.jobid, rid=record.rid, reason=reason)
+            self._log.error(event, jobid=jobid, rid=rid, reason=reason)
         else:
-            self._quiet.log(f"dead:{reason}", logging.ERROR, event, jobid=record.jobid, reason=reason)
+            self._quiet.log(f"dead:{reason}", logging.ERROR, event, jobid=jobid, reason=reason)
 
     def _settle(self) -> int:
         """Write the served delivery reports to the state, then forget them.
@@ -104,40 +110,45 @@ class ReportHandling:
         If the state cannot be written (disk full, read-only), nothing is forgotten: the reports
         stay queued and are settled again at the next pump, so no record is stranded.
         """
+        with self._send_lock:  # what is in flight is complete: no produce is half done
+            return self._settle_locked()
+
+    def _settle_locked(self) -> int:
         reports = self._reports
         if not reports:
             return 0
         delivered: list[Delivery] = []
         dead: dict[int, str] = {}
+        dead_records: list[tuple[int, int, str]] = []  # seq, job id, record id
         requeue: list[SpooledRecord] = []
         attempts: dict[int, str | None] = {}
-        dead_records: list[SpooledRecord] = []
         requeue_timeouts = self._kafka.params.requeue_on_msg_timeout
         in_flight = self._in_flight
         rids: list[str] = []
-        sent: list[SpooledRecord] = []
+        sent: list[str] = []
         for error, message in reports:
             key = message.key()
             rid = key.decode() if isinstance(key, bytes) else str(key)
             rids.append(rid)
-            record = in_flight.get(rid)
-            if record is None:
+            entry = in_flight.get(rid)
+            if entry is None:
                 continue  # not sent by this producer: if it is still spooled, it is sent again
+            seq, jobid, _ = entry
             fate = outcome(error, requeue_on_msg_timeout=requeue_timeouts, rebuilding=self._rebuild)
             if fate is Outcome.DELIVERED or error is None:
-                delivered.append(
-                    Delivery(record.seq, message.partition() or 0, message.offset() or 0, record.jobid)
-                )
-                sent.append(record)
+                delivered.append(Delivery(seq, message.partition() or 0, message.offset() or 0, jobid))
+                sent.append(rid)
             elif fate is Outcome.REBUILD:
                 self._rebuild = True  # stays in the spool, for the rebuilt producer
-                attempts[record.seq] = _reason(error)
+                attempts[seq] = _reason(error)
             elif fate is Outcome.REQUEUE:
-                requeue.append(record)
-                attempts[record.seq] = _reason(error)
+                reason = _reason(error)
+                # Produced again from the report's own copy of the payload.
+                requeue.append(SpooledRecord(seq, rid, jobid, message.value() or b"", "", 0.0, 0, reason))
+                attempts[seq] = reason
             elif fate is Outcome.DEAD_LETTER:
-                dead[record.seq] = _reason(error)
-                dead_records.append(record)
+                dead[seq] = _reason(error)
+                dead_records.append((seq, jobid, rid))
         # Durable first (each call is idempotent, so a retry after a partial failure is safe).
         if delivered:
             self._state.mark_delivered(delivered)
@@ -147,15 +158,15 @@ class ReportHandling:
             self._state.record_attempts(attempts)
         self._reports = []
         for rid in rids:
-            sent_record = in_flight.pop(rid, None)
-            if sent_record is not None:
-                self._in_flight_bytes -= len(sent_record.payload)
+            entry = in_flight.pop(rid, None)
+            if entry is not None:
+                self._in_flight_bytes -= entry[2]
         if self._debug:
-            for record, delivery in zip(sent, delivered, strict=True):
+            for rid, delivery in zip(sent, delivered, strict=True):
                 self._log.info(
                     "job delivered",
-                    jobid=record.jobid,
-                    rid=record.rid,
+                    jobid=delivery.jobid,
+                    rid=rid,
                     partition=delivery.partition,
                     offset=delivery.offset,
                 )
@@ -171,9 +182,9 @@ class ReportHandling:
                                 jobid=record.jobid)
             if not self._produce(record):
                 self._backlog.append(record)
-        for record in dead_records:
+        for seq, jobid, rid in dead_records:
             self.counters.dead_lettered += 1
-            self._dead_lettered(record, dead[record.seq], "delivery failed, dead-lettered")
+            self._dead_lettered(jobid, rid, dead[seq], "delivery failed, dead-lettered")
         return len(reports)
 
     def _rebuild_after_fatal(self) -> None:

@@ -753,13 +753,14 @@ def test_unknown_keys_are_errors(tmp_path: Path) -> None:
     ]
 
 
-def test_parse_worker_is_on_unless_turned_off(tmp_path: Path) -> None:
-    assert load(write(tmp_path, minimal())).source.parse_worker is True
-    off = minimal().replace('timezone = "UTC"\n', 'timezone = "UTC"\nparse_worker = false\n')
-    assert load(write(tmp_path, off)).source.parse_worker is False
+def test_parse_worker_is_auto_unless_set(tmp_path: Path) -> None:
+    assert load(write(tmp_path, minimal())).source.parse_worker == "auto"
+    for text, value in (("false", False), ("true", True), ('"auto"', "auto")):
+        set_ = minimal().replace('timezone = "UTC"\n', f'timezone = "UTC"\nparse_worker = {text}\n')
+        assert load(write(tmp_path, set_)).source.parse_worker == value
     wrong = minimal().replace('timezone = "UTC"\n', 'timezone = "UTC"\nparse_worker = "on"\n')
     path = write(tmp_path, wrong)
-    assert failures(path) == [f"{path}: source.parse_worker: expected a boolean (true or false), got string 'on'"]
+    assert failures(path) == [f"{path}: source.parse_worker: expected true, false or \"auto\", got string 'on'"]
 
 
 def test_wrong_types_name_the_key_and_the_expected_type(tmp_path: Path) -> None:
@@ -971,7 +972,7 @@ def test_redacted_hides_secrets_only(tmp_path: Path) -> None:
         "start_at": "beginning",
         "poll": False,
         "max_line_bytes": 65536,
-        "parse_worker": True,
+        "parse_worker": "auto",
     }
     assert shown["config_path"] == str(path)
     assert shown["kafka"]["rdkafka_conf"] == str(tmp_path / "rdkafka.conf")

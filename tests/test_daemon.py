@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from jobcompd import fastpath
 from jobcompd.config import load_settings
 from jobcompd.daemon import Daemon
 from jobcompd.identity import FileIdentity, Position
@@ -171,10 +172,12 @@ def test_rotation_while_stopped(kafka: MockCluster, env: JobcompdEnv, daemon: Da
     assert_all_arrived(kafka, env, lines)
 
 
-@pytest.mark.parametrize("parse_worker", [True, False])
-def test_backlog_and_trickle_arrive_exactly_once(kafka: MockCluster, tmp_path: Path, parse_worker: bool) -> None:
-    source = "" if parse_worker else "parse_worker = false\n"  # on by default
+@pytest.mark.parametrize("parse_worker", ["true", "false", "auto"])
+def test_backlog_and_trickle_arrive_exactly_once(kafka: MockCluster, tmp_path: Path, parse_worker: str) -> None:
+    # "auto" (the default): a worker only where the compiled reader is not in use.
+    source = "" if parse_worker == "auto" else f"parse_worker = {parse_worker}\n"
     env = JobcompdEnv(tmp_path, kafka.bootstrap, params="poll_interval=1", source_toml=source)
+    wanted = parse_worker == "true" or (parse_worker == "auto" and fastpath.PARSER != "compiled")
     lines = mixed_lines(25_050, seed=31)
     log = env.log_path
     assert log is not None
@@ -187,7 +190,7 @@ def test_backlog_and_trickle_arrive_exactly_once(kafka: MockCluster, tmp_path: P
                 time.sleep(0.01)
         assert_all_arrived(kafka, env, lines)
         children = parse_workers(proc.proc.pid)
-        assert bool(children) is parse_worker, children
+        assert bool(children) is wanted, children
         assert proc.stop() == 0
     with closing(sqlite3.connect(env.db)) as db:
         assert db.execute("SELECT line_no, raw FROM quarantine").fetchall() == [(25_001, b"not a record\n")]
@@ -579,6 +582,8 @@ HOSTILE = (
 def test_real_records_arrive_and_poison_lines_cost_only_themselves(
     kafka: MockCluster, env: JobcompdEnv, daemon: DaemonProcess
 ) -> None:
+    env.source_toml = "parse_worker = true\n"  # poison in the parse worker's batches too
+    env.write_config()
     daemon.start()
     real = REAL_LOG.read_bytes().splitlines(keepends=True)  # 43 jobs, one of them on two lines
     good = mixed_lines(400, seed=41)

@@ -27,9 +27,9 @@ PRODUCE = 0
 
 def test_replay_50k_lines_arrive_exactly_once(broker: Broker, tmp_path: Path) -> None:
     broker.create_topic("mycluster", partitions=16)
-    # Big batches: parsed in the parse worker (on by default; the other replay tests have batches
-    # small enough to be parsed in-process).
-    env = JobcompdEnv(tmp_path, broker.bootstrap)
+    # Big batches, parsed in a parse worker (the other replay tests run the default, which has
+    # none with the compiled reader).
+    env = JobcompdEnv(tmp_path, broker.bootstrap, source_toml="parse_worker = true\n")
     lines = mixed_lines(50_000, seed=11)
     log = tmp_path / "jobcomp.log"
     log.write_bytes(b"".join(lines))

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from jobcompd.config._reader import _did_you_mean, _os_reason, _toml_error
+from jobcompd.config._reader import _did_you_mean, _os_reason, _toml_error, _toml_type
 from jobcompd.config.properties import KafkaSection
 from jobcompd.config.settings import (
     _SECTIONS,
@@ -149,7 +149,7 @@ class _Builder(KafkaSection):
         start_at = self._choice(table, "source", "start_at", ("beginning", "end"), SourceSettings.start_at)
         poll = self._get(table, "source", "poll", bool)
         max_line_bytes = self._count(table, "source", "max_line_bytes", SourceSettings.max_line_bytes, 1)
-        parse_worker = self._get(table, "source", "parse_worker", bool)
+        parse_worker = self._parse_worker(table)
         if zone is None:
             return None
         return SourceSettings(
@@ -158,8 +158,18 @@ class _Builder(KafkaSection):
             start_at=cast(Literal["beginning", "end"], start_at),
             poll=bool(poll),
             max_line_bytes=max_line_bytes,
-            parse_worker=parse_worker is not False,
+            parse_worker=parse_worker,
         )
+
+    def _parse_worker(self, table: dict[str, Any]) -> bool | Literal["auto"]:
+        value = table.get("parse_worker", SourceSettings.parse_worker)
+        if isinstance(value, bool) or value == "auto":
+            return cast(bool | Literal["auto"], value)
+        self.error(
+            "source.parse_worker",
+            f'expected true, false or "auto", got {_toml_type(value)} {value!r}',
+        )
+        return SourceSettings.parse_worker
 
     def _source_path(self, explicit: str | None, slurm: SlurmConf | None) -> Path:
         filetxt = slurm is not None and (slurm.job_comp_type or "").lower() == "jobcomp/filetxt"

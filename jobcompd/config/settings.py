@@ -106,7 +106,7 @@ class SourceSettings:
     start_at: Literal["beginning", "end"] = "beginning"
     poll: bool = False
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
-    parse_worker: bool = True
+    parse_worker: bool | Literal["auto"] = "auto"  # "auto": only on the Python reader
 
     @property
     def timezone(self) -> str:
