@@ -123,6 +123,58 @@ def test_the_window_bounds_the_bytes_handed_to_librdkafka(mock_cluster: MockClus
         assert state.stats().delivered_total == 20
 
 
+def test_send_now_produces_on_the_callers_thread_only_when_the_sender_is_caught_up(
+    mock_cluster: MockCluster, tmp_path: Path
+) -> None:
+    mock_cluster.create_topic("mycluster", 1)  # one partition: the order is visible
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=60")
+    with CountingState.open(env.state_dir, synchronous="normal") as state:
+        sender = Sender(state, load_settings(env.config).kafka, window=250)
+        sender.start()
+        first = state.commit_batch(new(0, 100))
+        assert sender.send_now(first.fresh)  # next in the spool (seq 1): produced here and now
+        assert sender.counters.produced == 100
+        second = state.commit_batch(new(100, 300))
+        assert not sender.send_now(second.fresh)  # 100 + 200 would not fit in the window of 250
+        assert sender.counters.produced == 100
+        third = state.commit_batch(new(300, 350))
+        assert not sender.send_now(third.fresh)  # not next: 100-299 come first
+        sender.wake()
+        send_all(sender, state)  # the sender reads 100-349 from the spool
+        reads = state.records_read
+        fourth = state.commit_batch(new(350, 400))
+        assert sender.send_now(fourth.fresh)  # caught up again
+        send_all(sender, state)
+        assert state.records_read == reads and sender.close() == 0
+        assert state.stats().delivered_total == 400
+    got = consume_all(mock_cluster.bootstrap, "mycluster", expected=400, timeout=30)
+    assert [m.key() for m in got] == [f"r{i:06d}".encode() for i in range(400)]
+
+
+def test_offers_to_a_sender_with_a_full_window_are_dropped_and_read_back(
+    mock_cluster: MockCluster, tmp_path: Path
+) -> None:
+    mock_cluster.create_topic("mycluster", 4)
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=60")
+    with CountingState.open(env.state_dir, synchronous="normal") as state:
+        for broker_id in mock_cluster.broker_ids:
+            mock_cluster.broker_down(broker_id)
+        sender = Sender(state, load_settings(env.config).kafka, window=100)
+        state.commit_batch(new(0, 100))
+        sender.wake()
+        sender.pump(0.05)
+        assert sender.counters.produced == 100  # the window is full: no broker answers
+        later = state.commit_batch(new(100, 150))
+        assert not sender.offer(later.fresh)  # not held in memory while the brokers are down
+        sender.wake()
+        for broker_id in mock_cluster.broker_ids:
+            mock_cluster.broker_up(broker_id)
+        send_all(sender, state, timeout=60)
+        assert state.records_read == 150 and sender.close() == 0
+        assert state.stats().delivered_total == 150
+    assert len(consume_all(mock_cluster.bootstrap, "mycluster", expected=150, timeout=30)) == 150
+
+
 def test_of_a_batch_with_records_already_known_the_new_ones_are_offered(tmp_path: Path) -> None:
     with State.open(tmp_path / "state", synchronous="normal") as state:
         assert len(state.commit_batch(new(0, 3)).fresh) == 3

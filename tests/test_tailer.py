@@ -563,6 +563,35 @@ def test_missing_directory_is_waited_for_too(tmp_path: Path, pool: Pool, harness
     assert h.received == a
 
 
+def test_a_deleted_and_recreated_directory_is_watched_again(tmp_path: Path, pool: Pool, harness) -> None:
+    log = tmp_path / "slurm" / LOG
+    log.parent.mkdir()
+    h = harness(log, recheck_interval=0.3)
+    h.start()
+    with SlurmctldWriter(log) as w:
+        a = pool.take(2)
+        w.write(join(a))
+        h.wait_lines(2)
+    shutil.rmtree(log.parent)  # the watch goes with it
+    assert h.t.read(0.5) is None
+    log.parent.mkdir()
+    with SlurmctldWriter(log) as w:
+        b = pool.take(2)
+        w.write(join(b))
+        h.wait_lines(4)  # found by the re-check, which watches the directory again
+        h.t._recheck = 30.0  # from now on only an event can wake read() in time
+        line = pool.take(1)[0]
+        timer = threading.Timer(0.2, w.write, (line,))
+        started = time.monotonic()
+        timer.start()
+        batch = h.t.read(10.0)
+        timer.join()
+        assert batch is not None and batch.lines == [line]
+        assert time.monotonic() - started < 5.0
+        h.commit(batch)
+    assert h.received == a + b + [line]
+
+
 def test_deleted_and_recreated_file_is_drained_then_followed(
     log: Path, pool: Pool, harness
 ) -> None:
