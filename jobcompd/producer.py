@@ -35,13 +35,22 @@ from jobcompd.logs import Quieter, librdkafka_logger
 from jobcompd.reports import InFlight, ReportHandling, SenderCounters, _reason
 from jobcompd.state import SpooledRecord, State, StateError
 
-__all__ = ["Sender", "SenderCounters", "SenderThread"]
+__all__ = ["REPLAY_WINDOW", "WINDOW", "Sender", "SenderCounters", "SenderThread"]
 
 RECORD_ID_HEADER = "record_id"
 _STATS_INTERVAL_MS = 5000  # librdkafka's statistics: which brokers are up
 # Memory is bounded by bytes too, not only by records (a record may be a few hundred bytes or
 # hundreds of kB); for the usual ~1 kB record the counts bound first, as they did alone:
-_OFFERED_BYTES = 8 << 20  # payloads of batches offered and not yet sent, at most (~3 batches of 2,000)
+# Records handed to librdkafka and not yet reported, at most: at 50,000 records/s that is 50 ms of
+# records, several round trips to a broker; librdkafka holds a copy of each, so it is memory too.
+WINDOW = 2_500
+# replay pumps the sender between batches (2,000 lines) on its one thread: with less than two
+# batches' room, the reader runs ahead of it and the sender reads everything back from the spool.
+REPLAY_WINDOW = 5_000
+_OFFERED_BYTES = 8 << 20  # payloads of batches offered and not yet sent, at most (~7 batches)
+# … and while the window is full: a batch or two, what the sender takes next once reports come
+# (replay fills the window before each offer); not the 8 MiB that would wait while brokers are down.
+_OFFERED_BYTES_WINDOW_FULL = 2 << 20
 _WINDOW_BYTES = 8 << 20  # payloads handed to librdkafka and not yet reported, at most (about)
 _STATE_RETRY_S = 1.0  # after the state refused to settle reports (disk full), wait before trying again
 _PAYLOAD = operator.attrgetter("payload")
@@ -59,7 +68,7 @@ class Sender(ReportHandling):
         kafka: KafkaSettings,
         *,
         debug_jobcomp: bool = False,
-        window: int = 5_000,
+        window: int = WINDOW,
         window_bytes: int = _WINDOW_BYTES,
         fetch: int = 2_000,
         logger: Any = None,
@@ -238,17 +247,18 @@ class Sender(ReportHandling):
         """Records just spooled (`BatchResult.fresh`), to send without reading them back; thread-safe.
 
         They are sent from memory when they come next in the spool, right after what was already
-        sent. A sender that falls behind (more than ``_OFFERED_BYTES`` offered and not sent) or
-        whose window is full (brokers down or slow) drops what it holds and what it is offered, so
-        a backlog waits in the spool, not in memory. ``False``: dropped; call :meth:`wake`, and
-        they are read from the spool in their turn.
+        sent. A sender that falls behind (more than ``_OFFERED_BYTES`` offered and not sent, or
+        ``_OFFERED_BYTES_WINDOW_FULL`` while its window is full: brokers down or slow) drops what it
+        holds and what it is offered, so a backlog waits in the spool, not in memory. ``False``:
+        dropped; call :meth:`wake`, and they are read from the spool in their turn.
         """
         if not records:
             return True
         size = sum(map(len, map(_PAYLOAD, records)))
         full = len(self._in_flight) >= self._window or self._in_flight_bytes >= self._window_bytes
+        bound = _OFFERED_BYTES_WINDOW_FULL if full else _OFFERED_BYTES
         with self._offered_lock:
-            if full or (self._offered and self._offered_bytes + size > _OFFERED_BYTES):
+            if self._offered and self._offered_bytes + size > bound:
                 self._offered.clear()
                 self._offered_bytes = 0
                 return False
@@ -257,12 +267,19 @@ class Sender(ReportHandling):
         return True
 
     def _next_offered(self) -> Sequence[SpooledRecord] | None:
+        """The offered records that come next in the spool, if some were offered. A batch's seqs
+        follow each other: the part of one already read back from the spool is cut off, and one
+        that comes later waits, so the sender gets back to sending from memory after reading back."""
         with self._offered_lock:
             while self._offered:
-                records, size = self._offered.popleft()
+                records, size = self._offered[0]
+                sent = self._cursor + 1 - records[0].seq
+                if sent < 0:
+                    return None  # comes later: what is before it is read from the spool first
+                self._offered.popleft()
                 self._offered_bytes -= size
-                if records[0].seq == self._cursor + 1:
-                    return records
+                if sent < len(records):
+                    return records[sent:] if sent else records
         return None
 
     def _produce_more(self) -> None:

@@ -10,7 +10,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from structlog.testing import capture_logs
 
 from jobcompd.config import load_settings
-from jobcompd.producer import _OFFERED_BYTES, Sender
+from jobcompd.producer import _OFFERED_BYTES, _OFFERED_BYTES_WINDOW_FULL, Sender
 from jobcompd.state import NewRecord, SpooledRecord, State
 from tests.brokers.mockcluster import MockCluster
 from tests.brokers.readback import consume_all
@@ -151,11 +151,30 @@ def test_send_now_produces_on_the_callers_thread_only_when_the_sender_is_caught_
     assert [m.key() for m in got] == [f"r{i:06d}".encode() for i in range(400)]
 
 
-def test_offers_to_a_sender_with_a_full_window_are_dropped_and_read_back(
+def test_an_offered_batch_partly_read_back_is_sent_from_memory_for_the_rest(
+    mock_cluster: MockCluster, tmp_path: Path
+) -> None:
+    mock_cluster.create_topic("mycluster", 1)
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=60")
+    with CountingState.open(env.state_dir, synchronous="normal") as state:
+        sender = Sender(state, load_settings(env.config).kafka, fetch=150)
+        state.commit_batch(new(0, 100))  # spooled another way: never offered
+        offered = state.commit_batch(new(100, 200))
+        assert sender.offer(offered.fresh)
+        sender.wake()
+        send_all(sender, state)
+        assert state.records_read == 150  # 0-149 read back (one fetch); 150-199 from memory
+        assert sender.close() == 0
+    got = consume_all(mock_cluster.bootstrap, "mycluster", expected=200, timeout=30)
+    assert [m.key() for m in got] == [f"r{i:06d}".encode() for i in range(200)]
+
+
+def test_a_sender_with_a_full_window_holds_little_of_what_it_is_offered(
     mock_cluster: MockCluster, tmp_path: Path
 ) -> None:
     mock_cluster.create_topic("mycluster", 4)
     env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=60")
+    payload = b"z" * (_OFFERED_BYTES_WINDOW_FULL // 8)
     with CountingState.open(env.state_dir, synchronous="normal") as state:
         for broker_id in mock_cluster.broker_ids:
             mock_cluster.broker_down(broker_id)
@@ -164,15 +183,19 @@ def test_offers_to_a_sender_with_a_full_window_are_dropped_and_read_back(
         sender.wake()
         sender.pump(0.05)
         assert sender.counters.produced == 100  # the window is full: no broker answers
-        later = state.commit_batch(new(100, 150))
-        assert not sender.offer(later.fresh)  # not held in memory while the brokers are down
+        batches = [
+            state.commit_batch([NewRecord(f"s{b}-{i}", 1000 + 10 * b + i, payload, "log") for i in range(5)])
+            for b in range(2)
+        ]
+        assert sender.offer(batches[0].fresh)  # 5/8 of the bound: held, to be sent next
+        assert not sender.offer(batches[1].fresh)  # past it: nothing is held while brokers are down
         sender.wake()
         for broker_id in mock_cluster.broker_ids:
             mock_cluster.broker_up(broker_id)
         send_all(sender, state, timeout=60)
-        assert state.records_read == 150 and sender.close() == 0
-        assert state.stats().delivered_total == 150
-    assert len(consume_all(mock_cluster.bootstrap, "mycluster", expected=150, timeout=30)) == 150
+        assert state.records_read == 110 and sender.close() == 0
+        assert state.stats().delivered_total == 110
+    assert len(consume_all(mock_cluster.bootstrap, "mycluster", expected=110, timeout=30)) == 110
 
 
 def test_of_a_batch_with_records_already_known_the_new_ones_are_offered(tmp_path: Path) -> None:

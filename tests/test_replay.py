@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from jobcompd.producer import REPLAY_WINDOW
 from tests.brokers import Broker
 from tests.brokers.mockcluster import MockCluster
 from tests.brokers.readback import consume_all
@@ -118,8 +119,8 @@ def test_broker_outage_in_the_middle(mock_cluster: MockCluster, tmp_path: Path) 
     # librdkafka retries the requests that were in flight when the brokers went away. Kafka
     # de-duplicates them by the idempotent producer's sequence numbers; librdkafka's mock cluster
     # does not (it only does for transactional producers), so on it those retries show up as
-    # duplicates — bounded by what jobcompd lets be in flight (its window of 5,000 records).
-    bound = 5_000
+    # duplicates — bounded by what jobcompd lets be in flight (replay's window).
+    bound = REPLAY_WINDOW
     print(f"outage: {arrival.duplicates} duplicate(s) from protocol retries (bound {bound})")
     assert arrival.duplicates <= bound
 
