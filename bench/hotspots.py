@@ -41,7 +41,7 @@ _FRAME = re.compile(r"^(?P<func>.+?) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
 
 # Pipeline stages: a jobcompd frame (as `_short` writes it) and what its inclusive samples stand for.
 STAGES = (
-    ("Tailer.read (jobcompd/tailer.py)", "tailer: complete lines from the log"),
+    ("Tailer.read (jobcompd/tailer/__init__.py)", "tailer: complete lines from the log"),
     ("Ingestor.commit (jobcompd/ingest.py)", "ingest: wait for the parse + spool commit"),
     ("Spool.commit_batch (jobcompd/state/_spool.py)", "  State.commit_batch (SQLite insert)"),
     ("main (jobcompd/_parse_child.py)", "parse worker (child process): parse + encode + id + framing"),
@@ -52,7 +52,8 @@ STAGES = (
     ("Sender.pump (jobcompd/producer.py)", "sender: produce + poll + settle"),
     ("Spool.pending (jobcompd/state/_spool.py)", "  State.pending (spool fetch)"),
     ("Sender._produce (jobcompd/producer.py)", "  Sender._produce (Producer.produce)"),
-    ("Sender._on_delivery (jobcompd/producer.py)", "  Sender._on_delivery (report callbacks)"),
+    ("Sender.send_now (jobcompd/producer.py)", "  Sender.send_now (produced on the reader's thread)"),
+    ("ReportHandling._on_delivery (jobcompd/reports.py)", "  _on_delivery (report callbacks)"),
     ("Spool.mark_delivered (jobcompd/state/_spool.py)", "  State.mark_delivered (spool delete)"),
     ("Spool.spool_depth (jobcompd/state/_spool.py)", "State.spool_depth (count(*) on the spool)"),
 )
