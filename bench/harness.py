@@ -83,10 +83,14 @@ def rss_kb(pid: int) -> tuple[int, int]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` (all its threads), in seconds."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    """The CPU time of ``pid``'s live threads, in seconds: the scheduler's run time of each
+    (``/proc/PID/task/*/schedstat``, in ns), not utime + stime, which are counted in clock ticks
+    (10 ms) charged to whichever thread runs at the tick — too coarse for a quiet minute."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/schedstat") as fh:
+            total += int(fh.read().split()[0])
+    return total / 1e9
 
 
 def process_tree(pid: int) -> list[int]:
@@ -100,7 +104,8 @@ def process_tree(pid: int) -> list[int]:
 
 
 def tree_cpu_seconds(pid: int) -> float:
-    """`cpu_seconds` summed over `process_tree` (a child that exited meanwhile is not counted)."""
+    """`cpu_seconds` summed over `process_tree` (a thread or child that exited meanwhile is not
+    counted)."""
     total = 0.0
     for member in process_tree(pid):
         with contextlib.suppress(OSError):

@@ -608,7 +608,7 @@ def recovery(run: Run) -> None:
 
 
 def idle(run: Run) -> None:
-    """CPU (utime + stime, all threads, parse worker included) of a connected daemon, no writes."""
+    """CPU (the run time of every thread, parse worker included) of a connected daemon, no writes."""
     seconds = run.args.idle_seconds
     sample = run.workspace / "idle-lines.log"
     with open(run.lines_file, "rb") as src:
@@ -632,7 +632,7 @@ def idle(run: Run) -> None:
             cpu1, t1 = tree_cpu_seconds(daemon.proc.pid), time.monotonic()
     pct = 100 * (cpu1 - cpu0) / (t1 - t0)
     run.figures["idle"] = {"pct": pct, "seconds": t1 - t0}
-    print(f"  idle: {cpu1 - cpu0:.2f} s of CPU in {t1 - t0:.0f} s = {pct:.2f}% of one core")
+    print(f"  idle: {cpu1 - cpu0:.3f} s of CPU in {t1 - t0:.0f} s = {pct:.3f}% of one core")
 
 
 # -- profile -------------------------------------------------------------------------------------
@@ -798,7 +798,7 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
         rows.append(
             (
                 title,
-                f"{idle_f['pct']:.2f}% of one core",
+                f"{idle_f['pct']:.3f}% of one core",
                 f"≤ {GOAL_IDLE_PCT}%",
                 _met(idle_f["pct"] <= GOAL_IDLE_PCT),
                 "—",
