@@ -41,6 +41,12 @@ def send_all(sender: Sender, state: State, timeout: float = 30) -> None:
         sender.pump(0.05)
 
 
+def assert_sent_in_order(mock_cluster: MockCluster, count: int) -> None:
+    """Records r000000… arrived once each, in spool order (a one-partition topic)."""
+    got = consume_all(mock_cluster.bootstrap, "mycluster", expected=count, timeout=30)
+    assert [m.key() for m in got] == [f"r{i:06d}".encode() for i in range(count)]
+
+
 def test_offered_records_go_out_once_in_spool_order_from_memory_or_read_back(
     mock_cluster: MockCluster, tmp_path: Path
 ) -> None:
@@ -147,8 +153,7 @@ def test_send_now_produces_on_the_callers_thread_only_when_the_sender_is_caught_
         send_all(sender, state)
         assert state.records_read == reads and sender.close() == 0
         assert state.stats().delivered_total == 400
-    got = consume_all(mock_cluster.bootstrap, "mycluster", expected=400, timeout=30)
-    assert [m.key() for m in got] == [f"r{i:06d}".encode() for i in range(400)]
+    assert_sent_in_order(mock_cluster, 400)
 
 
 def test_an_offered_batch_partly_read_back_is_sent_from_memory_for_the_rest(
@@ -165,8 +170,7 @@ def test_an_offered_batch_partly_read_back_is_sent_from_memory_for_the_rest(
         send_all(sender, state)
         assert state.records_read == 150  # 0-149 read back (one fetch); 150-199 from memory
         assert sender.close() == 0
-    got = consume_all(mock_cluster.bootstrap, "mycluster", expected=200, timeout=30)
-    assert [m.key() for m in got] == [f"r{i:06d}".encode() for i in range(200)]
+    assert_sent_in_order(mock_cluster, 200)
 
 
 def test_a_sender_with_a_full_window_holds_little_of_what_it_is_offered(

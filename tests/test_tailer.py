@@ -350,20 +350,26 @@ def test_appends_single_lines_bursts_and_a_partial_line(log: Path, pool: Pool, h
     assert h.batches[-1].end_line_no == 502
 
 
+def assert_woken_by_write(h: Harness, w: SlurmctldWriter, line: bytes) -> None:
+    """``line`` written 0.2 s into a read() of up to 10 s: read() returns it well before its
+    re-check (the caller set a long one), woken by the directory watch."""
+    timer = threading.Timer(0.2, w.write, (line,))
+    started = time.monotonic()
+    timer.start()
+    batch = h.t.read(10.0)
+    timer.join()
+    assert batch is not None and batch.lines == [line]
+    assert time.monotonic() - started - 0.2 < 2.0
+    h.commit(batch)
+
+
 def test_a_written_line_wakes_read_by_its_event(log: Path, pool: Pool, harness) -> None:
     # No periodic re-check within the test: only the watchdog event can wake read() in time.
     h = harness(log, recheck_interval=30.0)
     with SlurmctldWriter(log) as w:
         h.start()
         for line in pool.take(3):
-            timer = threading.Timer(0.2, w.write, (line,))
-            started = time.monotonic()
-            timer.start()
-            batch = h.t.read(10.0)
-            timer.join()
-            assert batch is not None and batch.lines == [line]
-            assert time.monotonic() - started - 0.2 < 2.0
-            h.commit(batch)
+            assert_woken_by_write(h, w, line)
 
 
 def test_start_at_end_skips_what_is_there_once(log: Path, pool: Pool, harness) -> None:
@@ -581,14 +587,7 @@ def test_a_deleted_and_recreated_directory_is_watched_again(tmp_path: Path, pool
         h.wait_lines(4)  # found by the re-check, which watches the directory again
         h.t._recheck = 30.0  # from now on only an event can wake read() in time
         line = pool.take(1)[0]
-        timer = threading.Timer(0.2, w.write, (line,))
-        started = time.monotonic()
-        timer.start()
-        batch = h.t.read(10.0)
-        timer.join()
-        assert batch is not None and batch.lines == [line]
-        assert time.monotonic() - started < 5.0
-        h.commit(batch)
+        assert_woken_by_write(h, w, line)
     assert h.received == a + b + [line]
 
 
