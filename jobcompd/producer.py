@@ -231,8 +231,7 @@ class Sender(ReportHandling):
                 or self._rebuild
                 or self._backlog
                 or records[0].seq != self._cursor + 1
-                or len(self._in_flight) + len(records) > self._window
-                or self._in_flight_bytes >= self._window_bytes
+                or len(records) > self._room()
             ):
                 return False
             self._cursor = records[-1].seq
@@ -255,8 +254,7 @@ class Sender(ReportHandling):
         if not records:
             return True
         size = sum(map(len, map(_PAYLOAD, records)))
-        full = len(self._in_flight) >= self._window or self._in_flight_bytes >= self._window_bytes
-        bound = _OFFERED_BYTES_WINDOW_FULL if full else _OFFERED_BYTES
+        bound = _OFFERED_BYTES if self._room() else _OFFERED_BYTES_WINDOW_FULL
         with self._offered_lock:
             if self._offered and self._offered_bytes + size > bound:
                 self._offered.clear()
@@ -282,6 +280,12 @@ class Sender(ReportHandling):
                     return records[sent:] if sent else records
         return None
 
+    def _room(self) -> int:
+        """How many more records the window takes (0 once its records or its bytes are full)."""
+        if self._in_flight_bytes >= self._window_bytes:
+            return 0
+        return max(0, self._window - len(self._in_flight))
+
     def _produce_more(self) -> None:
         if self._spool_exhausted and (
             time.monotonic() - self._fetched_at >= self._kafka.params.poll_interval
@@ -289,7 +293,7 @@ class Sender(ReportHandling):
             # Records can reach the spool from elsewhere (``deadletter retry``): look again now
             # and then, at the plugin's poll_interval.
             self._spool_exhausted = False
-        while len(self._in_flight) < self._window and self._in_flight_bytes < self._window_bytes:
+        while self._room():
             if not self._backlog:
                 batch = self._next_offered()
                 if batch is None:
