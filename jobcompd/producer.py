@@ -181,6 +181,7 @@ class Sender(ReportHandling):
             producer.flush(0)
         self._settle()
         # Anything still unreported stays in the spool; start over from its first record.
+        self._backlog.clear()
         self._in_flight.clear()
         self._in_flight_bytes = 0
         self._cursor = 0
@@ -236,8 +237,7 @@ class Sender(ReportHandling):
                 return False
             self._cursor = records[-1].seq
             self._backlog = list(reversed(records))  # what librdkafka refuses waits for the sender
-            while self._backlog and self._produce(self._backlog[-1]):
-                self._backlog.pop()
+            self._produce_backlog(len(records))
             return True
         finally:
             self._send_lock.release()
@@ -293,7 +293,7 @@ class Sender(ReportHandling):
             # Records can reach the spool from elsewhere (``deadletter retry``): look again now
             # and then, at the plugin's poll_interval.
             self._spool_exhausted = False
-        while self._room():
+        while room := self._room():
             if not self._backlog:
                 batch = self._next_offered()
                 if batch is None:
@@ -307,44 +307,65 @@ class Sender(ReportHandling):
                         return
                 self._cursor = batch[-1].seq
                 self._backlog = list(reversed(batch))  # pop() from the end keeps spool order
-            if not self._produce(self._backlog[-1]):
+            if not self._produce_backlog(room):
                 return
-            self._backlog.pop()
 
-    def _produce(self, record: SpooledRecord) -> bool:
-        """Hand one record to librdkafka; ``False`` when its queue is full (backpressure)."""
+    def _produce_backlog(self, room: int) -> bool:
+        """Hand up to ``room`` records from the end of the backlog to librdkafka, while the window's
+        bytes allow; ``False`` when librdkafka refused one (backpressure, or a fatal error).
+
+        The loop of every record sent: one produce() and the bookkeeping, nothing else.
+        """
         producer = self._producer
         assert producer is not None
+        produce = producer.produce
+        topic = self._kafka.topic
+        backlog = self._backlog
+        in_flight = self._in_flight
+        budget = self._window_bytes - self._in_flight_bytes
+        end = max(0, len(backlog) - room)
+        sent = size = 0
         try:
-            producer.produce(
-                self._kafka.topic,
-                value=record.payload,
-                key=record.rid,
-                headers=[(RECORD_ID_HEADER, record.rid)],
-            )
-        except BufferError:
+            while len(backlog) > end and size < budget:
+                record = backlog[-1]
+                rid = record.rid
+                payload = record.payload
+                try:
+                    produce(topic, payload, rid, headers=[(RECORD_ID_HEADER, rid)])
+                except (BufferError, KafkaException) as exc:
+                    if not self._refused(record, exc):
+                        return False
+                    backlog.pop()
+                    continue
+                # Its payload is not kept: librdkafka has a copy, and a report that asks for the
+                # record again (a timeout to requeue) brings it back.
+                in_flight[rid] = (record.seq, record.jobid, len(payload))
+                size += len(payload)
+                sent += 1
+                backlog.pop()
+            return True
+        finally:
+            self._in_flight_bytes += size
+            self.counters.produced += sent
+
+    def _refused(self, record: SpooledRecord, exc: BufferError | KafkaException) -> bool:
+        """librdkafka refused ``record``: ``True`` if the record is at fault (it is dead-lettered),
+        ``False`` if librdkafka is (a full queue: wait; a fatal error: rebuild the producer)."""
+        if isinstance(exc, BufferError):
             self.counters.backpressure_waits += 1
             return False
-        except KafkaException as exc:
-            error: KafkaError = exc.args[0]
-            # A producer in a fatal state refuses every record with _FATAL, whose error object
-            # does not always say fatal(): the producer is at fault, not the record.
-            if error.fatal() or error.code() in PRODUCER_STATE:
-                self._log.error("producer fatal error", error=_reason(error))
-                self._rebuild = True
-                return False
-            reason = _reason(error)
-            event = "record refused by librdkafka, dead-lettered"
-            self._dead_lettered(record.jobid, record.rid, reason, event)
-            self._state.dead_letter_many({record.seq: reason})
-            self.counters.dead_lettered += 1
-            return True
-        size = len(record.payload)
-        # Its payload is not kept: librdkafka has a copy, and a report that asks for the record
-        # again (a timeout to requeue) brings it back.
-        self._in_flight[record.rid] = (record.seq, record.jobid, size)
-        self._in_flight_bytes += size
-        self.counters.produced += 1
+        error: KafkaError = exc.args[0]
+        # A producer in a fatal state refuses every record with _FATAL, whose error object
+        # does not always say fatal(): the producer is at fault, not the record.
+        if error.fatal() or error.code() in PRODUCER_STATE:
+            self._log.error("producer fatal error", error=_reason(error))
+            self._rebuild = True
+            return False
+        reason = _reason(error)
+        event = "record refused by librdkafka, dead-lettered"
+        self._dead_lettered(record.jobid, record.rid, reason, event)
+        self._state.dead_letter_many({record.seq: reason})
+        self.counters.dead_lettered += 1
         return True
 
 

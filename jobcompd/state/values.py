@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from operator import itemgetter
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 
 class NewRecord(NamedTuple):
@@ -52,9 +53,13 @@ class SpooledRecord(NamedTuple):
     last_error: str | None
 
 
+def spooled_records(*columns: Iterable[Any]) -> list[SpooledRecord]:
+    """:class:`SpooledRecord` values from columns in the order of its fields, built without a
+    Python call per record (a NamedTuple's ``__new__`` is Python code)."""
+    return list(map(tuple.__new__, repeat(SpooledRecord), zip(*columns, strict=True)))
+
+
 @dataclass(frozen=True, slots=True)
-
-
 class DeadLetter:
     """A record taken out of the send loop, with the reason, until an operator retries or purges it."""
 
@@ -69,8 +74,6 @@ class DeadLetter:
 
 
 @dataclass(frozen=True, slots=True)
-
-
 class QuarantinedLine:
     """A log line that could not be turned into a record, kept with the reason.
 
