@@ -21,6 +21,11 @@
  * Every read is bounded by the line's length: the parser moves a cursor forward over [p, end) and
  * checks the room left before each comparison. tests/test_fastline.py and fuzz/fuzz_record.py
  * compare its answers with the Python path's byte for byte.
+ *
+ * encode_lines() reads a batch without holding the interpreter (other threads run meanwhile): it
+ * holds its own reference to every line, and the reading touches only their bytes, the encoder's
+ * buffers and its cache of hour offsets (all under the encoder's lock). A line that needs Python
+ * (an hour not cached yet, memory to grow a buffer) is read again once the interpreter is back.
  */
 #define _GNU_SOURCE /* memmem */
 #define PY_SSIZE_T_CLEAN
@@ -149,7 +154,7 @@ static int out_reserve(outbuf *o, size_t more) {
     if (o->len + more <= o->cap) return 0;
     size_t cap = o->cap ? o->cap : 1024;
     while (cap < o->len + more) cap *= 2;
-    char *data = PyMem_Realloc(o->data, cap);
+    char *data = PyMem_RawRealloc(o->data, cap); /* (no interpreter needed) */
     if (data == NULL) return -1;
     o->data = data;
     o->cap = cap;
@@ -234,9 +239,15 @@ typedef struct {
     Py_ssize_t cluster_len;
     Py_ssize_t max_bytes;
     uint8_t person[16];
-    outbuf out;
+    outbuf batch; /* the payloads of one encode_lines() call, end to end */
+    outbuf one;   /* one payload, read with the interpreter held */
+    PyThread_type_lock lock; /* one call at a time: the buffers and the hour cache are shared */
+    int nogil;               /* the interpreter is not held: nothing may call into Python */
     hour_slot hours[HOUR_SLOTS];
 } Encoder;
+
+/* What a reading returns when it needs the interpreter, which it does not hold: read it again. */
+#define NEED_GIL (-2)
 
 /* 1: offset set; 0: not mine; -1: error (an exception is set). */
 static int offset_for(Encoder *self, int64_t hour, int32_t *offset) {
@@ -245,6 +256,7 @@ static int offset_for(Encoder *self, int64_t hour, int32_t *offset) {
         *offset = slot->offset;
         return slot->known == 1;
     }
+    if (self->nogil) return NEED_GIL;
     PyObject *answer = PyObject_CallFunction(self->offset_of_hour, "L", (long long)hour);
     if (answer == NULL) return -1;
     int known = 2;
@@ -591,9 +603,9 @@ static int legacy_work_dir(cursor *c, fields *f) {
 }
 
 /* Whether a line surely starts a record as the Python reader sees one (JobId=N UserId=..(N) GroupId=). */
-static int record_start(PyObject *item) {
-    if (!PyBytes_Check(item)) return 0;
-    cursor c = {PyBytes_AS_STRING(item), PyBytes_AS_STRING(item) + PyBytes_GET_SIZE(item)};
+static int record_start(const char *line, Py_ssize_t line_len) {
+    if (line == NULL) return 0;
+    cursor c = {line, line + line_len};
     int64_t v;
     const char *s;
     Py_ssize_t n;
@@ -700,13 +712,12 @@ static int out_cpu_hours(outbuf *o, int64_t elapsed, int64_t cpus) {
     if (__builtin_mul_overflow(elapsed, cpus, &product)) return 0;
     float f = (float)(double)product;
     float hours = (float)((double)f / 3600.0);
-    char *text = PyOS_double_to_string((double)hours, 'g', 17, 0, NULL);
-    if (text == NULL) return -1;
-    size_t n = strlen(text);
+    char text[40]; /* json-c's "%.17g" (what encode.py writes too) */
+    int n = snprintf(text, sizeof text, "%.17g", (double)hours);
+    if (n <= 0 || (size_t)n >= sizeof text) return 0;
     int plain = strpbrk(text, ".en") == NULL;
-    out_raw(o, text, n);
+    out_raw(o, text, (size_t)n);
     if (plain) OUT_LIT(o, ".0");
-    PyMem_Free(text);
     return 1;
 }
 
@@ -726,16 +737,11 @@ static void out_str_or_null(outbuf *o, text t) {
         out_str(o, t.s, t.n);
 }
 
-/* The plugin's JSON for f into self->out (keys in encode.Encoder.to_dict's order).
- * 1: written; 0: not mine; -1: error. */
-static int write_json(Encoder *self, const fields *f, Py_ssize_t line_len) {
-    outbuf *o = &self->out;
-    o->len = 0;
+/* The plugin's JSON for f, appended to o (keys in encode.Encoder.to_dict's order).
+ * 1: written; 0: not mine (o may hold part of it); -1: no memory (no exception is set). */
+static int write_json(outbuf *o, const fields *f, Py_ssize_t line_len) {
     /* Every string is at most twice its length in the line; keys and numbers need < 2 KiB. */
-    if (out_reserve(o, 2048 + 2 * (size_t)line_len) < 0) {
-        PyErr_NoMemory();
-        return -1;
-    }
+    if (out_reserve(o, 2048 + 2 * (size_t)line_len) < 0) return -1;
     OUT_LIT(o, "{\"jobid\":");
     out_int(o, f->jobid);
     OUT_LIT(o, ",\"username\":");
@@ -836,14 +842,13 @@ static void record_id_hex(Encoder *self, const fields *f, const char *line, Py_s
     b2_final_hex(&s, hex);
 }
 
-/* One line: 1 with *rid, *jobid, *payload set (new references); 0: not mine; -1: error.
- * A 17.02 record stands alone only when no line follows it or the next one starts a record
- * (else the Python reader may join the lines into one newer record): `alone` says so. */
-static int encode_one(Encoder *self, PyObject *item, int alone, PyObject **rid, PyObject **jobid,
-                      PyObject **payload) {
-    char *line;
-    Py_ssize_t n;
-    if (PyBytes_AsStringAndSize(item, &line, &n) < 0) return -1;
+/* One line's bytes (its line ending included or not): 1 with *jobid and hex set and the payload
+ * appended to o; 0: not mine; -1: error (an exception is set); NEED_GIL: it needs the interpreter
+ * (only while self->nogil). A 17.02 record stands alone only when no line follows it or the next
+ * one starts a record (else the Python reader may join the lines into one newer record): `alone`
+ * says so. */
+static int encode_bytes(Encoder *self, outbuf *o, const char *line, Py_ssize_t n, int alone,
+                        int64_t *jobid, char hex[32]) {
     if (n > 0 && line[n - 1] == '\n') {
         n--;
         if (n > 0 && line[n - 1] == '\r') n--;
@@ -851,13 +856,26 @@ static int encode_one(Encoder *self, PyObject *item, int alone, PyObject **rid, 
     fields f;
     int ok = read_record(self, line, n, &f);
     if (ok <= 0 || (f.legacy && !alone)) return ok < 0 ? ok : 0;
-    ok = write_json(self, &f, n);
-    if (ok <= 0) return ok;
-    char hex[32];
+    size_t start = o->len;
+    ok = write_json(o, &f, n);
+    if (ok <= 0) {
+        o->len = start;
+        if (ok == 0) return 0;
+        if (self->nogil) return NEED_GIL;
+        PyErr_NoMemory();
+        return -1;
+    }
     record_id_hex(self, &f, line, n, hex);
-    *payload = PyBytes_FromStringAndSize(self->out.data, (Py_ssize_t)self->out.len);
+    *jobid = f.jobid;
+    return 1;
+}
+
+/* The (record id, job id, payload) objects of a line read: new references, or -1 (exception set). */
+static int answer(const char hex[32], int64_t jobid_value, const char *payload_s, size_t payload_n,
+                  PyObject **rid, PyObject **jobid, PyObject **payload) {
+    *payload = PyBytes_FromStringAndSize(payload_s, (Py_ssize_t)payload_n);
     *rid = PyUnicode_FromStringAndSize(hex, 32);
-    *jobid = PyLong_FromLongLong(f.jobid);
+    *jobid = PyLong_FromLongLong(jobid_value);
     if (*payload == NULL || *rid == NULL || *jobid == NULL) {
         Py_XDECREF(*payload);
         Py_XDECREF(*rid);
@@ -867,50 +885,126 @@ static int encode_one(Encoder *self, PyObject *item, int alone, PyObject **rid, 
     return 1;
 }
 
+/* One line, the interpreter held: 1 with *rid, *jobid, *payload set (new references); 0: not
+ * mine; -1: error. */
+static int encode_one(Encoder *self, const char *line, Py_ssize_t n, int alone, PyObject **rid,
+                      PyObject **jobid, PyObject **payload) {
+    char hex[32];
+    int64_t id;
+    self->one.len = 0;
+    int ok = encode_bytes(self, &self->one, line, n, alone, &id, hex);
+    if (ok <= 0) return ok;
+    return answer(hex, id, self->one.data, self->one.len, rid, jobid, payload);
+}
+
+/* Take the encoder's lock, letting other threads run while it is busy. */
+static void lock_encoder(Encoder *self) {
+    if (!PyThread_acquire_lock(self->lock, NOWAIT_LOCK)) {
+        Py_BEGIN_ALLOW_THREADS
+        PyThread_acquire_lock(self->lock, WAIT_LOCK);
+        Py_END_ALLOW_THREADS
+    }
+}
+
 static PyObject *Encoder_encode_line(Encoder *self, PyObject *line) {
     if (!PyBytes_Check(line)) {
         PyErr_SetString(PyExc_TypeError, "encode_line() takes bytes");
         return NULL;
     }
     PyObject *rid, *jobid, *payload;
-    int ok = encode_one(self, line, 1, &rid, &jobid, &payload);
+    lock_encoder(self);
+    int ok = encode_one(self, PyBytes_AS_STRING(line), PyBytes_GET_SIZE(line), 1, &rid, &jobid, &payload);
+    PyThread_release_lock(self->lock);
     if (ok < 0) return NULL;
     if (ok == 0) Py_RETURN_NONE;
     return Py_BuildValue("(NNN)", rid, jobid, payload);
 }
 
+/* A line of a batch: its bytes, then what reading it gave. */
+typedef struct {
+    const char *s; /* NULL: not bytes (not mine: the Python path takes any buffer) */
+    Py_ssize_t n;
+    int status;    /* encode_bytes()'s answer */
+    int64_t jobid;
+    size_t start, len; /* the payload in self->batch */
+    char hex[32];
+} batch_line;
+
 static PyObject *Encoder_encode_lines(Encoder *self, PyObject *lines) {
-    PyObject *seq = PySequence_Fast(lines, "encode_lines() takes a sequence of bytes");
-    if (seq == NULL) return NULL;
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
-    PyObject **items = PySequence_Fast_ITEMS(seq);
+    /* A tuple of its own holds every line while the interpreter is let go. */
+    PyObject *held = PySequence_Tuple(lines);
+    if (held == NULL) return NULL;
+    Py_ssize_t count = PyTuple_GET_SIZE(held);
+    batch_line *at_line = PyMem_Calloc(count ? (size_t)count : 1, sizeof *at_line);
     PyObject *rids = PyList_New(0), *jobids = PyList_New(0), *payloads = PyList_New(0), *at = PyList_New(0);
-    if (!rids || !jobids || !payloads || !at) goto fail;
+    if (at_line == NULL || !rids || !jobids || !payloads || !at) {
+        if (at_line == NULL) PyErr_NoMemory();
+        PyMem_Free(at_line);
+        Py_DECREF(held);
+        Py_XDECREF(rids);
+        Py_XDECREF(jobids);
+        Py_XDECREF(payloads);
+        Py_XDECREF(at);
+        return NULL;
+    }
     for (Py_ssize_t i = 0; i < count; i++) {
-        if (!PyBytes_Check(items[i])) continue; /* not mine: the Python path takes any buffer */
+        PyObject *item = PyTuple_GET_ITEM(held, i);
+        if (PyBytes_Check(item)) {
+            at_line[i].s = PyBytes_AS_STRING(item);
+            at_line[i].n = PyBytes_GET_SIZE(item);
+        }
+    }
+    lock_encoder(self);
+    self->batch.len = 0;
+    self->nogil = 1;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < count; i++) {
+        batch_line *l = &at_line[i];
+        if (l->s == NULL) continue;
+        int alone = i + 1 == count || record_start(at_line[i + 1].s, at_line[i + 1].n);
+        l->start = self->batch.len;
+        l->status = encode_bytes(self, &self->batch, l->s, l->n, alone, &l->jobid, l->hex);
+        l->len = self->batch.len - l->start;
+    }
+    Py_END_ALLOW_THREADS
+    self->nogil = 0;
+    int failed = 0;
+    for (Py_ssize_t i = 0; i < count && !failed; i++) {
+        batch_line *l = &at_line[i];
         PyObject *rid, *jobid, *payload;
-        int alone = i + 1 == count || record_start(items[i + 1]);
-        int ok = encode_one(self, items[i], alone, &rid, &jobid, &payload);
-        if (ok < 0) goto fail;
+        int ok;
+        if (l->status == NEED_GIL) {
+            int alone = i + 1 == count || record_start(at_line[i + 1].s, at_line[i + 1].n);
+            ok = encode_one(self, l->s, l->n, alone, &rid, &jobid, &payload);
+        } else if (l->status == 1) {
+            ok = answer(l->hex, l->jobid, self->batch.data + l->start, l->len, &rid, &jobid, &payload);
+        } else {
+            continue;
+        }
+        if (ok < 0) {
+            failed = 1;
+            break;
+        }
         if (ok == 0) continue;
         PyObject *index = PyLong_FromSsize_t(i);
-        int bad = index == NULL || PyList_Append(rids, rid) < 0 || PyList_Append(jobids, jobid) < 0 ||
-                  PyList_Append(payloads, payload) < 0 || PyList_Append(at, index) < 0;
+        failed = index == NULL || PyList_Append(rids, rid) < 0 || PyList_Append(jobids, jobid) < 0 ||
+                 PyList_Append(payloads, payload) < 0 || PyList_Append(at, index) < 0;
         Py_DECREF(rid);
         Py_DECREF(jobid);
         Py_DECREF(payload);
         Py_XDECREF(index);
-        if (bad) goto fail;
     }
-    Py_DECREF(seq);
+    PyThread_release_lock(self->lock);
+    PyMem_Free(at_line);
+    Py_DECREF(held);
+    if (failed) {
+        Py_DECREF(rids);
+        Py_DECREF(jobids);
+        Py_DECREF(payloads);
+        Py_DECREF(at);
+        return NULL;
+    }
     return Py_BuildValue("(NNNN)", rids, jobids, payloads, at);
-fail:
-    Py_DECREF(seq);
-    Py_XDECREF(rids);
-    Py_XDECREF(jobids);
-    Py_XDECREF(payloads);
-    Py_XDECREF(at);
-    return NULL;
 }
 
 static int Encoder_init(Encoder *self, PyObject *args, PyObject *kwds) {
@@ -942,6 +1036,10 @@ static int Encoder_init(Encoder *self, PyObject *args, PyObject *kwds) {
     memset(self->person, 0, 16);
     memcpy(self->person, person, (size_t)person_len);
     memset(self->hours, 0, sizeof self->hours);
+    if (self->lock == NULL && (self->lock = PyThread_allocate_lock()) == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
     Py_INCREF(offset_of_hour);
     Py_XSETREF(self->offset_of_hour, offset_of_hour);
     return 0;
@@ -950,7 +1048,9 @@ static int Encoder_init(Encoder *self, PyObject *args, PyObject *kwds) {
 static void Encoder_dealloc(Encoder *self) {
     Py_XDECREF(self->offset_of_hour);
     PyMem_Free(self->cluster);
-    PyMem_Free(self->out.data);
+    PyMem_RawFree(self->batch.data);
+    PyMem_RawFree(self->one.data);
+    if (self->lock != NULL) PyThread_free_lock(self->lock);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 

@@ -144,6 +144,7 @@ class Daemon(Monitoring):
             spooled=depth,
             pid=os.getpid(),
             reader=fastpath.PARSER,
+            parsing=ingestor.parsing,
         )
         for warning in settings.warnings:
             self._log.warning(warning)

@@ -3,10 +3,12 @@
 Shared by ``jobcompd replay`` and the tailer: one call is one state transaction, so what was read
 and where the reader stands can never disagree after a crash.
 
-Parsing and encoding are pure CPU work under the GIL. With a :class:`ParseWorker`, big batches are
-parsed in a child process (:mod:`jobcompd._parse_child`), so that work runs on a second core beside
-the sender and SQLite; the child holds nothing durable, and if it dies the batch is parsed
-in-process instead.
+Parsing and encoding are CPU work. The compiled reader does it without holding the interpreter,
+so a :class:`ParseThread` parses big batches beside the caller, who commits and sends the batch
+before. The Python reader holds the interpreter throughout: with a :class:`ParseWorker`, big
+batches are parsed in a child process (:mod:`jobcompd._parse_child`), so that work runs on a second
+core beside the sender and SQLite; the child holds nothing durable, and if it dies the batch is
+parsed in-process instead.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import repeat
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, BinaryIO, NamedTuple, Protocol
 
 import structlog
 
@@ -49,6 +51,7 @@ from jobcompd.state import (
 __all__ = [
     "WORKER_MIN_LINES",
     "Ingestor",
+    "ParseThread",
     "ParseWorker",
     "ParseWorkerError",
     "Prepared",
@@ -58,7 +61,7 @@ __all__ = [
 ]
 
 WORKER_MIN_LINES = 200
-"""Smaller batches are parsed in-process: the round trip to the child would cost more than it saves."""
+"""Smaller batches are parsed by the caller: the hand-over would cost more than it saves."""
 
 def read_batches(
     fh: BinaryIO, size: int, *, max_bytes: int = DEFAULT_MAX_LINE_BYTES
@@ -88,6 +91,44 @@ class ParseWorkerError(Exception):
     def __init__(self, message: str, *, exited: bool = False) -> None:
         super().__init__(message)
         self.exited = exited
+
+
+class Parser(Protocol):
+    """Where big batches are parsed beside the caller: :class:`ParseThread` or :class:`ParseWorker`."""
+
+    def submit(self, spec: ParseSpec, lines: Sequence[bytes]) -> Future[RecordBatch] | None: ...
+
+    def failed(self, exc: BaseException) -> None: ...
+
+    def close(self, *, wait: bool = True) -> None: ...
+
+
+class ParseThread:
+    """A thread that parses and encodes big batches with the compiled reader, which reads a batch
+    without holding the interpreter: the caller commits and sends one batch while the next is read.
+
+    Nothing is copied between processes and no memory is added but the thread's; a batch that
+    fails here is parsed again by the caller (:meth:`Ingestor._parsed`).
+    """
+
+    def __init__(self, *, logger: Any = None) -> None:
+        self._log = logger or structlog.get_logger("jobcompd.ingest")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobcompd-parse")
+
+    def submit(self, spec: ParseSpec, lines: Sequence[bytes]) -> Future[RecordBatch] | None:
+        """Start parsing ``lines`` on the thread; ``None`` once closed."""
+        try:
+            return self._pool.submit(parse_batch, lines, spec)
+        except RuntimeError:  # shut down
+            return None
+
+    def failed(self, exc: BaseException) -> None:
+        """A batch handed to :meth:`submit` failed with ``exc`` (the caller parses it again)."""
+        self._log.warning("parse thread could not parse a batch; parsed again", error=repr(exc))
+
+    def close(self, *, wait: bool = True) -> None:
+        """Stop the thread (idempotent); batches not started are not parsed there."""
+        self._pool.shutdown(wait=wait, cancel_futures=True)
 
 
 class ParseWorker:
@@ -260,7 +301,7 @@ class Ingestor:
         state: State,
         spec: ParseSpec,
         *,
-        worker: ParseWorker | None = None,
+        worker: Parser | None = None,
         logger: Any = None,
     ) -> None:
         self._state = state
@@ -275,13 +316,25 @@ class Ingestor:
         cls, state: State, source: SourceSettings, cluster: str | None, *, logger: Any = None
     ) -> Ingestor:
         """The ingestor of ``jobcompd run`` and ``replay``: the log's zone, its line limit and the
-        parse worker as ``[source]`` says; :meth:`close` it when done."""
+        parse worker as ``[source]`` says; :meth:`close` it when done.
+
+        ``parse_worker = "auto"``: a parse thread on the compiled reader (it reads without holding
+        the interpreter), a worker process on the Python reader (which holds it throughout).
+        """
         spec = ParseSpec(source.zone.spec, cluster, source.max_line_bytes)
-        wanted = source.parse_worker
-        if wanted == "auto":  # a second core pays for itself on the Python reader only
-            wanted = PARSER != "compiled"
-        worker = ParseWorker(logger=logger) if wanted else None
+        worker: Parser | None = None
+        if source.parse_worker is True:
+            worker = ParseWorker(logger=logger)
+        elif source.parse_worker == "auto":
+            worker = ParseThread(logger=logger) if PARSER == "compiled" else ParseWorker(logger=logger)
         return cls(state, spec, worker=worker, logger=logger)
+
+    @property
+    def parsing(self) -> str:
+        """Where big batches are parsed: ``thread``, ``worker process`` or ``in place``."""
+        if isinstance(self._worker, ParseThread):
+            return "thread"
+        return "in place" if self._worker is None else "worker process"
 
     @property
     def max_line_bytes(self) -> int:
@@ -294,7 +347,7 @@ class Ingestor:
             self._worker.close()
 
     def prepare(self, lines: Sequence[bytes], *, source: str) -> Prepared:
-        """Start parsing ``lines``: in the child for a big batch, so the caller can do other work."""
+        """Start parsing ``lines``: beside the caller for a big batch, so it can do other work."""
         prepared = Prepared(lines, source)
         if self._worker is not None and len(lines) >= WORKER_MIN_LINES:
             prepared._future = self._worker.submit(self._spec, list(lines))
@@ -306,7 +359,7 @@ class Ingestor:
             if future is not None:
                 try:
                     prepared._parsed = future.result()
-                except Exception as exc:  # the child died or failed: parse here instead
+                except Exception as exc:  # the child died, or the batch failed: parse here instead
                     assert self._worker is not None
                     self._worker.failed(exc)
             if prepared._parsed is None:
@@ -361,13 +414,11 @@ class Ingestor:
         parsed = self._parsed(prepared)
         raw = prepared.lines
         starts = offsets
-        if starts is None and (parsed.bad or parsed.rids):
-            starts = [first_offset]
-            for line in raw[:-1]:
-                starts.append(starts[-1] + len(line))
 
         def quarantine(index: int, reason: str) -> QuarantinedLine:
-            assert starts is not None
+            nonlocal starts
+            if starts is None:  # each line's offset, counted once for the quarantined ones
+                starts = list(itertools.accumulate(map(len, raw[:-1]), initial=first_offset))
             return QuarantinedLine(source, first_line_no + index, starts[index], bytes(raw[index]), reason)
 
         quarantined = [quarantine(i, reason) for i, reason in parsed.bad]

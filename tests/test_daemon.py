@@ -174,10 +174,11 @@ def test_rotation_while_stopped(kafka: MockCluster, env: JobcompdEnv, daemon: Da
 
 @pytest.mark.parametrize("parse_worker", ["true", "false", "auto"])
 def test_backlog_and_trickle_arrive_exactly_once(kafka: MockCluster, tmp_path: Path, parse_worker: str) -> None:
-    # "auto" (the default): a worker only where the compiled reader is not in use.
+    # "auto" (the default): a worker process where the compiled reader is not in use, else a thread.
     source = "" if parse_worker == "auto" else f"parse_worker = {parse_worker}\n"
     env = JobcompdEnv(tmp_path, kafka.bootstrap, params="poll_interval=1", source_toml=source)
     wanted = parse_worker == "true" or (parse_worker == "auto" and fastpath.PARSER != "compiled")
+    parsing = "worker process" if wanted else "thread" if parse_worker == "auto" else "in place"
     lines = mixed_lines(25_050, seed=31)
     log = env.log_path
     assert log is not None
@@ -192,6 +193,7 @@ def test_backlog_and_trickle_arrive_exactly_once(kafka: MockCluster, tmp_path: P
         children = parse_workers(proc.proc.pid)
         assert bool(children) is wanted, children
         assert proc.stop() == 0
+        assert f"parsing={parsing}" in proc.output() or f"parsing='{parsing}'" in proc.output()
     with closing(sqlite3.connect(env.db)) as db:
         assert db.execute("SELECT line_no, raw FROM quarantine").fetchall() == [(25_001, b"not a record\n")]
     assert all(not alive(p) for p in children)

@@ -12,6 +12,9 @@ import os
 import random
 import subprocess
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -226,3 +229,61 @@ def test_a_name_with_key_text_that_starts_no_run_is_answered_alike(generation: s
     # A fake copy of the run (a state, then " Partition="): two readings, the Python reader's.
     for name in ("x JobState=FAILED Partition=p", "y JobState=A_B Partition=p TimeLimit=1"):
         assert not assert_agrees(render(FakeJob(name=name), generation, zone), spec), name
+
+
+def test_a_batch_read_again_with_its_hours_cached_is_the_same() -> None:
+    # A fresh encoder knows no hour: the first reading of a batch reads its lines again with the
+    # interpreter (to ask Python for each hour's offset); the second reads them all without it.
+    spec = spec_for("Europe/Berlin")
+    lines = mixed_lines(500, seed=21, zone=resolve("Europe/Berlin").tz)
+    fresh = fastpath._compiled.Encoder(
+        fastpath.offset_of_hour(resolve("Europe/Berlin").tz), b"fallback", spec.max_line_bytes,
+        fastpath.RECORD_ID_PERSON,
+    )
+    first = fresh.encode_lines(lines)
+    assert len(first[3]) > 0.8 * len(lines)
+    assert fresh.encode_lines(lines) == first
+    assert fastpath.compiled_encoder(*spec).encode_lines(lines) == first
+    assert_batches_agree(lines, spec)
+
+
+def test_a_batch_is_read_while_other_threads_run() -> None:
+    spec = spec_for("UTC")
+    compiled = fastpath.compiled_encoder(*spec)
+    lines = mixed_lines(2000, seed=5, zone=resolve("UTC").tz) * 10
+    compiled.encode_lines(lines[:2000])  # every hour cached: the batch needs no interpreter
+    done = threading.Event()
+    ticks: list[float] = []
+
+    def count() -> None:
+        while not done.is_set():
+            ticks.append(time.perf_counter())
+
+    counter = threading.Thread(target=count)
+    counter.start()
+    try:
+        time.sleep(0.05)
+        start = time.perf_counter()
+        answered = compiled.encode_lines(lines)  # about 0.1 s
+        end = time.perf_counter()
+    finally:
+        done.set()
+        counter.join()
+    assert len(answered[3]) > 0.8 * len(lines)
+    # Holding the interpreter, the call would let the other thread run only at its two ends.
+    margin = (end - start) / 5
+    during = [t for t in ticks if start + margin < t < end - margin]
+    assert len(during) > 1000, (len(during), end - start)
+
+
+def test_threads_sharing_an_encoder_read_as_one_thread_does() -> None:
+    spec = spec_for("America/New_York")
+    zone = resolve("America/New_York").tz
+    batches = [mixed_lines(400, seed=seed, zone=zone) for seed in range(8)]
+    compiled = fastpath._compiled.Encoder(
+        fastpath.offset_of_hour(zone), b"fallback", spec.max_line_bytes, fastpath.RECORD_ID_PERSON
+    )
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(compiled.encode_lines, batches * 3))
+    alone = [fastpath.compiled_encoder(*spec).encode_lines(lines) for lines in batches]
+    assert together == alone * 3

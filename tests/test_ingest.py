@@ -1,4 +1,5 @@
-"""The parse worker: a real child process that parses batches exactly as the parent would.
+"""The parse worker: a real child process that parses batches exactly as the parent would; and
+the parse thread, that does the same beside its caller.
 
 Compared with in-process parsing on the same lines, committed to real SQLite states; the child
 killed mid-run, and the child of a jobcompd process that is itself killed with SIGKILL.
@@ -10,14 +11,16 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
-from jobcompd.batch import ParseSpec
+from jobcompd import ingest
+from jobcompd.batch import ParseSpec, RecordBatch
 from jobcompd.identity import Position
-from jobcompd.ingest import WORKER_MIN_LINES, Ingestor, ParseWorker
+from jobcompd.ingest import WORKER_MIN_LINES, Ingestor, ParseThread, ParseWorker
 from jobcompd.record import ParseError
 from jobcompd.state import State
 from jobcompd.zone import resolve as resolve_zone
@@ -234,3 +237,55 @@ def test_a_batch_never_ends_inside_a_record_split_by_line_breaks() -> None:
         for batch in batches:
             # Every batch parses whole: the split record is never cut between two batches.
             assert all(not isinstance(r, ParseError) for _, _, r in parse_records(batch)), size
+
+
+def parsed_on(monkeypatch: pytest.MonkeyPatch, fail_first: int = 0) -> list[tuple[str, int]]:
+    """Record the thread and size of each batch parsed; the first ``fail_first`` parses fail."""
+    seen: list[tuple[str, int]] = []
+    real = ingest.parse_batch
+
+    def observed(lines: Sequence[bytes], spec: ParseSpec) -> RecordBatch:
+        seen.append((threading.current_thread().name, len(lines)))
+        if len(seen) <= fail_first:
+            raise MemoryError("no memory for this batch")
+        return real(lines, spec)
+
+    monkeypatch.setattr(ingest, "parse_batch", observed)
+    return seen
+
+
+def test_a_parse_thread_commits_exactly_what_in_place_parsing_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    zone = resolve_zone("Europe/Berlin")
+    batches = [batch(3000, seed=1), batch(WORKER_MIN_LINES - 1 - len(BAD), seed=2), batch(500, seed=3)]
+    spec = ParseSpec(zone.spec, "fallback", 65536)
+    with State.open(tmp_path / "inline") as inline, State.open(tmp_path / "thread") as threaded:
+        commit_all(inline, Ingestor(inline, spec), batches)
+        seen = parsed_on(monkeypatch)
+        parser = ParseThread()
+        try:
+            commit_all(threaded, Ingestor(threaded, spec, worker=parser), batches)
+        finally:
+            parser.close()
+        assert held(threaded) == held(inline)
+    main = threading.current_thread().name
+    # The big batches on the thread, the small one in place.
+    assert [(name != main, size) for name, size in seen] == [(True, 3003), (False, WORKER_MIN_LINES - 1), (True, 503)]
+
+
+def test_a_batch_the_parse_thread_fails_is_parsed_again_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines = batch(1000, seed=4)
+    with State.open(tmp_path / "inline") as inline, State.open(tmp_path / "thread") as threaded:
+        commit_all(inline, Ingestor(inline, UTC_SPEC), [lines])
+        seen = parsed_on(monkeypatch, fail_first=1)
+        parser = ParseThread()
+        try:
+            commit_all(threaded, Ingestor(threaded, UTC_SPEC, worker=parser), [lines])
+        finally:
+            parser.close()
+        assert held(threaded) == held(inline)
+    assert [size for _, size in seen] == [1003, 1003]
+    assert seen[0][0] != seen[1][0] == threading.current_thread().name

@@ -106,7 +106,8 @@ class SourceSettings:
     start_at: Literal["beginning", "end"] = "beginning"
     poll: bool = False
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
-    parse_worker: bool | Literal["auto"] = "auto"  # "auto": only on the Python reader
+    # true: a worker process; false: none; "auto": a thread (compiled reader), a process (Python's)
+    parse_worker: bool | Literal["auto"] = "auto"
 
     @property
     def timezone(self) -> str:
