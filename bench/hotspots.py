@@ -34,6 +34,7 @@ WAITS = frozenset(
         "InotifyFD.read_events (watchdog/observers/inotify_c.py)",
         "read_frame (jobcompd/_parse_child.py)",  # the parse worker, or its reader thread, waiting
         "_Child._write (jobcompd/ingest.py)",  # the parse worker's writer thread, waiting for a batch
+        "_worker (concurrent/futures/thread.py)",  # the parse thread, waiting for a batch
     )
 )
 
@@ -45,15 +46,16 @@ STAGES = (
     ("Ingestor.commit (jobcompd/ingest.py)", "ingest: wait for the parse + spool commit"),
     ("Spool.commit_batch (jobcompd/state/_spool.py)", "  State.commit_batch (SQLite insert)"),
     ("main (jobcompd/_parse_child.py)", "parse worker (child process): parse + encode + id + framing"),
-    ("parse_batch (jobcompd/batch.py)", "  parse_batch (worker, or in-process for small batches)"),
+    ("parse_batch (jobcompd/batch.py)", "  parse_batch (parse thread or worker; in place for small batches)"),
     ("parse_line (jobcompd/record.py)", "  parse_line"),
     ("Encoder.encode (jobcompd/encode.py)", "  Encoder.encode (dict + orjson)"),
     ("Encoder.record_id (jobcompd/encode.py)", "  Encoder.record_id (BLAKE2b)"),
     ("Sender.pump (jobcompd/producer.py)", "sender: produce + poll + settle"),
     ("Spool.pending (jobcompd/state/_spool.py)", "  State.pending (spool fetch)"),
-    ("Sender._produce (jobcompd/producer.py)", "  Sender._produce (Producer.produce)"),
+    ("Sender._produce_backlog (jobcompd/producer.py)", "  Sender._produce_backlog (Producer.produce)"),
     ("Sender.send_now (jobcompd/producer.py)", "  Sender.send_now (produced on the reader's thread)"),
     ("ReportHandling._on_delivery (jobcompd/reports.py)", "  _on_delivery (report callbacks)"),
+    ("ReportHandling._settle_locked (jobcompd/reports.py)", "  settling the reports (state included)"),
     ("Spool.mark_delivered (jobcompd/state/_spool.py)", "  State.mark_delivered (spool delete)"),
     ("Spool.spool_depth (jobcompd/state/_spool.py)", "State.spool_depth (count(*) on the spool)"),
 )

@@ -53,6 +53,8 @@ _OFFERED_BYTES = 8 << 20  # payloads of batches offered and not yet sent, at mos
 _OFFERED_BYTES_WINDOW_FULL = 2 << 20
 _WINDOW_BYTES = 8 << 20  # payloads handed to librdkafka and not yet reported, at most (about)
 _STATE_RETRY_S = 1.0  # after the state refused to settle reports (disk full), wait before trying again
+_DELIVERING_S = 1.0  # a sender that delivered within this long is moving: offers wait for it
+_OFFER_WAIT_S = 1.0  # how long the daemon's reader waits for room among the offered batches
 _PAYLOAD = operator.attrgetter("payload")
 
 class Sender(ReportHandling):
@@ -93,6 +95,7 @@ class Sender(ReportHandling):
         self._offered: collections.deque[tuple[Sequence[SpooledRecord], int]] = collections.deque()
         self._offered_bytes = 0
         self._offered_lock = threading.Lock()
+        self._offered_taken = threading.Condition(self._offered_lock)  # the sender took some
         self._reports: list[tuple[KafkaError | None, Message]] = []
         # The send side — producing, the cursor, the backlog, what is in flight, settling — is used
         # by the sender's thread and, through send_now, by the reader's.
@@ -100,6 +103,7 @@ class Sender(ReportHandling):
         self._rebuild = False
         self._spool_exhausted = False
         self._fetched_at = 0.0
+        self._sending_since = 0.0  # when records were last produced with nothing in flight
         self.counters = SenderCounters()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -166,6 +170,7 @@ class Sender(ReportHandling):
         with self._offered_lock:
             self._offered.clear()
             self._offered_bytes = 0
+            self._offered_taken.notify_all()
         # A producer that hit a fatal error raises from every call: what it did not report
         # stays in the spool either way.
         with suppress(KafkaException):
@@ -190,8 +195,8 @@ class Sender(ReportHandling):
     # -- the work ----------------------------------------------------------------------------
 
     def idle(self) -> bool:
-        """Nothing in flight and nothing in the spool beyond what was already sent."""
-        return not self._in_flight and not self._backlog and self._spool_exhausted
+        """Nothing in flight, nothing offered, and nothing in the spool beyond what was already sent."""
+        return not self._in_flight and not self._backlog and not self._offered and self._spool_exhausted
 
     def pump(self, timeout: float = 0.1) -> int:
         """Produce what the window allows, serve delivery reports for up to ``timeout`` s, settle them.
@@ -242,27 +247,49 @@ class Sender(ReportHandling):
         finally:
             self._send_lock.release()
 
-    def offer(self, records: Sequence[SpooledRecord]) -> bool:
+    def offer(self, records: Sequence[SpooledRecord], *, wait: float = 0.0) -> bool:
         """Records just spooled (`BatchResult.fresh`), to send without reading them back; thread-safe.
 
         They are sent from memory when they come next in the spool, right after what was already
-        sent. A sender that falls behind (more than ``_OFFERED_BYTES`` offered and not sent, or
-        ``_OFFERED_BYTES_WINDOW_FULL`` while its window is full: brokers down or slow) drops what it
-        holds and what it is offered, so a backlog waits in the spool, not in memory. ``False``:
-        dropped; call :meth:`wake`, and they are read from the spool in their turn.
+        sent. Offered batches are bounded: ``_OFFERED_BYTES`` of them, or
+        ``_OFFERED_BYTES_WINDOW_FULL`` while the window is full. Past the bound, while the sender
+        is delivering, the caller waits up to ``wait`` seconds for the sender to take some (flow
+        control: a reader ahead of the sender would only make it read everything back from the
+        spool). A sender that still has no room, or delivers nothing (brokers down or slow), drops
+        what it holds and what it is offered, so a backlog waits in the spool, not in memory.
+        ``False``: dropped; call :meth:`wake`, and they are read from the spool in their turn.
         """
         if not records:
             return True
         size = sum(map(len, map(_PAYLOAD, records)))
-        bound = _OFFERED_BYTES if self._room() else _OFFERED_BYTES_WINDOW_FULL
         with self._offered_lock:
-            if self._offered and self._offered_bytes + size > bound:
+            if wait > 0 and not self._takes(size) and self.delivering():
+                self._offered_taken.wait_for(lambda: self._takes(size), timeout=wait)
+            if not self._takes(size):
                 self._offered.clear()
                 self._offered_bytes = 0
                 return False
             self._offered.append((records, size))
             self._offered_bytes += size
         return True
+
+    def takes(self, records: Sequence[SpooledRecord]) -> bool:
+        """Whether :meth:`offer` would take ``records`` now, without dropping anything."""
+        with self._offered_lock:
+            return self._takes(sum(map(len, map(_PAYLOAD, records))))
+
+    def _takes(self, size: int) -> bool:
+        bound = _OFFERED_BYTES if self._room() else _OFFERED_BYTES_WINDOW_FULL
+        return not self._offered or self._offered_bytes + size <= bound
+
+    def delivering(self) -> bool:
+        """Whether the sender moves: it has nothing in flight, or a record was delivered (or
+        sending began after a time with nothing in flight) within the last second. Not so while
+        brokers are down or slow."""
+        if not self._in_flight:
+            return True
+        last = max(self.counters.last_delivery_at or 0.0, self._sending_since)
+        return time.time() - last < _DELIVERING_S
 
     def _next_offered(self) -> Sequence[SpooledRecord] | None:
         """The offered records that come next in the spool, if some were offered. A batch's seqs
@@ -276,6 +303,7 @@ class Sender(ReportHandling):
                     return None  # comes later: what is before it is read from the spool first
                 self._offered.popleft()
                 self._offered_bytes -= size
+                self._offered_taken.notify_all()
                 if sent < len(records):
                     return records[sent:] if sent else records
         return None
@@ -324,6 +352,8 @@ class Sender(ReportHandling):
         in_flight = self._in_flight
         budget = self._window_bytes - self._in_flight_bytes
         end = max(0, len(backlog) - room)
+        if not in_flight:
+            self._sending_since = time.time()
         sent = size = 0
         try:
             while len(backlog) > end and size < budget:
@@ -388,9 +418,13 @@ class SenderThread(threading.Thread):
         caught up (:meth:`Sender.send_now`), else left for the sender (:meth:`Sender.offer`) or,
         if it holds too much, for it to read from the spool."""
         sender = self.sender
-        if not sender.send_now(records) and not sender.offer(records):
+        if sender.send_now(records):
+            self._wake.set()
+            return
+        self._wake.set()  # (it takes offered batches as its window empties)
+        if not sender.offer(records, wait=_OFFER_WAIT_S):
             self._look = True
-        self._wake.set()
+            self._wake.set()
 
     def call(self, fn: Callable[[], Any], timeout: float | None = None) -> Any:
         """Run ``fn`` on the sender thread (the producer is not thread-safe) and return its result."""

@@ -231,8 +231,12 @@ class Replayer:
                 if len(ahead) > 1 or (ahead and not lines):
                     read = len(ahead.head.prepared.lines)
                     result = ahead.commit()
-                    if not self._sender.offer(result.fresh):
-                        self._sender.wake()  # read them from the spool
+                    sender = self._sender
+                    # Flow control: while the sender delivers, read on only once it takes these.
+                    while not self._stop.is_set() and sender.delivering() and not sender.takes(result.fresh):
+                        sender.pump(0.05)
+                    if not sender.offer(result.fresh):
+                        sender.wake()  # read them from the spool
                     self.summary.lines += read
                     self.summary.records += result.spooled
                     self.summary.already_known += result.already_known

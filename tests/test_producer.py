@@ -6,11 +6,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import structlog
 from confluent_kafka import KafkaError, KafkaException, Producer
 from structlog.testing import capture_logs
 
 from jobcompd.config import load_settings
-from jobcompd.producer import _OFFERED_BYTES, _OFFERED_BYTES_WINDOW_FULL, Sender
+from jobcompd.producer import _OFFERED_BYTES, _OFFERED_BYTES_WINDOW_FULL, Sender, SenderThread
 from jobcompd.state import NewRecord, SpooledRecord, State
 from tests.brokers.mockcluster import MockCluster
 from tests.brokers.readback import consume_all
@@ -298,3 +299,66 @@ def test_a_reconfigure_librdkafka_refuses_changes_nothing(mock_cluster: MockClus
         assert sender.close() == 0
         assert state.stats().delivered_total == 100
     assert len(consume_all(mock_cluster.bootstrap, "mycluster", expected=100, timeout=30)) == 100
+
+
+def test_a_reader_ahead_of_a_delivering_sender_waits_for_it_instead_of_being_read_back(
+    mock_cluster: MockCluster, tmp_path: Path
+) -> None:
+    mock_cluster.create_topic("mycluster", 4)
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=60")
+    payload = b"w" * (_OFFERED_BYTES_WINDOW_FULL * 3 // 4 // 12)
+    with CountingState.open(env.state_dir, synchronous="normal") as state:
+        sender = Sender(state, load_settings(env.config).kafka, window=10)
+        thread = SenderThread(sender, structlog.get_logger())
+        thread.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not sender.idle():  # it has looked at the (empty) spool once, as at a start
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            # Each batch is 3/4 of the bound and more than the window: two never fit together,
+            # and the sender takes 10 records at a time.
+            for b in range(10):
+                batch = state.commit_batch([NewRecord(f"r{b}-{i:02d}", 100 * b + i, payload, "log") for i in range(12)])
+                thread.offer(batch.fresh)
+            deadline = time.monotonic() + 60
+            while state.spool_depth():
+                assert time.monotonic() < deadline, f"{state.spool_depth()} records still spooled"
+                time.sleep(0.05)
+        finally:
+            thread.stop()
+            thread.join(30)
+        assert state.records_read == 0, "the reader ran ahead and the sender read records back"
+        assert state.stats().delivered_total == 120
+    assert len(consume_all(mock_cluster.bootstrap, "mycluster", expected=120, timeout=30)) == 120
+
+
+def test_an_offer_does_not_wait_for_a_sender_that_delivers_nothing(
+    mock_cluster: MockCluster, tmp_path: Path
+) -> None:
+    mock_cluster.create_topic("mycluster", 4)
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=60")
+    payload = b"v" * (_OFFERED_BYTES_WINDOW_FULL // 8)
+    with CountingState.open(env.state_dir, synchronous="normal") as state:
+        for broker_id in mock_cluster.broker_ids:
+            mock_cluster.broker_down(broker_id)
+        sender = Sender(state, load_settings(env.config).kafka, window=100)
+        state.commit_batch(new(0, 100))
+        sender.wake()
+        sender.pump(0.05)
+        assert sender.counters.produced == 100 and sender.delivering()  # sending began just now
+        time.sleep(1.2)
+        assert not sender.delivering()  # and nothing came of it
+        batches = [
+            state.commit_batch([NewRecord(f"s{b}-{i}", 1000 + 10 * b + i, payload, "log") for i in range(5)])
+            for b in range(2)
+        ]
+        assert sender.offer(batches[0].fresh, wait=30)
+        started = time.monotonic()
+        assert not sender.offer(batches[1].fresh, wait=30)  # past the bound: dropped, no wait
+        assert time.monotonic() - started < 10
+        sender.wake()
+        for broker_id in mock_cluster.broker_ids:
+            mock_cluster.broker_up(broker_id)
+        send_all(sender, state, timeout=60)
+        assert sender.close() == 0 and state.stats().delivered_total == 110
