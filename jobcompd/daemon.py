@@ -19,7 +19,6 @@ import functools
 import logging
 import os
 import signal
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -39,6 +38,7 @@ from jobcompd.monitoring import Monitoring
 from jobcompd.producer import Sender, SenderThread
 from jobcompd.state import BatchResult, State, StateError
 from jobcompd.tailer import LineBatch, Tailer
+from jobcompd.wakeup import Wakeup
 
 __all__ = ["Daemon"]
 
@@ -62,8 +62,9 @@ class Daemon(Monitoring):
         self._lines_read = 0
         self._metrics: Metrics | None = None
         self._notifier = notifier
-        self._stop = threading.Event()
-        self._reload = threading.Event()
+        # Set by signal handlers: events that take no lock to be set (see jobcompd.wakeup).
+        self._stop = Wakeup()
+        self._reload = Wakeup()
         self._health = Health(pid=os.getpid(), started_at=time.time(), reader=fastpath.PARSER)
         self._state: State | None = None
         self._tailer: Tailer | None = None

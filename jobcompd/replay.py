@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import itertools
 import os
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from jobcompd.ingest import Ingestor, ReadAhead, read_batches
 from jobcompd.logfile import BATCH_LINES, is_compressed, open_log, raw_offset
 from jobcompd.producer import Sender
 from jobcompd.state import State
+from jobcompd.wakeup import Wakeup
 
 __all__ = ["ReplaySummary", "Replayer"]
 
@@ -108,14 +108,14 @@ class Replayer:
         *,
         max_spool_records: int = DEFAULT_MAX_SPOOL_RECORDS,
         progress: TextIO | None = None,
-        stop: threading.Event | None = None,
+        stop: Wakeup | None = None,
     ) -> None:
         self._state = state
         self._ingestor = ingestor
         self._sender = sender
         self._max_spool = max_spool_records
         self._progress_stream = progress
-        self._stop = stop or threading.Event()
+        self._stop = stop or Wakeup()
         self.summary = ReplaySummary()
 
     def run(self, names: list[str]) -> ReplaySummary:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import threading
 
 from jobcompd.config import ConfigError, Settings, load_settings
 from jobcompd.state import State, StateError
+from jobcompd.wakeup import Wakeup
 
 EXIT_OK = 0
 EXIT_SOME_BAD = 1
@@ -53,8 +53,8 @@ def _config_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
+def _stop_on_signals() -> Wakeup:
+    stop = Wakeup()  # set in a signal handler: it must take no lock (see jobcompd.wakeup)
 
     def handler(signum: int, _frame: object) -> None:
         stop.set()

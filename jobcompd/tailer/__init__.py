@@ -53,6 +53,7 @@ from jobcompd.tailer.rotation import (
 from jobcompd.tailer.siblings import Siblings
 from jobcompd.tailer.values import FileStatus, LineBatch, TailStatus
 from jobcompd.tailer.watch import DirectoryWatch
+from jobcompd.wakeup import Wakeup
 
 __all__ = [
     "Change",
@@ -133,7 +134,7 @@ class Tailer(FileReading, Siblings):
         self._hold = hold
         self._hold_for = hold_for
         self._log = logger or structlog.get_logger("jobcompd.tailer")
-        self._wake = threading.Event()
+        self._wake = Wakeup()  # set by the watcher's thread, and by a signal handler (wake())
         self._interrupted = False  # set by wake(): the waiting read() returns
         self._lock = threading.Lock()
         self._watch: DirectoryWatch | None = None

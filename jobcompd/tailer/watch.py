@@ -10,7 +10,6 @@ quarter of the daemon's CPU and three thread hand-offs on the way from a write t
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,8 @@ from watchdog.observers.inotify_c import (
 )
 from watchdog.observers.polling import PollingObserver
 
+from jobcompd.wakeup import Wakeup
+
 _C = InotifyConstants
 # What can change the log or a rotated sibling: appends and truncation, create, rename, delete,
 # a writer closing it, a mode change (logrotate's create).
@@ -47,7 +48,7 @@ _CALLBACK_ID = CallbackId(1)
 class _Wake(FileSystemEventHandler):
     """Sets ``wake`` for any event about the log or its rotated siblings; nothing else (polling)."""
 
-    def __init__(self, name: str, wake: threading.Event) -> None:
+    def __init__(self, name: str, wake: Wakeup) -> None:
         self._name = name
         self._wake = wake
 
@@ -63,7 +64,7 @@ class _InotifyWake:
     siblings, when events were lost, and when the directory itself went away (``lost`` is then
     called, so that the directory is watched again once it exists)."""
 
-    def __init__(self, name: str, wake: threading.Event, lost: Any) -> None:
+    def __init__(self, name: str, wake: Wakeup, lost: Any) -> None:
         self._name = os.fsencode(name)
         self._wake = wake
         self._lost = lost
@@ -94,7 +95,7 @@ class DirectoryWatch:
     its polling observer for NFS. A directory that cannot be watched yet (it does not exist) is
     retried at every :meth:`ensure`; meanwhile the reader's periodic re-check is the only wake-up."""
 
-    def __init__(self, path: Path, wake: threading.Event, *, poll: bool, timeout: float, logger: Any) -> None:
+    def __init__(self, path: Path, wake: Wakeup, *, poll: bool, timeout: float, logger: Any) -> None:
         self._path = path
         self._wake = wake
         self._poll = poll
