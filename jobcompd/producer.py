@@ -97,6 +97,7 @@ class Sender(ReportHandling):
         self._offered_lock = threading.Lock()
         self._offered_taken = threading.Condition(self._offered_lock)  # the sender took some
         self._reports: list[tuple[KafkaError | None, Message]] = []
+        self._reports_since = 0.0
         # The send side — producing, the cursor, the backlog, what is in flight, settling — is used
         # by the sender's thread and, through send_now, by the reader's.
         self._send_lock = threading.RLock()
@@ -199,7 +200,8 @@ class Sender(ReportHandling):
         return not self._in_flight and not self._backlog and not self._offered and self._spool_exhausted
 
     def pump(self, timeout: float = 0.1) -> int:
-        """Produce what the window allows, serve delivery reports for up to ``timeout`` s, settle them.
+        """Produce what the window allows, serve delivery reports for up to ``timeout`` s, and settle
+        them once due (a batch at a time, see ``_settle_due``).
 
         Returns the number of delivery reports settled.
         """
@@ -212,12 +214,12 @@ class Sender(ReportHandling):
             producer = self._producer
         assert producer is not None
         try:
-            producer.poll(timeout if not self._reports else 0)
+            producer.poll(self._settle_wait(timeout))
         except KafkaException as exc:
             # confluent-kafka raises a fatal error (e.g. the idempotent producer lost its
             # sequence) from poll(): recreate the producer and send the spool again.
             self._on_error(exc.args[0])
-        settled = self._settle()
+        settled = self._settle() if self._settle_due() else 0
         self._quiet.flush()
         return settled
 

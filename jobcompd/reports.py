@@ -22,6 +22,11 @@ from jobcompd.state import Delivery, SpooledRecord, State
 
 __all__ = ["InFlight", "ReportHandling", "SenderCounters"]
 
+# Delivery reports are settled in the state a batch at a time: once this many have come, or this
+# long after the first of them (a transaction per report would cost a live trickle most of a core).
+_SETTLE_AT = 500
+_SETTLE_HOLD_S = 0.02
+
 # A record handed to librdkafka and not yet reported, by record id: its spool seq, job id and
 # payload size (the payload itself is librdkafka's now).
 InFlight = tuple[int, int, int]
@@ -61,16 +66,51 @@ class ReportHandling:
     _in_flight_bytes: int  # bytes of the payloads of _in_flight
     _backlog: list[SpooledRecord]
     _reports: list[tuple[KafkaError | None, Message]]
+    _reports_since: float  # when the first of _reports came
     _send_lock: threading.RLock
     _rebuild: bool
     counters: SenderCounters
     _produce_backlog: Callable[[int], bool]
     _drain: Callable[[int], None]
+    _room: Callable[[], int]
     start: Callable[[], None]
 
     def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
         # Kept as it comes (one callback per record): read once, when the reports are settled.
+        if not self._reports:
+            self._reports_since = time.monotonic()
         self._reports.append((error, message))
+        if self._debug and error is None:
+            self._log_delivered(message)
+
+    def _log_delivered(self, message: Message) -> None:
+        """``debug_jobcomp``: each delivery as its report comes (as the plugin's callback logs it),
+        not when it is settled in the state, which may be a little later (:meth:`_settle_due`)."""
+        key = message.key()
+        rid = key.decode() if isinstance(key, bytes) else str(key)
+        entry = self._in_flight.get(rid)
+        if entry is not None:
+            self._log.info("job delivered", jobid=entry[1], rid=rid, partition=message.partition(),
+                           offset=message.offset())
+
+    def _settle_due(self) -> bool:
+        """Whether to settle the reports served: a batch of them is settled in one transaction,
+        once ``_SETTLE_AT`` have come or the first came ``_SETTLE_HOLD_S`` ago, or at once when
+        the window is full (a live trickle would otherwise cost a transaction per record)."""
+        reports = self._reports
+        return bool(reports) and (
+            len(reports) >= _SETTLE_AT
+            or time.monotonic() - self._reports_since >= _SETTLE_HOLD_S
+            or not self._room()
+            or self._rebuild
+        )
+
+    def _settle_wait(self, timeout: float) -> float:
+        """How long the next poll may wait: ``timeout``, but not past the time the reports served
+        are due to be settled."""
+        if not self._reports:
+            return timeout
+        return max(0.0, min(timeout, self._reports_since + _SETTLE_HOLD_S - time.monotonic()))
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
@@ -121,7 +161,7 @@ class ReportHandling:
         reports = self._reports
         if not reports:
             return 0
-        if not self._debug and all(map(is_, map(_ERROR, reports), repeat(None))):  # (not ==: KafkaError)
+        if all(map(is_, map(_ERROR, reports), repeat(None))):  # (not ==: KafkaError)
             settled = self._settle_all_delivered(list(map(_MESSAGE, reports)))
             if settled is not None:
                 return settled
@@ -133,7 +173,6 @@ class ReportHandling:
         requeue_timeouts = self._kafka.params.requeue_on_msg_timeout
         in_flight = self._in_flight
         rids: list[str] = []
-        sent: list[str] = []
         for error, message in reports:
             key = message.key()
             rid = key.decode() if isinstance(key, bytes) else str(key)
@@ -145,7 +184,6 @@ class ReportHandling:
             fate = outcome(error, requeue_on_msg_timeout=requeue_timeouts, rebuilding=self._rebuild)
             if fate is Outcome.DELIVERED or error is None:
                 delivered.append(Delivery(seq, message.partition() or 0, message.offset() or 0, jobid))
-                sent.append(rid)
             elif fate is Outcome.REBUILD:
                 self._rebuild = True  # stays in the spool, for the rebuilt producer
                 attempts[seq] = _reason(error)
@@ -167,15 +205,6 @@ class ReportHandling:
         self._reports = []
         pop = in_flight.pop
         self._in_flight_bytes -= sum(entry[2] for entry in map(pop, rids, repeat(None)) if entry is not None)
-        if self._debug:
-            for rid, delivery in zip(sent, delivered, strict=True):
-                self._log.info(
-                    "job delivered",
-                    jobid=delivery.jobid,
-                    rid=rid,
-                    partition=delivery.partition,
-                    offset=delivery.offset,
-                )
         if delivered:
             self.counters.delivered += len(delivered)
             self.counters.last_delivery_at = time.time()

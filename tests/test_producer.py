@@ -3,26 +3,34 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Producer
 from structlog.testing import capture_logs
 
+from jobcompd import reports
 from jobcompd.config import load_settings
 from jobcompd.producer import _OFFERED_BYTES, _OFFERED_BYTES_WINDOW_FULL, Sender, SenderThread
-from jobcompd.state import NewRecord, SpooledRecord, State
+from jobcompd.state import Delivery, NewRecord, SpooledRecord, State
 from tests.brokers.mockcluster import MockCluster
 from tests.brokers.readback import consume_all
 from tests.jobcompd_env import JobcompdEnv
 
 
 class CountingState(State):
-    """The real State, counting how often the spool is read back."""
+    """The real State, counting how often the spool is read back, and the settling transactions."""
 
     reads = 0
     records_read = 0
+    settled = 0  # transactions settling delivery reports
+
+    def mark_delivered(self, deliveries: Sequence[Delivery]) -> int:
+        self.settled += 1
+        return super().mark_delivered(deliveries)
 
     def pending(self, *, after_seq: int = 0, limit: int = 1000) -> list[SpooledRecord]:
         self.reads += 1
@@ -362,3 +370,26 @@ def test_an_offer_does_not_wait_for_a_sender_that_delivers_nothing(
             mock_cluster.broker_up(broker_id)
         send_all(sender, state, timeout=60)
         assert sender.close() == 0 and state.stats().delivered_total == 110
+
+
+def test_the_reports_of_a_trickle_are_settled_in_one_transaction(
+    mock_cluster: MockCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reports, "_SETTLE_HOLD_S", 1.0)
+    mock_cluster.create_topic("mycluster", 4)
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=60")
+    with CountingState.open(env.state_dir, synchronous="normal") as state:
+        sender = Sender(state, load_settings(env.config).kafka)
+        started = time.monotonic()
+        for i in range(3):  # one record at a time, each acknowledged before the next is read
+            state.commit_batch(new(i, i + 1))
+            sender.wake()
+            while len(sender._reports) < i + 1:
+                assert time.monotonic() - started < 30, "no delivery report"
+                sender.pump(0.05)
+        if time.monotonic() - started < 0.9:  # (a machine slower than that settles sooner)
+            assert state.settled == 0 and state.spool_depth() == 3 and sender.counters.delivered == 0
+        send_all(sender, state)
+        assert state.settled == 1  # the three reports, in one transaction
+        assert sender.counters.delivered == 3 and state.stats().delivered_total == 3
+        assert sender.close() == 0
