@@ -920,6 +920,9 @@ static PyObject *Encoder_encode_line(Encoder *self, PyObject *line) {
     return Py_BuildValue("(NNN)", rid, jobid, payload);
 }
 
+/* Lines read between two returns to the interpreter, by their bytes (at least one line). */
+#define CHUNK_BYTES (128 * 1024)
+
 /* A line of a batch: its bytes, then what reading it gave. */
 typedef struct {
     const char *s; /* NULL: not bytes (not mine: the Python path takes any buffer) */
@@ -955,44 +958,50 @@ static PyObject *Encoder_encode_lines(Encoder *self, PyObject *lines) {
         }
     }
     lock_encoder(self);
-    self->batch.len = 0;
-    self->nogil = 1;
-    Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < count; i++) {
-        batch_line *l = &at_line[i];
-        if (l->s == NULL) continue;
-        int alone = i + 1 == count || record_start(at_line[i + 1].s, at_line[i + 1].n);
-        l->start = self->batch.len;
-        l->status = encode_bytes(self, &self->batch, l->s, l->n, alone, &l->jobid, l->hex);
-        l->len = self->batch.len - l->start;
-    }
-    Py_END_ALLOW_THREADS
-    self->nogil = 0;
     int failed = 0;
-    for (Py_ssize_t i = 0; i < count && !failed; i++) {
-        batch_line *l = &at_line[i];
-        PyObject *rid, *jobid, *payload;
-        int ok;
-        if (l->status == NEED_GIL) {
+    /* A chunk of lines at a time, so the payload buffer stays small (it lives as long as the
+     * encoder): read without the interpreter, then made into objects with it. */
+    for (Py_ssize_t first = 0, end; first < count && !failed; first = end) {
+        Py_ssize_t bytes = 0;
+        for (end = first; end < count && (end == first || bytes < CHUNK_BYTES); end++) bytes += at_line[end].n;
+        self->batch.len = 0;
+        self->nogil = 1;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = first; i < end; i++) {
+            batch_line *l = &at_line[i];
+            if (l->s == NULL) continue;
             int alone = i + 1 == count || record_start(at_line[i + 1].s, at_line[i + 1].n);
-            ok = encode_one(self, l->s, l->n, alone, &rid, &jobid, &payload);
-        } else if (l->status == 1) {
-            ok = answer(l->hex, l->jobid, self->batch.data + l->start, l->len, &rid, &jobid, &payload);
-        } else {
-            continue;
+            l->start = self->batch.len;
+            l->status = encode_bytes(self, &self->batch, l->s, l->n, alone, &l->jobid, l->hex);
+            l->len = self->batch.len - l->start;
         }
-        if (ok < 0) {
-            failed = 1;
-            break;
+        Py_END_ALLOW_THREADS
+        self->nogil = 0;
+        for (Py_ssize_t i = first; i < end && !failed; i++) {
+            batch_line *l = &at_line[i];
+            PyObject *rid, *jobid, *payload;
+            int ok;
+            if (l->status == NEED_GIL) {
+                int alone = i + 1 == count || record_start(at_line[i + 1].s, at_line[i + 1].n);
+                ok = encode_one(self, l->s, l->n, alone, &rid, &jobid, &payload);
+            } else if (l->status == 1) {
+                ok = answer(l->hex, l->jobid, self->batch.data + l->start, l->len, &rid, &jobid, &payload);
+            } else {
+                continue;
+            }
+            if (ok < 0) {
+                failed = 1;
+                break;
+            }
+            if (ok == 0) continue;
+            PyObject *index = PyLong_FromSsize_t(i);
+            failed = index == NULL || PyList_Append(rids, rid) < 0 || PyList_Append(jobids, jobid) < 0 ||
+                     PyList_Append(payloads, payload) < 0 || PyList_Append(at, index) < 0;
+            Py_DECREF(rid);
+            Py_DECREF(jobid);
+            Py_DECREF(payload);
+            Py_XDECREF(index);
         }
-        if (ok == 0) continue;
-        PyObject *index = PyLong_FromSsize_t(i);
-        failed = index == NULL || PyList_Append(rids, rid) < 0 || PyList_Append(jobids, jobid) < 0 ||
-                 PyList_Append(payloads, payload) < 0 || PyList_Append(at, index) < 0;
-        Py_DECREF(rid);
-        Py_DECREF(jobid);
-        Py_DECREF(payload);
-        Py_XDECREF(index);
     }
     PyThread_release_lock(self->lock);
     PyMem_Free(at_line);
