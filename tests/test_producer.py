@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from jobcompd import reports
 from jobcompd.config import load_settings
 from jobcompd.producer import _OFFERED_BYTES, _OFFERED_BYTES_WINDOW_FULL, Sender, SenderThread
-from jobcompd.state import Delivery, NewRecord, SpooledRecord, State
+from jobcompd.state import BatchResult, Delivery, NewRecord, SpooledRecord, State
 from tests.brokers.mockcluster import MockCluster
 from tests.brokers.readback import consume_all
 from tests.jobcompd_env import JobcompdEnv
@@ -182,24 +182,31 @@ def test_an_offered_batch_partly_read_back_is_sent_from_memory_for_the_rest(
     assert_sent_in_order(mock_cluster, 200)
 
 
+def stuck_sender(mock_cluster: MockCluster, env: JobcompdEnv, state: State) -> tuple[Sender, list[BatchResult]]:
+    """Brokers down, a sender whose window of 100 is full, and two batches spooled, each 5/8 of
+    the bound on what waits in memory while the window is full."""
+    mock_cluster.create_topic("mycluster", 4)
+    for broker_id in mock_cluster.broker_ids:
+        mock_cluster.broker_down(broker_id)
+    sender = Sender(state, load_settings(env.config).kafka, window=100)
+    state.commit_batch(new(0, 100))
+    sender.wake()
+    sender.pump(0.05)
+    assert sender.counters.produced == 100  # the window is full: no broker answers
+    payload = b"z" * (_OFFERED_BYTES_WINDOW_FULL // 8)
+    batches = [
+        state.commit_batch([NewRecord(f"s{b}-{i}", 1000 + 10 * b + i, payload, "log") for i in range(5)])
+        for b in range(2)
+    ]
+    return sender, batches
+
+
 def test_a_sender_with_a_full_window_holds_little_of_what_it_is_offered(
     mock_cluster: MockCluster, tmp_path: Path
 ) -> None:
-    mock_cluster.create_topic("mycluster", 4)
     env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=60")
-    payload = b"z" * (_OFFERED_BYTES_WINDOW_FULL // 8)
     with CountingState.open(env.state_dir, synchronous="normal") as state:
-        for broker_id in mock_cluster.broker_ids:
-            mock_cluster.broker_down(broker_id)
-        sender = Sender(state, load_settings(env.config).kafka, window=100)
-        state.commit_batch(new(0, 100))
-        sender.wake()
-        sender.pump(0.05)
-        assert sender.counters.produced == 100  # the window is full: no broker answers
-        batches = [
-            state.commit_batch([NewRecord(f"s{b}-{i}", 1000 + 10 * b + i, payload, "log") for i in range(5)])
-            for b in range(2)
-        ]
+        sender, batches = stuck_sender(mock_cluster, env, state)
         assert sender.offer(batches[0].fresh)  # 5/8 of the bound: held, to be sent next
         assert not sender.offer(batches[1].fresh)  # past it: nothing is held while brokers are down
         sender.wake()
@@ -344,23 +351,12 @@ def test_a_reader_ahead_of_a_delivering_sender_waits_for_it_instead_of_being_rea
 def test_an_offer_does_not_wait_for_a_sender_that_delivers_nothing(
     mock_cluster: MockCluster, tmp_path: Path
 ) -> None:
-    mock_cluster.create_topic("mycluster", 4)
     env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=60")
-    payload = b"v" * (_OFFERED_BYTES_WINDOW_FULL // 8)
     with CountingState.open(env.state_dir, synchronous="normal") as state:
-        for broker_id in mock_cluster.broker_ids:
-            mock_cluster.broker_down(broker_id)
-        sender = Sender(state, load_settings(env.config).kafka, window=100)
-        state.commit_batch(new(0, 100))
-        sender.wake()
-        sender.pump(0.05)
-        assert sender.counters.produced == 100 and sender.delivering()  # sending began just now
+        sender, batches = stuck_sender(mock_cluster, env, state)
+        assert sender.delivering()  # sending began just now
         time.sleep(1.2)
         assert not sender.delivering()  # and nothing came of it
-        batches = [
-            state.commit_batch([NewRecord(f"s{b}-{i}", 1000 + 10 * b + i, payload, "log") for i in range(5)])
-            for b in range(2)
-        ]
         assert sender.offer(batches[0].fresh, wait=30)
         started = time.monotonic()
         assert not sender.offer(batches[1].fresh, wait=30)  # past the bound: dropped, no wait
