@@ -927,6 +927,7 @@ static PyObject *Encoder_encode_line(Encoder *self, PyObject *line) {
 typedef struct {
     const char *s; /* NULL: not bytes (not mine: the Python path takes any buffer) */
     Py_ssize_t n;
+    int alone;     /* no line follows, or the next one starts a record (see encode_bytes) */
     int status;    /* encode_bytes()'s answer */
     int64_t jobid;
     size_t start, len; /* the payload in self->batch */
@@ -970,9 +971,9 @@ static PyObject *Encoder_encode_lines(Encoder *self, PyObject *lines) {
         for (Py_ssize_t i = first; i < end; i++) {
             batch_line *l = &at_line[i];
             if (l->s == NULL) continue;
-            int alone = i + 1 == count || record_start(at_line[i + 1].s, at_line[i + 1].n);
+            l->alone = i + 1 == count || record_start(at_line[i + 1].s, at_line[i + 1].n);
             l->start = self->batch.len;
-            l->status = encode_bytes(self, &self->batch, l->s, l->n, alone, &l->jobid, l->hex);
+            l->status = encode_bytes(self, &self->batch, l->s, l->n, l->alone, &l->jobid, l->hex);
             l->len = self->batch.len - l->start;
         }
         Py_END_ALLOW_THREADS
@@ -982,8 +983,7 @@ static PyObject *Encoder_encode_lines(Encoder *self, PyObject *lines) {
             PyObject *rid, *jobid, *payload;
             int ok;
             if (l->status == NEED_GIL) {
-                int alone = i + 1 == count || record_start(at_line[i + 1].s, at_line[i + 1].n);
-                ok = encode_one(self, l->s, l->n, alone, &rid, &jobid, &payload);
+                ok = encode_one(self, l->s, l->n, l->alone, &rid, &jobid, &payload);
             } else if (l->status == 1) {
                 ok = answer(l->hex, l->jobid, self->batch.data + l->start, l->len, &rid, &jobid, &payload);
             } else {

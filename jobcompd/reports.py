@@ -49,6 +49,12 @@ class SenderCounters:
     brokers_down_since: float | None = None  # no broker up since then
 
 
+def _rid_of(message: Message) -> str:
+    """The record id a report is for: its message's key."""
+    key = message.key()
+    return key.decode() if isinstance(key, bytes) else str(key)
+
+
 def _reason(error: KafkaError) -> str:
     return f"{error.name()}: {error.str()}"
 
@@ -86,8 +92,7 @@ class ReportHandling:
     def _log_delivered(self, message: Message) -> None:
         """``debug_jobcomp``: each delivery as its report comes (as the plugin's callback logs it),
         not when it is settled in the state, which may be a little later (:meth:`_settle_due`)."""
-        key = message.key()
-        rid = key.decode() if isinstance(key, bytes) else str(key)
+        rid = _rid_of(message)
         entry = self._in_flight.get(rid)
         if entry is not None:
             self._log.info("job delivered", jobid=entry[1], rid=rid, partition=message.partition(),
@@ -174,8 +179,7 @@ class ReportHandling:
         in_flight = self._in_flight
         rids: list[str] = []
         for error, message in reports:
-            key = message.key()
-            rid = key.decode() if isinstance(key, bytes) else str(key)
+            rid = _rid_of(message)
             rids.append(rid)
             entry = in_flight.get(rid)
             if entry is None:
