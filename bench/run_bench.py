@@ -123,6 +123,7 @@ class Run:
         """A jobcompd configuration of its own under the workspace (state, log, rdkafka.conf).
 
         linger.ms=5 (JobcompdEnv's default); jobcompd adds enable.idempotence and acks=all itself.
+        The state keeps jobcompd's default ``synchronous = "full"`` (the tests use "normal").
         The spool limit is raised above the backlog the run builds, so reading never pauses.
         ``log_deliveries`` logs each delivery report as JSON (``debug_jobcomp``).
         """
@@ -134,6 +135,7 @@ class Run:
             extra_toml=f"max_spool_records = {max(2 * self.n, 1_000_000)}\n"
             + ('[log]\nformat = "json"\ndebug_jobcomp = true\n' if log_deliveries else ""),
             source_toml="parse_worker = true\n" if parse_worker else "",
+            synchronous="full",  # the default: each batch read is flushed to disk with its commit
         )
 
 
@@ -821,6 +823,8 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
         f"{machine.rsyslog} with omkafka",
         f"- broker: librdkafka mock cluster, 3 brokers on loopback, topic of {run.partitions} partitions "
         f"(fresh cluster per measurement); producers linger.ms=5, idempotent, acks=all",
+        "- jobcompd: default configuration; its state flushed to disk with each commit of what was read "
+        '(synchronous = "full")',
     ]
     if "rsyslog" in f and f["rsyslog"].get("note"):
         out.append(f"- rsyslog: {f['rsyslog']['note']} (end taken from the broker's last Produce request)")

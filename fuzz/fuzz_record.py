@@ -6,9 +6,10 @@ Any input must give, for every group of lines, a :class:`JobRecord` whose JSON i
 or a :class:`ParseError` with a reason — never an exception, never more than 100 ms for one line
 (the parser is linear: 64 KiB take a few milliseconds) — and where the one-reading shortcut
 answers, the general reader must give the same record; where the compiled reader answers, its
-JSON bytes, record id and job id are the Python reader's, and a batch read with both is the batch
-read with Python alone. The corpus is seeded from the test lines
-(every Slurm generation, the real plugin's workload, hostile values) in a scratch directory.
+JSON bytes, record id and job id are the Python reader's, a batch read with both is the batch
+read with Python alone, and the lines held back at a batch's end are the Python reader's. The
+corpus is seeded from the test lines (every Slurm generation, the real plugin's workload, hostile
+values) in a scratch directory.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ if _build:
 with atheris.instrument_imports():
     from jobcompd import batch, fastpath, record
     from jobcompd.encode import Encoder
-    from jobcompd.joining import parse_records
+    from jobcompd.joining import parse_records, unfinished_tail
     from jobcompd.record import JobRecord, ParseError
     from jobcompd.zone import resolve
 
@@ -89,6 +90,10 @@ def one_input(data: bytes) -> None:
                 assert payload == _ENCODER.encode(parsed), line
                 assert rid == _ENCODER.record_id(line, parsed) and jobid == parsed.jobid, line
         assert batch.parse_batch(lines, _SPEC) == batch._parse_batch(lines, _SPEC, None), lines
+        # What a reader holds back is the same when the compiled reader vouches for whole lines.
+        for end in range(1, len(lines) + 1):
+            cut = lines[:end]
+            assert batch.unfinished_lines(cut, _SPEC) == unfinished_tail(cut), cut
 
 
 def seed(directory: Path) -> None:

@@ -13,12 +13,12 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from jobcompd.encode import Encoder
-from jobcompd.fastpath import compiled_encoder
-from jobcompd.joining import parse_records_around
+from jobcompd.fastpath import compiled_encoder, compiled_whole
+from jobcompd.joining import parse_records_around, unfinished_tail
 from jobcompd.record import ParseError
 from jobcompd.zone import Zone, ZoneSpec
 
-__all__ = ["ParseSpec", "RecordBatch", "encoder_for", "parse_batch"]
+__all__ = ["ParseSpec", "RecordBatch", "encoder_for", "parse_batch", "unfinished_lines"]
 
 
 class ParseSpec(NamedTuple):
@@ -65,6 +65,14 @@ def parse_batch(lines: Sequence[bytes], spec: ParseSpec) -> RecordBatch:
         rids, jobids, payloads, at = answered
         return RecordBatch(rids, jobids, payloads, at, [], [])
     return _parse_batch(lines, spec, answered)
+
+
+def unfinished_lines(lines: Sequence[bytes], spec: ParseSpec) -> int:
+    """How many of the last ``lines`` start a record that lines not read yet may still complete
+    (:func:`jobcompd.joining.unfinished_tail`): the compiled reader, when built, vouches for the
+    lines that are a whole record alone, so the usual batch is not parsed twice in Python."""
+    whole = compiled_whole(spec.zone, spec.max_line_bytes)
+    return unfinished_tail(lines, max_bytes=spec.max_line_bytes, whole=whole)
 
 
 def _parse_batch(

@@ -15,7 +15,6 @@ buffer) and says so in the log and the status.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import signal
@@ -31,7 +30,6 @@ from jobcompd.config import ConfigError, KafkaSettings, Settings, load_settings
 from jobcompd.health import Health
 from jobcompd.identity import LIVE, Position, position_key
 from jobcompd.ingest import Ingestor, ReadAhead
-from jobcompd.joining import unfinished_tail
 from jobcompd.lock import StateDirLock
 from jobcompd.metrics import Metrics
 from jobcompd.monitoring import Monitoring
@@ -130,7 +128,7 @@ class Daemon(Monitoring):
             start_at=settings.source.start_at,
             poll=settings.source.poll,
             max_line_bytes=settings.source.max_line_bytes,
-            hold=functools.partial(unfinished_tail, max_bytes=settings.source.max_line_bytes),
+            hold=ingestor.unfinished,
             recheck_interval=_IDLE_WAIT_S,
             logger=structlog.get_logger("jobcompd.tailer"),
         )
@@ -223,7 +221,10 @@ class Daemon(Monitoring):
                 if batch is None:
                     continue
                 self._add(ahead, batch)
-            if len(ahead) == 1 and self._health.state_error is None:
+            if len(ahead) == 1 and ahead.head.prepared.beside and self._health.state_error is None:
+                # Read the next batch while this one is parsed. A small batch (lines as they are
+                # written) is committed at once instead: what comes meanwhile is read as one
+                # batch after it, so a trickle costs one look at the file per commit, not two.
                 more = tailer.read(timeout=0)
                 if more is not None:
                     self._add(ahead, more)

@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 from jobcompd.encode import RECORD_ID_PERSON
 from jobcompd.zone import Zone, ZoneSpec
 
-__all__ = ["PARSER", "compiled_encoder", "offset_of_hour"]
+__all__ = ["PARSER", "compiled_encoder", "compiled_whole", "offset_of_hour"]
 
 def _load() -> tuple[Any, str]:
     if os.environ.get("JOBCOMPD_PARSER", "").strip().lower() in ("python", "pure", "py"):
@@ -73,3 +73,24 @@ def compiled_encoder(zone: ZoneSpec, cluster: str | None, max_bytes: int) -> Any
         return None
     tz = Zone.from_spec(zone).tz
     return _compiled.Encoder(offset_of_hour(tz), (cluster or "").encode(), max_bytes, RECORD_ID_PERSON)
+
+
+@functools.lru_cache(maxsize=8)
+def compiled_whole(zone: ZoneSpec, max_bytes: int) -> Callable[[bytes], bool] | None:
+    """``whole(line)``: ``True`` when the compiled reader reads ``line`` alone as a record of 17.11
+    or later, ``False`` when it does not (the Python reader decides); ``None`` on the Python path.
+
+    It has an encoder of its own, so it never waits for a batch being read on the parse thread.
+    """
+    if _compiled is None:
+        return None
+    encode_line = _compiled.Encoder(
+        offset_of_hour(Zone.from_spec(zone).tz), b"", max_bytes, RECORD_ID_PERSON
+    ).encode_line
+
+    def whole(line: bytes) -> bool:
+        # It answers for a 17.02 record too (alone, it is one); a 17.02 record has none of the
+        # 17.11 keys, and an answered line with " Cluster=" has each of them once.
+        return b" Cluster=" in line and encode_line(line) is not None
+
+    return whole

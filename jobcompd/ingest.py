@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import itertools
 import marshal
 import os
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import repeat
 from pathlib import Path
@@ -34,7 +35,7 @@ import structlog
 
 import jobcompd
 from jobcompd._parse_child import read_frame, write_frame
-from jobcompd.batch import ParseSpec, RecordBatch, parse_batch
+from jobcompd.batch import ParseSpec, RecordBatch, parse_batch, unfinished_lines
 from jobcompd.config import SourceSettings
 from jobcompd.fastpath import PARSER
 from jobcompd.identity import Position
@@ -64,13 +65,21 @@ WORKER_MIN_LINES = 200
 """Smaller batches are parsed by the caller: the hand-over would cost more than it saves."""
 
 def read_batches(
-    fh: BinaryIO, size: int, *, max_bytes: int = DEFAULT_MAX_LINE_BYTES
+    fh: BinaryIO,
+    size: int,
+    *,
+    max_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    unfinished: Callable[[Sequence[bytes]], int] | None = None,
 ) -> Iterator[list[bytes]]:
     """Batches of up to ``size`` lines of ``fh`` (more when a record continues past the end).
 
     A batch never ends inside a record whose name holds line breaks: the lines that may be the
-    start of such a record are carried over to the next batch (see :func:`unfinished_tail`).
+    start of such a record are carried over to the next batch (``unfinished``, by default
+    :func:`unfinished_tail` within ``max_bytes``; :meth:`Ingestor.unfinished` asks the compiled
+    reader first).
     """
+    if unfinished is None:
+        unfinished = functools.partial(unfinished_tail, max_bytes=max_bytes)
     carry: list[bytes] = []
     while True:
         more = list(itertools.islice(fh, size))
@@ -79,7 +88,7 @@ def read_batches(
                 yield carry
             return
         lines = carry + more
-        keep = unfinished_tail(lines, max_bytes=max_bytes)
+        keep = unfinished(lines)
         lines, carry = lines[: len(lines) - keep], lines[len(lines) - keep :]
         if lines:
             yield lines
@@ -292,6 +301,12 @@ class Prepared:
         self._future: Future[RecordBatch] | None = None
         self._parsed: RecordBatch | None = None
 
+    @property
+    def beside(self) -> bool:
+        """Whether the batch is parsed beside the caller (a thread or worker parses it), so that
+        reading the next one meanwhile pays; a small batch is parsed by the caller at its commit."""
+        return self._future is not None
+
 
 class Ingestor:
     """Parses, encodes and commits batches of lines from one source."""
@@ -335,6 +350,11 @@ class Ingestor:
         if isinstance(self._worker, ParseThread):
             return "thread"
         return "in place" if self._worker is None else "worker process"
+
+    def unfinished(self, lines: Sequence[bytes]) -> int:
+        """How many of the last ``lines`` to hold back: the start of a record that lines not read
+        yet may complete (:func:`jobcompd.batch.unfinished_lines`)."""
+        return unfinished_lines(lines, self._spec)
 
     @property
     def max_line_bytes(self) -> int:

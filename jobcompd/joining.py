@@ -7,7 +7,7 @@ lines read, using :func:`jobcompd.record.parse_line` on the candidates.
 
 from __future__ import annotations
 
-from collections.abc import Container, Sequence
+from collections.abc import Callable, Container, Sequence
 
 from jobcompd.record import DEFAULT_MAX_LINE_BYTES, JobRecord, ParseError, is_record_start, parse_line
 
@@ -59,27 +59,33 @@ def _parse_records(
             out.append((i, 1, None))
             i += 1
             continue
-        line = lines[i]
-        result = parse_line(line, max_bytes=max_bytes)
-        count = 1
-        if i + 1 < n and _may_continue(result):
-            more = _continuation(lines, i, max_bytes)
-            for k in range(len(more), 0, -1):  # the longest join that is one record
-                whole = parse_line(b"".join((line, *more[:k])), max_bytes=max_bytes)
-                # A line that is a 17.02 record already is only joined into a newer record:
-                # a stray line after an old record is not taken for the rest of its directory.
-                if whole.__class__ is JobRecord and (
-                    result.__class__ is ParseError or whole.generation != "17.02"  # type: ignore[union-attr]
-                ):
-                    result, count = whole, k + 1
-                    break
-            if result.__class__ is ParseError and _headless(line):
-                joined = _across_starts(lines, i, max_bytes)
-                if joined is not None:
-                    result, count = joined
+        count, result = _record_at(lines, i, max_bytes)
         out.append((i, count, result))
         i += count
     return out
+
+
+def _record_at(lines: Sequence[bytes], i: int, max_bytes: int) -> tuple[int, JobRecord | ParseError]:
+    """The record that starts at ``lines[i]``: how many lines it takes, and what they read as."""
+    line = lines[i]
+    result = parse_line(line, max_bytes=max_bytes)
+    count = 1
+    if i + 1 < len(lines) and _may_continue(result):
+        more = _continuation(lines, i, max_bytes)
+        for k in range(len(more), 0, -1):  # the longest join that is one record
+            whole = parse_line(b"".join((line, *more[:k])), max_bytes=max_bytes)
+            # A line that is a 17.02 record already is only joined into a newer record:
+            # a stray line after an old record is not taken for the rest of its directory.
+            if whole.__class__ is JobRecord and (
+                result.__class__ is ParseError or whole.generation != "17.02"  # type: ignore[union-attr]
+            ):
+                result, count = whole, k + 1
+                break
+        if result.__class__ is ParseError and _headless(line):
+            joined = _across_starts(lines, i, max_bytes)
+            if joined is not None:
+                result, count = joined
+    return count, result
 
 
 def _headless(line: bytes) -> bool:
@@ -121,20 +127,33 @@ def _may_continue(result: JobRecord | ParseError) -> bool:
     return result.generation == "17.02"  # type: ignore[union-attr]
 
 
-def unfinished_tail(lines: Sequence[bytes], *, max_bytes: int = DEFAULT_MAX_LINE_BYTES) -> int:
+def unfinished_tail(
+    lines: Sequence[bytes],
+    *,
+    max_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    whole: Callable[[bytes], bool] | None = None,
+) -> int:
     """How many of the last ``lines`` start a record that the lines after them may still complete.
 
     A reader holds these back until more lines come (or the file stays quiet), so that a record
     with line breaks in its name is joined even when a read or a batch ends in its middle. The
     earliest such start counts: a name's line break may be followed by text that looks like a
     record start itself.
+
+    ``whole(line)``, if given, says ``True`` only for a line that reads alone as a record of 17.11
+    or later (the compiled reader's answer): such a line completes its record, and the lines after
+    it cannot change that (see :func:`parse_records`), so it is not parsed again here.
     """
     n = len(lines)
     window = min(n, MAX_CONTINUATION_LINES + 1)
-    starts = [back for back in range(window, 0, -1) if is_record_start(lines[n - back])]
+    starts = [
+        back
+        for back in range(window, 0, -1)
+        if is_record_start(lines[n - back]) and not (whole is not None and whole(lines[n - back]))
+    ]
     for back in starts:
         # The lines after it may still complete it (or complete only a 17.02 reading)...
-        _, count, result = parse_records(lines[n - back :], max_bytes=max_bytes)[0]
+        count, result = _record_at(lines, n - back, max_bytes)
         if result.__class__ is ParseError:
             # ... when nothing else completes it: the last start, or one that stops before its
             # fields (the rest of its name, and its record, come after a line break).

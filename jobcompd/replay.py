@@ -207,7 +207,7 @@ class Replayer:
             batches = read_batches(
                 itertools.chain(pending, fh),  # type: ignore[arg-type]
                 BATCH_LINES,
-                max_bytes=self._ingestor.max_line_bytes,
+                unfinished=self._ingestor.unfinished,
             )
             while True:
                 lines = next(batches, None)

@@ -43,6 +43,7 @@ class JobcompdEnv:
     properties: dict[str, str] = field(default_factory=dict)
     extra_toml: str = ""
     source_toml: str = ""  # more [source] keys
+    synchronous: str = "normal"  # the tests' choice; "full" is jobcompd's default
     log_path: Path | None = None
 
     def __post_init__(self) -> None:
@@ -71,7 +72,7 @@ class JobcompdEnv:
         self.config.write_text(
             f'[source]\npath = "{self.log_path}"\ntimezone = "UTC"\n{self.source_toml}'
             f'[kafka]\nrdkafka_conf = "{self.root / "rdkafka.conf"}"\nparams = "{params}"\n'
-            f'[state]\ndir = "{self.state_dir}"\nsynchronous = "normal"\n' + self.extra_toml
+            f'[state]\ndir = "{self.state_dir}"\nsynchronous = "{self.synchronous}"\n' + self.extra_toml
         )
 
     def run(self, *args: str, timeout: float = 300, **kw: Any) -> subprocess.CompletedProcess[str]:

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from jobcompd import batch, fastpath
 from jobcompd.batch import ParseSpec, RecordBatch, encoder_for
-from jobcompd.joining import parse_records
+from jobcompd.joining import parse_records, unfinished_tail
 from jobcompd.record import DEFAULT_MAX_LINE_BYTES, JobRecord, parse_line
 from jobcompd.zone import resolve
 from tests.slurmctld import GENERATIONS, FakeJob, hostile_lines, mixed_lines, ordinary_line, render
@@ -204,6 +204,37 @@ def test_batches_with_joined_records_and_bad_lines_agree() -> None:
     assert len(result.bad) == 3 and 8 in result.ambiguous
     assert [len(r) for r in (result.rids, result.jobids, result.payloads, result.at)] == [len(result.at)] * 4
     assert [i for i, _, r in parse_records(lines) if isinstance(r, JobRecord)] == result.at
+
+
+def test_lines_held_back_are_the_python_readers() -> None:
+    # The compiled reader only vouches for lines that are a whole 17.11+ record alone; what a
+    # reader holds back at every cut of these lines is what the Python reader holds back.
+    spec = spec_for("Europe/Berlin")
+    zone = resolve("Europe/Berlin").tz
+    old = render(FakeJob(job_id=5, work_dir="/a"), "17.02", zone)
+    split = render(FakeJob(job_id=7, name="two\nlines"), "23.02", zone).splitlines(keepends=True)
+    forged = render(FakeJob(job_id=8, name="evil\nJobId=77 UserId=root(0) GroupId=root(0) Name=y"),
+                    "23.02", zone).splitlines(keepends=True)
+    cut = render(FakeJob(job_id=9, work_dir="/w x"), "23.02", zone)
+    good = mixed_lines(40, seed=5, zone=zone)
+    lines = [*good[:5], *split, old, *good[5:9], *forged, cut[:60] + b"\n", cut, old, *good[9:], old,
+             cut[:-1], *split[:1]]
+    whole = fastpath.compiled_whole(spec.zone, spec.max_line_bytes)
+    held = []
+    for end in range(1, len(lines) + 1):
+        python = unfinished_tail(lines[:end], max_bytes=spec.max_line_bytes)
+        assert batch.unfinished_lines(lines[:end], spec) == python, end
+        held.append(python)
+    assert any(held) and not all(held)
+    assert whole(good[0]) and not whole(old) and not whole(split[0]) and not whole(b"garbage\n")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(mixed_lines(60, seed=9)[:60]) | st.binary(max_size=200), max_size=12))
+def test_random_cuts_hold_back_what_the_python_reader_holds_back(lines: list[bytes]) -> None:
+    spec = spec_for("UTC")
+    pieces = [piece for line in lines for piece in line.splitlines(keepends=True)]
+    assert batch.unfinished_lines(pieces, spec) == unfinished_tail(pieces)
 
 
 def test_the_line_cap_is_the_python_readers() -> None:

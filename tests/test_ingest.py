@@ -274,6 +274,24 @@ def test_a_parse_thread_commits_exactly_what_in_place_parsing_commits(
     assert [(name != main, size) for name, size in seen] == [(True, 3003), (False, WORKER_MIN_LINES - 1), (True, 503)]
 
 
+def test_only_a_big_batch_is_parsed_beside_the_caller(tmp_path: Path) -> None:
+    # The daemon reads the next batch ahead only while one is parsed beside it: a trickle's small
+    # batch is committed at once, and what comes meanwhile is read after it as one batch.
+    with State.open(tmp_path / "state", synchronous="normal") as state:
+        parser = ParseThread()
+        try:
+            ingestor = Ingestor(state, UTC_SPEC, worker=parser)
+            big = ingestor.prepare(batch(WORKER_MIN_LINES, seed=5), source="log")
+            small = ingestor.prepare(batch(3, seed=6), source="log")
+            assert big.beside and not small.beside
+            alone = Ingestor(state, UTC_SPEC).prepare(batch(WORKER_MIN_LINES, seed=7), source="log")
+            assert not alone.beside
+            ingestor.commit(big, source="log", first_line_no=1, first_offset=0, position=None)
+            assert not big.beside  # parsed and taken
+        finally:
+            parser.close()
+
+
 def test_a_batch_the_parse_thread_fails_is_parsed_again_in_place(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -350,6 +350,37 @@ def test_appends_single_lines_bursts_and_a_partial_line(log: Path, pool: Pool, h
     assert h.batches[-1].end_line_no == 502
 
 
+def test_a_line_written_after_the_look_at_the_size_is_read_at_the_next_look(
+    log: Path, pool: Pool, harness
+) -> None:
+    # A trickle's read asks for the bytes fstat saw (not CHUNK); a line written between that look
+    # and the read is left for the next look, which its own event brings at once.
+    h = harness(log, recheck_interval=30.0)
+    first, second, third = pool.take(3)
+    with SlurmctldWriter(log) as w:
+        h.start()
+        w.write(first)
+        h.wait_lines(1)
+        reader = h.t._current.reader  # type: ignore[union-attr]
+        real_pread = reader.pread
+        writes = [third]
+
+        def pread(offset: int, size: int) -> bytes:
+            if writes:
+                w.write(writes.pop())  # after fstat, before the read
+            return real_pread(offset, size)
+
+        reader.pread = pread  # type: ignore[method-assign]
+        w.write(second)
+        batch = h.t.read(10.0)
+        assert batch is not None and batch.lines == [second]
+        h.commit(batch)
+        started = time.monotonic()
+        h.wait_lines(3)
+        assert time.monotonic() - started < 2.0
+    assert h.received == [first, second, third]
+
+
 def assert_woken_by_write(h: Harness, w: SlurmctldWriter, line: bytes) -> None:
     """``line`` written 0.2 s into a read() of up to 10 s: read() returns it well before its
     re-check (the caller set a long one), woken by the directory watch."""

@@ -164,6 +164,10 @@ class FileReading(TailerParts):
         if f.long is not None:
             return self._long_line(f, final=final)
         want = max(CHUNK, self._limit - 1)
+        if f.role == "current" and f.size > f.offset:
+            # Its size as fstat gave it in this look (``_observe``): a line or two written asks for
+            # a buffer of their size, not of CHUNK. What comes meanwhile is read at the next look.
+            want = min(want, f.size - f.offset)
         data = f.reader.pread(f.offset, want)
         f.at_end = not data
         if not data:
