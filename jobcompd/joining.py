@@ -146,12 +146,10 @@ def unfinished_tail(
     """
     n = len(lines)
     window = min(n, MAX_CONTINUATION_LINES + 1)
-    starts = [
-        back
-        for back in range(window, 0, -1)
-        if is_record_start(lines[n - back]) and not (whole is not None and whole(lines[n - back]))
-    ]
+    starts = [back for back in range(window, 0, -1) if is_record_start(lines[n - back])]
     for back in starts:
+        if whole is not None and whole(lines[n - back]):
+            continue  # a record alone, whatever follows (it still counts as the last start)
         # The lines after it may still complete it (or complete only a 17.02 reading)...
         count, result = _record_at(lines, n - back, max_bytes)
         if result.__class__ is ParseError:
