@@ -1,0 +1,46 @@
+"""The allocator tuning of a long-running process (:mod:`jobcompd._memory`), seen in a child."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jobcompd._memory import ARENAS
+
+# Six threads allocate at once, then glibc's malloc_stats() lists one "Arena N:" per arena.
+_CHILD = """
+import ctypes, sys, threading
+if sys.argv[1] == "tuned":
+    from jobcompd._memory import tune_memory
+    tune_memory()
+barrier = threading.Barrier(6)
+def work():
+    held = [bytearray(200_000) for _ in range(8)]
+    barrier.wait()
+    barrier.wait()
+    del held
+threads = [threading.Thread(target=work) for _ in range(6)]
+for t in threads: t.start()
+for t in threads: t.join()
+ctypes.CDLL(None).malloc_stats()
+"""
+
+
+def arenas(mode: str, **env: str) -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, mode], capture_output=True, text=True, timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"} | env,
+    )
+    assert done.returncode == 0, done.stderr
+    return sum(line.startswith("Arena ") for line in done.stderr.splitlines())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None,
+                    reason="glibc's allocator only")
+def test_threads_share_a_few_malloc_arenas_unless_the_administrator_says_otherwise() -> None:
+    assert arenas("plain") > ARENAS  # glibc's default gives the threads arenas of their own
+    assert arenas("tuned") <= ARENAS
+    assert arenas("tuned", MALLOC_ARENA_MAX="5") > ARENAS  # an administrator's setting stands
