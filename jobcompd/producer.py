@@ -38,7 +38,9 @@ from jobcompd.state import SpooledRecord, State, StateError
 __all__ = ["REPLAY_WINDOW", "WINDOW", "Sender", "SenderCounters", "SenderThread"]
 
 RECORD_ID_HEADER = "record_id"
-_STATS_INTERVAL_MS = 5000  # librdkafka's statistics: which brokers are up
+# librdkafka's statistics: which brokers are up. Some 50 kB of JSON made and read each time (per
+# partition figures included): every 5 s that was a third of the CPU of an idle daemon.
+_STATS_INTERVAL_MS = 15_000
 # Memory is bounded by bytes too, not only by records (a record may be a few hundred bytes or
 # hundreds of kB); for the usual ~1 kB record the counts bound first, as they did alone:
 # Records handed to librdkafka and not yet reported, at most: at 50,000 records/s that is 50 ms of
