@@ -65,14 +65,16 @@ def offset_of_hour(zone: ZoneInfo) -> Callable[[int], int | None]:
     return offset
 
 
+def _new_encoder(zone: ZoneSpec, cluster: str | None, max_bytes: int) -> Any:
+    tz = Zone.from_spec(zone).tz
+    return _compiled.Encoder(offset_of_hour(tz), (cluster or "").encode(), max_bytes, RECORD_ID_PERSON)
+
+
 @functools.lru_cache(maxsize=8)
 def compiled_encoder(zone: ZoneSpec, cluster: str | None, max_bytes: int) -> Any:
     """The compiled encoder for a zone, fallback cluster and longest record, or ``None`` on the
     Python path."""
-    if _compiled is None:
-        return None
-    tz = Zone.from_spec(zone).tz
-    return _compiled.Encoder(offset_of_hour(tz), (cluster or "").encode(), max_bytes, RECORD_ID_PERSON)
+    return None if _compiled is None else _new_encoder(zone, cluster, max_bytes)
 
 
 @functools.lru_cache(maxsize=8)
@@ -84,9 +86,7 @@ def compiled_whole(zone: ZoneSpec, max_bytes: int) -> Callable[[bytes], bool] | 
     """
     if _compiled is None:
         return None
-    encode_line = _compiled.Encoder(
-        offset_of_hour(Zone.from_spec(zone).tz), b"", max_bytes, RECORD_ID_PERSON
-    ).encode_line
+    encode_line = _new_encoder(zone, None, max_bytes).encode_line
 
     def whole(line: bytes) -> bool:
         # It answers for a 17.02 record too (alone, it is one); a 17.02 record has none of the
