@@ -229,6 +229,8 @@ class Daemon(Monitoring):
                 if more is not None:
                     self._add(ahead, more)
             lines = len(ahead.head.prepared.lines)
+            if not ahead.head.prepared.beside and self._health.state_error is None:
+                self._send_early(ahead, sender)
             result = self._commit(ahead)
             if result is not None:
                 self._lines_read += lines
@@ -238,6 +240,26 @@ class Daemon(Monitoring):
                     self._set_backpressure(True, depth)
             else:
                 self._stop.wait(_STATE_RETRY_S)
+
+    def _send_early(self, ahead: ReadAhead, sender: SenderThread) -> None:
+        """Lines as they are written: their new records go to Kafka while their batch is committed
+        and flushed to disk, not after (a trickle's latency); see :meth:`Sender.send_early`.
+        Records whose ids are known already are left out, as the commit leaves them."""
+        parsed = ahead.head_records()
+        rids, jobids, payloads = parsed.rids, parsed.jobids, parsed.payloads
+        if not rids:
+            return
+        assert self._state is not None
+        try:
+            known = self._state.known_among(rids, jobids)
+        except StateError:
+            return  # the commit says what is wrong
+        if known:
+            fresh = [i for i in range(len(rids)) if i not in known]
+            rids = [rids[i] for i in fresh]
+            jobids = [jobids[i] for i in fresh]
+            payloads = [payloads[i] for i in fresh]
+        sender.send_early(rids, jobids, payloads)
 
     @staticmethod
     def _add(ahead: ReadAhead, batch: LineBatch) -> None:

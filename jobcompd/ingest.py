@@ -533,6 +533,10 @@ class ReadAhead:
         """The oldest batch, the next to commit."""
         return self._queue[0]
 
+    def head_records(self) -> RecordBatch:
+        """The records of the oldest batch (parsed now if they are not yet)."""
+        return self._ingestor._parsed(self._queue[0].prepared)
+
     def commit(self) -> BatchResult:
         """Commit the oldest batch with its position; on StateError it stays, to be tried again."""
         head = self._queue[0]

@@ -12,7 +12,10 @@ committed to the state is sent again after a restart).
 The worker is driven from one thread through :meth:`Sender.pump`; confluent-kafka serves delivery
 reports inside ``poll()``, on that same thread. The reader may hand the records it just spooled to
 :meth:`Sender.send_now`, from its own thread: when the sender is caught up they are produced right
-there, without waiting for the sender thread to wake (the send side is under one lock).
+there, without waiting for the sender thread to wake (the send side is under one lock). Lines that
+come a few at a time go further: their new records are produced before their batch is committed
+(:meth:`Sender.send_early`), so that they wait for Kafka while the batch is flushed to disk, and
+are settled only once it is committed (:meth:`Sender.confirm`).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from jobcompd.config import KafkaSettings
 from jobcompd.delivery import PRODUCER_STATE
 from jobcompd.logs import Quieter, librdkafka_logger
-from jobcompd.reports import InFlight, ReportHandling, SenderCounters, _reason
+from jobcompd.reports import InFlight, ReportHandling, SenderCounters, _reason, _rid_of
 from jobcompd.state import SpooledRecord, State, StateError
 
 __all__ = ["REPLAY_WINDOW", "WINDOW", "Sender", "SenderCounters", "SenderThread"]
@@ -58,6 +61,7 @@ _STATE_RETRY_S = 1.0  # after the state refused to settle reports (disk full), w
 _DELIVERING_S = 1.0  # a sender that delivered within this long is moving: offers wait for it
 _OFFER_WAIT_S = 1.0  # how long the daemon's reader waits for room among the offered batches
 _PAYLOAD = operator.attrgetter("payload")
+_UNCOMMITTED = 0  # the seq of a record in flight whose batch is not committed yet (seqs start at 1)
 
 class Sender(ReportHandling):
     """Moves spooled records to Kafka and settles each one by its delivery report.
@@ -104,6 +108,10 @@ class Sender(ReportHandling):
         # by the sender's thread and, through send_now, by the reader's.
         self._send_lock = threading.RLock()
         self._rebuild = False
+        # Records produced before their batch was committed (send_early), by record id: in flight
+        # with seq _UNCOMMITTED until confirm() gives them theirs; reports for them wait meanwhile.
+        self._early: set[str] = set()
+        self._early_reports: list[tuple[KafkaError | None, Message]] = []
         self._spool_exhausted = False
         self._fetched_at = 0.0
         self._sending_since = 0.0  # when records were last produced with nothing in flight
@@ -190,8 +198,14 @@ class Sender(ReportHandling):
         self._settle()
         # Anything still unreported stays in the spool; start over from its first record.
         self._backlog.clear()
+        # Records sent early whose batch is not committed yet stay in flight if they were reported
+        # (settled once confirmed); the others are sent again once their batch is spooled.
+        reported = {_rid_of(message) for _, message in self._early_reports}
+        kept = {rid: self._in_flight[rid] for rid in reported & self._early if rid in self._in_flight}
         self._in_flight.clear()
-        self._in_flight_bytes = 0
+        self._in_flight.update(kept)
+        self._in_flight_bytes = sum(entry[2] for entry in kept.values())
+        self._early.intersection_update(kept)
         self._cursor = 0
         self._spool_exhausted = False
 
@@ -250,6 +264,86 @@ class Sender(ReportHandling):
             return True
         finally:
             self._send_lock.release()
+
+    def send_early(self, rids: Sequence[str], jobids: Sequence[int], payloads: Sequence[bytes]) -> int:
+        """Produce records read and not yet committed, on the caller's thread, so that a trickle's
+        records wait for Kafka while their batch is flushed to disk, not after it. Only when the
+        sender is caught up (nothing fetched, offered or left in the spool to send, room for them
+        all) and the send side is free; records already in flight are not produced again (a batch
+        whose commit failed, read again), and one librdkafka refuses stops it (it and the rest are
+        sent once spooled, where a refusal is dealt with). Returns how many were produced; call
+        :meth:`confirm` with the batch's spooled records once it is committed.
+
+        A record so produced is settled only once confirmed (its report waits until then). If its
+        batch is never committed (the state refused it, then jobcompd stopped), its lines are read
+        again at the next start and it is sent again: a duplicate, as after a crash.
+        """
+        if not rids or not self._send_lock.acquire(blocking=False):
+            return 0
+        try:
+            producer = self._producer
+            if (
+                producer is None
+                or self._rebuild
+                or self._backlog
+                or self._offered
+                or not self._spool_exhausted
+                or len(rids) > self._room()
+            ):
+                return 0
+            produce = producer.produce
+            topic = self._kafka.topic
+            in_flight = self._in_flight
+            early = self._early
+            if not in_flight:
+                self._sending_since = time.time()
+            sent = size = 0
+            for rid, jobid, payload in zip(rids, jobids, payloads, strict=True):
+                if rid not in in_flight:
+                    try:
+                        produce(topic, payload, rid, headers=[(RECORD_ID_HEADER, rid)])
+                    except (BufferError, KafkaException):
+                        break
+                    in_flight[rid] = (_UNCOMMITTED, jobid, len(payload))
+                    early.add(rid)
+                    size += len(payload)
+                    sent += 1
+            self._in_flight_bytes += size
+            self.counters.produced += sent
+            return sent
+        finally:
+            self._send_lock.release()
+
+    def confirm(self, records: Sequence[SpooledRecord]) -> Sequence[SpooledRecord]:
+        """``records`` (`BatchResult.fresh`) are committed: those produced by :meth:`send_early`
+        get their seqs (their reports are settled now), and the others are returned, to be sent
+        as usual (:meth:`send_now`, :meth:`offer`)."""
+        if not self._early or not records:
+            return records
+        with self._send_lock:
+            early = self._early
+            in_flight = self._in_flight
+            rest: list[SpooledRecord] = []
+            for record in records:
+                rid = record.rid
+                entry = in_flight.get(rid) if rid in early else None
+                if entry is None:
+                    rest.append(record)  # not produced early (or the producer was rebuilt since)
+                    continue
+                early.discard(rid)
+                in_flight[rid] = (record.seq, entry[1], entry[2])
+            if rest and len(rest) < len(records) and records[0].seq == self._cursor + 1:
+                # Sent up to the first of the rest: it comes next.
+                self._cursor = rest[0].seq - 1
+            elif not rest and records[0].seq == self._cursor + 1:
+                self._cursor = records[-1].seq
+            # (Otherwise the sender reads the spool in its turn, passing over what is in flight.)
+            if self._early_reports:
+                if not self._reports:
+                    self._reports_since = time.monotonic()
+                self._reports += self._early_reports
+                self._early_reports = []
+        return rest
 
     def offer(self, records: Sequence[SpooledRecord], *, wait: float = 0.0) -> bool:
         """Records just spooled (`BatchResult.fresh`), to send without reading them back; thread-safe.
@@ -337,6 +431,14 @@ class Sender(ReportHandling):
                         self._spool_exhausted = True
                     if not batch:
                         return
+                    if self._early or self._in_flight:
+                        # Produced early and committed after other records: in flight already.
+                        in_flight = self._in_flight
+                        cursor = batch[-1].seq
+                        batch = [record for record in batch if record.rid not in in_flight]
+                        if not batch:
+                            self._cursor = cursor
+                            continue
                 self._cursor = batch[-1].seq
                 self._backlog = list(reversed(batch))  # pop() from the end keeps spool order
             if not self._produce_backlog(room):
@@ -417,12 +519,21 @@ class SenderThread(threading.Thread):
         self.error: BaseException | None = None
         self.left_in_spool = 0
 
+    def send_early(self, rids: Sequence[str], jobids: Sequence[int], payloads: Sequence[bytes]) -> int:
+        """Records read, about to be committed: :meth:`Sender.send_early`."""
+        sent = self.sender.send_early(rids, jobids, payloads)
+        if sent:
+            self._wake.set()  # to serve their reports
+        return sent
+
     def offer(self, records: Sequence[SpooledRecord]) -> None:
-        """New records are in the spool, and here they are: produced at once if the sender is
-        caught up (:meth:`Sender.send_now`), else left for the sender (:meth:`Sender.offer`) or,
-        if it holds too much, for it to read from the spool."""
+        """New records are in the spool, and here they are: those sent early are confirmed
+        (:meth:`Sender.confirm`), the others produced at once if the sender is caught up
+        (:meth:`Sender.send_now`), else left for the sender (:meth:`Sender.offer`) or, if it holds
+        too much, for it to read from the spool."""
         sender = self.sender
-        if sender.send_now(records):
+        records = sender.confirm(records)
+        if not records or sender.send_now(records):
             self._wake.set()
             return
         self._wake.set()  # (it takes offered batches as its window empties)

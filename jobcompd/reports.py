@@ -73,6 +73,8 @@ class ReportHandling:
     _backlog: list[SpooledRecord]
     _reports: list[tuple[KafkaError | None, Message]]
     _reports_since: float  # when the first of _reports came
+    _early: set[str]  # record ids in flight whose batch is not committed yet
+    _early_reports: list[tuple[KafkaError | None, Message]]  # their reports, settled once it is
     _send_lock: threading.RLock
     _rebuild: bool
     counters: SenderCounters
@@ -178,13 +180,17 @@ class ReportHandling:
         requeue_timeouts = self._kafka.params.requeue_on_msg_timeout
         in_flight = self._in_flight
         rids: list[str] = []
+        waiting: list[tuple[KafkaError | None, Message]] = []
         for error, message in reports:
             rid = _rid_of(message)
-            rids.append(rid)
             entry = in_flight.get(rid)
             if entry is None:
                 continue  # not sent by this producer: if it is still spooled, it is sent again
             seq, jobid, _ = entry
+            if not seq:  # produced before its batch was committed: settled once it is
+                waiting.append((error, message))
+                continue
+            rids.append(rid)
             fate = outcome(error, requeue_on_msg_timeout=requeue_timeouts, rebuilding=self._rebuild)
             if fate is Outcome.DELIVERED or error is None:
                 delivered.append(Delivery(seq, message.partition() or 0, message.offset() or 0, jobid))
@@ -207,6 +213,7 @@ class ReportHandling:
         if attempts:
             self._state.record_attempts(attempts)
         self._reports = []
+        self._early_reports += waiting
         pop = in_flight.pop
         self._in_flight_bytes -= sum(entry[2] for entry in map(pop, rids, repeat(None)) if entry is not None)
         if delivered:
@@ -234,6 +241,8 @@ class ReportHandling:
             rids = list(map(bytes.decode, cast(Iterator[bytes], map(Message.key, messages))))
         except TypeError:  # a report without a key: not one of ours
             return None
+        if self._early and not self._early.isdisjoint(rids):
+            return None  # some wait for their batch's commit
         found = list(map(self._in_flight.get, rids))
         if None in found:
             return None

@@ -105,6 +105,10 @@ class JobcompdEnv:
         """How many records the state has settled as delivered (its ``delivered_total``)."""
         return self._number("SELECT value FROM meta WHERE key = 'delivered_total'")
 
+    def known_again(self) -> int:
+        """How many records read were known already and left out (its ``already_known_total``)."""
+        return self._number("SELECT value FROM meta WHERE key = 'already_known_total'")
+
     def _number(self, query: str) -> int:
         if not self.db.exists():
             return 0

@@ -148,6 +148,33 @@ def test_copytruncate(kafka: MockCluster, env: JobcompdEnv, daemon: DaemonProces
     assert "truncat" in daemon.output().lower()
 
 
+def test_records_met_again_in_a_new_file_are_not_sent_again(
+    kafka: MockCluster, env: JobcompdEnv, daemon: DaemonProcess
+) -> None:
+    """An old log put back under the log's name after a rotation, one new record written before
+    it: a new file to the reader, whose old records are known already. Its lines come a few at a
+    time, the case where records are produced before their batch is committed
+    (``Sender.send_early``): only the new record is sent."""
+    lines = mixed_lines(41, seed=31)
+    old, new = lines[:40], lines[40]
+    log = env.log_path
+    assert log is not None
+    daemon.start()
+    with SlurmctldWriter(log) as w:
+        for line in old:
+            w.write(line)
+            time.sleep(0.01)
+        wait_for(lambda: env.delivered() >= len(old), 30, "the old records")
+        os.rename(log, f"{log}.1")
+        w.reopen()
+        for line in [new, *old]:
+            w.write(line)
+            time.sleep(0.01)
+    assert_all_arrived(kafka, env, lines)
+    wait_for(lambda: env.known_again() >= len(old), 30, "the old records read again")
+    assert env.delivered() == len(lines)
+
+
 def test_rotation_while_stopped(kafka: MockCluster, env: JobcompdEnv, daemon: DaemonProcess) -> None:
     lines = mixed_lines(1_000, seed=24)
     log = env.log_path

@@ -165,6 +165,122 @@ def test_send_now_produces_on_the_callers_thread_only_when_the_sender_is_caught_
     assert_sent_in_order(mock_cluster, 400)
 
 
+def send_early(sender: Sender, records: Sequence[NewRecord]) -> int:
+    return sender.send_early([r.rid for r in records], [r.jobid for r in records], [r.payload for r in records])
+
+
+def reports_for_early(sender: Sender, count: int, timeout: float = 30) -> None:
+    """Serve reports until ``count`` of records sent early wait for their batch's commit."""
+    deadline = time.monotonic() + timeout
+    while len(sender._early_reports) < count:
+        assert time.monotonic() < deadline, f"{len(sender._early_reports)} reports of {count}"
+        sender.pump(0.05)
+
+
+def test_records_sent_before_their_commit_are_settled_once_it_is_and_sent_once(
+    mock_cluster: MockCluster, tmp_path: Path
+) -> None:
+    mock_cluster.create_topic("mycluster", 1)
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=60")
+    with CountingState.open(env.state_dir, synchronous="normal") as state:
+        sender = Sender(state, load_settings(env.config).kafka, window=250)
+        sender.wake()
+        send_all(sender, state)  # caught up: the spool was looked at and is empty
+        early = new(0, 100)
+        assert send_early(sender, early) == 100
+        reports_for_early(sender, 100)  # delivered, and not settled: no batch holds them yet
+        assert sender.counters.delivered == 0 and state.stats().delivered_total == 0
+        assert not sender.idle()
+
+        assert sender.confirm(state.commit_batch(early).fresh) == []
+        send_all(sender, state)
+        assert state.stats().delivered_total == 100 and sender.counters.delivered == 100
+
+        # A commit that failed: its batch is read again with a line more, and committed.
+        again = new(100, 150)
+        assert send_early(sender, again) == 50
+        reports_for_early(sender, 50)
+        assert send_early(sender, [*again, *new(150, 160)]) == 10  # the others are in flight
+        assert sender.confirm(state.commit_batch([*again, *new(150, 160)]).fresh) == []
+
+        # Some produced early, the rest as usual once spooled: sent next, in spool order.
+        part = new(160, 200)
+        assert send_early(sender, part[:30]) == 30
+        rest = sender.confirm(state.commit_batch(part).fresh)
+        assert [r.rid for r in rest] == [r.rid for r in part[30:]]
+        assert sender.send_now(rest)
+        send_all(sender, state)
+        assert state.records_read == 0, "records sent early were read back from the spool"
+        assert sender.close() == 0
+        assert state.stats().delivered_total == 200
+    assert_sent_in_order(mock_cluster, 200)  # once each
+
+
+def test_records_are_sent_early_only_when_the_sender_is_caught_up(
+    mock_cluster: MockCluster, tmp_path: Path
+) -> None:
+    mock_cluster.create_topic("mycluster", 1)
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=60")
+    with CountingState.open(env.state_dir, synchronous="normal") as state:
+        sender = Sender(state, load_settings(env.config).kafka, window=100)
+        sender.start()
+        assert send_early(sender, new(0, 10)) == 0  # the spool was not looked at yet
+        sender.wake()
+        send_all(sender, state)
+        assert send_early(sender, new(0, 101)) == 0  # more than the window takes
+        assert sender.offer(state.commit_batch(new(0, 10)).fresh)
+        assert send_early(sender, new(10, 20)) == 0  # the offer of 0-9 is not taken yet
+        send_all(sender, state)
+        assert send_early(sender, new(10, 20)) == 10
+        assert sender.confirm(state.commit_batch(new(10, 20)).fresh) == []
+        send_all(sender, state)
+        assert sender.close() == 0
+        assert state.stats().delivered_total == 20
+    assert_sent_in_order(mock_cluster, 20)
+
+
+def test_records_sent_early_and_spooled_after_others_are_not_sent_again_when_those_are(
+    mock_cluster: MockCluster, tmp_path: Path
+) -> None:
+    mock_cluster.create_topic("mycluster", 1)
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=60")
+    with CountingState.open(env.state_dir, synchronous="normal") as state:
+        sender = Sender(state, load_settings(env.config).kafka)
+        sender.wake()
+        send_all(sender, state)
+        assert send_early(sender, new(0, 10)) == 10
+        state.commit_batch(new(100, 110))  # spooled another way meanwhile (`deadletter retry`)
+        assert sender.confirm(state.commit_batch(new(0, 10)).fresh) == []
+        sender.wake()
+        send_all(sender, state)  # reads 100-109 and 0-9 back from the spool: sends only 100-109
+        assert sender.close() == 0
+        assert state.stats().delivered_total == 20
+    got = consume_all(mock_cluster.bootstrap, "mycluster", expected=20, timeout=30)
+    assert sorted(m.key() for m in got) == sorted(r.rid.encode() for r in [*new(0, 10), *new(100, 110)])
+
+
+def test_records_sent_early_and_reported_survive_a_producer_rebuild_before_their_commit(
+    mock_cluster: MockCluster, tmp_path: Path
+) -> None:
+    mock_cluster.create_topic("mycluster", 1)
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=60")
+    with CountingState.open(env.state_dir, synchronous="normal") as state:
+        sender = Sender(state, load_settings(env.config).kafka)
+        sender.wake()
+        send_all(sender, state)
+        assert send_early(sender, new(0, 50)) == 50
+        reports_for_early(sender, 50)
+        env.properties = {"linger.ms": "6"}  # new librdkafka properties: a new producer
+        env.write_config()
+        sender.reconfigure(load_settings(env.config).kafka)
+        assert sender.confirm(state.commit_batch(new(0, 80)).fresh)  # 50-79: sent as usual
+        sender.wake()
+        send_all(sender, state)
+        assert sender.close() == 0
+        assert state.stats().delivered_total == 80
+    assert_sent_in_order(mock_cluster, 80)  # none of 0-49 sent twice
+
+
 def test_an_offered_batch_partly_read_back_is_sent_from_memory_for_the_rest(
     mock_cluster: MockCluster, tmp_path: Path
 ) -> None:

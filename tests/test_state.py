@@ -145,6 +145,10 @@ def test_records_already_spooled_dead_lettered_or_delivered_are_skipped(state: S
     state.dead_letter(seq_of(state, "r000000001"), "too large")
 
     again = records(0, 4) + records(4, 6) + records(5, 6)
+    # What a reader asks before the commit (to send the new ones early): the same ones, but for
+    # a record repeated within the batch, which only the commit sees.
+    assert state.known_among([r.rid for r in again], [r.jobid for r in again]) == {0, 1, 2, 3}
+    assert state.known_among([], []) == set()
     result = state.commit_batch(again, position=at(6))
 
     assert result == BatchResult(spooled=2, already_known=5, quarantined=0)

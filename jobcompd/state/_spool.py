@@ -140,6 +140,19 @@ class Spool(Database):
             )
         return BatchResult(spooled, count - spooled, len(quarantined), fresh)
 
+    def known_among(self, rids: Sequence[str], jobids: Sequence[int]) -> set[int]:
+        """The indexes of the records (``rids[i]`` of job ``jobids[i]``) whose ids are known already:
+        spooled, dead-lettered or delivered. :meth:`commit_batch` skips the same ones, unless other
+        ids are made known between the two calls."""
+        if not rids:
+            return set()
+        try:
+            ids = orjson.dumps(list(zip(rids, jobids, strict=True)))
+        except (TypeError, ValueError) as exc:
+            raise _rejected(self.path, "look up record ids", exc) from exc
+        with self._reading("look up record ids") as db:
+            return {int(k) for (k,) in db.execute(_ALREADY_KNOWN, (ids,))}
+
     def pending(self, *, after_seq: int = 0, limit: int = 1000) -> list[SpooledRecord]:
         """Up to ``limit`` spooled records with ``seq`` greater than ``after_seq``, in seq order."""
         out: list[SpooledRecord] = []
