@@ -229,7 +229,10 @@ class Tailer(FileReading, Siblings):
             if remaining <= 0 or self._interrupted:
                 self._interrupted = False
                 return None
-            self._wake.wait(min(remaining, self._recheck))
+            if not self._wake.wait(min(remaining, self._recheck)) and time.monotonic() >= deadline:
+                # Quiet until the deadline: the caller's next read() looks first thing (looking
+                # here too was a second look at the file within a millisecond, every time).
+                return None
 
     def status(self) -> TailStatus:
         """The followed file, the rotated files still drained, and unread bytes (thread-safe)."""
