@@ -328,6 +328,32 @@ def test_wake_ends_a_waiting_read_at_once_and_loses_nothing(log: Path, pool: Poo
     assert h.received == lines
 
 
+def test_a_quiet_read_looks_at_the_log_once_per_recheck(
+    log: Path, pool: Pool, harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle daemon reads with a timeout again and again: each read looks at the file when it
+    begins and at each recheck within it, not once more at its end, right before the next read's."""
+    lines = pool.take(2)
+    with SlurmctldWriter(log) as w:
+        w.write(join(lines))
+        h = harness(log, recheck_interval=0.2)
+        h.start()
+        h.wait_lines(2)
+        looks: list[float] = []
+        poll_once = Tailer._poll_once
+
+        def counted(self: Tailer) -> LineBatch | None:
+            looks.append(time.monotonic())
+            return poll_once(self)
+
+        monkeypatch.setattr(Tailer, "_poll_once", counted)
+        for _ in range(3):
+            assert h.t.read(0.5) is None  # a look at 0, 0.2 and 0.4 s
+        assert 3 <= len(looks) <= 9, looks  # (a late wake-up may leave one out; 12 before)
+        w.write(join(pool.take(1)))
+        h.wait_lines(3)  # and what comes is read
+
+
 def test_appends_single_lines_bursts_and_a_partial_line(log: Path, pool: Pool, harness) -> None:
     h = harness(log, max_batch_lines=100)
     with SlurmctldWriter(log) as w:
