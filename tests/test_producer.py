@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -177,15 +178,24 @@ def reports_for_early(sender: Sender, count: int, timeout: float = 30) -> None:
         sender.pump(0.05)
 
 
-def test_records_sent_before_their_commit_are_settled_once_it_is_and_sent_once(
-    mock_cluster: MockCluster, tmp_path: Path
-) -> None:
+@contextlib.contextmanager
+def caught_up_sender(
+    mock_cluster: MockCluster, tmp_path: Path, **options: Any
+) -> Iterator[tuple[JobcompdEnv, CountingState, Sender]]:
+    """A one-partition topic, a state and a sender that has looked at its empty spool (caught up)."""
     mock_cluster.create_topic("mycluster", 1)
     env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=60")
     with CountingState.open(env.state_dir, synchronous="normal") as state:
-        sender = Sender(state, load_settings(env.config).kafka, window=250)
+        sender = Sender(state, load_settings(env.config).kafka, **options)
         sender.wake()
-        send_all(sender, state)  # caught up: the spool was looked at and is empty
+        send_all(sender, state)
+        yield env, state, sender
+
+
+def test_records_sent_before_their_commit_are_settled_once_it_is_and_sent_once(
+    mock_cluster: MockCluster, tmp_path: Path
+) -> None:
+    with caught_up_sender(mock_cluster, tmp_path, window=250) as (_, state, sender):
         early = new(0, 100)
         assert send_early(sender, early) == 100
         reports_for_early(sender, 100)  # delivered, and not settled: no batch holds them yet
@@ -242,12 +252,7 @@ def test_records_are_sent_early_only_when_the_sender_is_caught_up(
 def test_records_sent_early_and_spooled_after_others_are_not_sent_again_when_those_are(
     mock_cluster: MockCluster, tmp_path: Path
 ) -> None:
-    mock_cluster.create_topic("mycluster", 1)
-    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=60")
-    with CountingState.open(env.state_dir, synchronous="normal") as state:
-        sender = Sender(state, load_settings(env.config).kafka)
-        sender.wake()
-        send_all(sender, state)
+    with caught_up_sender(mock_cluster, tmp_path) as (_, state, sender):
         assert send_early(sender, new(0, 10)) == 10
         state.commit_batch(new(100, 110))  # spooled another way meanwhile (`deadletter retry`)
         assert sender.confirm(state.commit_batch(new(0, 10)).fresh) == []
@@ -262,12 +267,7 @@ def test_records_sent_early_and_spooled_after_others_are_not_sent_again_when_tho
 def test_records_sent_early_and_reported_survive_a_producer_rebuild_before_their_commit(
     mock_cluster: MockCluster, tmp_path: Path
 ) -> None:
-    mock_cluster.create_topic("mycluster", 1)
-    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=60")
-    with CountingState.open(env.state_dir, synchronous="normal") as state:
-        sender = Sender(state, load_settings(env.config).kafka)
-        sender.wake()
-        send_all(sender, state)
+    with caught_up_sender(mock_cluster, tmp_path) as (env, state, sender):
         assert send_early(sender, new(0, 50)) == 50
         reports_for_early(sender, 50)
         env.properties = {"linger.ms": "6"}  # new librdkafka properties: a new producer
