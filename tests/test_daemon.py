@@ -376,6 +376,37 @@ def test_disk_full_and_read_only_state(kafka: MockCluster, tmp_path: Path) -> No
             assert daemon.stop() == 0
 
 
+def test_a_trickle_read_while_the_state_cannot_be_written_arrives_once(kafka: MockCluster, tmp_path: Path) -> None:
+    """Lines written one at a time, so their records are produced before their commit
+    (``Sender.send_early``), while the state's disk is full: a commit fails and is tried again,
+    reading pauses; once there is space again every record arrives, none twice."""
+    env = JobcompdEnv(tmp_path, kafka.bootstrap, params="poll_interval=1")
+    with mounted_tmpfs(env.state_dir, "16m", mode="0700", required=True):
+        lines = mixed_lines(600, seed=33)
+        log = env.log_path
+        assert log is not None
+        with DaemonProcess(env) as daemon, SlurmctldWriter(log) as w:
+            daemon.start()
+            for line in lines[:20]:
+                w.write(line)
+                time.sleep(0.01)
+            wait_for(lambda: env.delivered() >= 20, 30, "the first 20")
+            filler = env.state_dir / "filler"
+            subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)
+            written = 20
+            while "cannot write the state" not in daemon.output():
+                assert written < 500, "the state took every line on a full disk"
+                w.write(lines[written])  # until a commit needs space the disk no longer has
+                written += 1
+                time.sleep(0.01)
+            filler.unlink()
+            daemon.wait_log("state writable again", timeout=60)
+            for line in lines[written:]:
+                w.write(line)
+            assert_all_arrived(kafka, env, lines)
+            assert daemon.stop() == 0
+
+
 def test_status_exit_codes(kafka: MockCluster, env: JobcompdEnv, daemon: DaemonProcess) -> None:
     not_yet = env.run("status")
     assert not_yet.returncode == 2 and "not running" in not_yet.stdout
