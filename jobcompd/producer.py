@@ -431,9 +431,8 @@ class Sender(ReportHandling):
                         self._spool_exhausted = True
                     if not batch:
                         return
-                    if self._early or self._in_flight:
+                    if in_flight := self._in_flight:
                         # Produced early and committed after other records: in flight already.
-                        in_flight = self._in_flight
                         cursor = batch[-1].seq
                         batch = [record for record in batch if record.rid not in in_flight]
                         if not batch:

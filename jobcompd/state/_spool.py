@@ -101,7 +101,7 @@ class Spool(Database):
             if new.rids:
                 try:
                     _check_types(new)
-                    ids = orjson.dumps(list(zip(new.rids, new.jobids, strict=True)))
+                    ids = _id_pairs(new.rids, new.jobids)
                 except (TypeError, ValueError) as exc:  # not bytes, not an int, not a JSON value
                     raise _rejected(self.path, "commit a batch", exc) from exc
                 # Usually every record is new: making them known says so (one statement, no
@@ -147,7 +147,7 @@ class Spool(Database):
         if not rids:
             return set()
         try:
-            ids = orjson.dumps(list(zip(rids, jobids, strict=True)))
+            ids = _id_pairs(rids, jobids)
         except (TypeError, ValueError) as exc:
             raise _rejected(self.path, "look up record ids", exc) from exc
         with self._reading("look up record ids") as db:
@@ -268,6 +268,11 @@ class Spool(Database):
 
 
 _I64 = 1 << 63
+
+
+def _id_pairs(rids: Sequence[str], jobids: Sequence[int]) -> bytes:
+    """?1 of ``_INSERT_KNOWN`` and ``_ALREADY_KNOWN``: the JSON array of ``[rid, jobid]`` pairs."""
+    return orjson.dumps(list(zip(rids, jobids, strict=True)))
 
 
 def _check_types(new: _Columns) -> None:
