@@ -328,30 +328,81 @@ def test_wake_ends_a_waiting_read_at_once_and_loses_nothing(log: Path, pool: Poo
     assert h.received == lines
 
 
+def counted_looks(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """When each look at the log (``Tailer._poll_once``) is made from now on."""
+    looks: list[float] = []
+    poll_once = Tailer._poll_once
+
+    def counted(self: Tailer) -> LineBatch | None:
+        looks.append(time.monotonic())
+        return poll_once(self)
+
+    monkeypatch.setattr(Tailer, "_poll_once", counted)
+    return looks
+
+
 def test_a_quiet_read_looks_at_the_log_once_per_recheck(
     log: Path, pool: Pool, harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An idle daemon reads with a timeout again and again: each read looks at the file when it
-    begins and at each recheck within it, not once more at its end, right before the next read's."""
+    """An idle daemon reads with a timeout again and again: each read looks at the file at each
+    recheck within it, not once more at its end, right before the next read's. (A read that begins
+    after a look that read everything waits for an event or the recheck: the next test.)"""
     lines = pool.take(2)
     with SlurmctldWriter(log) as w:
         w.write(join(lines))
         h = harness(log, recheck_interval=0.2)
         h.start()
         h.wait_lines(2)
-        looks: list[float] = []
-        poll_once = Tailer._poll_once
-
-        def counted(self: Tailer) -> LineBatch | None:
-            looks.append(time.monotonic())
-            return poll_once(self)
-
-        monkeypatch.setattr(Tailer, "_poll_once", counted)
+        looks = counted_looks(monkeypatch)
         for _ in range(3):
-            assert h.t.read(0.5) is None  # a look at 0, 0.2 and 0.4 s
+            assert h.t.read(0.5) is None  # a look at 0.2 and 0.4 s
         assert 3 <= len(looks) <= 9, looks  # (a late wake-up may leave one out; 12 before)
         w.write(join(pool.take(1)))
         h.wait_lines(3)  # and what comes is read
+
+
+@pytest.mark.parametrize("poll", [False, True], ids=["inotify", "polling"])
+def test_after_a_look_that_read_everything_a_read_waits_for_a_write_to_look(
+    log: Path, pool: Pool, harness, monkeypatch: pytest.MonkeyPatch, poll: bool
+) -> None:
+    """A trickle is read a line at a time. Once a look has read the log to its end, the log cannot
+    change without an inotify event, so the next read waits for one before it looks (it looked at
+    once, for nothing, every time) — and what is written is read at once, not at the recheck.
+    Polling (NFS) has no such events: there a read looks when it begins, as before."""
+    lines = pool.take(4)
+    with SlurmctldWriter(log) as w:
+        w.write(lines[0])
+        h = harness(log, recheck_interval=30.0, poll=poll)
+        h.start()
+        h.wait_lines(1)
+        looks = counted_looks(monkeypatch)
+        assert h.t.read(0) is None
+        assert h.t.read(0.1) is None
+        assert len(looks) == (2 if poll else 0), looks
+        for line in lines[1:]:
+            w.write(line)
+            started = time.monotonic()
+            batch = h.step(10.0)
+            assert batch is not None and batch.lines == [line]
+            assert time.monotonic() - started < 5.0  # (polling: the observer's second)
+
+
+def test_a_log_opened_in_a_look_is_read_on_without_waiting(
+    log: Path, pool: Pool, harness
+) -> None:
+    """A log that appears with more lines than a batch holds is opened and read in the same look;
+    its size was not known to that look, so the next read looks at once for the rest instead of
+    waiting for an event that already came (here: 30 s, the recheck)."""
+    lines = pool.take(12)
+    h = harness(log, recheck_interval=30.0, max_batch_lines=5)
+    h.start()
+    assert h.step(0) is None  # waiting for the log
+    log.write_bytes(join(lines))
+    time.sleep(0.3)  # its events are in: the look below clears them
+    for count in (5, 10, 12):
+        batch = h.step(10.0)
+        assert batch is not None and len(h.received) == count
+    assert h.received == lines
 
 
 def test_appends_single_lines_bursts_and_a_partial_line(log: Path, pool: Pool, harness) -> None:

@@ -136,6 +136,7 @@ class Tailer(FileReading, Siblings):
         self._log = logger or structlog.get_logger("jobcompd.tailer")
         self._wake = Wakeup()  # set by the watcher's thread, and by a signal handler (wake())
         self._interrupted = False  # set by wake(): the waiting read() returns
+        self._read_all = False  # the last look left nothing to read, and inotify watches
         self._lock = threading.Lock()
         self._watch: DirectoryWatch | None = None
         self._current: FollowedFile | None = None
@@ -217,14 +218,21 @@ class Tailer(FileReading, Siblings):
         if not self._started:
             raise RuntimeError("Tailer.read() before start()")
         deadline = time.monotonic() + max(timeout, 0.0)
+        # The last look read everything there was, and no event came since it (the wake-up is
+        # cleared before each look, and inotify reports every write after that): nothing can
+        # have changed, so wait for an event before looking. A trickle read a line at a time
+        # looked twice per line, the first time for nothing.
+        look = not self._read_all or self._wake.is_set()
         while True:
-            self._wake.clear()
-            with self._lock:
-                if not self._started:
-                    return None
-                batch = self._poll_once()
-            if batch is not None:
-                return batch
+            if look:
+                self._wake.clear()
+                with self._lock:
+                    if not self._started:
+                        return None
+                    batch = self._poll_once()
+                if batch is not None:
+                    return batch
+            look = True
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._interrupted:
                 self._interrupted = False
@@ -254,14 +262,31 @@ class Tailer(FileReading, Siblings):
     def _poll_once(self) -> LineBatch | None:
         if self._watch is not None:
             self._watch.ensure()
+        observed = self._current  # its size is this look's (fstat, in _follow_path)
         self._follow_path()
+        batch = None
         for f in self._files():
             if f is not self._current and f not in self._rotated:
                 continue  # given up while reading an earlier file
             batch = self._read_file(f)
             if batch is not None:
-                return batch
-        return None
+                break
+        # Only the followed file, read to the size this look found (no line held back, no long
+        # line, no rotated file drained by the clock, not a file opened in this look), and every
+        # write to it since is an event.
+        cur = self._current
+        self._read_all = (
+            cur is not None
+            and cur is observed
+            and not self._rotated
+            and cur.identity is not None
+            and cur.long is None
+            and cur.offset >= cur.size
+            and self.problem is None
+            and self._watch is not None
+            and self._watch.watching
+        )
+        return batch
 
     def _follow_path(self) -> None:
         """Compare the path with the followed file and act on the difference."""

@@ -142,6 +142,11 @@ class DirectoryWatch:
                 self._log.warning("cannot watch the log directory yet: polling it",
                                   path=str(self._path.parent), error=str(exc))
 
+    @property
+    def watching(self) -> bool:
+        """Whether inotify watches the directory now (every change near the log is an event)."""
+        return self._inotify is not None and self._wd is not None
+
     def _lost(self, wd: WatchDescriptor) -> None:
         if wd == self._wd:
             self._wd = None
