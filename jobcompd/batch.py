@@ -41,6 +41,18 @@ class RecordBatch(NamedTuple):
     bad: list[tuple[int, str]]
     ambiguous: list[int]
 
+    def then(self, later: RecordBatch, lines: int) -> RecordBatch:
+        """These records, then those of ``later``, the batch of the lines read right after these
+        ``lines``: one batch of all the lines (indexes of ``later``'s lines shifted by ``lines``)."""
+        return RecordBatch(
+            self.rids + later.rids,
+            self.jobids + later.jobids,
+            self.payloads + later.payloads,
+            self.at + [index + lines for index in later.at],
+            self.bad + [(index + lines, reason) for index, reason in later.bad],
+            self.ambiguous + later.ambiguous,
+        )
+
 
 @functools.lru_cache(maxsize=8)
 def encoder_for(zone: ZoneSpec, cluster: str | None) -> Encoder:

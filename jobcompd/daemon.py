@@ -26,6 +26,7 @@ from typing import Any
 import structlog
 
 from jobcompd import fastpath, logs
+from jobcompd.batch import RecordBatch
 from jobcompd.config import ConfigError, KafkaSettings, Settings, load_settings
 from jobcompd.health import Health
 from jobcompd.identity import LIVE, Position, position_key
@@ -47,6 +48,7 @@ _STATE_RETRY_S = 1.0  # after a failed commit (disk full, read-only), wait befor
 _BACKPRESSURE_CHECK_S = 0.5
 _HEALTH_EVERY_S = 2.0  # STATUS= and health.json
 _TEXTFILE_EVERY_S = 15.0  # node_exporter's textfile: rewritten this often
+_GATHER_S = 0.010  # a trickle's reads, their records sent early, join one commit for this long
 _PRUNE_EVERY_S = 600.0  # forget known ids past state.known_ids_days, in steps:
 
 
@@ -228,9 +230,14 @@ class Daemon(Monitoring):
                 more = tailer.read(timeout=0)
                 if more is not None:
                     self._add(ahead, more)
+            if (
+                not ahead.head.prepared.beside
+                and self._health.state_error is None
+                and self._send_early(ahead.head_records(), sender)
+                and len(ahead) == 1
+            ):
+                self._gather(ahead, sender)
             lines = len(ahead.head.prepared.lines)
-            if not ahead.head.prepared.beside and self._health.state_error is None:
-                self._send_early(ahead, sender)
             result = self._commit(ahead)
             if result is not None:
                 self._lines_read += lines
@@ -241,30 +248,53 @@ class Daemon(Monitoring):
             else:
                 self._stop.wait(_STATE_RETRY_S)
 
-    def _send_early(self, ahead: ReadAhead, sender: SenderThread) -> None:
+    def _send_early(self, parsed: RecordBatch, sender: SenderThread) -> bool:
         """Lines as they are written: their new records go to Kafka while their batch is committed
         and flushed to disk, not after (a trickle's latency); see :meth:`Sender.send_early`.
-        Records whose ids are known already are left out, as the commit leaves them."""
-        parsed = ahead.head_records()
+        Records whose ids are known already are left out, as the commit leaves them. True if
+        every new record was sent (or there was none)."""
         rids, jobids, payloads = parsed.rids, parsed.jobids, parsed.payloads
         if not rids:
-            return
+            return True
         assert self._state is not None
         try:
             known = self._state.known_among(rids, jobids)
         except StateError:
-            return  # the commit says what is wrong
+            return False  # the commit says what is wrong
         if known:
             fresh = [i for i in range(len(rids)) if i not in known]
             rids = [rids[i] for i in fresh]
             jobids = [jobids[i] for i in fresh]
             payloads = [payloads[i] for i in fresh]
-        sender.send_early(rids, jobids, payloads)
+        return sender.send_early(rids, jobids, payloads) == len(rids)
+
+    def _gather(self, ahead: ReadAhead, sender: SenderThread) -> None:
+        """A trickle's batch whose new records were all sent early: lines that come within
+        ``_GATHER_S`` join it, their records sent early as they come, so that one commit — one
+        flush to disk — holds them all (a thousand lines a second cost a tenth of the flushes; the
+        records wait for ``linger.ms`` in librdkafka meanwhile anyway). Lines that cannot join
+        (another file, a record not sent, the batch no longer small) are queued after it."""
+        tailer = self._tailer
+        assert tailer is not None
+        deadline = time.monotonic() + _GATHER_S
+        while not (self._stop.is_set() or self._reload.is_set()):
+            timeout = deadline - time.monotonic()
+            if timeout <= 0 or (batch := tailer.read(timeout=timeout)) is None:
+                return
+            position = self._position(batch)
+            if batch.offsets and ahead.joins(position, batch.offsets[0], len(batch.lines)):
+                parsed = ahead.ingestor.parse(batch.lines)
+                if self._send_early(parsed, sender):
+                    ahead.join(batch.lines, parsed, position=position, offsets=batch.offsets)
+                    continue
+            self._add(ahead, batch)
+            return
 
     @staticmethod
-    def _add(ahead: ReadAhead, batch: LineBatch) -> None:
+    def _position(batch: LineBatch) -> Position:
+        """Where ``batch`` leaves its file."""
         identity = batch.identity
-        position = Position(
+        return Position(
             key=identity.key,
             path=batch.path,
             fingerprint=identity.fingerprint,
@@ -273,7 +303,11 @@ class Daemon(Monitoring):
             inode=identity.inode,
             dev=identity.dev,
         )
-        ahead.add(batch.lines, source=batch.path, position=position, first_line_no=batch.first_line_no,
+
+    @classmethod
+    def _add(cls, ahead: ReadAhead, batch: LineBatch) -> None:
+        ahead.add(batch.lines, source=batch.path, position=cls._position(batch),
+                  first_line_no=batch.first_line_no,
                   first_offset=batch.offsets[0] if batch.offsets else 0, offsets=batch.offsets)
 
     def _commit(self, ahead: ReadAhead) -> BatchResult | None:

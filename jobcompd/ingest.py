@@ -295,11 +295,11 @@ class Prepared:
 
     __slots__ = ("_future", "_parsed", "lines", "source")
 
-    def __init__(self, lines: Sequence[bytes], source: str) -> None:
+    def __init__(self, lines: Sequence[bytes], source: str, parsed: RecordBatch | None = None) -> None:
         self.lines = lines
         self.source = source
         self._future: Future[RecordBatch] | None = None
-        self._parsed: RecordBatch | None = None
+        self._parsed = parsed
 
     @property
     def beside(self) -> bool:
@@ -372,6 +372,10 @@ class Ingestor:
         if self._worker is not None and len(lines) >= WORKER_MIN_LINES:
             prepared._future = self._worker.submit(self._spec, list(lines))
         return prepared
+
+    def parse(self, lines: Sequence[bytes]) -> RecordBatch:
+        """Parse ``lines`` (a few: by the caller) as :meth:`commit` would."""
+        return parse_batch(lines, self._spec)
 
     def _parsed(self, prepared: Prepared) -> RecordBatch:
         if prepared._parsed is None:
@@ -527,6 +531,37 @@ class ReadAhead:
         """Queue a batch read from ``source`` (starting to parse it), ``position`` its end."""
         prepared = self._ingestor.prepare(lines, source=source)
         self._queue.append(Queued(prepared, position, first_line_no, first_offset, offsets))
+
+    def joins(self, position: Position, first_offset: int, count: int) -> bool:
+        """Whether ``count`` lines, read from ``first_offset`` up to ``position``, can :meth:`join`
+        the newest batch held: they come right after it in the same file (under the same path), it
+        is parsed by the caller, and the two make a small batch still."""
+        if not self._queue:
+            return False
+        newest = self._queue[-1]
+        held = newest.position
+        return (
+            held is not None
+            and not newest.prepared.beside
+            and (held.key, held.path, held.offset) == (position.key, position.path, first_offset)
+            and len(newest.prepared.lines) + count < WORKER_MIN_LINES
+        )
+
+    def join(
+        self, lines: Sequence[bytes], parsed: RecordBatch, *, position: Position, offsets: Sequence[int]
+    ) -> None:
+        """Make ``lines`` (their records ``parsed``, ``offsets`` where each starts) part of the
+        newest batch held, which they follow (:meth:`joins`): one commit holds both, and ``position``
+        is where it leaves the file."""
+        newest = self._queue[-1]
+        assert newest.position is not None and self.joins(position, offsets[0], len(lines))
+        before = newest.prepared
+        records = self._ingestor._parsed(before).then(parsed, len(before.lines))
+        self._queue[-1] = newest._replace(
+            prepared=Prepared([*before.lines, *lines], before.source, records),
+            position=position,
+            offsets=None if newest.offsets is None else [*newest.offsets, *offsets],
+        )
 
     @property
     def head(self) -> Queued:

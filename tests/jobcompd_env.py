@@ -101,6 +101,10 @@ class JobcompdEnv:
             return self._number("SELECT coalesce(sum(waiting), 0) FROM spool_waiting")
         return self._number(f"SELECT count(*) FROM {table}")
 
+    def spool_rows(self) -> int:
+        """Rows of the spool: one per commit of what was read (while its records wait)."""
+        return self._number("SELECT count(*) FROM spool")
+
     def delivered(self) -> int:
         """How many records the state has settled as delivered (its ``delivered_total``)."""
         return self._number("SELECT value FROM meta WHERE key = 'delivered_total'")

@@ -175,6 +175,32 @@ def test_records_met_again_in_a_new_file_are_not_sent_again(
     assert env.delivered() == len(lines)
 
 
+def test_a_trickle_is_committed_a_few_reads_at_a_time(
+    kafka: MockCluster, env: JobcompdEnv, daemon: DaemonProcess
+) -> None:
+    """Lines written one at a time, 2 ms apart: each read (a line or two) has its records sent
+    at once, and the reads that come within the next 10 ms join its commit — one flush to disk
+    for several reads, not one per read. The brokers are down meanwhile, so the records stay in
+    the spool, one row per commit. Once they are up, each record arrives once."""
+    lines = mixed_lines(100, seed=34)
+    log = env.log_path
+    assert log is not None
+    daemon.start()
+    for broker_id in kafka.broker_ids:
+        kafka.broker_down(broker_id)
+    with SlurmctldWriter(log) as w:
+        start = time.monotonic()
+        for i, line in enumerate(lines):  # on a schedule: a late write does not delay the rest
+            time.sleep(max(0.0, start + i * 0.002 - time.monotonic()))
+            w.write(line)
+    wait_for(lambda: env.count("spool") == len(lines), 30, "every record spooled")
+    commits = env.spool_rows()
+    assert commits <= len(lines) // 2, commits  # ~17 (10 ms of lines each); ~85 one per read
+    for broker_id in kafka.broker_ids:
+        kafka.broker_up(broker_id)
+    assert_all_arrived(kafka, env, lines)
+
+
 def test_rotation_while_stopped(kafka: MockCluster, env: JobcompdEnv, daemon: DaemonProcess) -> None:
     lines = mixed_lines(1_000, seed=24)
     log = env.log_path

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from itertools import accumulate
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ import pytest
 from jobcompd import ingest
 from jobcompd.batch import ParseSpec, RecordBatch
 from jobcompd.identity import Position
-from jobcompd.ingest import WORKER_MIN_LINES, Ingestor, ParseThread, ParseWorker
+from jobcompd.ingest import WORKER_MIN_LINES, Ingestor, ParseThread, ParseWorker, ReadAhead
 from jobcompd.record import ParseError
 from jobcompd.state import State
 from jobcompd.zone import resolve as resolve_zone
@@ -288,6 +289,66 @@ def test_only_a_big_batch_is_parsed_beside_the_caller(tmp_path: Path) -> None:
             assert not alone.beside
             ingestor.commit(big, source="log", first_line_no=1, first_offset=0, position=None)
             assert not big.beside  # parsed and taken
+        finally:
+            parser.close()
+
+
+def test_batches_joined_commit_what_they_commit_one_by_one(tmp_path: Path) -> None:
+    """A trickle's batches, each read right after the one before and joined to it
+    (``ReadAhead.join``, the daemon's gathering), commit in one transaction the records, the
+    quarantined lines (with their own line numbers and byte offsets) and the position that
+    committing them one by one does."""
+    log = "/var/log/slurm/jobcomp.log"
+    batches = [batch(4, seed=8), mixed_lines(1, seed=9), batch(2, seed=10), [BAD[0]]]
+    with State.open(tmp_path / "apart") as apart, State.open(tmp_path / "joined") as joined:
+        commit_all(apart, Ingestor(apart, UTC_SPEC), batches)
+        ingestor = Ingestor(joined, UTC_SPEC)
+        ahead = ReadAhead(ingestor, joined)
+        offset = line_no = 0
+        for lines in batches:
+            size = sum(map(len, lines))
+            position = Position("log", log, "fp", offset + size, line_no + len(lines))
+            offsets = list(accumulate(map(len, lines[:-1]), initial=offset))
+            if not ahead:
+                ahead.add(lines, source=log, position=position, first_line_no=1, first_offset=0,
+                          offsets=offsets)
+            else:
+                assert ahead.joins(position, offset, len(lines))
+                ahead.join(lines, ingestor.parse(lines), position=position, offsets=offsets)
+            offset += size
+            line_no += len(lines)
+        assert len(ahead) == 1
+        result = ahead.commit()
+        assert held(joined) == held(apart)
+        records, quarantined, _ = held(joined)
+        assert result.spooled == len(records) == 4 + 1 + 2
+        assert len(quarantined) == 2 * len(BAD) + 1
+
+
+def test_only_the_lines_that_come_next_in_the_same_file_join_a_small_batch(tmp_path: Path) -> None:
+    log = "/var/log/slurm/jobcomp.log"
+    lines = mixed_lines(3, seed=11)
+    size = sum(map(len, lines))
+    with State.open(tmp_path / "state", synchronous="normal") as state:
+        parser = ParseThread()
+        try:
+            ahead = ReadAhead(Ingestor(state, UTC_SPEC, worker=parser), state)
+            after = Position("log", log, "fp", size + 100, 4)
+            assert not ahead.joins(after, size, 1)  # nothing held
+            ahead.add(lines, source=log, position=Position("log", log, "fp", size, 3), first_line_no=1,
+                      first_offset=0)
+            assert ahead.joins(after, size, 1)
+            assert not ahead.joins(after, size + 1, 1)  # not where the batch ends
+            assert not ahead.joins(Position("other", log, "fp2", size + 100, 4), size, 1)  # another file
+            assert not ahead.joins(Position("log", log + ".1", "fp", size + 100, 4), size, 1)  # renamed
+            assert not ahead.joins(after, size, WORKER_MIN_LINES - 3)  # no longer a small batch
+            assert ahead.joins(after, size, WORKER_MIN_LINES - 4)
+            big = batch(WORKER_MIN_LINES, seed=12)
+            end = size + sum(map(len, big))
+            ahead.add(big, source=log, position=Position("log", log, "fp", end, 3 + len(big)),
+                      first_line_no=4, first_offset=size)
+            beyond = Position("log", log, "fp", end + 100, 5 + len(big))
+            assert not ahead.joins(beyond, end, 1)  # the newest batch is parsed beside
         finally:
             parser.close()
 
