@@ -391,7 +391,7 @@ def latency(run: Run) -> None:
     measured = rids[WARMUP_LINES:]
     figures: dict[str, Any] = {"count": count, "seconds": seconds}
     for logged in (False, True):
-        written, consumed_at, delivered_at = _latency_run(run, lines, logged=logged)
+        written, consumed_at, delivered_at, cpu = _latency_run(run, lines, logged=logged)
         consumed = [
             consumed_at[rid] - w for rid, w in zip(measured, written, strict=True) if rid in consumed_at
         ]
@@ -400,6 +400,7 @@ def latency(run: Run) -> None:
         figures["rate"] = rate(count - 1, written[-1] - written[0])
         if not logged:
             figures["consumer"] = _summary_ms(consumed)
+            figures["cpu_pct"] = cpu
             continue
         figures["consumer_logged"] = _summary_ms(consumed)
         dr = [delivered_at[rid] - w for rid, w in zip(measured, written, strict=True) if rid in delivered_at]
@@ -417,13 +418,15 @@ def latency(run: Run) -> None:
             f"  {label}: p50 {s['p50']:.1f} ms, p99 {s['p99']:.1f} ms, max {s['max']:.1f} ms "
             f"({s['n']:,} lines at {figures['rate']:,.0f} lines/s)"
         )
+    print(f"  CPU meanwhile (default configuration): {figures['cpu_pct']:.1f}% of one core")
 
 
 def _latency_run(
     run: Run, lines: list[bytes], *, logged: bool
-) -> tuple[list[float], dict[str, float], dict[str, float]]:
+) -> tuple[list[float], dict[str, float], dict[str, float], float]:
     """Write ``lines`` one at a time (after a warm-up) to a running daemon; when each measured line
-    was written, and when each record reached the consumer and (``logged``) its delivery report."""
+    was written, when each record reached the consumer and (``logged``) its delivery report, and
+    the daemon's CPU meanwhile (% of one core, from the first measured line to the last consumed)."""
     per_s = run.args.latency_rate
     total = len(lines)
     partitions = run.args.latency_partitions
@@ -449,6 +452,8 @@ def _latency_run(
                         what="latency warm-up",
                         alive=alive(daemon),
                     )
+                    assert daemon.proc is not None
+                    cpu0, t0 = tree_cpu_seconds(daemon.proc.pid), time.monotonic()
                     written = write_steadily(writer, lines[WARMUP_LINES:], per_s)
                 finally:
                     writer.close()
@@ -458,10 +463,11 @@ def _latency_run(
                     what="latency: every line delivered and consumed",
                     alive=alive(daemon),
                 )
+                cpu = 100 * (tree_cpu_seconds(daemon.proc.pid) - cpu0) / (time.monotonic() - t0)
                 delivered_at = delivery_log_times(daemon.output()) if logged else {}
         finally:
             consumer.stop()
-    return written, dict(consumer.received), delivered_at
+    return written, dict(consumer.received), delivered_at, cpu
 
 
 def latency_rsyslog(run: Run) -> None:
@@ -492,20 +498,25 @@ def latency_rsyslog(run: Run) -> None:
                     warm = {k for k in keys[:WARMUP_LINES] if k}
                     wait_until(lambda: warm <= consumer.received.keys(), timeout=60,
                                what="rsyslog latency warm-up", alive=alive_check)
+                    pid = int((workdir / "rsyslogd.pid").read_text())
+                    cpu0, t0 = tree_cpu_seconds(pid), time.monotonic()
                     written = write_steadily(writer, lines[WARMUP_LINES:], per_s)
                 finally:
                     writer.close()
                 timed = [(k, w) for k, w in zip(keys[WARMUP_LINES:], written, strict=True) if k]
                 wait_until(lambda: all(k in consumer.received for k, _ in timed), timeout=120,
                            what="rsyslog latency: every line consumed", alive=alive_check)
+                cpu = 100 * (tree_cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
         finally:
             consumer.stop()
     consumed = [consumer.received[k] - w for k, w in timed]
-    run.figures["latency-rsyslog"] = {"consumer": _summary_ms(consumed), "count": len(consumed)}
+    run.figures["latency-rsyslog"] = {
+        "consumer": _summary_ms(consumed), "count": len(consumed), "cpu_pct": cpu,
+    }
     s = run.figures["latency-rsyslog"]["consumer"]
     print(
         f"  rsyslog write → consumer: p50 {s['p50']:.1f} ms, p99 {s['p99']:.1f} ms, max {s['max']:.1f} ms "
-        f"({s['n']:,} of {count:,} lines timed)"
+        f"({s['n']:,} of {count:,} lines timed); CPU meanwhile {cpu:.1f}% of one core"
     )
 
 
@@ -777,10 +788,17 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
             rows.append((title, value, goal, met, ratio))
         else:
             rows.append((title, failed("latency"), goal, "—", "—"))
+    title = f"CPU while shipping {run.args.latency_rate:,} lines/s (the latency run, every thread)"
+    if lat and "cpu_pct" in lat:
+        ratio = f"{lat['cpu_pct'] / lat_rsyslog['cpu_pct']:.3g}× rsyslog's" if lat_rsyslog else "—"
+        rows.append((title, f"{lat['cpu_pct']:.1f}% of one core", "—", "—", ratio))
+    else:
+        rows.append((title, failed("latency"), "—", "—", "—"))
     title = "baseline latency rsyslog imfile → omkafka, write → consumer, the same lines and rate"
     if lat_rsyslog:
         s = lat_rsyslog["consumer"]
-        value = f"p50 {s['p50']:.1f} ms / p99 {s['p99']:.1f} ms / max {s['max']:.1f} ms"
+        value = (f"p50 {s['p50']:.1f} ms / p99 {s['p99']:.1f} ms / max {s['max']:.1f} ms; "
+                 f"CPU {lat_rsyslog['cpu_pct']:.1f}% of one core")
         rows.append((title, value, "—", "—", "baseline"))
     else:
         rows.append((title, failed("latency-rsyslog"), "—", "—", "baseline"))

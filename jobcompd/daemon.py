@@ -225,8 +225,8 @@ class Daemon(Monitoring):
                 self._add(ahead, batch)
             if len(ahead) == 1 and ahead.head.prepared.beside and self._health.state_error is None:
                 # Read the next batch while this one is parsed. A small batch (lines as they are
-                # written) is committed at once instead: what comes meanwhile is read as one
-                # batch after it, so a trickle costs one look at the file per commit, not two.
+                # written) is parsed here instead, its records sent at once, and the lines that
+                # come in the next moments join it (_gather) before it is committed.
                 more = tailer.read(timeout=0)
                 if more is not None:
                     self._add(ahead, more)

@@ -277,7 +277,7 @@ def test_a_parse_thread_commits_exactly_what_in_place_parsing_commits(
 
 def test_only_a_big_batch_is_parsed_beside_the_caller(tmp_path: Path) -> None:
     # The daemon reads the next batch ahead only while one is parsed beside it: a trickle's small
-    # batch is committed at once, and what comes meanwhile is read after it as one batch.
+    # batch is parsed by the daemon's reader, and what comes next joins it (ReadAhead.join).
     with State.open(tmp_path / "state", synchronous="normal") as state:
         parser = ParseThread()
         try:
