@@ -392,13 +392,17 @@ class Sender(ReportHandling):
     def _next_offered(self) -> Sequence[SpooledRecord] | None:
         """The offered records that come next in the spool, if some were offered. A batch's seqs
         follow each other: the part of one already read back from the spool is cut off, and one
-        that comes later waits, so the sender gets back to sending from memory after reading back."""
+        that comes later waits while what is before it is read back, so the sender gets back to
+        sending from memory after reading back."""
         with self._offered_lock:
             while self._offered:
                 records, size = self._offered[0]
                 sent = self._cursor + 1 - records[0].seq
                 if sent < 0:
-                    return None  # comes later: what is before it is read from the spool first
+                    # Comes later: what is before it is read from the spool first — now, not at
+                    # the next poll_interval (records sent early may lie between, in flight).
+                    self._spool_exhausted = False
+                    return None
                 self._offered.popleft()
                 self._offered_bytes -= size
                 self._offered_taken.notify_all()

@@ -226,6 +226,29 @@ def test_records_sent_before_their_commit_are_settled_once_it_is_and_sent_once(
     assert_sent_in_order(mock_cluster, 200)  # once each
 
 
+def test_a_batch_whose_later_records_were_sent_early_does_not_hold_up_the_next(
+    mock_cluster: MockCluster, tmp_path: Path
+) -> None:
+    """A committed batch whose last records were sent early and first ones not: the first ones are
+    sent as usual, and the next batch offered goes out at once — not at the next poll_interval
+    (60 s here): the sender reads what lies between from the spool, passing over the records in
+    flight. (The daemon makes no such batch; the sender must not depend on that.)"""
+    with caught_up_sender(mock_cluster, tmp_path) as (_, state, sender):
+        batch = new(0, 20)
+        assert send_early(sender, batch[10:]) == 10
+        rest = sender.confirm(state.commit_batch(batch).fresh)
+        assert [r.rid for r in rest] == [r.rid for r in batch[:10]]
+        assert sender.send_now(rest)
+        following = state.commit_batch(new(20, 30)).fresh
+        assert not sender.send_now(following)  # not next to what was sent: 10-19 lie between
+        assert sender.offer(following)
+        send_all(sender, state, timeout=10)
+        assert sender.close() == 0
+        assert state.stats().delivered_total == 30
+    got = consume_all(mock_cluster.bootstrap, "mycluster", expected=30, timeout=30)
+    assert sorted(m.key() for m in got) == sorted(r.rid.encode() for r in new(0, 30))  # once each
+
+
 def test_records_are_sent_early_only_when_the_sender_is_caught_up(
     mock_cluster: MockCluster, tmp_path: Path
 ) -> None:
