@@ -21,7 +21,7 @@ import signal
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -32,12 +32,14 @@ from jobcompd.health import Health
 from jobcompd.identity import LIVE, Position, position_key
 from jobcompd.ingest import Ingestor, ReadAhead
 from jobcompd.lock import StateDirLock
-from jobcompd.metrics import Metrics
 from jobcompd.monitoring import Monitoring
 from jobcompd.producer import Sender, SenderThread
 from jobcompd.state import BatchResult, State, StateError
 from jobcompd.tailer import LineBatch, Tailer
 from jobcompd.wakeup import Wakeup
+
+if TYPE_CHECKING:
+    from jobcompd.metrics import Metrics
 
 __all__ = ["Daemon"]
 

@@ -4,15 +4,17 @@ systemd's STATUS= line, the Prometheus metrics, and the retention of known recor
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobcompd.config import Settings
 from jobcompd.health import Health, write_health
 from jobcompd.logs import Quieter
-from jobcompd.metrics import Facts, Metrics
 from jobcompd.producer import SenderThread
 from jobcompd.state import State, StateError, Stats
 from jobcompd.tailer import Tailer
+
+if TYPE_CHECKING:  # prometheus_client (~3.5 MB of memory) is loaded only when metrics are on
+    from jobcompd.metrics import Facts, Metrics
 
 __all__ = ["Monitoring"]
 
@@ -38,12 +40,16 @@ class Monitoring:
         m = self.settings.metrics
         if m.port is None and m.textfile is None:
             return
+        from jobcompd.metrics import Metrics
+
         self._metrics = Metrics(self._facts, host=m.host, port=m.port, textfile=m.textfile)
         if m.port is not None:
             self._log.info("serving metrics", listen=f"{m.host}:{m.port}")
 
     def _facts(self) -> Facts:
         """What the metrics show, read when they are scraped (from the server's thread)."""
+        from jobcompd.metrics import Facts
+
         assert self._state is not None
         stats = self._state.stats()
         sender = self._sender.sender.counters if self._sender else None

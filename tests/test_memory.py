@@ -44,3 +44,16 @@ def test_threads_share_a_few_malloc_arenas_unless_the_administrator_says_otherwi
     assert arenas("plain") > ARENAS  # glibc's default gives the threads arenas of their own
     assert arenas("tuned") <= ARENAS
     assert arenas("tuned", MALLOC_ARENA_MAX="5") > ARENAS  # an administrator's setting stands
+
+
+def test_the_daemon_loads_prometheus_client_only_when_metrics_are_configured() -> None:
+    # ~3.5 MB of the daemon's memory, for an endpoint that is off by default.
+    child = (
+        "import sys, jobcompd.cli, jobcompd.daemon\n"
+        "print('prometheus_client' in sys.modules)\n"
+        "from jobcompd.monitoring import Monitoring\n"
+        "print('prometheus_client' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False"]
