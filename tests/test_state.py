@@ -26,6 +26,7 @@ from jobcompd.state import (
     Delivery,
     NewRecord,
     QuarantinedLine,
+    SpooledRecord,
     State,
     StateError,
 )
@@ -170,6 +171,29 @@ def test_pending_is_in_seq_order_and_pages_with_after_seq(state: State) -> None:
     seqs = [r.seq for r in first + rest]
     assert seqs == sorted(seqs) and len(set(seqs)) == 30
     assert state.pending(after_seq=rest[-1].seq) == []
+
+
+def test_pages_of_the_spool_carry_each_record_s_own_payload(state: State) -> None:
+    # Payloads of different sizes, rows of 40, read in pages that start and end inside rows (a
+    # page reads only its records' bytes of a row), some settled in the middle of a row.
+    spooled: dict[int, bytes] = {}
+    for start in range(0, 120, 40):
+        batch = [
+            NewRecord(r.rid, r.jobid, r.payload + b"y" * (r.jobid * 7 % 23), r.source)
+            for r in records(start, start + 40)
+        ]
+        spooled.update((r.jobid, r.payload) for r in batch)
+        state.commit_batch(batch, position=at(start + 40))
+    settle = [r for r in state.pending(limit=10**9) if r.jobid in (45, 46, 70)]
+    state.mark_delivered([Delivery(r.seq, 0, r.seq, jobid=r.jobid) for r in settle])
+
+    read: list[SpooledRecord] = []
+    while page := state.pending(after_seq=read[-1].seq if read else 0, limit=13):
+        read += page
+
+    expected = [jobid for jobid in range(120) if jobid not in (45, 46, 70)]
+    assert [r.jobid for r in read] == expected
+    assert all(r.payload == spooled[r.jobid] for r in read)
 
 
 # -- deliveries ----------------------------------------------------------------------------------

@@ -158,12 +158,12 @@ class Spool(Database):
         out: list[SpooledRecord] = []
         with self._reading("read the spool") as db:
             rows = db.execute(
-                "SELECT s.first_seq, s.count, s.source, s.enqueued_at, s.records, s.payloads, w.settled"
+                "SELECT s.first_seq, s.count, s.source, s.enqueued_at, s.records, w.settled"
                 " FROM spool s JOIN spool_waiting w USING (first_seq)"
                 " WHERE s.first_seq + s.count > ?1 ORDER BY s.first_seq",
                 (after_seq,),
             )
-            for first, count, source, enqueued_at, packed, payloads, settled in rows:
+            for first, count, source, enqueued_at, packed, settled in rows:
                 rids, jobids, sizes, sources = orjson.loads(packed)
                 tried = dict(
                     (seq, (attempts, error))
@@ -177,6 +177,8 @@ class Spool(Database):
                 if not tried and settled.count(0, lo, hi) == hi - lo:
                     # The usual case, records as they were spooled: built without a Python loop.
                     bounds = list(accumulate(sizes, initial=0))
+                    payloads = _payload_bytes(db, first, bounds[lo], bounds[hi])
+                    bounds = [b - bounds[lo] for b in bounds]
                     out += spooled_records(
                         range(first + lo, first + hi),
                         rids[lo:hi],
@@ -188,6 +190,7 @@ class Spool(Database):
                         repeat(None, hi - lo),
                     )
                 else:
+                    payloads = _payload_bytes(db, first, 0, sum(sizes))
                     end = sum(sizes[:lo])
                     for i in range(lo, count):
                         begin, end = end, end + sizes[i]
@@ -268,6 +271,14 @@ class Spool(Database):
 
 
 _I64 = 1 << 63
+
+
+def _payload_bytes(db: sqlite3.Connection, first_seq: int, start: int, end: int) -> bytes:
+    """Bytes ``start:end`` of the payloads of spool row ``first_seq``, read from its pages (the
+    row's whole payload column is never loaded: memory stays at what is asked for)."""
+    with db.blobopen("spool", "payloads", first_seq, readonly=True) as blob:
+        blob.seek(start)
+        return blob.read(end - start)
 
 
 def _id_pairs(rids: Sequence[str], jobids: Sequence[int]) -> bytes:
