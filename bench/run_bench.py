@@ -9,7 +9,9 @@ three-broker Kafka in its own process, on loopback; a fresh one per measurement)
 2. latency: lines appended one at a time at a steady rate, write → delivery report (the daemon's
    "job delivered" log line, ``debug_jobcomp``) and write → a consumer receiving the message
    (matched by record id); then rsyslog imfile → omkafka on the same lines at the same rate, write →
-   the same consumer (matched by the line's ``JobId=``), the like-for-like baseline;
+   the same consumer (matched by the line's ``JobId=``), the like-for-like baseline; and the floor:
+   librdkafka alone (``bench/steady_producer.py``) producing the same records at the same rate,
+   produce → consumer, keyed by record id as jobcompd sends them and without a key as rsyslog does;
 3. memory: the peak RSS of the daemon (parse worker included, if any) while a 1M-record backlog builds up
    (brokers down) and drains;
 4. recovery: restart with 1M records in the spool: time to the first delivery and to an empty spool;
@@ -89,6 +91,7 @@ MEASUREMENTS = (
     "rsyslog",
     "latency",
     "latency-rsyslog",
+    "latency-floor",
     "memory",
     "recovery",
     "idle",
@@ -315,17 +318,22 @@ def _first_word(data: bytes) -> str:
 
 class LatencyConsumer(threading.Thread):
     """Reads the topic from the start (assigned, no group) and notes when each record id arrives
-    (or, with ``by_first_word``, each message by its first word: a raw line's ``JobId=N``).
+    (or, with ``by_first_word``, each message by its first word: a raw line's ``JobId=N``; with
+    ``by_header``, by its ``record_id`` header).
 
     The mock answers an empty fetch only after ``fetch.wait.max.ms`` even when data arrives
     meanwhile (a real broker answers at once), so that wait is kept at 2 ms; it is part of the
     write → consumer figure.
     """
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int, *, by_first_word: bool = False) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, partitions: int, *, by_first_word: bool = False,
+        by_header: bool = False,
+    ) -> None:
         super().__init__(name="latency-consumer", daemon=True)
         self.received: dict[str, float] = {}
         self._by_first_word = by_first_word
+        self._by_header = by_header
         self.error: str | None = None
         self._halt = threading.Event()
         self._consumer = Consumer(
@@ -351,7 +359,13 @@ class LatencyConsumer(threading.Thread):
                 if msg.error():
                     self.error = str(msg.error())
                     continue
-                key = _first_word(msg.value() or b"") if self._by_first_word else msg.key()
+                key: str | bytes | None
+                if self._by_first_word:
+                    key = _first_word(msg.value() or b"")
+                elif self._by_header:
+                    key = dict(msg.headers() or ()).get("record_id")
+                else:
+                    key = msg.key()
                 if isinstance(key, bytes):
                     key = key.decode()
                 if key is not None:
@@ -518,6 +532,55 @@ def latency_rsyslog(run: Run) -> None:
         f"  rsyslog write → consumer: p50 {s['p50']:.1f} ms, p99 {s['p99']:.1f} ms, max {s['max']:.1f} ms "
         f"({s['n']:,} of {count:,} lines timed); CPU meanwhile {cpu:.1f}% of one core"
     )
+
+
+def latency_floor(run: Run) -> None:
+    """librdkafka alone — a process producing the records jobcompd sends, at the same rate, as
+    jobcompd configures it — produce → the same consumer: keyed by record id (as jobcompd sends
+    them) and without a key (as the plugin and rsyslog do). What no shipper that keys its records
+    can beat on this broker, whatever it does before ``produce()``; the difference between the two
+    is what the key costs (each keyed record waits the whole ``linger.ms`` in a batch of its own)."""
+    per_s, seconds = run.args.latency_rate, run.args.latency_seconds
+    count = int(per_s * seconds)
+    lines = mixed_lines(WARMUP_LINES + count, seed=20261124)
+    encoder = Encoder(ZoneInfo("UTC"), None)
+    records = run.workspace / "latency-floor.records"
+    with open(records, "wb") as out:
+        for line in lines:
+            record = parse_line(line)
+            if isinstance(record, ParseError):
+                raise BenchError(f"a generated line did not parse: {record.reason}")
+            out.write(encoder.record_id(line, record).encode() + b" " + encoder.encode(record) + b"\n")
+    partitions = run.args.latency_partitions
+    figures: dict[str, Any] = {}
+    for mode in ("keyed", "keyless"):
+        with mock_cluster(TOPIC, partitions) as cluster:
+            consumer = LatencyConsumer(cluster.bootstrap, TOPIC, partitions, by_header=True)
+            consumer.start()
+            try:
+                done = subprocess.run(
+                    [sys.executable, "-m", "bench.steady_producer", cluster.bootstrap, TOPIC, mode,
+                     str(per_s), str(records), str(WARMUP_LINES)],
+                    cwd=Path(__file__).resolve().parent.parent, capture_output=True, timeout=seconds + 180,
+                )
+                if done.returncode != 0:
+                    raise BenchError(f"latency floor ({mode}): {done.stderr.decode(errors='replace')[-500:]}")
+                sent: dict[str, float] = json.loads(done.stdout)
+                wait_until(functools.partial(_all_received, consumer, sent), timeout=60,
+                           what=f"latency floor ({mode}): every record consumed")
+            finally:
+                consumer.stop()
+        figures[mode] = _summary_ms([consumer.received[rid] - at for rid, at in sent.items()])
+        s = figures[mode]
+        print(
+            f"  librdkafka alone, {mode:7s} produce → consumer: p50 {s['p50']:.1f} ms, "
+            f"p99 {s['p99']:.1f} ms, max {s['max']:.1f} ms ({s['n']:,} records at {per_s:,} a second)"
+        )
+    run.figures["latency-floor"] = figures
+
+
+def _all_received(consumer: LatencyConsumer, sent: dict[str, float]) -> bool:
+    return sent.keys() <= consumer.received.keys()
 
 
 # -- 3. memory -----------------------------------------------------------------------------------
@@ -802,6 +865,16 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
         rows.append((title, value, "—", "—", "baseline"))
     else:
         rows.append((title, failed("latency-rsyslog"), "—", "—", "baseline"))
+    floor = f.get("latency-floor")
+    for mode, how in (("keyed", "keyed by record id, as jobcompd sends them"),
+                      ("keyless", "without a key, as the plugin and rsyslog send them")):
+        title = (f"floor: librdkafka alone, the same records and rate, produce → consumer, {how}")
+        if floor:
+            s = floor[mode]
+            rows.append((title, f"p50 {s['p50']:.1f} ms / p99 {s['p99']:.1f} ms / max {s['max']:.1f} ms",
+                         "—", "—", "floor"))
+        else:
+            rows.append((title, failed("latency-floor"), "—", "—", "floor"))
     mem = f.get("memory")
     title = f"peak RSS of the daemon (and its parse worker, if any), {n}-record backlog (brokers down, up)"
     if mem:
@@ -887,6 +960,7 @@ STEPS: dict[str, tuple[str, Callable[[Run], None]]] = {
     "rsyslog": ("1. throughput baseline: rsyslog imfile → omkafka", baseline_rsyslog),
     "latency": ("2. latency", latency),
     "latency-rsyslog": ("2. latency baseline: rsyslog imfile → omkafka", latency_rsyslog),
+    "latency-floor": ("2. latency floor: librdkafka alone, keyed and not", latency_floor),
     "memory": ("3. memory at a backlog", memory),
     "recovery": ("4. recovery from a full spool", recovery),
     "idle": ("5. idle CPU", idle),

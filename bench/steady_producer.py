@@ -1,0 +1,59 @@
+"""A producer alone at a steady rate (``make bench``'s latency floor): librdkafka through
+confluent-kafka, as jobcompd configures it, sending records read from a file.
+
+    python -m bench.steady_producer BOOTSTRAP TOPIC keyed|keyless PER_S RECORDS WARMUP
+
+``RECORDS`` holds one ``<record id> <payload>`` per line (the payload is JSON, one line). Each record
+goes with a ``record_id`` header, and with the record id as key when ``keyed`` (as jobcompd sends
+it; without a key as the plugin and rsyslog do). The first ``WARMUP`` records are sent 10 ms apart
+and delivered before the others are sent at ``PER_S`` a second. Prints a JSON object: record id →
+the time (``time.time()``) its ``produce()`` was called, for the records after the warm-up.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from confluent_kafka import Producer
+
+
+def main(argv: list[str]) -> int:
+    bootstrap, topic, mode, per_s, path, warmup = argv
+    keyed = mode == "keyed"
+    records = [line.rstrip(b"\n").split(b" ", 1) for line in open(path, "rb")]  # noqa: SIM115
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 5,
+            "enable.idempotence": True,
+            "acks": "all",
+        }
+    )
+
+    def produce(rid: bytes, payload: bytes) -> None:
+        producer.produce(topic, payload, rid if keyed else None, headers=[("record_id", rid)])
+        producer.poll(0)
+
+    for rid, payload in records[: int(warmup)]:
+        produce(rid, payload)
+        time.sleep(0.01)
+    if producer.flush(60):
+        raise SystemExit("the warm-up was not delivered")
+    sent: dict[str, float] = {}
+    start = time.time() + 0.05
+    for i, (rid, payload) in enumerate(records[int(warmup) :]):
+        delay = start + i / float(per_s) - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        sent[rid.decode()] = time.time()
+        produce(rid, payload)
+    if producer.flush(60):
+        raise SystemExit("not every record was delivered")
+    json.dump(sent, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
