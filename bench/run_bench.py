@@ -832,6 +832,7 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
         rows.append((label, value, "—", "—", "baseline"))
     lat, lat_rsyslog = f.get("latency"), f.get("latency-rsyslog")
     rsyslog_p99 = lat_rsyslog["consumer"]["p99"] if lat_rsyslog else None
+    floor = f.get("latency-floor")
     for key, label in (
         ("consumer", "write → consumer"),
         ("dr", "write → delivery report (another run, `debug_jobcomp` on to log each report)"),
@@ -847,6 +848,10 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
             met = ratio = "—"
             if key == "consumer" and rsyslog_p99 is not None:
                 met, ratio = _met(s["p99"] <= rsyslog_p99), f"p99 {s['p99'] / rsyslog_p99:.3g}× rsyslog's"
+            if key == "consumer" and floor:
+                keyed = floor["keyed"]
+                over = f"p50 {s['p50'] / keyed['p50']:.3g}×, p99 {s['p99'] / keyed['p99']:.3g}×"
+                ratio = ("" if ratio == "—" else ratio + "; ") + over + " the keyed floor's"
             value = f"p50 {s['p50']:.1f} ms / p99 {s['p99']:.1f} ms / max {s['max']:.1f} ms"
             rows.append((title, value, goal, met, ratio))
         else:
@@ -865,7 +870,6 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
         rows.append((title, value, "—", "—", "baseline"))
     else:
         rows.append((title, failed("latency-rsyslog"), "—", "—", "baseline"))
-    floor = f.get("latency-floor")
     for mode, how in (("keyed", "keyed by record id, as jobcompd sends them"),
                       ("keyless", "without a key, as the plugin and rsyslog send them")):
         title = (f"floor: librdkafka alone, the same records and rate, produce → consumer, {how}")
