@@ -388,6 +388,16 @@ def _summary_ms(values: list[float]) -> dict[str, float]:
     }
 
 
+def _records(lines: list[bytes]) -> Iterator[tuple[str, bytes]]:
+    """The record id and the JSON jobcompd sends for each of ``lines`` (generated: each is a record)."""
+    encoder = Encoder(ZoneInfo("UTC"), None)
+    for line in lines:
+        record = parse_line(line)
+        if isinstance(record, ParseError):
+            raise BenchError(f"a generated line did not parse: {record.reason}")
+        yield encoder.record_id(line, record), encoder.encode(record)
+
+
 def latency(run: Run) -> None:
     """One line at a time at ``--latency-rate`` lines/s: write → consumer in the default
     configuration, then write → delivery report in a second run with ``debug_jobcomp`` on (each
@@ -395,13 +405,7 @@ def latency(run: Run) -> None:
     per_s, seconds = run.args.latency_rate, run.args.latency_seconds
     count = int(per_s * seconds)
     lines = mixed_lines(WARMUP_LINES + count, seed=20261124)
-    encoder = Encoder(ZoneInfo("UTC"), None)
-    rids = []
-    for line in lines:
-        record = parse_line(line)
-        if isinstance(record, ParseError):
-            raise BenchError(f"a generated line did not parse: {record.reason}")
-        rids.append(encoder.record_id(line, record))
+    rids = [rid for rid, _ in _records(lines)]
     measured = rids[WARMUP_LINES:]
     figures: dict[str, Any] = {"count": count, "seconds": seconds}
     for logged in (False, True):
@@ -543,14 +547,10 @@ def latency_floor(run: Run) -> None:
     per_s, seconds = run.args.latency_rate, run.args.latency_seconds
     count = int(per_s * seconds)
     lines = mixed_lines(WARMUP_LINES + count, seed=20261124)
-    encoder = Encoder(ZoneInfo("UTC"), None)
     records = run.workspace / "latency-floor.records"
     with open(records, "wb") as out:
-        for line in lines:
-            record = parse_line(line)
-            if isinstance(record, ParseError):
-                raise BenchError(f"a generated line did not parse: {record.reason}")
-            out.write(encoder.record_id(line, record).encode() + b" " + encoder.encode(record) + b"\n")
+        for rid, payload in _records(lines):
+            out.write(rid.encode() + b" " + payload + b"\n")
     partitions = run.args.latency_partitions
     figures: dict[str, Any] = {}
     for mode in ("keyed", "keyless"):
