@@ -227,9 +227,13 @@ def test_rotation_while_stopped(kafka: MockCluster, env: JobcompdEnv, daemon: Da
 
 @pytest.mark.parametrize("parse_worker", ["true", "false", "auto"])
 def test_backlog_and_trickle_arrive_exactly_once(kafka: MockCluster, tmp_path: Path, parse_worker: str) -> None:
-    # "auto" (the default): a worker process where the compiled reader is not in use, else a thread.
+    # "auto" (the default): a worker process where the compiled reader is not in use, else a thread;
+    # with the default synchronous = "full" too (the write-ahead log flushed on a thread of its own).
     source = "" if parse_worker == "auto" else f"parse_worker = {parse_worker}\n"
-    env = JobcompdEnv(tmp_path, kafka.bootstrap, params="poll_interval=1", source_toml=source)
+    synchronous = "full" if parse_worker == "auto" else "normal"
+    env = JobcompdEnv(
+        tmp_path, kafka.bootstrap, params="poll_interval=1", source_toml=source, synchronous=synchronous
+    )
     wanted = parse_worker == "true" or (parse_worker == "auto" and fastpath.PARSER != "compiled")
     parsing = "worker process" if wanted else "thread" if parse_worker == "auto" else "in place"
     lines = mixed_lines(25_050, seed=31)
@@ -252,7 +256,10 @@ def test_backlog_and_trickle_arrive_exactly_once(kafka: MockCluster, tmp_path: P
     assert all(not alive(p) for p in children)
 
 
-def test_kill_9_while_appending(kafka: MockCluster, env: JobcompdEnv) -> None:
+def test_kill_9_while_appending(kafka: MockCluster, tmp_path: Path) -> None:
+    # The default synchronous = "full": a commit is flushed by a thread of its own after it, and a
+    # crash between the two loses nothing (the write-ahead log is written, the kernel holds it).
+    env = JobcompdEnv(tmp_path, kafka.bootstrap, params="poll_interval=1", synchronous="full")
     trials = 20
     rng = random.Random(424242)
     lines = mixed_lines(12_000, seed=25)

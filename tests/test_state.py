@@ -30,6 +30,7 @@ from jobcompd.state import (
     State,
     StateError,
 )
+from jobcompd.state._flush import FLUSH_LAG_RECORDS
 from jobcompd.state._spool import UNSYNCED_REPORTS
 from tests.jobcompd_env import mounted_tmpfs
 
@@ -260,41 +261,177 @@ def test_the_last_delivered_job_is_the_same_whether_the_sender_names_it_or_not(t
     assert last_jobid(named=True) == last_jobid(named=False) == [3, 0, 5]
 
 
-def test_a_batch_is_committed_synced_and_reports_are_settled_unsynced(tmp_path: Path) -> None:
-    """Settling runs with synchronous = NORMAL (a power cut can only repeat sends); the next
-    commit of records runs with the state's own setting again, so its flush covers both."""
-    def synchronous(s: State) -> int:
-        with s._reading("test") as db:
-            return int(db.execute("PRAGMA synchronous").fetchone()[0])
+class SlowDisk:
+    """The flusher's ``fdatasync``, held at a gate (a disk that stalls a flush) or failing; it
+    notes the file of every flush that went through and the thread that asked."""
 
-    full, normal = 2, 1
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.gate.set()
+        self.error: OSError | None = None
+        self.flushed: list[tuple[str, str]] = []
+        self.waiting = threading.Event()  # a flush is held at the gate
+        self.failed = threading.Event()  # a flush failed
+
+    def __call__(self, fd: int) -> None:
+        if not self.gate.is_set():
+            self.waiting.set()
+            self.gate.wait()
+        if self.error is not None:
+            self.failed.set()
+            raise self.error
+        os.fdatasync(fd)
+        self.flushed.append((os.readlink(f"/proc/self/fd/{fd}"), threading.current_thread().name))
+
+    def wait_for(self, count: int) -> None:
+        deadline = time.monotonic() + 10
+        while len(self.flushed) < count:
+            assert time.monotonic() < deadline, f"{len(self.flushed)} flushes, not {count}"
+            time.sleep(0.005)
+
+
+def slow_disk(s: State) -> SlowDisk:
+    assert s._flusher is not None
+    disk = SlowDisk()
+    s._flusher.sync = disk
+    return disk
+
+
+def test_with_synchronous_full_a_thread_of_its_own_flushes_the_log_after_each_batch(tmp_path: Path) -> None:
+    """The commit writes the write-ahead log (synchronous = NORMAL), the flusher's thread flushes
+    it; a settlement of delivery reports asks for no flush (the next one carries it)."""
     with State.open(tmp_path / "full") as s:
+        disk = slow_disk(s)
         s.commit_batch(records(0, 3))
-        assert synchronous(s) == full
+        disk.wait_for(1)
+        assert disk.flushed == [(str(s.path) + "-wal", "jobcompd-flush")]
+        with s._reading("test") as db:
+            assert db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
         s.mark_delivered([Delivery(r.seq, 0, 0, r.jobid) for r in s.pending()])
-        assert synchronous(s) == normal
+        assert s._unflushed_reports == 3
+        time.sleep(0.05)
+        assert len(disk.flushed) == 1
         s.commit_batch(records(3, 4), position=at(10))
-        assert synchronous(s) == full
+        disk.wait_for(2)
+        deadline = time.monotonic() + 10
+        while s._unflushed_reports:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
         assert s.stats().delivered_total == 3
-    with State.open(tmp_path / "drain") as s:
-        # Draining a backlog with no new lines: a settlement is flushed once UNSYNCED_REPORTS
-        # records were settled without one, so a power cut repeats a bounded number.
-        s.commit_batch(records(0, UNSYNCED_REPORTS + 10))
-        waiting = s.pending(limit=10**9)
-        s.mark_delivered([Delivery(r.seq, 0, 0, r.jobid) for r in waiting[: UNSYNCED_REPORTS - 1]])
-        assert synchronous(s) == normal
-        s.mark_delivered([Delivery(r.seq, 0, 0, r.jobid) for r in waiting[UNSYNCED_REPORTS - 1 : -5]])
-        assert synchronous(s) == normal  # 5,004 settled unflushed: the next one flushes
-        s.mark_delivered([Delivery(r.seq, 0, 0, r.jobid) for r in waiting[-5:-3]])
-        assert synchronous(s) == full
-        s.mark_delivered([Delivery(r.seq, 0, 0, r.jobid) for r in waiting[-3:]])
-        assert synchronous(s) == normal
-        assert s.stats().delivered_total == UNSYNCED_REPORTS + 10
     with State.open(tmp_path / "normal", synchronous="normal") as s:
+        assert s._flusher is None
         s.commit_batch(records(0, 3))
         s.mark_delivered([Delivery(r.seq, 0, 0) for r in s.pending()])
-        s.commit_batch(records(3, 4))
-        assert synchronous(s) == normal
+        assert s.stats().delivered_total == 3
+
+
+def test_a_stalled_flush_holds_the_reader_back_only_past_the_lag_bound(tmp_path: Path) -> None:
+    """While the disk takes its time to flush, batches are committed (and their records can be
+    read and settled) until the records not flushed would pass FLUSH_LAG_RECORDS; the next batch
+    waits for the flush, and goes once it is done."""
+    with State.open(tmp_path / "full") as s:
+        disk = slow_disk(s)
+        disk.gate.clear()
+        s.commit_batch(records(0, 1000))
+        assert disk.waiting.wait(10)
+        for start in range(1000, FLUSH_LAG_RECORDS, 1000):
+            t = time.monotonic()
+            s.commit_batch(records(start, start + 1000))
+            assert time.monotonic() - t < 1.0
+        assert len(s.pending(limit=10**9)) == FLUSH_LAG_RECORDS
+        s.mark_delivered([Delivery(r.seq, 0, 0, r.jobid) for r in s.pending(limit=10)])
+        done = threading.Event()
+        more = threading.Thread(target=lambda: (s.commit_batch(records(10**6, 10**6 + 1)), done.set()))
+        more.start()
+        assert not done.wait(0.3)  # one record more than the bound: it waits for the flush
+        assert disk.flushed == []
+        disk.gate.set()
+        assert done.wait(10)
+        more.join()
+        assert s.is_known("r001000000", 10**6)
+        disk.wait_for(2)
+
+
+def test_settlements_wait_for_a_flush_once_unsynced_reports_pile_up(tmp_path: Path) -> None:
+    """Draining a backlog with no new lines: once UNSYNCED_REPORTS settled records are not flushed,
+    the next settlement waits for a flush first, so a power cut repeats a bounded number."""
+    with State.open(tmp_path / "drain") as s:
+        disk = slow_disk(s)
+        s.commit_batch(records(0, UNSYNCED_REPORTS + 10))
+        disk.wait_for(1)
+        waiting = s.pending(limit=10**9)
+
+        def settle(part: list[SpooledRecord]) -> None:
+            s.mark_delivered([Delivery(r.seq, 0, 0, r.jobid) for r in part])
+
+        settle(waiting[: UNSYNCED_REPORTS - 1])
+        settle(waiting[UNSYNCED_REPORTS - 1 : -5])
+        assert s._unflushed_reports == UNSYNCED_REPORTS + 5  # nothing asked for a flush yet
+        assert len(disk.flushed) == 1
+        settle(waiting[-5:-3])  # flushed first, then settled
+        assert len(disk.flushed) == 2
+        assert s._unflushed_reports == 2
+        settle(waiting[-3:])
+        assert len(disk.flushed) == 2
+        assert s.stats().delivered_total == UNSYNCED_REPORTS + 10
+
+
+def test_a_failed_flush_refuses_the_next_batch_until_a_flush_succeeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flush that fails (EIO) is not taken for done: the next batch is refused with the reason,
+    changing nothing, and the flusher tries again until the disk takes it."""
+    monkeypatch.setattr("jobcompd.state._flush._RETRY_S", 0.05)
+    with State.open(tmp_path / "full") as s:
+        disk = slow_disk(s)
+        disk.error = OSError(errno.EIO, os.strerror(errno.EIO))
+        s.commit_batch(records(0, 2), position=at(100))
+        assert disk.failed.wait(10)
+        with pytest.raises(StateError) as refused:
+            s.commit_batch(records(2, 3), position=at(200))
+        assert refused.value.transient
+        assert "cannot flush the write-ahead log to disk: Input/output error" in refused.value.reason
+        assert "free space on" in refused.value.recovery
+        assert not s.is_known("r000000002", 2)
+        disk.error = None
+        disk.wait_for(1)
+        result = s.commit_batch(records(2, 3), position=at(200))
+        assert result.spooled == 1
+        position = s.position("log")
+        assert position is not None and position.offset == 200
+
+
+def test_closing_waits_for_the_flush_of_what_was_committed(tmp_path: Path) -> None:
+    with State.open(tmp_path / "full") as s:
+        disk = slow_disk(s)
+        disk.gate.clear()
+        s.commit_batch(records(0, 2))
+        assert disk.waiting.wait(10)
+        s.commit_batch(records(2, 4))  # asks for a second flush, after the held one
+        closed = threading.Event()
+        closer = threading.Thread(target=lambda: (s.close(), closed.set()))
+        closer.start()
+        assert not closed.wait(0.3)
+        disk.gate.set()
+        assert closed.wait(10)
+        closer.join()
+        assert len(disk.flushed) == 2
+
+
+def test_the_flusher_copies_the_log_into_the_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checkpoints run on the flusher's thread (SQLite's own only past a backstop of 64 MiB)."""
+    monkeypatch.setattr("jobcompd.state._flush._CHECKPOINT_EVERY_S", 0.0)
+    with State.open(tmp_path / "full") as s:
+        with s._reading("test") as db:
+            assert db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 4096
+        size = s.path.stat().st_size
+        s.commit_batch(records(0, 200, size=2000))
+        deadline = time.monotonic() + 10
+        while s.path.stat().st_size <= size:
+            assert time.monotonic() < deadline, "the log was never copied into the database"
+            time.sleep(0.01)
 
 
 def test_a_new_state_has_16_kib_pages(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from jobcompd.state._errors import (
     _size,
     _translate,
 )
+from jobcompd.state._flush import BACKSTOP_CHECKPOINT_PAGES, Flusher
 from jobcompd.state._schema import (
     _SYNCHRONOUS,
     BUSY_TIMEOUT_MS,
@@ -40,7 +41,11 @@ from jobcompd.state.values import Stats
 
 class Database:
     """One open state database: opening (checked, never reset), closing, transactions under one
-    lock, statistics. :class:`jobcompd.state.State` adds what is stored in it."""
+    lock, statistics. :class:`jobcompd.state.State` adds what is stored in it.
+
+    With ``synchronous = "full"`` the write-ahead log is flushed to disk by a thread of its own
+    after each commit that asks for it (:mod:`jobcompd.state._flush`), not inside the commit.
+    """
 
     def __init__(
         self, db: sqlite3.Connection, path: Path, *, readonly: bool, synchronous: str = "FULL"
@@ -50,9 +55,13 @@ class Database:
         self._lock = threading.Lock()
         self.path = path
         self.readonly = readonly
-        self._synchronous = synchronous  # as opened: what a transaction gets unless told otherwise
-        self._connection_synchronous = synchronous  # the connection's PRAGMA synchronous now
-        self._unsynced_reports = 0  # records settled since a transaction was last flushed to disk
+        self._flusher: Flusher | None = None
+        if synchronous == "FULL" and not readonly:
+            # Commits write the log; the flusher flushes it. SQLite's own checkpoints only as a
+            # backstop: the flusher's run beside the commits.
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_CHECKPOINT_PAGES}")
+            self._flusher = Flusher(path)
 
     @classmethod
     def open(
@@ -65,8 +74,9 @@ class Database:
     ) -> Self:
         """Open (creating if needed) the state in ``directory``.
 
-        ``synchronous`` is ``"full"`` (default: a commit survives power loss) or ``"normal"``
-        (a commit survives a crash of jobcompd, not necessarily of the machine). ``readonly`` opens
+        ``synchronous`` is ``"full"`` (default: a commit survives power loss once the flusher
+        flushed it, right after; see :mod:`jobcompd.state._flush`) or ``"normal"`` (a commit
+        survives a crash of jobcompd, not necessarily of the machine). ``readonly`` opens
         an existing state for inspection and creates nothing. ``verify`` runs SQLite's
         ``quick_check`` first; a damaged file is reported, never repaired or replaced.
         """
@@ -166,6 +176,9 @@ class Database:
 
     def close(self) -> None:
         """Close the database; later calls raise `StateError`. Closing twice is harmless."""
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None:
+            flusher.close()  # what is committed is on disk before the connection goes
         with self._lock:
             db, self._db = self._db, None
             if db is None:
@@ -231,31 +244,50 @@ class Database:
         )
 
     @contextmanager
-    def _transaction(self, action: str, *, synced: bool = True) -> Iterator[sqlite3.Connection]:
-        """One write transaction. ``synced=False`` skips its flush to disk (``synchronous =
-        NORMAL``): it survives a crash of jobcompd, and a power loss once the next synced
-        transaction (or checkpoint) is on disk, as the write-ahead log is written in order. For
-        what a power loss may only repeat, never lose: settling delivery reports."""
+    def _transaction(
+        self, action: str, *, synced: bool = True, records: int = 0
+    ) -> Iterator[sqlite3.Connection]:
+        """One write transaction, of ``records`` records read (for the flusher's bound).
+
+        With ``synchronous = "full"``, a ``synced`` transaction is flushed to disk right after its
+        commit, by the flusher (it first waits while the records of commits not yet flushed are
+        too many); ``synced=False`` ones are flushed with the next flush. For what a power loss may
+        only repeat, never lose: settling delivery reports."""
         if self.readonly:
             raise StateError(self.path, f"cannot {action}: opened read-only", RECOVER_READONLY)
+        flusher = self._flusher
+        if flusher is not None and synced:
+            flusher.admit(records)
         with self._lock:
             db = self._connection(action)
-            mode = self._synchronous if synced else "NORMAL"
             try:
-                if mode != self._connection_synchronous:
-                    db.execute(f"PRAGMA synchronous = {mode}")
-                    self._connection_synchronous = mode
                 db.execute("BEGIN IMMEDIATE")
                 yield db
                 db.execute("COMMIT")
-                if synced:
-                    self._unsynced_reports = 0
             except sqlite3.Error as exc:
                 _rollback(db)
                 raise _translate(self.path, action, exc) from exc
             except BaseException:
                 _rollback(db)
                 raise
+            if flusher is not None and synced:
+                flusher.committed(records)
+
+    def _settled(self, reports: int) -> None:
+        """``reports`` delivery reports were settled by an unsynced transaction."""
+        if self._flusher is not None:
+            self._flusher.settled(reports)
+
+    @property
+    def _unflushed_reports(self) -> int:
+        """Delivery reports settled and not on disk yet (0 without a flusher: with ``synchronous =
+        "normal"`` nothing is flushed at a commit)."""
+        return 0 if self._flusher is None else self._flusher.unflushed_reports
+
+    def _flush(self) -> None:
+        """Flush what is committed to disk now and wait for it (with a flusher)."""
+        if self._flusher is not None:
+            self._flusher.flush()
 
     @contextmanager
     def _reading(self, action: str) -> Iterator[sqlite3.Connection]:

@@ -96,7 +96,7 @@ class Spool(Database):
             return BatchResult(0, 0, 0)
         now = time.time()
         fresh: list[SpooledRecord] = []
-        with self._transaction("commit a batch") as db:
+        with self._transaction("commit a batch", records=count) as db:
             spooled = 0
             if new.rids:
                 try:
@@ -234,10 +234,12 @@ class Spool(Database):
         seqs = sorted({d.seq for d in deliveries})
         # A settlement lost to a power cut only sends its records again (the duplicates a crash
         # may cause; each carries its id): not worth a flush to disk per report batch. The next
-        # commit of records flushes it; so does this one once UNSYNCED_REPORTS have piled up
-        # (draining a backlog while no line comes), which bounds what a power cut can repeat.
-        synced = self._unsynced_reports >= UNSYNCED_REPORTS
-        with self._transaction("record deliveries", synced=synced) as db:
+        # flush of a commit of records carries it; once UNSYNCED_REPORTS have piled up unflushed
+        # (draining a backlog while no line comes), the next settlement waits for a flush first,
+        # which bounds what a power cut can repeat.
+        if self._unflushed_reports >= UNSYNCED_REPORTS:
+            self._flush()
+        with self._transaction("record deliveries", synced=False) as db:
             last_jobid = _last_jobid(db, deliveries)
             if last_jobid is None:
                 return 0
@@ -248,8 +250,7 @@ class Spool(Database):
                 ).rowcount
             _bump(db, delivered_total=removed)
             db.executemany(_SET, [("last_delivered_at", now), ("last_delivered_jobid", last_jobid)])
-        if not synced:
-            self._unsynced_reports += removed
+        self._settled(removed)
         return removed
 
     def record_attempt(self, seq: int, error: str | None) -> None:
