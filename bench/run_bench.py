@@ -48,7 +48,7 @@ from zoneinfo import ZoneInfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, TIMESTAMP_CREATE_TIME, Consumer, TopicPartition
 
 from bench import baselines, hotspots
 from bench.harness import (
@@ -319,7 +319,9 @@ def _first_word(data: bytes) -> str:
 class LatencyConsumer(threading.Thread):
     """Reads the topic from the start (assigned, no group) and notes when each record id arrives
     (or, with ``by_first_word``, each message by its first word: a raw line's ``JobId=N``; with
-    ``by_header``, by its ``record_id`` header).
+    ``by_header``, by its ``record_id`` header), and when it was produced: its CreateTime, which
+    librdkafka stamps at ``produce()`` in whole milliseconds (taken at the middle of its millisecond,
+    so ±0.5 ms).
 
     The mock answers an empty fetch only after ``fetch.wait.max.ms`` even when data arrives
     meanwhile (a real broker answers at once), so that wait is kept at 2 ms; it is part of the
@@ -332,6 +334,7 @@ class LatencyConsumer(threading.Thread):
     ) -> None:
         super().__init__(name="latency-consumer", daemon=True)
         self.received: dict[str, float] = {}
+        self.created: dict[str, float] = {}
         self._by_first_word = by_first_word
         self._by_header = by_header
         self.error: str | None = None
@@ -370,6 +373,9 @@ class LatencyConsumer(threading.Thread):
                     key = key.decode()
                 if key is not None:
                     received.setdefault(key, now)
+                    kind, stamp = msg.timestamp()
+                    if kind == TIMESTAMP_CREATE_TIME:
+                        self.created.setdefault(key, (stamp + 0.5) / 1000)  # its millisecond's middle
         finally:
             self._consumer.close()
 
@@ -409,7 +415,7 @@ def latency(run: Run) -> None:
     measured = rids[WARMUP_LINES:]
     figures: dict[str, Any] = {"count": count, "seconds": seconds}
     for logged in (False, True):
-        written, consumed_at, delivered_at, cpu = _latency_run(run, lines, logged=logged)
+        written, consumed_at, delivered_at, cpu, created = _latency_run(run, lines, logged=logged)
         consumed = [
             consumed_at[rid] - w for rid, w in zip(measured, written, strict=True) if rid in consumed_at
         ]
@@ -419,6 +425,9 @@ def latency(run: Run) -> None:
         if not logged:
             figures["consumer"] = _summary_ms(consumed)
             figures["cpu_pct"] = cpu
+            figures["produce"] = _summary_ms(
+                [created[rid] - w for rid, w in zip(measured, written, strict=True) if rid in created]
+            )
             continue
         figures["consumer_logged"] = _summary_ms(consumed)
         dr = [delivered_at[rid] - w for rid, w in zip(measured, written, strict=True) if rid in delivered_at]
@@ -428,6 +437,7 @@ def latency(run: Run) -> None:
     run.figures["latency"] = figures
     for label, key in (
         ("write → consumer                    ", "consumer"),
+        ("write → produce (CreateTime, ±0.5 ms)", "produce"),
         ("write → consumer, debug_jobcomp on  ", "consumer_logged"),
         ("write → delivery report, the same run", "dr"),
     ):
@@ -441,10 +451,11 @@ def latency(run: Run) -> None:
 
 def _latency_run(
     run: Run, lines: list[bytes], *, logged: bool
-) -> tuple[list[float], dict[str, float], dict[str, float], float]:
+) -> tuple[list[float], dict[str, float], dict[str, float], float, dict[str, float]]:
     """Write ``lines`` one at a time (after a warm-up) to a running daemon; when each measured line
-    was written, when each record reached the consumer and (``logged``) its delivery report, and
-    the daemon's CPU meanwhile (% of one core, from the first measured line to the last consumed)."""
+    was written, when each record reached the consumer and (``logged``) its delivery report, the
+    daemon's CPU meanwhile (% of one core, from the first measured line to the last consumed), and
+    when each record was produced (its CreateTime)."""
     per_s = run.args.latency_rate
     total = len(lines)
     partitions = run.args.latency_partitions
@@ -485,7 +496,7 @@ def _latency_run(
                 delivered_at = delivery_log_times(daemon.output()) if logged else {}
         finally:
             consumer.stop()
-    return written, dict(consumer.received), delivered_at, cpu
+    return written, dict(consumer.received), delivered_at, cpu, dict(consumer.created)
 
 
 def latency_rsyslog(run: Run) -> None:
@@ -835,6 +846,7 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
     floor = f.get("latency-floor")
     for key, label in (
         ("consumer", "write → consumer"),
+        ("produce", "write → produce, jobcompd's own part (the record's CreateTime: whole ms, so ±0.5 ms)"),
         ("dr", "write → delivery report (another run, `debug_jobcomp` on to log each report)"),
     ):
         title = (
