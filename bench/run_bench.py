@@ -950,8 +950,8 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
         f"{machine.rsyslog} with omkafka",
         f"- broker: librdkafka mock cluster, 3 brokers on loopback, topic of {run.partitions} partitions "
         f"(fresh cluster per measurement); producers linger.ms=5, idempotent, acks=all",
-        "- jobcompd: default configuration; its state flushed to disk with each commit of what was read "
-        '(synchronous = "full")',
+        "- jobcompd: default configuration; its state flushed to disk right after each commit of what was "
+        'read, by a thread of its own (synchronous = "full")',
     ]
     if "rsyslog" in f and f["rsyslog"].get("note"):
         out.append(f"- rsyslog: {f['rsyslog']['note']} (end taken from the broker's last Produce request)")
