@@ -352,6 +352,30 @@ def test_a_stalled_flush_holds_the_reader_back_only_past_the_lag_bound(tmp_path:
         disk.wait_for(2)
 
 
+def test_a_flush_that_does_not_end_stops_the_reading_within_flush_lag_s(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However slowly lines come, a disk that no longer flushes stops the next batch once the
+    oldest commit not flushed has waited FLUSH_LAG_S (the daemon's health report then goes stale,
+    as it did when the commit itself waited), not only after FLUSH_LAG_RECORDS records."""
+    monkeypatch.setattr("jobcompd.state._flush.FLUSH_LAG_S", 0.3)
+    with State.open(tmp_path / "full") as s:
+        disk = slow_disk(s)
+        disk.gate.clear()
+        s.commit_batch(records(0, 1))
+        assert disk.waiting.wait(10)
+        s.commit_batch(records(1, 2))  # a moment later: it goes
+        time.sleep(0.4)
+        done = threading.Event()
+        late = threading.Thread(target=lambda: (s.commit_batch(records(2, 3)), done.set()))
+        late.start()
+        assert not done.wait(0.5)
+        disk.gate.set()
+        assert done.wait(10)
+        late.join()
+        assert s.is_known("r000000002", 2)
+
+
 def test_settlements_wait_for_a_flush_once_unsynced_reports_pile_up(tmp_path: Path) -> None:
     """Draining a backlog with no new lines: once UNSYNCED_REPORTS settled records are not flushed,
     the next settlement waits for a flush first, so a power cut repeats a bounded number."""

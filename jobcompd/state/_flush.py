@@ -7,7 +7,10 @@ written, not yet flushed) and :class:`Flusher` flushes it with ``fdatasync`` rig
 the reader goes on reading and sending. A batch and its read position are in one transaction, so
 a power cut before the flush takes both back together: its lines are read again from the log,
 nothing is lost. The reader is held back only once the records of commits not yet flushed would
-pass :data:`FLUSH_LAG_RECORDS`, which bounds what a power cut can make it read again.
+pass :data:`FLUSH_LAG_RECORDS`, which bounds what a power cut can make it read again, or once the
+oldest of them has waited :data:`FLUSH_LAG_S` for its flush: a disk that no longer flushes at all
+stops the reading within that time, as it did inside the commit, and the daemon's health report
+goes stale for monitoring to see, however slowly lines come.
 
 Checkpoints (the log copied into the database, with two more flushes) run here too, on a
 connection of this thread's own, rather than inside whichever commit crosses SQLite's threshold;
@@ -16,6 +19,7 @@ that threshold stays, higher, as a backstop for a log the checkpoints here canno
 
 from __future__ import annotations
 
+import collections
 import os
 import sqlite3
 import threading
@@ -28,6 +32,9 @@ from jobcompd.state._schema import BUSY_TIMEOUT_MS, _connect
 
 FLUSH_LAG_RECORDS = 5000
 """Records of committed batches not yet flushed to disk, at most, before the next batch waits."""
+
+FLUSH_LAG_S = 10.0
+"""Seconds the oldest commit not yet flushed may wait, at most, before the next batch waits too."""
 
 BACKSTOP_CHECKPOINT_PAGES = 4096
 """SQLite's own checkpoint (inside a commit) once the log holds this many pages (64 MiB)."""
@@ -51,6 +58,8 @@ class Flusher:
         self.sync = sync
         self._cond = threading.Condition()
         self._requested = self._done = 0  # flushes asked for, and the last one done
+        # Commits not flushed yet: the flush request each made, and when.
+        self._unflushed: collections.deque[tuple[int, float]] = collections.deque()
         self._records = self._records_flushed = 0  # records of commits, and of flushed ones
         self._reports = self._reports_flushed = 0  # reports settled, and flushed
         self._error: OSError | None = None  # the last flush failed with this
@@ -62,14 +71,17 @@ class Flusher:
 
     def admit(self, records: int) -> None:
         """Wait until a commit of ``records`` more keeps the records not yet flushed within
-        :data:`FLUSH_LAG_RECORDS` (one commit may always go when everything before it is flushed);
-        raise `StateError` while flushing fails."""
+        :data:`FLUSH_LAG_RECORDS` (one commit may always go when everything before it is flushed)
+        and no commit has waited :data:`FLUSH_LAG_S` for its flush; raise `StateError` while
+        flushing fails."""
         with self._cond:
             while True:
                 self._raise_failed()
                 unflushed = self._records - self._records_flushed
                 if not unflushed or unflushed + records <= FLUSH_LAG_RECORDS:
-                    return
+                    oldest = self._unflushed[0][1] if self._unflushed else None
+                    if oldest is None or time.monotonic() - oldest < FLUSH_LAG_S:
+                        return
                 self._cond.wait(_RETRY_S)
 
     def committed(self, records: int) -> None:
@@ -77,6 +89,7 @@ class Flusher:
         with self._cond:
             self._records += records
             self._requested += 1
+            self._unflushed.append((self._requested, time.monotonic()))
             self._cond.notify_all()
 
     def settled(self, reports: int) -> None:
@@ -140,6 +153,8 @@ class Flusher:
                 with self._cond:
                     self._done = wanted
                     self._records_flushed, self._reports_flushed = records, reports
+                    while self._unflushed and self._unflushed[0][0] <= wanted:
+                        self._unflushed.popleft()
                     self._error = None
                     self._cond.notify_all()
                 if time.monotonic() - self._checkpointed_at >= _CHECKPOINT_EVERY_S:
