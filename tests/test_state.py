@@ -358,14 +358,15 @@ def test_a_flush_that_does_not_end_stops_the_reading_within_flush_lag_s(
     """However slowly lines come, a disk that no longer flushes stops the next batch once the
     oldest commit not flushed has waited FLUSH_LAG_S (the daemon's health report then goes stale,
     as it did when the commit itself waited), not only after FLUSH_LAG_RECORDS records."""
-    monkeypatch.setattr("jobcompd.state._flush.FLUSH_LAG_S", 0.3)
+    monkeypatch.setattr("jobcompd.state._flush.FLUSH_LAG_S", 1.0)
     with State.open(tmp_path / "full") as s:
         disk = slow_disk(s)
         disk.gate.clear()
         s.commit_batch(records(0, 1))
+        first = time.monotonic()
         assert disk.waiting.wait(10)
         s.commit_batch(records(1, 2))  # a moment later: it goes
-        time.sleep(0.4)
+        time.sleep(max(0.0, first + 1.2 - time.monotonic()))
         done = threading.Event()
         late = threading.Thread(target=lambda: (s.commit_batch(records(2, 3)), done.set()))
         late.start()

@@ -250,9 +250,9 @@ class Database:
         """One write transaction, of ``records`` records read (for the flusher's bound).
 
         With ``synchronous = "full"``, a ``synced`` transaction is flushed to disk right after its
-        commit, by the flusher (it first waits while the records of commits not yet flushed are
-        too many); ``synced=False`` ones are flushed with the next flush. For what a power loss may
-        only repeat, never lose: settling delivery reports."""
+        commit, by the flusher (it first waits while too many records, or too old a commit, are not
+        flushed yet: :meth:`Flusher.admit`); ``synced=False`` ones are flushed with the next flush.
+        For what a power loss may only repeat, never lose: settling delivery reports."""
         if self.readonly:
             raise StateError(self.path, f"cannot {action}: opened read-only", RECOVER_READONLY)
         flusher = self._flusher

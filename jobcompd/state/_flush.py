@@ -46,8 +46,8 @@ _RETRY_S = 1.0  # after a failed flush, the next try
 class Flusher:
     """Flushes the state's write-ahead log after each commit that asks for it, on its own thread.
 
-    The state calls :meth:`admit` before a commit of records (it waits while too many are not
-    flushed yet), :meth:`committed` after it, :meth:`settled` after a settlement of delivery
+    The state calls :meth:`admit` before a commit (it waits while too many records, or too old a
+    commit, are not flushed yet), :meth:`committed` after it, :meth:`settled` after a settlement of delivery
     reports (they are flushed with the next flush), and :meth:`flush` to wait for one. ``sync``
     is ``os.fdatasync`` (tests may slow it down or make it fail).
     """
