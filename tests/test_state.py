@@ -283,6 +283,17 @@ class SlowDisk:
         os.fdatasync(fd)
         self.flushed.append((os.readlink(f"/proc/self/fd/{fd}"), threading.current_thread().name))
 
+    def holds(self, call: Callable[[], object], *, for_s: float) -> None:
+        """Run ``call`` on a thread of its own: it still waits after ``for_s`` seconds, and ends
+        once the gate opens."""
+        done = threading.Event()
+        worker = threading.Thread(target=lambda: (call(), done.set()))
+        worker.start()
+        assert not done.wait(for_s)
+        self.gate.set()
+        assert done.wait(10)
+        worker.join()
+
     def wait_for(self, count: int) -> None:
         deadline = time.monotonic() + 10
         while len(self.flushed) < count:
@@ -340,14 +351,9 @@ def test_a_stalled_flush_holds_the_reader_back_only_past_the_lag_bound(tmp_path:
             assert time.monotonic() - t < 1.0
         assert len(s.pending(limit=10**9)) == FLUSH_LAG_RECORDS
         s.mark_delivered([Delivery(r.seq, 0, 0, r.jobid) for r in s.pending(limit=10)])
-        done = threading.Event()
-        more = threading.Thread(target=lambda: (s.commit_batch(records(10**6, 10**6 + 1)), done.set()))
-        more.start()
-        assert not done.wait(0.3)  # one record more than the bound: it waits for the flush
         assert disk.flushed == []
-        disk.gate.set()
-        assert done.wait(10)
-        more.join()
+        # One record more than the bound: it waits for the flush.
+        disk.holds(lambda: s.commit_batch(records(10**6, 10**6 + 1)), for_s=0.3)
         assert s.is_known("r001000000", 10**6)
         disk.wait_for(2)
 
@@ -367,13 +373,7 @@ def test_a_flush_that_does_not_end_stops_the_reading_within_flush_lag_s(
         assert disk.waiting.wait(10)
         s.commit_batch(records(1, 2))  # a moment later: it goes
         time.sleep(max(0.0, first + 1.2 - time.monotonic()))
-        done = threading.Event()
-        late = threading.Thread(target=lambda: (s.commit_batch(records(2, 3)), done.set()))
-        late.start()
-        assert not done.wait(0.5)
-        disk.gate.set()
-        assert done.wait(10)
-        late.join()
+        disk.holds(lambda: s.commit_batch(records(2, 3)), for_s=0.5)
         assert s.is_known("r000000002", 2)
 
 
@@ -433,13 +433,7 @@ def test_closing_waits_for_the_flush_of_what_was_committed(tmp_path: Path) -> No
         s.commit_batch(records(0, 2))
         assert disk.waiting.wait(10)
         s.commit_batch(records(2, 4))  # asks for a second flush, after the held one
-        closed = threading.Event()
-        closer = threading.Thread(target=lambda: (s.close(), closed.set()))
-        closer.start()
-        assert not closed.wait(0.3)
-        disk.gate.set()
-        assert closed.wait(10)
-        closer.join()
+        disk.holds(s.close, for_s=0.3)
         assert len(disk.flushed) == 2
 
 
