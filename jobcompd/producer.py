@@ -102,7 +102,8 @@ class Sender(ReportHandling):
         self._offered_bytes = 0
         self._offered_lock = threading.Lock()
         self._offered_taken = threading.Condition(self._offered_lock)  # the sender took some
-        self._reports: list[tuple[KafkaError | None, Message]] = []
+        self._delivered: list[bytes | None] = []
+        self._failed: list[tuple[KafkaError, Message]] = []
         self._reports_since = 0.0
         # The send side — producing, the cursor, the backlog, what is in flight, settling — is used
         # by the sender's thread and, through send_now, by the reader's.
@@ -111,7 +112,8 @@ class Sender(ReportHandling):
         # Records produced before their batch was committed (send_early), by record id: in flight
         # with seq _UNCOMMITTED until confirm() gives them theirs; reports for them wait meanwhile.
         self._early: set[str] = set()
-        self._early_reports: list[tuple[KafkaError | None, Message]] = []
+        self._early_delivered: list[bytes | None] = []
+        self._early_failed: list[tuple[KafkaError, Message]] = []
         self._spool_exhausted = False
         self._fetched_at = 0.0
         self._sending_since = 0.0  # when records were last produced with nothing in flight
@@ -200,7 +202,7 @@ class Sender(ReportHandling):
         self._backlog.clear()
         # Records sent early whose batch is not committed yet stay in flight if they were reported
         # (settled once confirmed); the others are sent again once their batch is spooled.
-        reported = {_rid_of(message) for _, message in self._early_reports}
+        reported = {*map(_rid_of, self._early_delivered), *(_rid_of(m) for _, m in self._early_failed)}
         kept = {rid: self._in_flight[rid] for rid in reported & self._early if rid in self._in_flight}
         self._in_flight.clear()
         self._in_flight.update(kept)
@@ -338,11 +340,12 @@ class Sender(ReportHandling):
             elif not rest and records[0].seq == self._cursor + 1:
                 self._cursor = records[-1].seq
             # (Otherwise the sender reads the spool in its turn, passing over what is in flight.)
-            if self._early_reports:
-                if not self._reports:
+            if self._early_delivered or self._early_failed:
+                if not self._delivered and not self._failed:
                     self._reports_since = time.monotonic()
-                self._reports += self._early_reports
-                self._early_reports = []
+                self._delivered += self._early_delivered
+                self._failed += self._early_failed
+                self._early_delivered, self._early_failed = [], []
         return rest
 
     def offer(self, records: Sequence[SpooledRecord], *, wait: float = 0.0) -> bool:

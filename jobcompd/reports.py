@@ -6,10 +6,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import repeat
-from operator import is_, itemgetter
+from operator import itemgetter
 from typing import Any, cast
 
 import orjson
@@ -31,7 +31,6 @@ _SETTLE_HOLD_S = 0.02
 # payload size (the payload itself is librdkafka's now).
 InFlight = tuple[int, int, int]
 _SEQ, _JOBID, _SIZE = map(itemgetter, range(3))
-_ERROR, _MESSAGE = map(itemgetter, range(2))  # of a report: (error, message)
 
 
 @dataclass(slots=True)
@@ -49,9 +48,9 @@ class SenderCounters:
     brokers_down_since: float | None = None  # no broker up since then
 
 
-def _rid_of(message: Message) -> str:
-    """The record id a report is for: its message's key."""
-    key = message.key()
+def _rid_of(report: Message | bytes | None) -> str:
+    """The record id a report is for: its message's key (``report``: the message, or its key)."""
+    key = report.key() if isinstance(report, Message) else report
     return key.decode() if isinstance(key, bytes) else str(key)
 
 
@@ -71,10 +70,15 @@ class ReportHandling:
     _in_flight: dict[str, InFlight]
     _in_flight_bytes: int  # bytes of the payloads of _in_flight
     _backlog: list[SpooledRecord]
-    _reports: list[tuple[KafkaError | None, Message]]
-    _reports_since: float  # when the first of _reports came
+    # The reports served and not settled yet: the key of each one that says delivered (all it
+    # takes to settle it), and each failure with its message.
+    _delivered: list[bytes | None]
+    _failed: list[tuple[KafkaError, Message]]
+    _reports_since: float  # when the first of them came
     _early: set[str]  # record ids in flight whose batch is not committed yet
-    _early_reports: list[tuple[KafkaError | None, Message]]  # their reports, settled once it is
+    # The reports of those (as _delivered and _failed), settled once their batch is.
+    _early_delivered: list[bytes | None]
+    _early_failed: list[tuple[KafkaError, Message]]
     _send_lock: threading.RLock
     _rebuild: bool
     counters: SenderCounters
@@ -84,12 +88,17 @@ class ReportHandling:
     start: Callable[[], None]
 
     def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
-        # Kept as it comes (one callback per record): read once, when the reports are settled.
-        if not self._reports:
+        # One callback per record: kept as it comes, read when the reports are settled. Of a
+        # record delivered only its key is kept, so its message (and the copy of the payload
+        # it carries) is freed at once, while it is still in the cache, not with a batch of them.
+        if not self._delivered and not self._failed:
             self._reports_since = time.monotonic()
-        self._reports.append((error, message))
-        if self._debug and error is None:
-            self._log_delivered(message)
+        if error is None:
+            self._delivered.append(message.key())
+            if self._debug:
+                self._log_delivered(message)
+        else:
+            self._failed.append((error, message))
 
     def _log_delivered(self, message: Message) -> None:
         """``debug_jobcomp``: each delivery as its report comes (as the plugin's callback logs it),
@@ -104,9 +113,9 @@ class ReportHandling:
         """Whether to settle the reports served: a batch of them is settled in one transaction,
         once ``_SETTLE_AT`` have come or the first came ``_SETTLE_HOLD_S`` ago, or at once when
         the window is full (a live trickle would otherwise cost a transaction per record)."""
-        reports = self._reports
+        reports = len(self._delivered) + len(self._failed)
         return bool(reports) and (
-            len(reports) >= _SETTLE_AT
+            reports >= _SETTLE_AT
             or time.monotonic() - self._reports_since >= _SETTLE_HOLD_S
             or not self._room()
             or self._rebuild
@@ -115,7 +124,7 @@ class ReportHandling:
     def _settle_wait(self, timeout: float) -> float:
         """How long the next poll may wait: ``timeout``, but not past the time the reports served
         are due to be settled."""
-        if not self._reports:
+        if not self._delivered and not self._failed:
             return timeout
         return max(0.0, min(timeout, self._reports_since + _SETTLE_HOLD_S - time.monotonic()))
 
@@ -165,11 +174,11 @@ class ReportHandling:
             return self._settle_locked()
 
     def _settle_locked(self) -> int:
-        reports = self._reports
-        if not reports:
+        keys, failed = self._delivered, self._failed
+        if not keys and not failed:
             return 0
-        if all(map(is_, map(_ERROR, reports), repeat(None))):  # (not ==: KafkaError)
-            settled = self._settle_all_delivered(list(map(_MESSAGE, reports)))
+        if not failed:
+            settled = self._settle_all_delivered(keys)
             if settled is not None:
                 return settled
         delivered: list[Delivery] = []
@@ -180,21 +189,30 @@ class ReportHandling:
         requeue_timeouts = self._kafka.params.requeue_on_msg_timeout
         in_flight = self._in_flight
         rids: list[str] = []
-        waiting: list[tuple[KafkaError | None, Message]] = []
-        for error, message in reports:
-            rid = _rid_of(message)
+        waiting: list[bytes | None] = []
+        waiting_failed: list[tuple[KafkaError, Message]] = []
+        for key in keys:
+            rid = _rid_of(key)
             entry = in_flight.get(rid)
             if entry is None:
                 continue  # not sent by this producer: if it is still spooled, it is sent again
+            if not entry[0]:  # produced before its batch was committed: settled once it is
+                waiting.append(key)
+                continue
+            rids.append(rid)
+            delivered.append(Delivery(entry[0], entry[1]))
+        for error, message in failed:
+            rid = _rid_of(message)
+            entry = in_flight.get(rid)
+            if entry is None:
+                continue  # (as above)
             seq, jobid, _ = entry
-            if not seq:  # produced before its batch was committed: settled once it is
-                waiting.append((error, message))
+            if not seq:
+                waiting_failed.append((error, message))
                 continue
             rids.append(rid)
             fate = outcome(error, requeue_on_msg_timeout=requeue_timeouts, rebuilding=self._rebuild)
-            if fate is Outcome.DELIVERED or error is None:
-                delivered.append(Delivery(seq, message.partition() or 0, message.offset() or 0, jobid))
-            elif fate is Outcome.REBUILD:
+            if fate is Outcome.REBUILD:
                 self._rebuild = True  # stays in the spool, for the rebuilt producer
                 attempts[seq] = _reason(error)
             elif fate is Outcome.REQUEUE:
@@ -212,8 +230,9 @@ class ReportHandling:
             self._state.dead_letter_many(dead)
         if attempts:
             self._state.record_attempts(attempts)
-        self._reports = []
-        self._early_reports += waiting
+        self._delivered, self._failed = [], []
+        self._early_delivered += waiting
+        self._early_failed += waiting_failed
         pop = in_flight.pop
         self._in_flight_bytes -= sum(entry[2] for entry in map(pop, rids, repeat(None)) if entry is not None)
         if delivered:
@@ -232,13 +251,14 @@ class ReportHandling:
         for seq, jobid, rid in dead_records:
             self.counters.dead_lettered += 1
             self._dead_lettered(jobid, rid, dead[seq], "delivery failed, dead-lettered")
-        return len(reports)
+        return len(keys) + len(failed)
 
-    def _settle_all_delivered(self, messages: list[Message]) -> int | None:
-        """:meth:`_settle_locked` for reports that all say delivered, of records all in flight here
-        (the usual case), without a Python loop per report; ``None``: not that case, nothing done."""
+    def _settle_all_delivered(self, keys: list[bytes | None]) -> int | None:
+        """:meth:`_settle_locked` for reports that all say delivered (their ``keys``), of records
+        all in flight here (the usual case), without a Python loop per report; ``None``: not that
+        case, nothing done."""
         try:
-            rids = list(map(bytes.decode, cast(Iterator[bytes], map(Message.key, messages))))
+            rids = list(map(bytes.decode, cast(list[bytes], keys)))
         except TypeError:  # a report without a key: not one of ours
             return None
         if self._early and not self._early.isdisjoint(rids):
@@ -247,25 +267,15 @@ class ReportHandling:
         if None in found:
             return None
         entries = cast(list[InFlight], found)
-        offsets = list(map(Message.offset, messages))
-        if None in offsets:  # not known to librdkafka (a broker that does not say): as 0
-            offsets = [offset or 0 for offset in offsets]
         delivered = list(
-            map(
-                tuple.__new__,
-                repeat(Delivery),
-                zip(
-                    map(_SEQ, entries), map(Message.partition, messages), offsets, map(_JOBID, entries),
-                    strict=True,
-                ),
-            )
+            map(tuple.__new__, repeat(Delivery), zip(map(_SEQ, entries), map(_JOBID, entries), strict=True))
         )
         self._state.mark_delivered(delivered)  # durable first
-        self._reports = []
+        self._delivered = []
         self._in_flight_bytes -= sum(map(_SIZE, map(self._in_flight.pop, rids)))
         self.counters.delivered += len(delivered)
         self.counters.last_delivery_at = time.time()
-        return len(messages)
+        return len(keys)
 
     def _rebuild_after_fatal(self) -> None:
         self._rebuild = False

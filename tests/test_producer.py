@@ -173,8 +173,8 @@ def send_early(sender: Sender, records: Sequence[NewRecord]) -> int:
 def reports_for_early(sender: Sender, count: int, timeout: float = 30) -> None:
     """Serve reports until ``count`` of records sent early wait for their batch's commit."""
     deadline = time.monotonic() + timeout
-    while len(sender._early_reports) < count:
-        assert time.monotonic() < deadline, f"{len(sender._early_reports)} reports of {count}"
+    while len(sender._early_delivered) + len(sender._early_failed) < count:
+        assert time.monotonic() < deadline, f"{len(sender._early_delivered)} reports of {count}"
         sender.pump(0.05)
 
 
@@ -519,7 +519,7 @@ def test_the_reports_of_a_trickle_are_settled_in_one_transaction(
         for i in range(3):  # one record at a time, each acknowledged before the next is read
             state.commit_batch(new(i, i + 1))
             sender.wake()
-            while len(sender._reports) < i + 1:
+            while len(sender._delivered) < i + 1:
                 assert time.monotonic() - started < 30, "no delivery report"
                 sender.pump(0.05)
         if time.monotonic() - started < 0.9:  # (a machine slower than that settles sooner)

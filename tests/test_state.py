@@ -143,7 +143,7 @@ def test_a_failing_batch_leaves_neither_records_nor_position(
 
 def test_records_already_spooled_dead_lettered_or_delivered_are_skipped(state: State) -> None:
     state.commit_batch(records(0, 4))
-    state.mark_delivered([Delivery(seq_of(state, "r000000000"), 0, 1)])
+    state.mark_delivered([Delivery(seq_of(state, "r000000000"))])
     state.dead_letter(seq_of(state, "r000000001"), "too large")
 
     again = records(0, 4) + records(4, 6) + records(5, 6)
@@ -186,7 +186,7 @@ def test_pages_of_the_spool_carry_each_record_s_own_payload(state: State) -> Non
         spooled.update((r.jobid, r.payload) for r in batch)
         state.commit_batch(batch, position=at(start + 40))
     settle = [r for r in state.pending(limit=10**9) if r.jobid in (45, 46, 70)]
-    state.mark_delivered([Delivery(r.seq, 0, r.seq, jobid=r.jobid) for r in settle])
+    state.mark_delivered([Delivery(r.seq, r.jobid) for r in settle])
 
     read: list[SpooledRecord] = []
     while page := state.pending(after_seq=read[-1].seq if read else 0, limit=13):
@@ -205,13 +205,13 @@ def test_mark_delivered_takes_records_out_of_the_spool_and_keeps_their_ids(state
     spooled = state.pending()
 
     removed = state.mark_delivered(
-        [Delivery(r.seq, 2, 100 + r.seq) for r in spooled[:3]] + [Delivery(10**6, 0, 0)]
+        [Delivery(r.seq) for r in spooled[:3]] + [Delivery(10**6)]
     )
 
     assert removed == 3
     assert all_rids(state) == ["r000000003", "r000000004"]
     assert all(state.is_known(r.rid, r.jobid) for r in spooled)
-    assert state.mark_delivered([Delivery(spooled[0].seq, 2, 100)]) == 0
+    assert state.mark_delivered([Delivery(spooled[0].seq)]) == 0
     stats = state.stats()
     assert stats.delivered_total == 3
     assert stats.last_delivered_jobid == 2
@@ -225,7 +225,7 @@ def test_reports_in_any_order_settle_exactly_their_records(state: State) -> None
     seqs = [r.seq for r in state.pending()]
     delivered = [seqs[i] for i in (7, 0, 2, 1, 5, 9, 2)]  # out of order, one report twice
 
-    assert state.mark_delivered([Delivery(seq, 0, 0) for seq in delivered]) == 6
+    assert state.mark_delivered([Delivery(seq) for seq in delivered]) == 6
 
     assert all_rids(state) == [f"r{i:09d}" for i in (3, 4, 6, 8)]
     assert state.stats().delivered_total == 6
@@ -235,7 +235,7 @@ def test_a_delivery_report_resolves_a_dead_letter(state: State) -> None:
     state.commit_batch(records(0, 2))
     state.dead_letter(seq_of(state, "r000000000"), "gave up after timeouts")
 
-    assert state.mark_delivered([Delivery(seq_of(state, "r000000000"), 0, 7)]) == 1
+    assert state.mark_delivered([Delivery(seq_of(state, "r000000000"))]) == 1
 
     assert state.dead_letters() == []
     assert state.stats().delivered_total == 1
@@ -253,7 +253,7 @@ def test_the_last_delivered_job_is_the_same_whether_the_sender_names_it_or_not(t
             for reports in (["r000000001", "r000000003"], ["r000000000", "r000000003"], ["r000000005"]):
                 seqs = [pending[rid].seq if rid in pending else held[rid] for rid in reports]
                 jobids = [int(rid[1:]) if named else None for rid in reports]
-                s.mark_delivered([Delivery(q, 0, 0, j) for q, j in zip(seqs, jobids, strict=True)])
+                s.mark_delivered([Delivery(q, j) for q, j in zip(seqs, jobids, strict=True)])
                 seen.append(s.stats().last_delivered_jobid)
         return seen
 
@@ -318,7 +318,7 @@ def test_with_synchronous_full_a_thread_of_its_own_flushes_the_log_after_each_ba
         assert disk.flushed == [(str(s.path) + "-wal", "jobcompd-flush")]
         with s._reading("test") as db:
             assert db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
-        s.mark_delivered([Delivery(r.seq, 0, 0, r.jobid) for r in s.pending()])
+        s.mark_delivered([Delivery(r.seq, r.jobid) for r in s.pending()])
         assert s._unflushed_reports == 3
         time.sleep(0.05)
         assert len(disk.flushed) == 1
@@ -332,7 +332,7 @@ def test_with_synchronous_full_a_thread_of_its_own_flushes_the_log_after_each_ba
     with State.open(tmp_path / "normal", synchronous="normal") as s:
         assert s._flusher is None
         s.commit_batch(records(0, 3))
-        s.mark_delivered([Delivery(r.seq, 0, 0) for r in s.pending()])
+        s.mark_delivered([Delivery(r.seq) for r in s.pending()])
         assert s.stats().delivered_total == 3
 
 
@@ -350,7 +350,7 @@ def test_a_stalled_flush_holds_the_reader_back_only_past_the_lag_bound(tmp_path:
             s.commit_batch(records(start, start + 1000))
             assert time.monotonic() - t < 1.0
         assert len(s.pending(limit=10**9)) == FLUSH_LAG_RECORDS
-        s.mark_delivered([Delivery(r.seq, 0, 0, r.jobid) for r in s.pending(limit=10)])
+        s.mark_delivered([Delivery(r.seq, r.jobid) for r in s.pending(limit=10)])
         assert disk.flushed == []
         # One record more than the bound: it waits for the flush.
         disk.holds(lambda: s.commit_batch(records(10**6, 10**6 + 1)), for_s=0.3)
@@ -387,7 +387,7 @@ def test_settlements_wait_for_a_flush_once_unsynced_reports_pile_up(tmp_path: Pa
         waiting = s.pending(limit=10**9)
 
         def settle(part: list[SpooledRecord]) -> None:
-            s.mark_delivered([Delivery(r.seq, 0, 0, r.jobid) for r in part])
+            s.mark_delivered([Delivery(r.seq, r.jobid) for r in part])
 
         settle(waiting[: UNSYNCED_REPORTS - 1])
         settle(waiting[UNSYNCED_REPORTS - 1 : -5])
@@ -460,7 +460,7 @@ def test_a_new_state_has_16_kib_pages(tmp_path: Path) -> None:
 
 def test_prune_delivered_forgets_old_ids_and_counts_them(state: State) -> None:
     state.commit_batch(records(0, 3))
-    state.mark_delivered([Delivery(r.seq, 0, r.seq) for r in state.pending()])
+    state.mark_delivered([Delivery(r.seq) for r in state.pending()])
     time.sleep(0.01)
     state.commit_batch(records(3, 6))  # still spooled: their ids are kept
     state.dead_letter(seq_of(state, "r000000005"), "refused")  # dead-lettered: kept too
@@ -476,7 +476,7 @@ def test_prune_delivered_forgets_old_ids_and_counts_them(state: State) -> None:
 
 def test_prune_in_steps_forgets_the_oldest_jobs_first(state: State) -> None:
     state.commit_batch(records(0, 25))
-    state.mark_delivered([Delivery(r.seq, 0, r.seq) for r in state.pending()])
+    state.mark_delivered([Delivery(r.seq) for r in state.pending()])
     state.commit_batch(records(25, 27))  # still spooled: kept whatever the steps
     later = time.time() + 1
     assert state.prune_delivered(later, limit=10) == 10
@@ -604,7 +604,7 @@ def test_reopen_after_close_keeps_everything(state_dir: Path) -> None:
             position=at(6),
             quarantined=[QuarantinedLine("log", 3, 30, b"?", "bad")],
         )
-        s.mark_delivered([Delivery(seq_of(s, "r000000000"), 1, 5)])
+        s.mark_delivered([Delivery(seq_of(s, "r000000000"))])
         s.dead_letter(seq_of(s, "r000000001"), "too big")
         s.record_attempt(seq_of(s, "r000000002"), "timeout")
         before = (s.pending(), s.dead_letters(), s.quarantined(), s.positions())
@@ -641,7 +641,7 @@ def test_readonly_open_creates_nothing_and_refuses_writes(state_dir: Path) -> No
         assert ro.stats().spooled_total == 3
         for write in (
             lambda: ro.commit_batch(records(3, 4), position=at(4)),
-            lambda: ro.mark_delivered([Delivery(1, 0, 0)]),
+            lambda: ro.mark_delivered([Delivery(1)]),
             lambda: ro.dead_letter(1, "x"),
             lambda: ro.purge_dead_letters(),
             lambda: ro.prune_delivered(time.time()),
@@ -833,7 +833,7 @@ def test_an_older_database_is_upgraded_in_place_keeping_everything(state_dir: Pa
         assert s.commit_batch(records(0, 10)) == BatchResult(spooled=1, already_known=9, quarantined=0)
         new_seq = s.pending()[-1].seq
         assert new_seq > 20  # the counter carried over: no seq is used twice
-        assert s.mark_delivered([Delivery(r.seq, 0, 0) for r in s.pending()]) == 6
+        assert s.mark_delivered([Delivery(r.seq) for r in s.pending()]) == 6
         assert s.stats().delivered_total == 9
         assert all(s.is_known(r.rid, r.jobid) for r in records(0, 10))
     with sqlite3.connect(state_dir / DB_NAME) as raw:
@@ -878,7 +878,7 @@ def test_a_schema_3_spool_becomes_batches_keeping_seqs_attempts_and_order(state_
         assert s.spool_depth() == 6 and s.oldest_pending_at() == 1.0
         assert s.pending(after_seq=4, limit=2) == held[2:4]
         assert s.commit_batch(records(0, 1)).fresh[0].seq == 13
-        assert s.mark_delivered([Delivery(seq, 0, 0) for seq in (3, 9, 10, 12)]) == 4
+        assert s.mark_delivered([Delivery(seq) for seq in (3, 9, 10, 12)]) == 4
         assert [r.seq for r in s.pending()] == [4, 5, 6, 13]
         assert [d.seq for d in s.dead_letters()] == []
     with sqlite3.connect(state_dir / DB_NAME) as raw:
@@ -906,11 +906,11 @@ def test_a_batch_leaves_the_spool_when_its_last_record_is_settled(state: State) 
     state.commit_batch(records(0, 6), position=at(6))
     seqs = [r.seq for r in state.pending()]
     assert state.dead_letter(seqs[1], "too large")
-    assert state.mark_delivered([Delivery(seq, 0, 0) for seq in seqs[2:]]) == 4
+    assert state.mark_delivered([Delivery(seq) for seq in seqs[2:]]) == 4
     state.record_attempt(seqs[0], "timed out")
     assert [(r.seq, r.attempts, r.last_error) for r in state.pending()] == [(seqs[0], 1, "timed out")]
     assert state.record_attempts({seqs[3]: "x"}) == 0  # delivered: not spooled any more
-    assert state.mark_delivered([Delivery(seqs[0], 0, 0)]) == 1
+    assert state.mark_delivered([Delivery(seqs[0])]) == 1
     assert state.pending() == [] and state.spool_depth() == 0 and state.oldest_pending_at() is None
     with sqlite3.connect(state.path) as raw:
         assert raw.execute("SELECT count(*) FROM spool").fetchone()[0] == 0
@@ -1050,7 +1050,7 @@ def test_reader_and_producer_threads_share_one_state(state: State) -> None:
                 batch = state.pending(after_seq=seen, limit=250)
                 if batch:
                     seen = batch[-1].seq
-                    delivered += state.mark_delivered([Delivery(r.seq, 0, r.seq) for r in batch])
+                    delivered += state.mark_delivered([Delivery(r.seq) for r in batch])
         except BaseException as exc:
             errors.append(exc)
 
@@ -1090,7 +1090,7 @@ while True:
     roll = rng.random()
     if roll < 0.5:
         sent = state.pending(limit=rng.randint(1, 600))
-        state.mark_delivered([Delivery(r.seq, 0, r.seq) for r in sent])
+        state.mark_delivered([Delivery(r.seq) for r in sent])
     elif roll < 0.6:
         sent = state.pending(limit=5)
         state.dead_letter_many({r.seq: "rejected by broker" for r in sent})
@@ -1165,7 +1165,7 @@ def test_round_trip_of_a_10k_batch(state: State) -> None:
     committed = time.perf_counter()
     pending = state.pending(limit=10_000)
     read = time.perf_counter()
-    assert state.mark_delivered([Delivery(r.seq, 0, r.seq) for r in pending]) == 10_000
+    assert state.mark_delivered([Delivery(r.seq) for r in pending]) == 10_000
     done = time.perf_counter()
     print(
         f"10k records (~1 KB each): commit_batch {committed - started:.3f}s, "

@@ -90,14 +90,12 @@ class QuarantinedLine:
 
 
 class Delivery(NamedTuple):
-    """A successful delivery report: the spooled record ``seq`` is in Kafka at ``partition``/``offset``.
+    """A successful delivery report: the spooled record ``seq`` is in Kafka.
 
     ``jobid``, when the sender knows it, spares the state reading it from the spooled batch.
     """
 
     seq: int
-    partition: int
-    offset: int
     jobid: int | None = None
 
 
