@@ -6,6 +6,8 @@ three-broker Kafka in its own process, on loopback; a fresh one per measurement)
 1. throughput: N mixed-generation lines from the first byte to the last delivery report, through
    ``jobcompd replay`` and through the live daemon (``jobcompd run``, lines appended in bulk), next
    to two baselines on the same lines and broker: ``kcat -P -l`` and rsyslog imfile → omkafka;
+   and the floor: confluent-kafka alone (``bench/bulk_producer.py``) sending the records of the
+   same lines as jobcompd sends them, with nothing else to do (no reading, parsing or state);
 2. latency: lines appended one at a time at a steady rate, write → delivery report (the daemon's
    "job delivered" log line, ``debug_jobcomp``) and write → a consumer receiving the message
    (matched by record id); then rsyslog imfile → omkafka on the same lines at the same rate, write →
@@ -89,6 +91,7 @@ MEASUREMENTS = (
     "daemon-worker",
     "kcat",
     "rsyslog",
+    "floor",
     "latency",
     "latency-rsyslog",
     "latency-floor",
@@ -294,6 +297,30 @@ def baseline_rsyslog(run: Run) -> None:
         f"(median of {len(times)} runs: {', '.join(f'{t:.2f}' for t in times)} s)"
         + (f"\n  quirk: {notes}" if notes else "")
     )
+
+
+def throughput_floor(run: Run) -> None:
+    """confluent-kafka alone, a process of its own, sending the records of the N lines as jobcompd
+    sends them — key and header, a window of unreported records, a delivery report each — timed
+    from the second ``produce()`` to the last report (the lines are parsed first, and the first
+    record sent alone to connect, untimed). What
+    jobcompd's send side costs in the interpreter with nothing else to do: no shipper written
+    on confluent-kafka that counts every record by its report goes faster, whatever it does
+    besides."""
+    with mock_cluster(TOPIC, run.partitions) as cluster:
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.bulk_producer", cluster.bootstrap, TOPIC, str(run.lines_file)],
+            cwd=Path(__file__).resolve().parent.parent, capture_output=True, timeout=run.timeout() + 300,
+        )
+    if done.returncode != 0:
+        raise BenchError(f"throughput floor: {done.stderr.decode(errors='replace')[-500:]}")
+    result = json.loads(done.stdout)
+    if result["delivered"] != run.n:
+        raise BenchError(f"throughput floor: {result['delivered']} of {run.n} reported delivered ({result})")
+    r = rate(result["timed"], result["elapsed"])
+    run.figures["floor"] = {"rate": r, "elapsed": result["elapsed"]}
+    print(f"  confluent-kafka alone: {result['timed']:,} records delivered in {result['elapsed']:.2f} s "
+          f"= {r:,.0f} records/s (the first, sent alone before to connect, not timed)")
 
 
 # -- 2. latency ----------------------------------------------------------------------------------
@@ -841,6 +868,17 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
     ):
         value = f"{f[key]['rate']:,.0f} records/s ({f[key]['elapsed']:.2f} s)" if key in f else failed(key)
         rows.append((label, value, "—", "—", "baseline"))
+    label = (f"floor: confluent-kafka alone sending the {n} records as jobcompd sends them (key, header, "
+             "a delivery report each), nothing else: no reading, parsing or state")
+    if "floor" in f:
+        r = f["floor"]["rate"]
+        value = f"{r:,.0f} records/s ({f['floor']['elapsed']:.2f} s)"
+        over = "; ".join(
+            f"{key} {f[key]['rate'] / r:.3g}× the floor" for key in ("replay", "daemon") if key in f
+        )
+        rows.append((label, value, "—", "—", "floor: " + ", ".join(filter(None, (ratios(r), over)))))
+    else:
+        rows.append((label, failed("floor"), "—", "—", "floor"))
     lat, lat_rsyslog = f.get("latency"), f.get("latency-rsyslog")
     rsyslog_p99 = lat_rsyslog["consumer"]["p99"] if lat_rsyslog else None
     floor = f.get("latency-floor")
@@ -974,6 +1012,7 @@ STEPS: dict[str, tuple[str, Callable[[Run], None]]] = {
     ),
     "kcat": ("1. throughput baseline: kcat", baseline_kcat),
     "rsyslog": ("1. throughput baseline: rsyslog imfile → omkafka", baseline_rsyslog),
+    "floor": ("1. throughput floor: confluent-kafka alone, jobcompd's records", throughput_floor),
     "latency": ("2. latency", latency),
     "latency-rsyslog": ("2. latency baseline: rsyslog imfile → omkafka", latency_rsyslog),
     "latency-floor": ("2. latency floor: librdkafka alone, keyed and not", latency_floor),

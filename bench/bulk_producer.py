@@ -1,0 +1,82 @@
+"""A producer alone at full speed (``make bench``'s throughput floor): librdkafka through
+confluent-kafka, as jobcompd configures and drives it, sending the records of a log file.
+
+    python -m bench.bulk_producer BOOTSTRAP TOPIC LINES
+
+The lines of ``LINES`` are parsed and encoded first (untimed), as jobcompd encodes them. Then
+each record is produced with its record id as key and in a ``record_id`` header, as jobcompd
+sends it, at most ``REPLAY_WINDOW`` records unreported at a time, reports served by ``poll()``
+after each batch of ``BATCH_LINES`` and counted by a callback each (the key kept, as jobcompd
+keeps it): what jobcompd's send side costs with nothing else to do — no reading, no parsing, no
+state. Prints a JSON object: the records, how many were reported delivered, and the seconds from
+the second ``produce()`` to the last report (``timed``: the records sent meanwhile; the first is
+sent alone before, to connect).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from jobcompd.batch import ParseSpec, parse_batch
+from jobcompd.logfile import BATCH_LINES
+from jobcompd.producer import RECORD_ID_HEADER, REPLAY_WINDOW
+
+
+def main(argv: list[str]) -> int:
+    bootstrap, topic, path = argv
+    with open(path, "rb") as fh:
+        lines = fh.readlines()
+    spec = ParseSpec(("UTC", None), None, 65536)  # as the bench's configuration reads them
+    records: list[tuple[str, bytes]] = []
+    for at in range(0, len(lines), BATCH_LINES):
+        batch = parse_batch(lines[at : at + BATCH_LINES], spec)
+        if batch.bad:
+            raise SystemExit(f"a line did not parse: {batch.bad[0]}")
+        records += zip(batch.rids, batch.payloads, strict=True)
+    del lines
+    delivered: list[bytes | None] = []
+    failed: list[KafkaError] = []
+
+    def on_delivery(error: KafkaError | None, message: Message) -> None:
+        if error is None:
+            delivered.append(message.key())
+        else:
+            failed.append(error)
+
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 5,
+            "enable.idempotence": True,
+            "acks": "all",
+            "on_delivery": on_delivery,
+        }
+    )
+    # The first record alone, before the clock starts: connected to the brokers, the partitions
+    # known, the idempotent producer's id acquired (jobcompd's figures include its start-up).
+    rid, payload = records[0]
+    producer.produce(topic, payload, rid, headers=[(RECORD_ID_HEADER, rid)])
+    if producer.flush(30) or not delivered:
+        raise SystemExit("the first record was not delivered")
+    produce = producer.produce
+    start = time.monotonic()
+    for at in range(1, len(records), BATCH_LINES):
+        while at - len(delivered) - len(failed) > REPLAY_WINDOW - BATCH_LINES:  # (the window)
+            producer.poll(0.05)
+        for rid, payload in records[at : at + BATCH_LINES]:
+            produce(topic, payload, rid, headers=[(RECORD_ID_HEADER, rid)])
+        producer.poll(0)
+    while len(delivered) + len(failed) < len(records) and time.monotonic() - start < 600:
+        producer.poll(0.05)
+    elapsed = time.monotonic() - start
+    json.dump({"records": len(records), "timed": len(records) - 1, "delivered": len(delivered),
+               "failed": len(failed), "elapsed": elapsed}, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
