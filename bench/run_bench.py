@@ -874,9 +874,12 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
         r = f["floor"]["rate"]
         value = f"{r:,.0f} records/s ({f['floor']['elapsed']:.2f} s)"
         over = "; ".join(
-            f"{key} {f[key]['rate'] / r:.3g}× the floor" for key in ("replay", "daemon") if key in f
+            f"{name} {f[key]['rate'] / r:.3g}× the floor"
+            for key, name in (("replay", "replay"), ("daemon", "run"))
+            if key in f
         )
-        rows.append((label, value, "—", "—", "floor: " + ", ".join(filter(None, (ratios(r), over)))))
+        against = ", ".join(part for part in (ratios(r), over) if part and part != "—")
+        rows.append((label, value, "—", "—", f"floor: {against}" if against else "floor"))
     else:
         rows.append((label, failed("floor"), "—", "—", "floor"))
     lat, lat_rsyslog = f.get("latency"), f.get("latency-rsyslog")
