@@ -21,6 +21,9 @@ from tests.brokers.mockcluster import MockCluster
 from tests.brokers.readback import consume_all
 from tests.jobcompd_env import JobcompdEnv
 
+MSG_SIZE_TOO_LARGE = 10  # the broker's error code, and the Kafka API key of a produce request
+PRODUCE = 0
+
 
 class CountingState(State):
     """The real State, counting how often the spool is read back, and the settling transactions."""
@@ -302,6 +305,29 @@ def test_records_sent_early_and_reported_survive_a_producer_rebuild_before_their
         assert sender.close() == 0
         assert state.stats().delivered_total == 80
     assert_sent_in_order(mock_cluster, 80)  # none of 0-49 sent twice
+
+
+def test_a_record_sent_early_and_refused_waits_for_its_commit_then_is_dead_lettered(
+    mock_cluster: MockCluster, tmp_path: Path
+) -> None:
+    """A failed report of a record sent before its batch was committed is kept, as a delivered one
+    is, until the commit: then the record is dead-lettered with the reason, once."""
+    with caught_up_sender(mock_cluster, tmp_path) as (_, state, sender):
+        mock_cluster.push_request_errors(PRODUCE, [MSG_SIZE_TOO_LARGE])  # the next request: all of it
+        assert send_early(sender, new(0, 5)) == 5
+        reports_for_early(sender, 5)
+        assert len(sender._early_failed) == 5 and not state.dead_letters()  # no batch holds them yet
+        assert sender.confirm(state.commit_batch(new(0, 5)).fresh) == []
+        assert sender.offer(state.commit_batch(new(5, 10)).fresh)  # the broker takes these
+        send_all(sender, state)
+        letters = state.dead_letters()
+        assert sorted(d.rid for d in letters) == [r.rid for r in new(0, 5)]
+        assert all("MSG_SIZE_TOO_LARGE" in d.reason for d in letters)
+        assert sender.counters.dead_lettered == 5 and sender.counters.delivered == 5
+        assert sender.close() == 0
+        assert state.stats().delivered_total == 5
+    got = consume_all(mock_cluster.bootstrap, "mycluster", expected=5, timeout=30)
+    assert [m.key() for m in got] == [r.rid.encode() for r in new(5, 10)]
 
 
 def test_an_offered_batch_partly_read_back_is_sent_from_memory_for_the_rest(
