@@ -21,6 +21,7 @@ import time
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from bench.steady_producer import configured_as_jobcompd
 from jobcompd.batch import ParseSpec, parse_batch
 from jobcompd.logfile import BATCH_LINES
 from jobcompd.producer import RECORD_ID_HEADER, REPLAY_WINDOW
@@ -47,15 +48,7 @@ def main(argv: list[str]) -> int:
         else:
             failed.append(error)
 
-    producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "linger.ms": 5,
-            "enable.idempotence": True,
-            "acks": "all",
-            "on_delivery": on_delivery,
-        }
-    )
+    producer = Producer(configured_as_jobcompd(bootstrap, on_delivery=on_delivery))
     # The first record alone, before the clock starts: connected to the brokers, the partitions
     # known, the idempotent producer's id acquired (jobcompd's figures include its start-up).
     rid, payload = records[0]

@@ -15,22 +15,21 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import Any
 
 from confluent_kafka import Producer
+
+
+def configured_as_jobcompd(bootstrap: str, **more: Any) -> dict[str, Any]:
+    """A producer's settings as jobcompd's default configuration makes them (the bench's floors)."""
+    return {"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True, "acks": "all", **more}
 
 
 def main(argv: list[str]) -> int:
     bootstrap, topic, mode, per_s, path, warmup = argv
     keyed = mode == "keyed"
     records = [line.rstrip(b"\n").split(b" ", 1) for line in open(path, "rb")]  # noqa: SIM115
-    producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "linger.ms": 5,
-            "enable.idempotence": True,
-            "acks": "all",
-        }
-    )
+    producer = Producer(configured_as_jobcompd(bootstrap))
 
     def produce(rid: bytes, payload: bytes) -> None:
         producer.produce(topic, payload, rid if keyed else None, headers=[("record_id", rid)])
