@@ -1058,3 +1058,27 @@ def test_an_unfinished_record_waits_for_its_rest_then_for_quiet(tmp_path: Path) 
             assert time.monotonic() - began >= 0.9
         finally:
             h.stop()
+
+
+def test_a_held_record_start_is_read_as_its_quiet_ends_not_at_the_next_recheck(tmp_path: Path) -> None:
+    """One read waiting for lines, as the daemon's does (its recheck interval is 2 s): a record start
+    held for its rest is handed over once ``hold_for`` of quiet has passed, not up to a recheck later."""
+    from jobcompd.joining import unfinished_tail
+    from tests.test_record import real
+
+    log = tmp_path / "jobcomp.log"
+    cut = real(jobid=b"7", name=b"a\nb").split(b"\n", 1)[0] + b"\n"
+    h = Harness(log, hold=unfinished_tail, hold_for=0.5, recheck_interval=30.0)
+    with SlurmctldWriter(log) as w:
+        w.write(mixed_lines(1, seed=2)[0])
+        h.start()
+        try:
+            h.read_until(lambda: len(h.received) == 1)
+            w.write(cut)
+            began = time.monotonic()
+            batch = h.step(timeout=20.0)
+            took = time.monotonic() - began
+            assert batch is not None and batch.lines == [cut]
+            assert 0.45 <= took < 5.0, f"handed over after {took:.2f} s"
+        finally:
+            h.stop()

@@ -137,6 +137,7 @@ class Tailer(FileReading, Siblings):
         self._wake = Wakeup()  # set by the watcher's thread, and by a signal handler (wake())
         self._interrupted = False  # set by wake(): the waiting read() returns
         self._read_all = False  # the last look left nothing to read, and inotify watches
+        self._quiet_ends: float | None = None  # see FileReading._holding
         self._lock = threading.Lock()
         self._watch: DirectoryWatch | None = None
         self._current: FollowedFile | None = None
@@ -237,7 +238,12 @@ class Tailer(FileReading, Siblings):
             if remaining <= 0 or self._interrupted:
                 self._interrupted = False
                 return None
-            if not self._wake.wait(min(remaining, self._recheck)) and time.monotonic() >= deadline:
+            wait = min(remaining, self._recheck)
+            if self._quiet_ends is not None:
+                # Lines the last look held are looked at again as their quiet ends (hold_for),
+                # not up to a recheck later.
+                wait = max(0.0, min(wait, self._quiet_ends - time.monotonic()))
+            if not self._wake.wait(wait) and time.monotonic() >= deadline:
                 # Quiet until the deadline: the caller's next read() looks first thing (looking
                 # here too was a second look at the file within a millisecond, every time).
                 return None
@@ -260,6 +266,7 @@ class Tailer(FileReading, Siblings):
         )
 
     def _poll_once(self) -> LineBatch | None:
+        self._quiet_ends = None
         if self._watch is not None:
             self._watch.ensure()
         observed = self._current  # its size is this look's (fstat, in _follow_path)

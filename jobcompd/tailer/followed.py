@@ -78,6 +78,7 @@ class TailerParts:
     _close_after: float
     _hold: Callable[[Sequence[bytes]], int] | None
     _hold_for: float
+    _quiet_ends: float | None  # when lines the last look held are due, if it held some
     _log: Any
     _current: FollowedFile | None
     _rotated: list[FollowedFile]
@@ -195,7 +196,11 @@ class FileReading(TailerParts):
         now = time.monotonic()
         if f.held is None or f.held[0] != offset:
             f.held = (offset, now)
-        return now - f.held[1] < self._hold_for
+        due = f.held[1] + self._hold_for
+        if now >= due:
+            return False
+        self._quiet_ends = due if self._quiet_ends is None else min(self._quiet_ends, due)
+        return True
 
     def _long_line(self, f: FollowedFile, *, final: bool) -> LineBatch | None:
         """An over-long line: deliver its head once its end is found, skipping the rest."""
