@@ -579,9 +579,11 @@ def latency_rsyslog(run: Run) -> None:
 def latency_floor(run: Run) -> None:
     """librdkafka alone — a process producing the records jobcompd sends, at the same rate, as
     jobcompd configures it — produce → the same consumer: keyed by record id (as jobcompd sends
-    them) and without a key (as the plugin and rsyslog do). What no shipper that keys its records
-    can beat on this broker, whatever it does before ``produce()``; the difference between the two
-    is what the key costs (each keyed record waits the whole ``linger.ms`` in a batch of its own)."""
+    them), keyed with the partition chosen as for a record without a key (sticky), and without a
+    key (as the plugin and rsyslog do). The first is what no shipper that partitions its records by
+    key can beat on this broker, whatever it does before ``produce()``: each keyed record waits the
+    whole ``linger.ms`` in a batch of its own partition. The second shows whether that is the key or
+    the partitioning by key."""
     per_s, seconds = run.args.latency_rate, run.args.latency_seconds
     count = int(per_s * seconds)
     lines = mixed_lines(WARMUP_LINES + count, seed=20261124)
@@ -591,14 +593,14 @@ def latency_floor(run: Run) -> None:
             out.write(rid.encode() + b" " + payload + b"\n")
     partitions = run.args.latency_partitions
     figures: dict[str, Any] = {}
-    for mode in ("keyed", "keyless"):
+    for mode in ("keyed", "sticky", "keyless"):
         with mock_cluster(TOPIC, partitions) as cluster:
             consumer = LatencyConsumer(cluster.bootstrap, TOPIC, partitions, by_header=True)
             consumer.start()
             try:
                 done = subprocess.run(
                     [sys.executable, "-m", "bench.steady_producer", cluster.bootstrap, TOPIC, mode,
-                     str(per_s), str(records), str(WARMUP_LINES)],
+                     str(per_s), str(records), str(WARMUP_LINES), str(partitions)],
                     cwd=Path(__file__).resolve().parent.parent, capture_output=True, timeout=seconds + 180,
                 )
                 if done.returncode != 0:
@@ -924,6 +926,8 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
     else:
         rows.append((title, failed("latency-rsyslog"), "—", "—", "baseline"))
     for mode, how in (("keyed", "keyed by record id, as jobcompd sends them"),
+                      ("sticky", "keyed by record id, partitions chosen as for records without a key"
+                                 " (one for twice linger.ms, then another)"),
                       ("keyless", "without a key, as the plugin and rsyslog send them")):
         title = (f"floor: librdkafka alone, the same records and rate, produce → consumer, {how}")
         if floor:

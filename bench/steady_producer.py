@@ -1,18 +1,22 @@
 """A producer alone at a steady rate (``make bench``'s latency floor): librdkafka through
 confluent-kafka, as jobcompd configures it, sending records read from a file.
 
-    python -m bench.steady_producer BOOTSTRAP TOPIC keyed|keyless PER_S RECORDS WARMUP
+    python -m bench.steady_producer BOOTSTRAP TOPIC MODE PER_S RECORDS WARMUP PARTITIONS
 
-``RECORDS`` holds one ``<record id> <payload>`` per line (the payload is JSON, one line). Each record
-goes with a ``record_id`` header, and with the record id as key when ``keyed`` (as jobcompd sends
-it; without a key as the plugin and rsyslog do). The first ``WARMUP`` records are sent 10 ms apart
-and delivered before the others are sent at ``PER_S`` a second. Prints a JSON object: record id →
-the time (``time.time()``) its ``produce()`` was called, for the records after the warm-up.
+``MODE`` is ``keyed``, ``sticky`` or ``keyless``. ``RECORDS`` holds one ``<record id> <payload>``
+per line (the payload is JSON, one line). Each record goes with a ``record_id`` header, and with the
+record id as key when ``keyed`` (as jobcompd sends it; without a key as the plugin and rsyslog do).
+``sticky`` keys it too, but chooses its partition as librdkafka does for a record without a key:
+one of the topic's ``PARTITIONS`` for ``sticky.partitioning.linger.ms`` (twice ``linger.ms``), then
+another at random. The first ``WARMUP`` records are sent 10 ms apart and delivered before the
+others are sent at ``PER_S`` a second. Prints a JSON object: record id → the time (``time.time()``)
+its ``produce()`` was called, for the records after the warm-up.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import sys
 import time
 from typing import Any
@@ -26,13 +30,22 @@ def configured_as_jobcompd(bootstrap: str, **more: Any) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    bootstrap, topic, mode, per_s, path, warmup = argv
-    keyed = mode == "keyed"
+    bootstrap, topic, mode, per_s, path, warmup, partitions = argv
     records = [line.rstrip(b"\n").split(b" ", 1) for line in open(path, "rb")]  # noqa: SIM115
-    producer = Producer(configured_as_jobcompd(bootstrap))
+    config = configured_as_jobcompd(bootstrap)
+    producer = Producer(config)
+    sticky_s = 2 * config["linger.ms"] / 1000.0
+    partition, until = 0, 0.0  # sticky: the partition, and until when
 
     def produce(rid: bytes, payload: bytes) -> None:
-        producer.produce(topic, payload, rid if keyed else None, headers=[("record_id", rid)])
+        nonlocal partition, until
+        if mode == "sticky":
+            now = time.monotonic()
+            if now >= until:
+                partition, until = random.randrange(int(partitions)), now + sticky_s
+            producer.produce(topic, payload, rid, partition=partition, headers=[("record_id", rid)])
+        else:
+            producer.produce(topic, payload, rid if mode == "keyed" else None, headers=[("record_id", rid)])
         producer.poll(0)
 
     for rid, payload in records[: int(warmup)]:
