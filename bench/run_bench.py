@@ -84,11 +84,14 @@ GOAL_IDLE_PCT = 0.1  # of one core
 TOPIC = "bench"
 WARMUP_LINES = 50
 WORKER_TAG = {False: "", True: " (parse_worker = true)"}
+STICKY_TAG = {"key": "", "sticky": ' (kafka.partitioning = "sticky")'}
 MEASUREMENTS = (
     "replay",
     "replay-worker",
+    "replay-sticky",
     "daemon",
     "daemon-worker",
+    "daemon-sticky",
     "kcat",
     "rsyslog",
     "floor",
@@ -124,14 +127,16 @@ class Run:
         return max(180.0, (records or self.n) / 2_000)
 
     def env(
-        self, name: str, bootstrap: str, *, parse_worker: bool = False, log_deliveries: bool = False
+        self, name: str, bootstrap: str, *, parse_worker: bool = False, log_deliveries: bool = False,
+        partitioning: str = "key",
     ) -> JobcompdEnv:
         """A jobcompd configuration of its own under the workspace (state, log, rdkafka.conf).
 
         linger.ms=5 (JobcompdEnv's default); jobcompd adds enable.idempotence and acks=all itself.
         The state keeps jobcompd's default ``synchronous = "full"`` (the tests use "normal").
         The spool limit is raised above the backlog the run builds, so reading never pauses.
-        ``log_deliveries`` logs each delivery report as JSON (``debug_jobcomp``).
+        ``log_deliveries`` logs each delivery report as JSON (``debug_jobcomp``); ``partitioning``
+        is ``kafka.partitioning``.
         """
         return JobcompdEnv(
             self.workspace / name,
@@ -141,6 +146,7 @@ class Run:
             extra_toml=f"max_spool_records = {max(2 * self.n, 1_000_000)}\n"
             + ('[log]\nformat = "json"\ndebug_jobcomp = true\n' if log_deliveries else ""),
             source_toml="parse_worker = true\n" if parse_worker else "",
+            kafka_toml=f'partitioning = "{partitioning}"\n' if partitioning != "key" else "",
             synchronous="full",  # the default: each batch read is flushed to disk with its commit
         )
 
@@ -174,11 +180,11 @@ def rate(records: int, seconds: float) -> float:
 # -- 1. throughput -------------------------------------------------------------------------------
 
 
-def throughput_replay(run: Run, *, parse_worker: bool = False) -> None:
+def throughput_replay(run: Run, *, parse_worker: bool = False, partitioning: str = "key") -> None:
     """``jobcompd replay`` of the N lines, timed from exec to exit (it exits once all are delivered)."""
-    key = "replay-worker" if parse_worker else "replay"
+    key = "replay-worker" if parse_worker else "replay" if partitioning == "key" else f"replay-{partitioning}"
     with mock_cluster(TOPIC, run.partitions) as cluster:
-        env = run.env(key, cluster.bootstrap, parse_worker=parse_worker)
+        env = run.env(key, cluster.bootstrap, parse_worker=parse_worker, partitioning=partitioning)
         argv = [JOBCOMPD, "replay", "--json", "-q", str(run.lines_file), "-c", str(env.config)]
         trace = CounterTrace(StateView(env.db), time.time())
         stderr = env.root / "replay.stderr"
@@ -206,18 +212,19 @@ def throughput_replay(run: Run, *, parse_worker: bool = False) -> None:
     r = rate(run.n, elapsed)
     run.figures[key] = {"rate": r, "elapsed": elapsed, "summary": summary}
     print(
-        f"  jobcompd replay{WORKER_TAG[parse_worker]}: {run.n:,} records delivered in {elapsed:.2f} s "
+        f"  jobcompd replay{WORKER_TAG[parse_worker]}{STICKY_TAG[partitioning]}: {run.n:,} records delivered "
+        f"in {elapsed:.2f} s "
         f"= {r:,.0f} records/s "
         f"(its own summary: {summary.get('elapsed_s')} s, delivered {summary.get('delivered'):,}; "
         f"state: delivered {delivered:,}; {trace.tenths(run.n, trace.start + elapsed)})"
     )
 
 
-def throughput_daemon(run: Run, *, parse_worker: bool = False) -> None:
+def throughput_daemon(run: Run, *, parse_worker: bool = False, partitioning: str = "key") -> None:
     """The live daemon: N lines appended in bulk to its log, until the state counts N delivered."""
-    key = "daemon-worker" if parse_worker else "daemon"
+    key = "daemon-worker" if parse_worker else "daemon" if partitioning == "key" else f"daemon-{partitioning}"
     with mock_cluster(TOPIC, run.partitions) as cluster:
-        env = run.env(key, cluster.bootstrap, parse_worker=parse_worker)
+        env = run.env(key, cluster.bootstrap, parse_worker=parse_worker, partitioning=partitioning)
         state = StateView(env.db)
         assert env.log_path is not None
         with running_daemon(env) as daemon:
@@ -241,7 +248,8 @@ def throughput_daemon(run: Run, *, parse_worker: bool = False) -> None:
     read = trace.reached(1, run.n)
     run.figures[key] = {"rate": r, "elapsed": elapsed}
     print(
-        f"  jobcompd run{WORKER_TAG[parse_worker]}:    {run.n:,} records delivered in {elapsed:.2f} s "
+        f"  jobcompd run{WORKER_TAG[parse_worker]}{STICKY_TAG[partitioning]}:    {run.n:,} records delivered "
+        f"in {elapsed:.2f} s "
         f"= {r:,.0f} records/s "
         f"(file written in {written - start:.2f} s; every line read and spooled after "
         f"{(read or last) - start:.1f} s; {trace.tenths(run.n, last)})"
@@ -434,21 +442,28 @@ def _records(lines: list[bytes]) -> Iterator[tuple[str, bytes]]:
 def latency(run: Run) -> None:
     """One line at a time at ``--latency-rate`` lines/s: write → consumer in the default
     configuration, then write → delivery report in a second run with ``debug_jobcomp`` on (each
-    report logged, the only way to see when it came; that logging costs CPU the default spares)."""
+    report logged, the only way to see when it came; that logging costs CPU the default spares),
+    then write → consumer again with ``kafka.partitioning = "sticky"``."""
     per_s, seconds = run.args.latency_rate, run.args.latency_seconds
     count = int(per_s * seconds)
     lines = mixed_lines(WARMUP_LINES + count, seed=20261124)
     rids = [rid for rid, _ in _records(lines)]
     measured = rids[WARMUP_LINES:]
     figures: dict[str, Any] = {"count": count, "seconds": seconds}
-    for logged in (False, True):
-        written, consumed_at, delivered_at, cpu, created = _latency_run(run, lines, logged=logged)
+    for logged, partitioning in ((False, "key"), (True, "key"), (False, "sticky")):
+        written, consumed_at, delivered_at, cpu, created = _latency_run(
+            run, lines, logged=logged, partitioning=partitioning
+        )
         consumed = [
             consumed_at[rid] - w for rid, w in zip(measured, written, strict=True) if rid in consumed_at
         ]
         if len(consumed) != count:
             raise BenchError(f"latency: {len(consumed)} consumed of {count}")
         figures["rate"] = rate(count - 1, written[-1] - written[0])
+        if partitioning == "sticky":
+            figures["consumer_sticky"] = _summary_ms(consumed)
+            figures["cpu_sticky_pct"] = cpu
+            continue
         if not logged:
             figures["consumer"] = _summary_ms(consumed)
             figures["cpu_pct"] = cpu
@@ -467,17 +482,19 @@ def latency(run: Run) -> None:
         ("write → produce (CreateTime, ±0.5 ms)", "produce"),
         ("write → consumer, debug_jobcomp on  ", "consumer_logged"),
         ("write → delivery report, the same run", "dr"),
+        ("write → consumer, sticky partitioning", "consumer_sticky"),
     ):
         s = figures[key]
         print(
             f"  {label}: p50 {s['p50']:.1f} ms, p99 {s['p99']:.1f} ms, max {s['max']:.1f} ms "
             f"({s['n']:,} lines at {figures['rate']:,.0f} lines/s)"
         )
-    print(f"  CPU meanwhile (default configuration): {figures['cpu_pct']:.1f}% of one core")
+    print(f"  CPU meanwhile (default configuration): {figures['cpu_pct']:.1f}% of one core; "
+          f"with sticky partitioning {figures['cpu_sticky_pct']:.1f}%")
 
 
 def _latency_run(
-    run: Run, lines: list[bytes], *, logged: bool
+    run: Run, lines: list[bytes], *, logged: bool, partitioning: str = "key"
 ) -> tuple[list[float], dict[str, float], dict[str, float], float, dict[str, float]]:
     """Write ``lines`` one at a time (after a warm-up) to a running daemon; when each measured line
     was written, when each record reached the consumer and (``logged``) its delivery report, the
@@ -487,7 +504,8 @@ def _latency_run(
     total = len(lines)
     partitions = run.args.latency_partitions
     with mock_cluster(TOPIC, partitions) as cluster:
-        env = run.env("latency-logged" if logged else "latency", cluster.bootstrap, log_deliveries=logged)
+        name = "latency-logged" if logged else "latency" if partitioning == "key" else "latency-sticky"
+        env = run.env(name, cluster.bootstrap, log_deliveries=logged, partitioning=partitioning)
         state = StateView(env.db)
         consumer = LatencyConsumer(cluster.bootstrap, TOPIC, partitions)
         consumer.start()
@@ -851,11 +869,13 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
     for key, label in (
         ("replay", f"throughput `jobcompd replay`, {n} lines, exec → exit (last delivery report)"),
         ("replay-worker", f"the same with `parse_worker = true` (a parse worker process), {n} lines"),
+        ("replay-sticky", f'the same with `kafka.partitioning = "sticky"`, {n} lines'),
         (
             "daemon",
             f"throughput `jobcompd run`, {n} lines appended in bulk, first byte → last delivery report",
         ),
         ("daemon-worker", f"the same with `parse_worker = true` (a parse worker process), {n} lines"),
+        ("daemon-sticky", f'the same with `kafka.partitioning = "sticky"`, {n} lines'),
     ):
         goal = f"≥ {GOAL_RSYSLOG_RATIO:.1f}× rsyslog"
         if key in f:
@@ -891,32 +911,35 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
         ("consumer", "write → consumer"),
         ("produce", "write → produce, jobcompd's own part (the record's CreateTime: whole ms, so ±0.5 ms)"),
         ("dr", "write → delivery report (another run, `debug_jobcomp` on to log each report)"),
+        ("consumer_sticky", 'write → consumer, `kafka.partitioning = "sticky"` (another run)'),
     ):
         title = (
             f"latency {label}, {run.args.latency_rate:,} lines/s for {run.args.latency_seconds} s, "
             "linger.ms=5"
         )
         # rsyslog's delivery reports cannot be seen: the like-for-like figure is write → consumer.
-        goal = "p99 ≤ rsyslog's" if key == "consumer" else "—"
+        to_consumer = key.startswith("consumer")
+        goal = "p99 ≤ rsyslog's" if to_consumer else "—"
         if lat:
             s = lat[key]
             met = ratio = "—"
-            if key == "consumer" and rsyslog_p99 is not None:
+            if to_consumer and rsyslog_p99 is not None:
                 met, ratio = _met(s["p99"] <= rsyslog_p99), f"p99 {s['p99'] / rsyslog_p99:.3g}× rsyslog's"
-            if key == "consumer" and floor:
-                keyed = floor["keyed"]
-                over = f"p50 {s['p50'] / keyed['p50']:.3g}×, p99 {s['p99'] / keyed['p99']:.3g}×"
-                ratio = ("" if ratio == "—" else ratio + "; ") + over + " the keyed floor's"
+            if to_consumer and floor:
+                mode = "sticky" if key == "consumer_sticky" else "keyed"
+                over = f"p50 {s['p50'] / floor[mode]['p50']:.3g}×, p99 {s['p99'] / floor[mode]['p99']:.3g}×"
+                ratio = ("" if ratio == "—" else ratio + "; ") + over + f" the {mode} floor's"
             value = f"p50 {s['p50']:.1f} ms / p99 {s['p99']:.1f} ms / max {s['max']:.1f} ms"
             rows.append((title, value, goal, met, ratio))
         else:
             rows.append((title, failed("latency"), goal, "—", "—"))
-    title = f"CPU while shipping {run.args.latency_rate:,} lines/s (the latency run, every thread)"
-    if lat and "cpu_pct" in lat:
-        ratio = f"{lat['cpu_pct'] / lat_rsyslog['cpu_pct']:.3g}× rsyslog's" if lat_rsyslog else "—"
-        rows.append((title, f"{lat['cpu_pct']:.1f}% of one core", "—", "—", ratio))
-    else:
-        rows.append((title, failed("latency"), "—", "—", "—"))
+    for cpu_key, which in (("cpu_pct", "the latency run"), ("cpu_sticky_pct", "the sticky run")):
+        title = f"CPU while shipping {run.args.latency_rate:,} lines/s ({which}, every thread)"
+        if lat and cpu_key in lat:
+            ratio = f"{lat[cpu_key] / lat_rsyslog['cpu_pct']:.3g}× rsyslog's" if lat_rsyslog else "—"
+            rows.append((title, f"{lat[cpu_key]:.1f}% of one core", "—", "—", ratio))
+        else:
+            rows.append((title, failed("latency"), "—", "—", "—"))
     title = "baseline latency rsyslog imfile → omkafka, write → consumer, the same lines and rate"
     if lat_rsyslog:
         s = lat_rsyslog["consumer"]
@@ -1012,10 +1035,18 @@ STEPS: dict[str, tuple[str, Callable[[Run], None]]] = {
         "1. throughput: jobcompd replay, parse_worker = true",
         functools.partial(throughput_replay, parse_worker=True),
     ),
+    "replay-sticky": (
+        '1. throughput: jobcompd replay, kafka.partitioning = "sticky"',
+        functools.partial(throughput_replay, partitioning="sticky"),
+    ),
     "daemon": ("1. throughput: jobcompd run (live daemon)", throughput_daemon),
     "daemon-worker": (
         "1. throughput: jobcompd run, parse_worker = true",
         functools.partial(throughput_daemon, parse_worker=True),
+    ),
+    "daemon-sticky": (
+        '1. throughput: jobcompd run, kafka.partitioning = "sticky"',
+        functools.partial(throughput_daemon, partitioning="sticky"),
     ),
     "kcat": ("1. throughput baseline: kcat", baseline_kcat),
     "rsyslog": ("1. throughput baseline: rsyslog imfile → omkafka", baseline_rsyslog),

@@ -35,6 +35,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from jobcompd.config import KafkaSettings
 from jobcompd.delivery import PRODUCER_STATE
 from jobcompd.logs import Quieter, librdkafka_logger
+from jobcompd.partitions import Partitions
 from jobcompd.reports import InFlight, ReportHandling, SenderCounters, _reason, _rid_of
 from jobcompd.state import SpooledRecord, State, StateError
 
@@ -117,6 +118,7 @@ class Sender(ReportHandling):
         self._spool_exhausted = False
         self._fetched_at = 0.0
         self._sending_since = 0.0  # when records were last produced with nothing in flight
+        self._partitions = Partitions(self._log)
         self.counters = SenderCounters()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -151,6 +153,8 @@ class Sender(ReportHandling):
         """
         rebuild = dict(kafka.producer_config()) != dict(self._kafka.producer_config())
         with self._send_lock:
+            if kafka.topic != self._kafka.topic:
+                self._partitions.forget()
             if rebuild and self._producer is not None:
                 new = self._new_producer(kafka)  # raises on settings librdkafka refuses
                 self._log.info("rebuilding producer for changed librdkafka properties")
@@ -228,6 +232,7 @@ class Sender(ReportHandling):
                 self.start()
             if self._rebuild:
                 self._rebuild_after_fatal()
+            self._partitions.look_up(self._producer, self._kafka)
             self._produce_more()
             producer = self._producer
         assert producer is not None
@@ -295,6 +300,7 @@ class Sender(ReportHandling):
                 return 0
             produce = producer.produce
             topic = self._kafka.topic
+            partition = self._partitions.next(self._kafka)
             in_flight = self._in_flight
             early = self._early
             if not in_flight:
@@ -303,7 +309,7 @@ class Sender(ReportHandling):
             for rid, jobid, payload in zip(rids, jobids, payloads, strict=True):
                 if rid not in in_flight:
                     try:
-                        produce(topic, payload, rid, headers=[(RECORD_ID_HEADER, rid)])
+                        produce(topic, payload, rid, partition=partition, headers=[(RECORD_ID_HEADER, rid)])
                     except (BufferError, KafkaException):
                         break
                     in_flight[rid] = (_UNCOMMITTED, jobid, len(payload))
@@ -460,6 +466,7 @@ class Sender(ReportHandling):
         assert producer is not None
         produce = producer.produce
         topic = self._kafka.topic
+        partition = self._partitions.next(self._kafka)
         backlog = self._backlog
         in_flight = self._in_flight
         budget = self._window_bytes - self._in_flight_bytes
@@ -473,7 +480,7 @@ class Sender(ReportHandling):
                 rid = record.rid
                 payload = record.payload
                 try:
-                    produce(topic, payload, rid, headers=[(RECORD_ID_HEADER, rid)])
+                    produce(topic, payload, rid, partition=partition, headers=[(RECORD_ID_HEADER, rid)])
                 except (BufferError, KafkaException) as exc:
                     if not self._refused(record, exc):
                         return False
@@ -497,6 +504,11 @@ class Sender(ReportHandling):
             self.counters.backpressure_waits += 1
             return False
         error: KafkaError = exc.args[0]
+        if error.code() == KafkaError._UNKNOWN_PARTITION and self._kafka.partitioning == "sticky":
+            # The partition chosen is gone (the topic made again, smaller): the record is not at
+            # fault; it goes by its key until the partitions are looked up again.
+            self._partitions.forget()
+            return False
         # A producer in a fatal state refuses every record with _FATAL, whose error object
         # does not always say fatal(): the producer is at fault, not the record.
         if error.fatal() or error.code() in PRODUCER_STATE:

@@ -18,6 +18,7 @@ from confluent_kafka import KafkaError, Message
 from jobcompd.config import KafkaSettings
 from jobcompd.delivery import Outcome, outcome
 from jobcompd.logs import Quieter
+from jobcompd.partitions import Partitions
 from jobcompd.state import Delivery, SpooledRecord, State
 
 __all__ = ["InFlight", "ReportHandling", "SenderCounters"]
@@ -80,6 +81,7 @@ class ReportHandling:
     _early_delivered: list[bytes | None]
     _early_failed: list[tuple[KafkaError, Message]]
     _send_lock: threading.RLock
+    _partitions: Partitions
     _rebuild: bool
     counters: SenderCounters
     _produce_backlog: Callable[[int], bool]
@@ -211,7 +213,13 @@ class ReportHandling:
                 waiting_failed.append((error, message))
                 continue
             rids.append(rid)
-            fate = outcome(error, requeue_on_msg_timeout=requeue_timeouts, rebuilding=self._rebuild)
+            if error.code() == KafkaError._UNKNOWN_PARTITION and self._kafka.partitioning == "sticky":
+                # The partition jobcompd chose is gone (the topic made again, smaller): not the
+                # record's fault. Produced again, by its key until the partitions are looked up.
+                self._partitions.forget()
+                fate = Outcome.REQUEUE
+            else:
+                fate = outcome(error, requeue_on_msg_timeout=requeue_timeouts, rebuilding=self._rebuild)
             if fate is Outcome.REBUILD:
                 self._rebuild = True  # stays in the spool, for the rebuilt producer
                 attempts[seq] = _reason(error)
@@ -240,11 +248,14 @@ class ReportHandling:
             self.counters.last_delivery_at = time.time()
         for record in requeue:
             self.counters.requeued += 1
+            why = record.last_error
             if self._debug:
-                self._log.warning("message timed out, producing again", jobid=record.jobid, rid=record.rid)
+                self._log.warning("message not delivered, producing again", jobid=record.jobid,
+                                  rid=record.rid, reason=why)
             else:
-                self._quiet.log("requeue", logging.WARNING, "messages timed out, producing them again",
-                                jobid=record.jobid)
+                self._quiet.log(f"requeue:{why}", logging.WARNING,
+                                "messages not delivered, producing them again",
+                                jobid=record.jobid, reason=why)
             self._backlog.append(record)  # produced next
         if requeue:
             self._produce_backlog(len(requeue))

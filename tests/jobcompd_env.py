@@ -43,6 +43,7 @@ class JobcompdEnv:
     properties: dict[str, str] = field(default_factory=dict)
     extra_toml: str = ""
     source_toml: str = ""  # more [source] keys
+    kafka_toml: str = ""  # more [kafka] keys
     synchronous: str = "normal"  # the tests' choice; "full" is jobcompd's default
     log_path: Path | None = None
 
@@ -71,7 +72,7 @@ class JobcompdEnv:
         params = ",".join(p for p in (f"topic={self.topic}", self.params) if p)
         self.config.write_text(
             f'[source]\npath = "{self.log_path}"\ntimezone = "UTC"\n{self.source_toml}'
-            f'[kafka]\nrdkafka_conf = "{self.root / "rdkafka.conf"}"\nparams = "{params}"\n'
+            f'[kafka]\nrdkafka_conf = "{self.root / "rdkafka.conf"}"\nparams = "{params}"\n{self.kafka_toml}'
             f'[state]\ndir = "{self.state_dir}"\nsynchronous = "{self.synchronous}"\n' + self.extra_toml
         )
 

@@ -88,6 +88,7 @@ def test_example_config_loads_with_the_example_properties_file(tmp_path: Path) -
         flush_timeout=500, poll_interval=2, requeue_on_msg_timeout=True, topic="mycluster"
     )
     assert settings.kafka.rdkafka_conf == tmp_path / "rdkafka.conf"
+    assert settings.kafka.partitioning == "key"
     assert list(settings.kafka.properties.items()) == [
         ("bootstrap.servers", "kafka1.example.org:9092,kafka2.example.org:9092"),
         ("linger.ms", "5"),
@@ -795,13 +796,15 @@ def test_bad_choices_and_ranges(tmp_path: Path) -> None:
         '[log]\nlevel = "verbose"\nformat = "xml"\ntarget = "file"\nfacility = "local9"\n'
         "[status]\nwarn_spool = 10\ncrit_spool = 5\nwarn_age_s = -1\n"
     )
-    toml = ('[kafka]\nrdkafka_conf = "rdkafka.conf"\nparams = "topic=t"\n' + extra).replace(
+    kafka = '[kafka]\nrdkafka_conf = "rdkafka.conf"\nparams = "topic=t"\npartitioning = "hash"\n'
+    toml = (kafka + extra).replace(
         "[source]\n", '[source]\ntimezone = "UTC"\n'
     )
     path = write(tmp_path, toml)
     assert failures(path) == [
         f"{path}: source.start_at: 'middle' is not one of: beginning, end",
         f"{path}: source.max_line_bytes: 0 is below the minimum, 1",
+        f"{path}: kafka.partitioning: 'hash' is not one of: key, sticky",
         f"{path}: state.synchronous: 'off' is not one of: full, normal",
         f"{path}: log.level: 'verbose' is not one of: debug, info, warning, error",
         (

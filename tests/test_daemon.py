@@ -225,6 +225,31 @@ def test_rotation_while_stopped(kafka: MockCluster, env: JobcompdEnv, daemon: Da
     assert_all_arrived(kafka, env, lines)
 
 
+def test_sticky_partitioning_keeps_a_burst_together_and_moves_a_trickle_on(
+    kafka: MockCluster, tmp_path: Path
+) -> None:
+    env = JobcompdEnv(tmp_path, kafka.bootstrap, params="poll_interval=1", kafka_toml='partitioning = "sticky"\n')
+    lines = mixed_lines(1_030, seed=41)
+    assert env.log_path is not None
+    with DaemonProcess(env) as proc:
+        proc.start()
+        proc.wait_log("sticky partitioning: partitions looked up")
+        with SlurmctldWriter(env.log_path) as w:
+            w.write(b"".join(lines[:1_000]))  # a burst
+            wait_for(lambda: env.delivered() >= 1_000, 60, "the burst delivered")
+            for line in lines[1_000:]:  # a trickle, slower than a partition's time (twice linger.ms)
+                w.write(line)
+                time.sleep(0.03)
+        assert_all_arrived(kafka, env, lines)
+        assert proc.stop() == 0
+    partition = {m.key().decode(): m.partition() for m in consume_all(kafka.bootstrap, "mycluster", expected=1_030)}
+    burst = {partition[rid] for rid in expected_messages(lines[:1_000])}
+    trickle = {partition[rid] for rid in expected_messages(lines[1_000:])}
+    # By their keys, 1,000 records would be on all 8 partitions; a batch goes to one.
+    assert len(burst) <= 3, burst
+    assert len(trickle) > 1, trickle
+
+
 @pytest.mark.parametrize("parse_worker", ["true", "false", "auto"])
 def test_backlog_and_trickle_arrive_exactly_once(kafka: MockCluster, tmp_path: Path, parse_worker: str) -> None:
     # "auto" (the default): a worker process where the compiled reader is not in use, else a thread;

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -554,3 +556,61 @@ def test_the_reports_of_a_trickle_are_settled_in_one_transaction(
         assert state.settled == 1  # the three reports, in one transaction
         assert sender.counters.delivered == 3 and state.stats().delivered_total == 3
         assert sender.close() == 0
+
+
+@pytest.mark.parametrize("partitioning", ["key", "sticky"])
+def test_records_go_to_the_partition_of_their_key_or_stay_on_one_a_while(
+    mock_cluster: MockCluster, tmp_path: Path, partitioning: str
+) -> None:
+    mock_cluster.create_topic("mycluster", 16)
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=60")
+    kafka = dataclasses.replace(load_settings(env.config).kafka, partitioning=partitioning)
+    with State.open(env.state_dir, synchronous="normal") as state:
+        sender = Sender(state, kafka)
+        deadline = time.monotonic() + 30
+        while partitioning == "sticky" and sender._partitions.known < 16:
+            assert time.monotonic() < deadline, "the topic's partitions were not looked up"
+            sender.pump(0.05)
+        batches = [(start, start + 50) for start in range(0, 400, 50)]
+        for start, stop in batches:  # each batch is produced in one go
+            sender.offer(state.commit_batch(new(start, stop)).fresh)
+            sender.pump(0)
+            time.sleep(0.03)  # longer than sticky.partitioning.linger.ms (twice linger.ms)
+        send_all(sender, state)
+        assert sender.close() == 0
+
+    got = consume_all(mock_cluster.bootstrap, "mycluster", expected=400, timeout=30)
+    assert sorted(m.key() for m in got) == [f"r{i:06d}".encode() for i in range(400)]
+    assert all(m.headers() == [("record_id", m.key())] for m in got)
+    partition = {m.key(): m.partition() for m in got}
+    if partitioning == "key":
+        # librdkafka's default partitioner (consistent_random): CRC-32 of the key.
+        assert all(p == zlib.crc32(key) % 16 for key, p in partition.items())
+    else:
+        # A batch on one partition (by their keys, 50 records would be on most of the 16), and
+        # the next ones elsewhere once the partition's time is up (all eight batches on the same
+        # one by chance: 1 in 16⁷).
+        used = [{partition[f"r{i:06d}".encode()] for i in range(start, stop)} for start, stop in batches]
+        assert all(len(p) == 1 for p in used)
+        assert len(set.union(*used)) > 1
+
+
+def test_a_sticky_partition_that_is_gone_costs_no_record(mock_cluster: MockCluster, tmp_path: Path) -> None:
+    # What a topic made again with fewer partitions looks like: the sender still knows partition
+    # 9, the topic has 2. librdkafka refuses it at produce() once it knows the topic, and in the
+    # delivery report before: either way the record goes by its key instead, never dead-lettered.
+    mock_cluster.create_topic("mycluster", 2)
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=60")
+    kafka = dataclasses.replace(load_settings(env.config).kafka, partitioning="sticky")
+    with State.open(env.state_dir, synchronous="normal") as state:
+        sender = Sender(state, kafka)
+        for start in (0, 100):  # before librdkafka knows the topic, then after
+            sender._partitions._available = [9]
+            sender._partitions._looked_at = time.monotonic()  # no look-up due: the stale list holds
+            sender.offer(state.commit_batch(new(start, start + 100)).fresh)
+            send_all(sender, state)
+        assert state.stats().delivered_total == 200
+        assert state.stats().deadletter_count == 0 and sender.counters.dead_lettered == 0
+        assert sender.close() == 0
+    got = consume_all(mock_cluster.bootstrap, "mycluster", expected=200, timeout=30)
+    assert sorted(m.key() for m in got) == [f"r{i:06d}".encode() for i in range(200)]

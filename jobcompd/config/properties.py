@@ -7,7 +7,7 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 from jobcompd import _librdkafka
 from jobcompd.config._reader import TableReader, _flatten, _os_reason, _toml_type
@@ -104,8 +104,10 @@ class KafkaSection(TableReader):
         if topic is None or properties is None:
             return None
         rdkafka_conf = properties[1]
+        partitioning = self._choice(table, "kafka", "partitioning", ("key", "sticky"), "key")
         return KafkaSettings(
-            topic=topic, properties=properties[0], params=params, rdkafka_conf=rdkafka_conf
+            topic=topic, properties=properties[0], params=params, rdkafka_conf=rdkafka_conf,
+            partitioning=cast(Literal["key", "sticky"], partitioning),
         )
 
     def _topic(

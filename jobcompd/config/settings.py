@@ -29,7 +29,7 @@ DEFAULT_MAX_SPOOL_RECORDS = 1_000_000  # past this many undelivered records, rea
 
 _SECTIONS: dict[str, tuple[str, ...]] = {
     "source": ("path", "timezone", "start_at", "poll", "max_line_bytes", "parse_worker"),
-    "kafka": ("rdkafka_conf", "params", "properties"),
+    "kafka": ("rdkafka_conf", "params", "properties", "partitioning"),
     "state": ("dir", "synchronous", "max_spool_records", "known_ids_days"),
     "log": ("level", "format", "target", "facility", "debug_jobcomp"),
     "status": ("warn_spool", "crit_spool", "warn_age_s", "crit_age_s", "stall_s", "file"),
@@ -133,6 +133,9 @@ class KafkaSettings:
     properties: Mapping[str, str]
     params: JobCompParams = JobCompParams()
     rdkafka_conf: Path | None = None
+    # "key": a record's partition follows from its key (librdkafka's partitioner); "sticky": one
+    # partition for a while, then another, as librdkafka does for records without a key.
+    partitioning: Literal["key", "sticky"] = "key"
 
     def __post_init__(self) -> None:
         if not isinstance(self.properties, MappingProxyType):
