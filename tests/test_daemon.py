@@ -245,8 +245,9 @@ def test_sticky_partitioning_keeps_a_burst_together_and_moves_a_trickle_on(
     partition = {m.key().decode(): m.partition() for m in consume_all(kafka.bootstrap, "mycluster", expected=1_030)}
     burst = {partition[rid] for rid in expected_messages(lines[:1_000])}
     trickle = {partition[rid] for rid in expected_messages(lines[1_000:])}
-    # By their keys, 1,000 records would be on all 8 partitions; a batch goes to one.
-    assert len(burst) <= 3, burst
+    # By their keys, 1,000 records would be on all 8 partitions; a batch read goes to one (a burst
+    # read while it is written comes in a few).
+    assert len(burst) <= 4, burst
     assert len(trickle) > 1, trickle
 
 
