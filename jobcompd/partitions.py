@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 
 from jobcompd.config import KafkaSettings
 
@@ -89,9 +89,18 @@ class Partitions:
                            partitions=len(topic.partitions), with_leader=len(available))
         self._available = available
 
+    def gone(self, error: KafkaError, kafka: KafkaSettings) -> bool:
+        """Whether ``error`` (at produce, or in a delivery report) says a partition chosen here is
+        gone — the topic made again, smaller. The record is not at fault: it goes by its key, and
+        the partitions are looked up again."""
+        if error.code() != KafkaError._UNKNOWN_PARTITION or kafka.partitioning != "sticky":
+            return False
+        self.forget()
+        return True
+
     def forget(self) -> None:
-        """A partition chosen was refused as unknown, or the topic changed: by key until the next
-        look-up, which is due at once."""
+        """The partitions known are stale, or the topic changed: by key until the next look-up,
+        which is due at once."""
         self._available = []
         self._current = UNASSIGNED
         self._looked_at = -_REFRESH_S

@@ -504,11 +504,8 @@ class Sender(ReportHandling):
             self.counters.backpressure_waits += 1
             return False
         error: KafkaError = exc.args[0]
-        if error.code() == KafkaError._UNKNOWN_PARTITION and self._kafka.partitioning == "sticky":
-            # The partition chosen is gone (the topic made again, smaller): the record is not at
-            # fault; it goes by its key until the partitions are looked up again.
-            self._partitions.forget()
-            return False
+        if self._partitions.gone(error, self._kafka):
+            return False  # sent again, by its key
         # A producer in a fatal state refuses every record with _FATAL, whose error object
         # does not always say fatal(): the producer is at fault, not the record.
         if error.fatal() or error.code() in PRODUCER_STATE:

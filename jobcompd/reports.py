@@ -213,11 +213,8 @@ class ReportHandling:
                 waiting_failed.append((error, message))
                 continue
             rids.append(rid)
-            if error.code() == KafkaError._UNKNOWN_PARTITION and self._kafka.partitioning == "sticky":
-                # The partition jobcompd chose is gone (the topic made again, smaller): not the
-                # record's fault. Produced again, by its key until the partitions are looked up.
-                self._partitions.forget()
-                fate = Outcome.REQUEUE
+            if self._partitions.gone(error, self._kafka):
+                fate = Outcome.REQUEUE  # produced again, by its key
             else:
                 fate = outcome(error, requeue_on_msg_timeout=requeue_timeouts, rebuilding=self._rebuild)
             if fate is Outcome.REBUILD:
