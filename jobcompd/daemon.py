@@ -382,7 +382,8 @@ class Daemon(Monitoring):
         for warning in new.warnings:
             self._log.warning(warning)
         self._log.info(
-            "configuration reloaded", topic=kafka.topic, params=str(kafka.params), log_level=new.log.level
+            "configuration reloaded", topic=kafka.topic, params=str(kafka.params),
+            partitioning=kafka.partitioning, log_level=new.log.level,
         )
         self._notify("READY=1")
 

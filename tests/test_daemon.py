@@ -333,12 +333,17 @@ def test_sighup_topic_properties_and_broken_config(
         w.write(b"".join(lines[:300]))
         assert_all_arrived(kafka, env, lines[:300])
 
-        env.topic = "second"  # params (topic) apply at once
+        env.topic = "second"  # params (topic) and the partitioning apply at once
+        env.kafka_toml = 'partitioning = "sticky"\n'
         env.write_config()
         daemon.signal(signal.SIGHUP)
         daemon.wait_log("configuration reloaded")
+        daemon.wait_log("sticky partitioning: partitions looked up")
         w.write(b"".join(lines[300:500]))
         assert_all_arrived(kafka, env, lines[300:500], topic="second")
+        # By their keys, 200 records would be on all 4 partitions; a batch read goes to one.
+        partitions = {m.partition() for m in consume_all(kafka.bootstrap, "second", expected=200)}
+        assert len(partitions) < 4, partitions
 
         env.properties = {"linger.ms": "50", "batch.num.messages": "500"}  # producer rebuilt
         env.write_config()
