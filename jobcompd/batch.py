@@ -16,6 +16,7 @@ from jobcompd.encode import Encoder
 from jobcompd.fastpath import compiled_encoder, compiled_whole
 from jobcompd.joining import parse_records_around, unfinished_tail
 from jobcompd.record import ParseError
+from jobcompd.state import PackedPayloads
 from jobcompd.zone import Zone, ZoneSpec
 
 __all__ = ["ParseSpec", "RecordBatch", "encoder_for", "parse_batch", "unfinished_lines"]
@@ -32,7 +33,9 @@ class ParseSpec(NamedTuple):
 class RecordBatch(NamedTuple):
     """The records of a batch of lines as columns: record ids, job ids, JSON payloads and the
     index of each record's first line; ``(index, reason)`` of each line that is not a record; the
-    job ids of records read with a choice between readings (see :mod:`jobcompd.record`)."""
+    job ids of records read with a choice between readings (see :mod:`jobcompd.record`); the
+    payloads as the spool stores them, when a parse thread made them
+    (:class:`jobcompd.ingest.ParseThread`)."""
 
     rids: list[str]
     jobids: list[int]
@@ -40,6 +43,7 @@ class RecordBatch(NamedTuple):
     at: list[int]
     bad: list[tuple[int, str]]
     ambiguous: list[int]
+    packed: PackedPayloads | None = None
 
     def then(self, later: RecordBatch, lines: int) -> RecordBatch:
         """These records, then those of ``later``, the batch of the lines read right after these
@@ -95,7 +99,7 @@ def _parse_batch(
     """The Python reader's loop, taking the compiled reader's records (if any) in their turn."""
     encoder = encoder_for(spec.zone, spec.cluster)
     out = RecordBatch([], [], [], [], [], [])
-    rids, jobids, payloads, at, bad, ambiguous = out
+    rids, jobids, payloads, at, bad, ambiguous, _ = out
     encode = encoder.encode
     record_id = encoder.record_id
     c_rids, c_jobids, c_payloads, c_at = compiled if compiled is not None else ([], [], [], [])

@@ -2,7 +2,7 @@
 # make dist: dist/jobcompd-VERSION-offline.tar.gz — the jobcompd wheel and the wheels of every
 # dependency for this Python and platform (plus pip), etc/, systemd/, the man pages, install.sh.
 # Build it with the Python the controller will run (PYTHON=python3.11 make dist): compiled
-# dependencies (confluent-kafka, orjson) are wheels for one Python version.
+# dependencies (confluent-kafka, orjson, zstandard) are wheels for one Python version.
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 python=${PYTHON:-python3}

@@ -23,7 +23,7 @@ from jobcompd.batch import ParseSpec, RecordBatch
 from jobcompd.identity import Position
 from jobcompd.ingest import WORKER_MIN_LINES, Ingestor, ParseThread, ParseWorker, ReadAhead
 from jobcompd.record import ParseError
-from jobcompd.state import State
+from jobcompd.state import State, _codec
 from jobcompd.zone import resolve as resolve_zone
 from tests.jobcompd_env import alive, parse_workers, wait_for
 from tests.slurmctld import mixed_lines
@@ -255,6 +255,19 @@ def parsed_on(monkeypatch: pytest.MonkeyPatch, fail_first: int = 0) -> list[tupl
     return seen
 
 
+def packed_on(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the size of each batch whose payloads the commit packs itself."""
+    packed: list[int] = []
+    real = _codec.pack
+
+    def observed(payloads: Sequence[bytes]) -> _codec.PackedPayloads:
+        packed.append(len(payloads))
+        return real(payloads)
+
+    monkeypatch.setattr(_codec, "pack", observed)
+    return packed
+
+
 def test_a_parse_thread_commits_exactly_what_in_place_parsing_commits(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -264,6 +277,7 @@ def test_a_parse_thread_commits_exactly_what_in_place_parsing_commits(
     with State.open(tmp_path / "inline") as inline, State.open(tmp_path / "thread") as threaded:
         commit_all(inline, Ingestor(inline, spec), batches)
         seen = parsed_on(monkeypatch)
+        packed_by_commit = packed_on(monkeypatch)
         parser = ParseThread()
         try:
             commit_all(threaded, Ingestor(threaded, spec, worker=parser), batches)
@@ -273,6 +287,8 @@ def test_a_parse_thread_commits_exactly_what_in_place_parsing_commits(
     main = threading.current_thread().name
     # The big batches on the thread, the small one in place.
     assert [(name != main, size) for name, size in seen] == [(True, 3003), (False, WORKER_MIN_LINES - 1), (True, 503)]
+    # The thread packed the payloads of its batches too: the commit packed only the small one's.
+    assert packed_by_commit == [WORKER_MIN_LINES - 1 - len(BAD)]
 
 
 def test_only_a_big_batch_is_parsed_beside_the_caller(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import os
 import random
 import signal
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from jobcompd.identity import Position
@@ -39,10 +41,16 @@ LOG = "/var/log/slurm/jobcomp.log"
 
 
 def records(start: int, stop: int, *, size: int = 40, source: str = "log") -> list[NewRecord]:
+    """Records ``start`` to ``stop``, each padded with ``size`` bytes that do not compress (the
+    spool compresses a batch's payloads: a test of its size needs bytes that stay that size)."""
     return [
-        NewRecord(f"r{i:09d}", i, b'{"jobid":%d,"pad":"%s"}' % (i, b"x" * size), source)
+        NewRecord(f"r{i:09d}", i, b'{"jobid":%d,"pad":"%s"}' % (i, _noise(i, size)), source)
         for i in range(start, stop)
     ]
+
+
+def _noise(seed: int, size: int) -> bytes:
+    return hashlib.shake_128(b"%d" % seed).hexdigest((size + 1) // 2)[:size].encode()
 
 
 def at(offset: int, source: str = "log") -> Position:
@@ -887,6 +895,138 @@ def test_a_schema_3_spool_becomes_batches_keeping_seqs_attempts_and_order(state_
             (3, 3), (6, 1), (13, 1)  # the batch of 9-10 left whole once both were delivered
         ]
     raw.close()
+
+
+def test_a_schema_4_spool_keeps_its_rows_as_they_are_and_new_rows_are_packed(state_dir: Path) -> None:
+    """Schema 4 stored a batch's payloads end to end as they are; 5 packs them in one frame. The
+    rows of a schema-4 state are read as they are, and the next commits are packed."""
+    with State.open(state_dir) as s:
+        s.commit_batch(records(0, 1))
+    raw_rows = records(10, 15, size=300)
+    with sqlite3.connect(state_dir / DB_NAME) as raw:  # the same state as schema 4 made it
+        raw.execute("DELETE FROM spool")
+        raw.execute("DELETE FROM spool_waiting")
+        raw.execute("ALTER TABLE spool DROP COLUMN codec")
+        raw.execute(
+            "INSERT INTO spool (first_seq, count, source, enqueued_at, records, payloads)"
+            " VALUES (1, 5, 'log', 1.0, ?, ?)",
+            (
+                orjson.dumps(
+                    [[r.rid for r in raw_rows], [r.jobid for r in raw_rows],
+                     [len(r.payload) for r in raw_rows], None]
+                ),
+                b"".join(r.payload for r in raw_rows),
+            ),
+        )
+        raw.execute("INSERT INTO spool_waiting VALUES (1, zeroblob(5), 5)")
+        raw.execute("UPDATE meta SET value = 5 WHERE key = 'last_seq'")
+        raw.execute("PRAGMA user_version = 4")
+    raw.close()
+
+    with State.open(state_dir) as s:
+        assert [(r.seq, r.rid, r.payload) for r in s.pending()] == [
+            (i + 1, r.rid, r.payload) for i, r in enumerate(raw_rows)
+        ]
+        assert s.pending(after_seq=2, limit=2)[1].payload == raw_rows[3].payload
+        s.commit_batch(records(20, 23, size=300))
+        assert [r.payload for r in s.pending()[5:]] == [r.payload for r in records(20, 23, size=300)]
+        assert s.mark_delivered([Delivery(seq) for seq in (1, 2, 3, 4, 5)]) == 5
+    with sqlite3.connect(state_dir / DB_NAME) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert raw.execute("SELECT first_seq, codec FROM spool").fetchall() == [(6, 1)]
+    raw.close()
+
+
+# -- payloads packed ------------------------------------------------------------------------------
+
+
+def jobcomp_like(start: int, stop: int) -> list[NewRecord]:
+    """Records whose payloads share their keys, as the plugin's JSON does (they compress)."""
+    return [
+        NewRecord(
+            f"r{i:09d}", i,
+            b'{"jobid":%d,"username":"user%d","partition":"batch","cluster":"c1","job_state":'
+            b'"COMPLETED","elapsed":%d}' % (i, i % 50, i * 7),
+            "log",
+        )
+        for i in range(start, stop)
+    ]
+
+
+def spool_rows(state_dir: Path) -> list[tuple[int, int, int]]:
+    """(first_seq, stored payload bytes, codec) of each spool row."""
+    with sqlite3.connect(state_dir / DB_NAME) as raw:
+        rows = raw.execute("SELECT first_seq, length(payloads), codec FROM spool ORDER BY 1").fetchall()
+    raw.close()
+    return rows
+
+
+def test_a_batch_s_payloads_are_stored_packed_and_read_back_exactly(state: State, state_dir: Path) -> None:
+    batch = jobcomp_like(0, 3000)
+    state.commit_batch(batch, position=at(3000))
+
+    ((first, stored, codec),) = spool_rows(state_dir)
+    assert codec == 1 and stored < sum(len(r.payload) for r in batch) / 4
+    assert [(r.rid, r.payload) for r in state.pending(limit=5000)] == [(r.rid, r.payload) for r in batch]
+    # A slice from the middle of the frame, and a record settled in between.
+    assert [r.payload for r in state.pending(after_seq=1500, limit=3)] == [r.payload for r in batch[1500:1503]]
+    state.mark_delivered([Delivery(1502)])
+    assert [r.seq for r in state.pending(after_seq=1500, limit=3)] == [1501, 1503, 1504]
+    assert state.dead_letter(1504, "refused")
+    assert [d.payload for d in state.dead_letters()] == [batch[1503].payload]
+
+
+def test_payloads_packed_beside_the_commit_are_stored_only_for_the_whole_batch(
+    state: State, state_dir: Path
+) -> None:
+    from jobcompd.batch import RecordBatch
+    from jobcompd.state import pack_payloads
+
+    def columns(batch: list[NewRecord], packed: bytes | None) -> RecordBatch:
+        payloads = [r.payload for r in batch]
+        return RecordBatch(
+            [r.rid for r in batch], [r.jobid for r in batch], payloads, list(range(len(batch))), [], [],
+            packed,  # type: ignore[arg-type]
+        )
+
+    first = jobcomp_like(0, 100)
+    packed = pack_payloads([r.payload for r in first])
+    state.commit_batch(columns(first, packed), source="log")
+    with sqlite3.connect(state_dir / DB_NAME) as raw:
+        assert raw.execute("SELECT payloads FROM spool").fetchone()[0] == packed  # taken as it is
+    raw.close()
+
+    # Some of these are known already: what is stored is the rest, not the frame made for all.
+    second = jobcomp_like(50, 150)
+    state.commit_batch(columns(second, pack_payloads([r.payload for r in second])), source="log")
+    # A frame that does not hold these payloads' bytes is not trusted.
+    third = jobcomp_like(150, 160)
+    state.commit_batch(columns(third, pack_payloads([b"x"])), source="log")
+
+    assert [(r.rid, r.payload) for r in state.pending(limit=500)] == [
+        (r.rid, r.payload) for r in jobcomp_like(0, 160)
+    ]
+
+
+@pytest.mark.parametrize("damage", ["a flipped byte", "cut short"])
+def test_a_damaged_frame_is_refused_never_sent_as_other_bytes(
+    state: State, state_dir: Path, damage: str
+) -> None:
+    state.commit_batch(jobcomp_like(0, 500), position=at(500))
+    with sqlite3.connect(state_dir / DB_NAME) as raw:
+        (frame,) = raw.execute("SELECT payloads FROM spool").fetchone()
+        bad = bytearray(frame)
+        if damage == "cut short":
+            bad = bad[: len(bad) // 2]
+        else:
+            bad[len(bad) // 2] ^= 0x10
+        raw.execute("UPDATE spool SET payloads = ?", (bytes(bad),))
+    raw.close()
+
+    for read in (lambda: state.pending(limit=10), lambda: state.dead_letter(400, "refused")):
+        with pytest.raises(StateError) as failure:
+            read()
+        assert "spool row 1" in failure.value.reason and ".recover" in failure.value.recovery
 
 
 def test_many_records_of_a_batch_are_dead_lettered_whole(state: State) -> None:

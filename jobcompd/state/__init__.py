@@ -15,11 +15,13 @@ read-only mount) is fixed.
 from __future__ import annotations
 
 from jobcompd.identity import Position
+from jobcompd.state._codec import PackedPayloads
+from jobcompd.state._codec import pack as pack_payloads
 from jobcompd.state._errors import StateError
 from jobcompd.state._held import HeldRecords
 from jobcompd.state._positions import Positions
 from jobcompd.state._schema import COUNTERS, DB_NAME, SCHEMA_VERSION
-from jobcompd.state._spool import Spool
+from jobcompd.state._spool import BATCH_RECORDS, Spool
 from jobcompd.state.values import (
     BatchResult,
     DeadLetter,
@@ -32,6 +34,7 @@ from jobcompd.state.values import (
 )
 
 __all__ = [
+    "BATCH_RECORDS",
     "COUNTERS",
     "DB_NAME",
     "SCHEMA_VERSION",
@@ -39,6 +42,7 @@ __all__ = [
     "DeadLetter",
     "Delivery",
     "NewRecord",
+    "PackedPayloads",
     "Position",
     "QuarantinedLine",
     "RecordColumns",
@@ -46,6 +50,7 @@ __all__ = [
     "State",
     "StateError",
     "Stats",
+    "pack_payloads",
 ]
 
 

@@ -12,7 +12,7 @@ from jobcompd.state._errors import RECOVER_CORRUPT, RECOVER_PERMISSIONS, StateEr
 
 DB_NAME = "jobcompd.db"
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # "JCMD": marks the file as jobcompd's, so another program's SQLite file is refused, not adopted.
 APPLICATION_ID = 0x4A434D44
@@ -34,7 +34,8 @@ SIDE_FILES = ("-wal", "-shm", "-journal")
 #
 # The spool holds one row per committed batch of records, not one per record: record ``i`` of a
 # batch has ``seq`` first_seq + i; ``records`` is the JSON [rids, jobids, payload sizes, sources
-# or null when all share ``source``] and ``payloads`` the payloads end to end. What of a batch
+# or null when all share ``source``] and ``payloads`` the payloads end to end, stored as ``codec``
+# says (:mod:`jobcompd.state._codec`: one Zstandard frame since schema 5). What of a batch
 # still waits is in ``spool_waiting`` (a small row rewritten at each delivery report, so the
 # payloads are written once and dropped once); a batch leaves when its last record is settled
 # (delivered or dead-lettered). ``spool_attempt`` holds the failed sends of a record (rare).
@@ -46,7 +47,8 @@ CREATE TABLE spool (
     source      TEXT    NOT NULL DEFAULT '',
     enqueued_at REAL    NOT NULL,
     records     BLOB    NOT NULL,
-    payloads    BLOB    NOT NULL CHECK (typeof(payloads) = 'blob')
+    payloads    BLOB    NOT NULL CHECK (typeof(payloads) = 'blob'),
+    codec       INTEGER NOT NULL DEFAULT 0
 )
 """,
     """
@@ -300,7 +302,12 @@ def _upgrade(db: sqlite3.Connection, version: int) -> None:
     """An older schema → this one, in the open transaction, keeping every record and counter."""
     if version < 3:
         _upgrade_to_3(db)
-    _upgrade_to_4(db)
+    if version < 4:
+        _upgrade_to_4(db)  # makes the spool of this version
+    else:
+        # Schema 4 → 5: the spool's rows say how their payloads are stored; the rows written
+        # until now hold them as they are.
+        db.execute("ALTER TABLE spool ADD COLUMN codec INTEGER NOT NULL DEFAULT 0")
 
 
 def _upgrade_to_3(db: sqlite3.Connection) -> None:

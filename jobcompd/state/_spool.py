@@ -13,8 +13,10 @@ from itertools import accumulate, repeat
 from typing import cast
 
 import orjson
+import zstandard
 
 from jobcompd.identity import Position
+from jobcompd.state import _codec
 from jobcompd.state._database import Database
 from jobcompd.state._errors import _rejected
 from jobcompd.state._positions import _UPSERT_POSITION, _position_row
@@ -82,7 +84,9 @@ class Spool(Database):
     ) -> BatchResult:
         """Spool ``records``, keep ``quarantined`` lines and move the read ``position``: all or nothing.
 
-        ``records`` are :class:`NewRecord` values, or columns of records all read from ``source``.
+        ``records`` are :class:`NewRecord` values, or columns of records all read from ``source``
+        (their ``packed``, if they have one: their payloads packed beforehand by
+        :func:`jobcompd.state.pack_payloads`).
 
         ``ambiguous`` counts the records read with a choice between readings; ``released`` are
         ids of quarantined lines these records were read from again (they leave the quarantine
@@ -92,6 +96,7 @@ class Spool(Database):
         """
         new = _columns(records, source)
         count = len(records) if not hasattr(records, "rids") else len(records.rids)
+        packed = getattr(records, "packed", None)
         if not count and not quarantined and position is None and not released:
             return BatchResult(0, 0, 0)
         now = time.time()
@@ -117,7 +122,7 @@ class Spool(Database):
                 for at in range(0, len(new.rids), BATCH_RECORDS):
                     part = _Columns(*(column[at : at + BATCH_RECORDS] for column in new))  # type: ignore[arg-type]
                     first = _next_seqs(db, len(part.rids))
-                    _insert_batch(db, first, *part, now)
+                    _insert_batch(db, first, *part, now, packed)
                     fresh += _spooled(part, first, now)
                     spooled += len(part.rids)
             if quarantined:
@@ -158,13 +163,14 @@ class Spool(Database):
         out: list[SpooledRecord] = []
         with self._reading("read the spool") as db:
             rows = db.execute(
-                "SELECT s.first_seq, s.count, s.source, s.enqueued_at, s.records, w.settled"
+                "SELECT s.first_seq, s.count, s.source, s.enqueued_at, s.records, s.codec, w.settled"
                 " FROM spool s JOIN spool_waiting w USING (first_seq)"
                 " WHERE s.first_seq + s.count > ?1 ORDER BY s.first_seq",
                 (after_seq,),
             )
-            for first, count, source, enqueued_at, packed, settled in rows:
-                rids, jobids, sizes, sources = orjson.loads(packed)
+            for first, count, source, enqueued_at, columns, codec, settled in rows:
+                rids, jobids, sizes, sources = orjson.loads(columns)
+                total = sum(sizes)
                 tried = dict(
                     (seq, (attempts, error))
                     for seq, attempts, error in db.execute(
@@ -177,7 +183,7 @@ class Spool(Database):
                 if not tried and settled.count(0, lo, hi) == hi - lo:
                     # The usual case, records as they were spooled: built without a Python loop.
                     bounds = list(accumulate(sizes, initial=0))
-                    payloads = _payload_bytes(db, first, bounds[lo], bounds[hi])
+                    payloads = _payload_bytes(db, first, codec, bounds[lo], bounds[hi], total)
                     bounds = [b - bounds[lo] for b in bounds]
                     out += spooled_records(
                         range(first + lo, first + hi),
@@ -190,7 +196,7 @@ class Spool(Database):
                         repeat(None, hi - lo),
                     )
                 else:
-                    payloads = _payload_bytes(db, first, 0, sum(sizes))
+                    payloads = _payload_bytes(db, first, codec, 0, total, total)
                     end = sum(sizes[:lo])
                     for i in range(lo, count):
                         begin, end = end, end + sizes[i]
@@ -274,12 +280,19 @@ class Spool(Database):
 _I64 = 1 << 63
 
 
-def _payload_bytes(db: sqlite3.Connection, first_seq: int, start: int, end: int) -> bytes:
-    """Bytes ``start:end`` of the payloads of spool row ``first_seq``, read from its pages (the
-    row's whole payload column is never loaded: memory stays at what is asked for)."""
+def _payload_bytes(
+    db: sqlite3.Connection, first_seq: int, codec: int, start: int, end: int, total: int
+) -> bytes:
+    """Bytes ``start:end`` of the ``total`` bytes of payloads of spool row ``first_seq``, stored as
+    ``codec`` says, read from its pages (the row's whole payload column is never loaded: memory
+    stays at what is asked for). A row whose payloads cannot be read is a damaged database."""
     with db.blobopen("spool", "payloads", first_seq, readonly=True) as blob:
-        blob.seek(start)
-        return blob.read(end - start)
+        try:
+            return _codec.read(blob, codec, start, end, total)  # type: ignore[arg-type]
+        except (zstandard.ZstdError, ValueError) as exc:
+            raise sqlite3.DatabaseError(
+                f"the payloads of spool row {first_seq} cannot be read: {exc}"
+            ) from exc
 
 
 def _id_pairs(rids: Sequence[str], jobids: Sequence[int]) -> bytes:
@@ -313,17 +326,25 @@ def _insert_batch(
     payloads: Sequence[bytes],
     sources: Sequence[str],
     enqueued_at: float,
+    packed: _codec.PackedPayloads | None = None,
 ) -> None:
-    """Spool records ``first``, ``first + 1``, ... as one row (and its ``spool_waiting`` row)."""
+    """Spool records ``first``, ``first + 1``, ... as one row (and its ``spool_waiting`` row).
+
+    ``packed`` may be the frame of a whole batch's payloads made beforehand (by the parse thread):
+    it is stored when it holds as many bytes as ``payloads`` — when none of the batch was skipped
+    as known and the batch makes one row — and made again here otherwise."""
     count = len(rids)
+    sizes = list(map(len, payloads))
+    if packed is None or _codec.packed_size(packed) != sum(sizes):
+        packed = _codec.pack(payloads)
     common = sources[0] if sources and sources.count(sources[0]) == count else None
-    packed = orjson.dumps(
-        [list(rids), list(jobids), list(map(len, payloads)), None if common is not None else list(sources)]
+    columns = orjson.dumps(
+        [list(rids), list(jobids), sizes, None if common is not None else list(sources)]
     )
     db.execute(
-        "INSERT INTO spool (first_seq, count, source, enqueued_at, records, payloads)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        (first, count, common or "", enqueued_at, packed, b"".join(payloads)),
+        "INSERT INTO spool (first_seq, count, source, enqueued_at, records, payloads, codec)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (first, count, common or "", enqueued_at, columns, packed, _codec.ZSTD),
     )
     db.execute("INSERT INTO spool_waiting (first_seq, settled, waiting) VALUES (?, zeroblob(?), ?)",
                (first, count, count))
@@ -410,10 +431,11 @@ def _spooled_record(
     first = batch[0]
     found = None if batches is None else batches.get(first)
     if found is None:
-        source, enqueued_at, packed, payloads = db.execute(
-            "SELECT source, enqueued_at, records, payloads FROM spool WHERE first_seq = ?", (first,)
+        source, enqueued_at, columns, codec = db.execute(
+            "SELECT source, enqueued_at, records, codec FROM spool WHERE first_seq = ?", (first,)
         ).fetchone()
-        rids, jobids, sizes, sources = orjson.loads(packed)
+        rids, jobids, sizes, sources = orjson.loads(columns)
+        payloads = _payload_bytes(db, first, codec, 0, sum(sizes), sum(sizes))
         found = (source, enqueued_at, rids, jobids, sources, payloads, list(accumulate(sizes, initial=0)))
         if batches is not None:
             batches[first] = found
