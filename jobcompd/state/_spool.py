@@ -165,7 +165,7 @@ class Spool(Database):
             rows = db.execute(
                 "SELECT s.first_seq, s.count, s.source, s.enqueued_at, s.records, s.codec, w.settled"
                 " FROM spool s JOIN spool_waiting w USING (first_seq)"
-                " WHERE s.first_seq + s.count > ?1 ORDER BY s.first_seq",
+                " WHERE s.first_seq + s.count - 1 > ?1 ORDER BY s.first_seq",
                 (after_seq,),
             )
             for first, count, source, enqueued_at, columns, codec, settled in rows:
