@@ -23,9 +23,12 @@ from jobcompd.state import Delivery, SpooledRecord, State
 
 __all__ = ["InFlight", "ReportHandling", "SenderCounters"]
 
-# Delivery reports are settled in the state a batch at a time: once this many have come, or this
-# long after the first of them (a transaction per report would cost a live trickle most of a core).
-_SETTLE_AT = 500
+# Delivery reports are settled in the state a batch at a time: once they make this share of the
+# window, or this long after the first of them (a transaction per report would cost a live trickle
+# most of a core; a bulk's transactions cost ~1 ms each, so they hold thousands of reports).
+# Reports not settled yet count in the window until they are: the window stays the bound on what
+# a crash sends again.
+_SETTLE_SHARE = 0.8
 _SETTLE_HOLD_S = 0.02
 
 # A record handed to librdkafka and not yet reported, by record id: its spool seq, job id and
@@ -70,6 +73,7 @@ class ReportHandling:
     _producer: Any
     _in_flight: dict[str, InFlight]
     _in_flight_bytes: int  # bytes of the payloads of _in_flight
+    _window: int  # records in flight or reported and not settled, at most
     _backlog: list[SpooledRecord]
     # The reports served and not settled yet: the key of each one that says delivered (all it
     # takes to settle it), and each failure with its message.
@@ -113,11 +117,12 @@ class ReportHandling:
 
     def _settle_due(self) -> bool:
         """Whether to settle the reports served: a batch of them is settled in one transaction,
-        once ``_SETTLE_AT`` have come or the first came ``_SETTLE_HOLD_S`` ago, or at once when
-        the window is full (a live trickle would otherwise cost a transaction per record)."""
+        once they fill ``_SETTLE_SHARE`` of the window or the first came ``_SETTLE_HOLD_S`` ago,
+        or at once when the window is full (a live trickle would otherwise cost a transaction per
+        record)."""
         reports = len(self._delivered) + len(self._failed)
         return bool(reports) and (
-            reports >= _SETTLE_AT
+            reports >= self._window * _SETTLE_SHARE
             or time.monotonic() - self._reports_since >= _SETTLE_HOLD_S
             or not self._room()
             or self._rebuild

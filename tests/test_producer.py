@@ -558,6 +558,26 @@ def test_the_reports_of_a_trickle_are_settled_in_one_transaction(
         assert sender.close() == 0
 
 
+def test_the_reports_of_a_bulk_are_settled_in_transactions_of_most_of_the_window(
+    mock_cluster: MockCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A settling transaction costs ~1 ms whatever it holds: a bulk's reports are settled once
+    # they fill 80 % of the window (a transaction per 500 made `run` ~8 % slower).
+    monkeypatch.setattr(reports, "_SETTLE_HOLD_S", 60.0)
+    mock_cluster.create_topic("mycluster", 4)
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=60")
+    with CountingState.open(env.state_dir, synchronous="normal") as state:
+        sender = Sender(state, load_settings(env.config).kafka, window=2000)
+        state.commit_batch(new(0, 1600))
+        sender.wake()
+        deadline = time.monotonic() + 30
+        while state.settled == 0:
+            assert time.monotonic() < deadline, "the reports were never settled"
+            sender.pump(0.05)
+        assert state.settled == 1 and state.stats().delivered_total == 1600
+        assert sender.close() == 0
+
+
 @pytest.mark.parametrize("partitioning", ["key", "sticky"])
 def test_records_go_to_the_partition_of_their_key_or_stay_on_one_a_while(
     mock_cluster: MockCluster, tmp_path: Path, partitioning: str
