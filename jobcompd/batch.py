@@ -16,7 +16,6 @@ from jobcompd.encode import Encoder
 from jobcompd.fastpath import compiled_encoder, compiled_whole
 from jobcompd.joining import parse_records_around, unfinished_tail
 from jobcompd.record import ParseError
-from jobcompd.state import PackedPayloads
 from jobcompd.zone import Zone, ZoneSpec
 
 __all__ = ["ParseSpec", "RecordBatch", "encoder_for", "parse_batch", "unfinished_lines"]
@@ -43,7 +42,7 @@ class RecordBatch(NamedTuple):
     at: list[int]
     bad: list[tuple[int, str]]
     ambiguous: list[int]
-    packed: PackedPayloads | None = None
+    packed: bytes | None = None
 
     def then(self, later: RecordBatch, lines: int) -> RecordBatch:
         """These records, then those of ``later``, the batch of the lines read right after these

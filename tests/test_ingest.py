@@ -260,7 +260,7 @@ def packed_on(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     packed: list[int] = []
     real = _codec.pack
 
-    def observed(payloads: Sequence[bytes]) -> _codec.PackedPayloads:
+    def observed(payloads: Sequence[bytes]) -> bytes:
         packed.append(len(payloads))
         return real(payloads)
 

@@ -15,7 +15,6 @@ read-only mount) is fixed.
 from __future__ import annotations
 
 from jobcompd.identity import Position
-from jobcompd.state._codec import PackedPayloads
 from jobcompd.state._codec import pack as pack_payloads
 from jobcompd.state._errors import StateError
 from jobcompd.state._held import HeldRecords
@@ -42,7 +41,6 @@ __all__ = [
     "DeadLetter",
     "Delivery",
     "NewRecord",
-    "PackedPayloads",
     "Position",
     "QuarantinedLine",
     "RecordColumns",

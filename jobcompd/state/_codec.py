@@ -27,21 +27,16 @@ LEVEL = 1
 _local = threading.local()  # a compressor is not thread-safe: one per thread
 
 
-class PackedPayloads(bytes):
-    """The payloads of a batch end to end in one frame (:func:`pack`): what the spool stores for
-    them, made beside the caller (the parse thread) and taken as it is when the batch is kept whole."""
-
-    __slots__ = ()
-
-
-def pack(payloads: Sequence[bytes]) -> PackedPayloads:
-    """``payloads`` end to end, in one frame (Zstandard works without the interpreter lock)."""
+def pack(payloads: Sequence[bytes]) -> bytes:
+    """``payloads`` end to end, in one frame (Zstandard works without the interpreter lock): what
+    the spool stores for them. The parse thread makes it beside the commit, which takes it as it is
+    when the batch is stored whole."""
     compressor = getattr(_local, "compressor", None)
     if compressor is None:
         compressor = _local.compressor = zstandard.ZstdCompressor(
             level=LEVEL, write_checksum=True, write_content_size=True
         )
-    return PackedPayloads(compressor.compress(b"".join(payloads)))
+    return compressor.compress(b"".join(payloads))
 
 
 def packed_size(packed: bytes) -> int:

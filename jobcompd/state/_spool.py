@@ -326,7 +326,7 @@ def _insert_batch(
     payloads: Sequence[bytes],
     sources: Sequence[str],
     enqueued_at: float,
-    packed: _codec.PackedPayloads | None = None,
+    packed: bytes | None = None,
 ) -> None:
     """Spool records ``first``, ``first + 1``, ... as one row (and its ``spool_waiting`` row).
 
