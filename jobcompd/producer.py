@@ -309,7 +309,7 @@ class Sender(ReportHandling):
             for rid, jobid, payload in zip(rids, jobids, payloads, strict=True):
                 if rid not in in_flight:
                     try:
-                        produce(topic, payload, rid, partition=partition, headers=[(RECORD_ID_HEADER, rid)])
+                        produce(topic, payload, rid, partition, None, None, 0, [(RECORD_ID_HEADER, rid)])
                     except (BufferError, KafkaException):
                         break
                     in_flight[rid] = (_UNCOMMITTED, jobid, len(payload))
@@ -480,7 +480,9 @@ class Sender(ReportHandling):
                 rid = record.rid
                 payload = record.payload
                 try:
-                    produce(topic, payload, rid, partition=partition, headers=[(RECORD_ID_HEADER, rid)])
+                    # produce(topic, value, key, partition, callback, on_delivery, timestamp,
+                    # headers), positionally: keywords cost more than the call's own work.
+                    produce(topic, payload, rid, partition, None, None, 0, [(RECORD_ID_HEADER, rid)])
                 except (BufferError, KafkaException) as exc:
                     if not self._refused(record, exc):
                         return False
