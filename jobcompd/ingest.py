@@ -510,7 +510,8 @@ class Queued(NamedTuple):
 
 
 class ReadAhead:
-    """Batches read and not yet committed, oldest first — shared by ``run`` and ``replay``.
+    """Batches read and not yet committed, oldest first: the daemon's (``replay`` commits on a
+    thread of its own, :class:`jobcompd.replay._Committer`).
 
     The next batch is read (and handed to the parse worker) while the one before it is parsed and
     committed. It owns the answer to "where does this file stand": the end of the newest batch

@@ -12,26 +12,31 @@ spool to Kafka. Running replay again on the same files sends nothing twice:
 
 from __future__ import annotations
 
+import collections
 import io
 import itertools
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
 from jobcompd.config.settings import DEFAULT_MAX_SPOOL_RECORDS
 from jobcompd.identity import REPLAY, Position, fingerprint, position_key
-from jobcompd.ingest import Ingestor, ReadAhead, read_batches
+from jobcompd.ingest import Ingestor, Queued, read_batches
 from jobcompd.logfile import BATCH_LINES, is_compressed, open_log, raw_offset
 from jobcompd.producer import Sender
-from jobcompd.state import State
+from jobcompd.state import BatchResult, State
 from jobcompd.wakeup import Wakeup
 
 __all__ = ["ReplaySummary", "Replayer"]
 
 _STDIN = "-"
+
+_COMMITS_AHEAD = 2
+"""Batches read and handed to the commit thread before the oldest one's records are sent."""
 
 
 @dataclass(slots=True)
@@ -175,6 +180,19 @@ class Replayer:
         while not self._stop.is_set() and self._state.spool_depth() > self._max_spool:
             self._sender.pump(0.1)
 
+    def _committed(self, commits: _Committer) -> tuple[int, BatchResult]:
+        """The oldest batch's commit, serving delivery reports while it is not done."""
+        oldest = commits.oldest()
+        while not oldest.done():
+            self._sender.pump(0.002)
+        return commits.take()
+
+    def _count(self, read: int, result: BatchResult) -> None:
+        self.summary.lines += read
+        self.summary.records += result.spooled
+        self.summary.already_known += result.already_known
+        self.summary.quarantined += result.quarantined
+
     def _read_file(self, name: str) -> Iterator[int]:
         """Read one file in committed batches; yield the compressed bytes consumed so far."""
         label = "<stdin>" if name == _STDIN else str(Path(name).resolve())
@@ -202,53 +220,114 @@ class Replayer:
             else:
                 pending = [first]
             st = os.fstat(fh.fileno()) if name != _STDIN else None
-            # Batch n+1 is parsed (in the parse worker, if any) while batch n is committed and sent.
-            ahead = ReadAhead(self._ingestor, self._state)
+            # Batch n+2 is parsed (on the parse thread) while batch n+1 is committed (on the
+            # commit thread: SQLite lets the interpreter go meanwhile) and batch n is sent.
+            commits = _Committer(self._ingestor)
             batches = read_batches(
                 itertools.chain(pending, fh),  # type: ignore[arg-type]
                 BATCH_LINES,
                 unfinished=self._ingestor.unfinished,
             )
-            while True:
-                lines = next(batches, None)
-                if lines:
-                    consumed = sum(len(x) for x in lines)
-                    position = None
-                    if key is not None:
-                        position = Position(
-                            key=key,
-                            path=label,
-                            fingerprint=fp,
-                            offset=offset + consumed,
-                            line_no=line_no + len(lines),
-                            inode=st.st_ino if st else 0,
-                            dev=st.st_dev if st else 0,
-                        )
-                    ahead.add(lines, source=label, position=position, first_line_no=line_no + 1,
-                              first_offset=offset)
-                    offset += consumed
-                    line_no += len(lines)
-                if len(ahead) > 1 or (ahead and not lines):
-                    read = len(ahead.head.prepared.lines)
-                    result = ahead.commit()
-                    sender = self._sender
-                    # Flow control: while the sender delivers, read on only once it takes these.
-                    while not self._stop.is_set() and sender.delivering() and not sender.takes(result.fresh):
-                        sender.pump(0.05)
-                    if not sender.offer(result.fresh):
-                        sender.wake()  # read them from the spool
-                    self.summary.lines += read
-                    self.summary.records += result.spooled
-                    self.summary.already_known += result.already_known
-                    self.summary.quarantined += result.quarantined
-                    yield raw_offset(fh) if name != _STDIN else 0
-                    if self._stop.is_set():
-                        return
-                if not lines and not ahead:
-                    break
+            try:
+                while True:
+                    lines = next(batches, None)
+                    if lines:
+                        consumed = sum(len(x) for x in lines)
+                        position = None
+                        if key is not None:
+                            position = Position(
+                                key=key,
+                                path=label,
+                                fingerprint=fp,
+                                offset=offset + consumed,
+                                line_no=line_no + len(lines),
+                                inode=st.st_ino if st else 0,
+                                dev=st.st_dev if st else 0,
+                            )
+                        prepared = self._ingestor.prepare(lines, source=label)
+                        commits.submit(Queued(prepared, position, line_no + 1, offset, None))
+                        offset += consumed
+                        line_no += len(lines)
+                    if len(commits) > _COMMITS_AHEAD or (commits and not lines):
+                        read, result = self._committed(commits)
+                        self._count(read, result)
+                        sender = self._sender
+                        # Flow control: while the sender delivers, read on only once it takes these.
+                        fresh = result.fresh
+                        while not self._stop.is_set() and sender.delivering() and not sender.takes(fresh):
+                            sender.pump(0.05)
+                        if not sender.offer(fresh):
+                            sender.wake()  # read them from the spool
+                        yield raw_offset(fh) if name != _STDIN else 0
+                        if self._stop.is_set():
+                            return
+                    if not lines and not commits:
+                        break
+            finally:
+                # Batches committed and not counted yet (stopped meanwhile) are counted; those
+                # not started are not committed, and are read again next time.
+                for read, result in commits.close():
+                    self._count(read, result)
         finally:
             if name != _STDIN:
                 fh.close()
+
+
+class _Committer:
+    """Commits the batches of one file in order, on a thread of its own, beside the sender.
+
+    A failed commit stops the ones after it (they would move the position past its lines): they
+    fail too, and the first failure is what :meth:`take` raises.
+    """
+
+    def __init__(self, ingestor: Ingestor) -> None:
+        self._ingestor = ingestor
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobcompd-commit")
+        self._futures: collections.deque[tuple[int, Future[BatchResult]]] = collections.deque()
+        self._failed: BaseException | None = None
+
+    def __len__(self) -> int:
+        return len(self._futures)
+
+    def submit(self, queued: Queued) -> None:
+        """Commit ``queued`` after the batches submitted before it."""
+        self._futures.append((len(queued.prepared.lines), self._pool.submit(self._commit, queued)))
+
+    def _commit(self, queued: Queued) -> BatchResult:
+        if self._failed is not None:
+            raise self._failed
+        try:
+            return self._ingestor.commit(
+                queued.prepared,
+                source=queued.prepared.source,
+                first_line_no=queued.first_line_no,
+                first_offset=queued.first_offset,
+                position=queued.position,
+            )
+        except BaseException as exc:
+            self._failed = exc
+            raise
+
+    def oldest(self) -> Future[BatchResult]:
+        """The commit of the oldest batch not taken yet."""
+        return self._futures[0][1]
+
+    def take(self) -> tuple[int, BatchResult]:
+        """The lines and the commit of the oldest batch (waiting for it); raises its error."""
+        read, future = self._futures.popleft()
+        return read, future.result()
+
+    def close(self) -> list[tuple[int, BatchResult]]:
+        """Stop: the commit under way ends, those not started are dropped. The lines and commits of
+        the batches committed and not taken."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        done = [
+            (read, future.result())
+            for read, future in self._futures
+            if not future.cancelled() and future.exception() is None
+        ]
+        self._futures.clear()
+        return done
 
 
 def _skip(fh: BinaryIO, count: int) -> None:

@@ -1,10 +1,13 @@
-"""``jobcompd replay`` end to end: a real jobcompd process, real brokers, checked record by record."""
+"""``jobcompd replay`` end to end: a real jobcompd process, real brokers, checked record by record;
+and its commit thread on a real state."""
 
 from __future__ import annotations
 
 import bz2
+import errno
 import gzip
 import lzma
+import os
 import random
 import signal
 import socket
@@ -15,12 +18,18 @@ from pathlib import Path
 
 import pytest
 
+from jobcompd.batch import ParseSpec
+from jobcompd.identity import Position
+from jobcompd.ingest import Ingestor, Prepared, Queued
 from jobcompd.producer import REPLAY_WINDOW
+from jobcompd.replay import _Committer
+from jobcompd.state import State, StateError
 from tests.brokers import Broker
 from tests.brokers.mockcluster import MockCluster
 from tests.brokers.readback import consume_all
 from tests.jobcompd_env import JOBCOMPD, JobcompdEnv, check_arrival, expected_messages, summary_json, wait_for
 from tests.slurmctld import FakeJob, mixed_lines, render
+from tests.test_state import slow_disk
 
 MSG_SIZE_TOO_LARGE = 10
 PRODUCE = 0
@@ -405,3 +414,40 @@ def test_fatal_idempotence_error_rebuilds_the_producer(mock_cluster: MockCluster
                                         expected=len(expected), timeout=30), expected)
     assert not arrival.missing and not arrival.unexpected and not arrival.wrong_payload
     print(f"fatal {code}: rebuilt, nothing lost, {arrival.duplicates} duplicate(s)")
+
+
+def test_a_failed_commit_stops_the_commits_after_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replay commits on a thread of its own. When a batch's commit fails (here a flush the disk
+    refused), the batches after it are not committed, even once the disk takes them again: the
+    position would pass the failed batch's lines."""
+    monkeypatch.setattr("jobcompd.state._flush._RETRY_S", 0.05)
+    lines = mixed_lines(900, seed=11)
+    batches = [lines[:300], lines[300:600], lines[600:]]
+    with State.open(tmp_path / "state") as state:
+        disk = slow_disk(state)
+        commits = _Committer(Ingestor(state, ParseSpec(("UTC", None), None, 65536)))
+        offset = 0
+
+        def submit(part: list[bytes], line_no: int) -> None:
+            nonlocal offset
+            size = sum(map(len, part))
+            position = Position("replay:fp", "log", "fp", offset + size, line_no + len(part) - 1)
+            commits.submit(Queued(Prepared(part, "log"), position, line_no, offset, None))
+            offset += size
+
+        submit(batches[0], 1)
+        assert commits.take()[1].spooled == 300
+        disk.error = OSError(errno.EIO, os.strerror(errno.EIO))
+        assert disk.failed.wait(10)  # the flush of the first batch failed
+        submit(batches[1], 301)
+        with pytest.raises(StateError, match="cannot flush"):
+            commits.take()
+        disk.error = None
+        disk.wait_for(1)  # the disk takes the log again: a commit would go through now
+        submit(batches[2], 601)
+        with pytest.raises(StateError, match="cannot flush"):
+            commits.take()
+        assert commits.close() == []
+        stored = state.position("replay:fp")
+        assert stored is not None and stored.offset == sum(map(len, batches[0]))
+        assert len(state.pending(limit=10**6)) == 300
