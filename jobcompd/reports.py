@@ -283,9 +283,7 @@ class ReportHandling:
         if None in found:
             return None
         entries = cast(list[InFlight], found)
-        delivered = list(
-            map(tuple.__new__, repeat(Delivery), zip(map(_SEQ, entries), map(_JOBID, entries), strict=True))
-        )
+        delivered = list(zip(map(_SEQ, entries), map(_JOBID, entries), strict=True))  # (seq, jobid)
         if self._state.mark_delivered(delivered, wait=wait) is None:  # durable first
             return 0  # the state is busy: settled at a later pump
         self._delivered = []

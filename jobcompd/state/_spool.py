@@ -10,6 +10,7 @@ import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from itertools import accumulate, repeat
+from operator import itemgetter
 from typing import cast
 
 import orjson
@@ -27,7 +28,6 @@ from jobcompd.state.values import (
     _RID,
     _SOURCE,
     BatchResult,
-    Delivery,
     NewRecord,
     QuarantinedLine,
     RecordColumns,
@@ -62,6 +62,8 @@ BATCH_RECORDS = 4096
 _INSERT_QUARANTINE = """
 INSERT INTO quarantine (source, line_no, byte_offset, raw, reason, at) VALUES (?, ?, ?, ?, ?, ?)
 """
+
+_SEQ = itemgetter(0)  # of a delivery
 
 _BATCH_OF = """
 SELECT w.first_seq, w.settled, w.waiting FROM spool_waiting w
@@ -227,8 +229,11 @@ class Spool(Database):
             value = db.execute("SELECT min(enqueued_at) FROM spool").fetchone()[0]
         return None if value is None else float(value)
 
-    def mark_delivered(self, deliveries: Sequence[Delivery], *, wait: float | None = None) -> int | None:
-        """Record successful delivery reports: the records leave the spool (their ids stay known).
+    def mark_delivered(
+        self, deliveries: Sequence[tuple[int, int | None]], *, wait: float | None = None
+    ) -> int | None:
+        """Record successful delivery reports (:class:`Delivery` values, or plain ``(seq, jobid)``
+        pairs: cheaper to make): the records leave the spool (their ids stay known).
 
         A report for a record that was dead-lettered meanwhile resolves the dead letter too (the
         record is in Kafka). Reports for unknown or already delivered records are ignored. Returns
@@ -238,7 +243,7 @@ class Spool(Database):
         if not deliveries:
             return 0
         now = time.time()
-        seqs = sorted({d.seq for d in deliveries})
+        seqs = sorted(set(map(_SEQ, deliveries)))
         # A settlement lost to a power cut only sends its records again (the duplicates a crash
         # may cause; each carries its id): not worth a flush to disk per report batch. The next
         # flush of a commit of records carries it; once UNSYNCED_REPORTS have piled up unflushed
@@ -489,15 +494,14 @@ def _spooled(new: _Columns, first: int, now: float) -> list[SpooledRecord]:
     )
 
 
-def _last_jobid(db: sqlite3.Connection, deliveries: Sequence[Delivery]) -> int | None:
+def _last_jobid(db: sqlite3.Connection, deliveries: Sequence[tuple[int, int | None]]) -> int | None:
     """The job id of the last of ``deliveries`` still waiting in the spool or dead-lettered."""
-    for delivery in reversed(deliveries):
-        seq = delivery.seq
-        if delivery.jobid is not None:
+    for seq, jobid in reversed(deliveries):
+        if jobid is not None:
             if _waiting(db, seq) is not None or db.execute(
                 "SELECT 1 FROM deadletter WHERE seq = ?", (seq,)
             ).fetchone():
-                return delivery.jobid
+                return jobid
             continue
         row = db.execute(
             "SELECT json_extract(s.records, '$[1][' || (?1 - s.first_seq) || ']')"
