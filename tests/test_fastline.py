@@ -174,6 +174,23 @@ def test_record_ids_hash_long_lines_and_clusters_as_python_does() -> None:
         assert assert_agrees(line.replace(b"Cluster=", b"Cluster=named"), spec_for("UTC"))
 
 
+def test_each_byte_in_each_place_of_a_word_is_taken_or_left_as_python_would() -> None:
+    # The compiled reader checks for printable ASCII eight bytes at a time: every byte value, in
+    # each of the eight places of a word (16 places of the name), is read as one at a time would.
+    spec = spec_for("UTC")
+    base = ordinary_line()
+    for place in range(16):
+        for value in range(256):
+            name = bytearray(b"j" * 16)
+            name[place] = value
+            line = base.replace(b"Name=job", b"Name=" + bytes(name))
+            answered = assert_agrees(line, spec)
+            if value < 0x20 or value >= 0x7F:  # a control byte, DEL, or UTF-8 cut short
+                assert not answered, (place, value)
+            elif value not in b" =":  # (a space or "=" may start what looks like a key)
+                assert answered, (place, value)
+
+
 def test_a_legacy_record_is_answered_only_where_it_stands_alone() -> None:
     spec = spec_for("UTC")
     zone = resolve("UTC").tz
