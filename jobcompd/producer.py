@@ -57,7 +57,6 @@ _OFFERED_BYTES = 8 << 20  # payloads of batches offered and not yet sent, at mos
 # … and while the window is full: a batch or two, what the sender takes next once reports come
 # (replay fills the window before each offer); not the 8 MiB that would wait while brokers are down.
 _OFFERED_BYTES_WINDOW_FULL = 2 << 20
-_SETTLE_PATIENCE_S = 0.001  # how long a settlement waits for a commit while the window has room
 _WINDOW_BYTES = 8 << 20  # payloads handed to librdkafka and not yet reported, at most (about)
 _STATE_RETRY_S = 1.0  # after the state refused to settle reports (disk full), wait before trying again
 _DELIVERING_S = 1.0  # a sender that delivered within this long is moving: offers wait for it
@@ -243,12 +242,7 @@ class Sender(ReportHandling):
             # confluent-kafka raises a fatal error (e.g. the idempotent producer lost its
             # sequence) from poll(): recreate the producer and send the spool again.
             self._on_error(exc.args[0])
-        settled = 0
-        if self._settle_due():
-            # A commit of what was read may hold the state for a few ms: while the window has
-            # room, the sender goes on sending and serving reports, and settles at a next pump.
-            full = not self._room() or self._rebuild
-            settled = self._settle(wait=None if full else _SETTLE_PATIENCE_S)
+        settled = self._settle() if self._settle_due() else 0
         self._quiet.flush()
         return settled
 

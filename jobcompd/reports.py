@@ -171,24 +171,21 @@ class ReportHandling:
         else:
             self._quiet.log(f"dead:{reason}", logging.ERROR, event, jobid=jobid, reason=reason)
 
-    def _settle(self, *, wait: float | None = None) -> int:
+    def _settle(self) -> int:
         """Write the served delivery reports to the state, then forget them.
 
         If the state cannot be written (disk full, read-only), nothing is forgotten: the reports
-        stay queued and are settled again at the next pump, so no record is stranded. Likewise
-        when ``wait`` is given and the reader's commit holds the state longer: the sender goes on
-        sending and serving reports meanwhile (reports of records all delivered only; others are
-        settled whatever the wait).
+        stay queued and are settled again at the next pump, so no record is stranded.
         """
         with self._send_lock:  # what is in flight is complete: no produce is half done
-            return self._settle_locked(wait)
+            return self._settle_locked()
 
-    def _settle_locked(self, wait: float | None = None) -> int:
+    def _settle_locked(self) -> int:
         keys, failed = self._delivered, self._failed
         if not keys and not failed:
             return 0
         if not failed:
-            settled = self._settle_all_delivered(keys, wait)
+            settled = self._settle_all_delivered(keys)
             if settled is not None:
                 return settled
         delivered: list[Delivery] = []
@@ -269,10 +266,10 @@ class ReportHandling:
             self._dead_lettered(jobid, rid, dead[seq], "delivery failed, dead-lettered")
         return len(keys) + len(failed)
 
-    def _settle_all_delivered(self, keys: list[bytes | None], wait: float | None = None) -> int | None:
+    def _settle_all_delivered(self, keys: list[bytes | None]) -> int | None:
         """:meth:`_settle_locked` for reports that all say delivered (their ``keys``), of records
         all in flight here (the usual case), without a Python loop per report; ``None``: not that
-        case, nothing done; 0 when the state was busy for longer than ``wait`` (nothing done)."""
+        case, nothing done."""
         try:
             rids = list(map(bytes.decode, cast(list[bytes], keys)))
         except TypeError:  # a report without a key: not one of ours
@@ -284,8 +281,7 @@ class ReportHandling:
             return None
         entries = cast(list[InFlight], found)
         delivered = list(zip(map(_SEQ, entries), map(_JOBID, entries), strict=True))  # (seq, jobid)
-        if self._state.mark_delivered(delivered, wait=wait) is None:  # durable first
-            return 0  # the state is busy: settled at a later pump
+        self._state.mark_delivered(delivered)  # durable first
         self._delivered = []
         self._in_flight_bytes -= sum(map(_SIZE, map(self._in_flight.pop, rids)))
         self.counters.delivered += len(delivered)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import threading
 import time
 import zlib
 from collections.abc import Iterator, Sequence
@@ -35,9 +34,9 @@ class CountingState(State):
     records_read = 0
     settled = 0  # transactions settling delivery reports
 
-    def mark_delivered(self, deliveries: Sequence[Delivery], *, wait: float | None = None) -> int | None:
+    def mark_delivered(self, deliveries: Sequence[Delivery]) -> int:
         self.settled += 1
-        return super().mark_delivered(deliveries, wait=wait)
+        return super().mark_delivered(deliveries)
 
     def pending(self, *, after_seq: int = 0, limit: int = 1000) -> list[SpooledRecord]:
         self.reads += 1
@@ -576,71 +575,6 @@ def test_the_reports_of_a_bulk_are_settled_in_transactions_of_most_of_the_window
             assert time.monotonic() < deadline, "the reports were never settled"
             sender.pump(0.05)
         assert state.settled == 1 and state.stats().delivered_total == 1600
-        assert sender.close() == 0
-
-
-class HeldState:
-    """A commit in progress on another thread: it holds ``state`` until :meth:`release` (or 10 s)."""
-
-    def __init__(self, state: State) -> None:
-        self._state = state
-        self._held = threading.Event()
-        self._release = threading.Event()
-        self._thread = threading.Thread(target=self._hold)
-        self._thread.start()
-        assert self._held.wait(10)
-
-    def _hold(self) -> None:
-        with self._state._transaction("a commit"):
-            self._held.set()
-            self._release.wait(10)
-
-    def release(self) -> None:
-        self._release.set()
-        self._thread.join()
-
-
-def test_a_settlement_waits_for_a_commit_only_when_the_window_is_full(
-    mock_cluster: MockCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The reader's commit holds the state for a few ms at a time. Meanwhile the sender goes on
-    sending and serving reports while its window has room, and settles them once the commit is
-    done; with the window full it waits for the commit."""
-    mock_cluster.create_topic("mycluster", 4)
-    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=60")
-    with State.open(env.state_dir, synchronous="normal") as state:
-        sender = Sender(state, load_settings(env.config).kafka, window=2000)
-        state.commit_batch(new(0, 10))
-        sender.wake()
-        send_all(sender, state)  # the spool is read: records now come as they are committed
-        monkeypatch.setattr(reports, "_SETTLE_HOLD_S", 60.0)
-        sender.offer(state.commit_batch(new(10, 1910)).fresh)  # reports due at 1,600; room for all
-        held = HeldState(state)
-        started = time.monotonic()
-        try:
-            while len(sender._delivered) < 1900:
-                assert time.monotonic() - started < 5, "the sender waited for the commit"
-                sender.pump(0.05)
-            assert sender.counters.delivered == 10  # none settled while the commit holds the state
-        finally:
-            held.release()
-        send_all(sender, state)
-        assert sender.counters.delivered == state.stats().delivered_total == 1910
-
-        fresh = state.commit_batch(new(1910, 3910)).fresh  # fills the window
-        held = HeldState(state)
-        threading.Timer(0.5, held.release).start()
-        sender.offer(fresh)
-        longest = 0.0  # the longest pump: one waits for the commit once the window is full
-        while sender.counters.delivered == 1910:
-            assert time.monotonic() - started < 30, "the reports were never settled"
-            pumped = time.monotonic()
-            sender.pump(0.05)
-            longest = max(longest, time.monotonic() - pumped)
-        assert longest >= 0.3
-        monkeypatch.setattr(reports, "_SETTLE_HOLD_S", 0.02)
-        send_all(sender, state)
-        assert sender.counters.delivered == state.stats().delivered_total == 3910
         assert sender.close() == 0
 
 

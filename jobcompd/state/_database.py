@@ -16,7 +16,6 @@ from jobcompd.state._errors import (
     RECOVER_CORRUPT,
     RECOVER_PERMISSIONS,
     RECOVER_READONLY,
-    Busy,
     StateError,
     _recovery,
     _sidecar,
@@ -246,25 +245,20 @@ class Database:
 
     @contextmanager
     def _transaction(
-        self, action: str, *, synced: bool = True, records: int = 0, wait: float | None = None
+        self, action: str, *, synced: bool = True, records: int = 0
     ) -> Iterator[sqlite3.Connection]:
         """One write transaction, of ``records`` records read (for the flusher's bound).
 
         With ``synchronous = "full"``, a ``synced`` transaction is flushed to disk right after its
         commit, by the flusher (it first waits while too many records, or too old a commit, are not
         flushed yet: :meth:`Flusher.admit`); ``synced=False`` ones are flushed with the next flush.
-        For what a power loss may only repeat, never lose: settling delivery reports.
-
-        Another thread's call in progress is waited for, at most ``wait`` seconds if given
-        (:class:`Busy` then, and nothing done)."""
+        For what a power loss may only repeat, never lose: settling delivery reports."""
         if self.readonly:
             raise StateError(self.path, f"cannot {action}: opened read-only", RECOVER_READONLY)
         flusher = self._flusher
         if flusher is not None and synced:
             flusher.admit(records)
-        if not self._lock.acquire(timeout=-1 if wait is None else wait):
-            raise Busy(action)
-        try:
+        with self._lock:
             db = self._connection(action)
             try:
                 db.execute("BEGIN IMMEDIATE")
@@ -278,8 +272,6 @@ class Database:
                 raise
             if flusher is not None and synced:
                 flusher.committed(records)
-        finally:
-            self._lock.release()
 
     def _settled(self, reports: int) -> None:
         """``reports`` delivery reports were settled by an unsynced transaction."""

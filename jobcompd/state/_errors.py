@@ -56,11 +56,6 @@ class StateError(Exception):
         self.rejected = rejected
 
 
-class Busy(Exception):
-    """Another thread's call held the state longer than the caller would wait: nothing was done,
-    nothing is wrong (try again later)."""
-
-
 def _translate(path: Path, action: str, exc: sqlite3.Error) -> StateError:
     """Turn an SQLite error into a `StateError` with a reason and a recovery."""
     code = getattr(exc, "sqlite_errorcode", None)

@@ -19,7 +19,7 @@ import zstandard
 from jobcompd.identity import Position
 from jobcompd.state import _codec
 from jobcompd.state._database import Database
-from jobcompd.state._errors import Busy, _rejected
+from jobcompd.state._errors import _rejected
 from jobcompd.state._positions import _UPSERT_POSITION, _position_row
 from jobcompd.state._schema import _SET, _bump
 from jobcompd.state.values import (
@@ -229,16 +229,13 @@ class Spool(Database):
             value = db.execute("SELECT min(enqueued_at) FROM spool").fetchone()[0]
         return None if value is None else float(value)
 
-    def mark_delivered(
-        self, deliveries: Sequence[tuple[int, int | None]], *, wait: float | None = None
-    ) -> int | None:
+    def mark_delivered(self, deliveries: Sequence[tuple[int, int | None]]) -> int:
         """Record successful delivery reports (:class:`Delivery` values, or plain ``(seq, jobid)``
         pairs: cheaper to make): the records leave the spool (their ids stay known).
 
         A report for a record that was dead-lettered meanwhile resolves the dead letter too (the
         record is in Kafka). Reports for unknown or already delivered records are ignored. Returns
-        how many records were newly marked delivered; ``None`` when another thread's call (a
-        commit) held the state for longer than ``wait`` seconds, if given: nothing was done.
+        how many records were newly marked delivered.
         """
         if not deliveries:
             return 0
@@ -251,20 +248,17 @@ class Spool(Database):
         # which bounds what a power cut can repeat.
         if self._unflushed_reports >= UNSYNCED_REPORTS:
             self._flush()
-        try:
-            with self._transaction("record deliveries", synced=False, wait=wait) as db:
-                last_jobid = _last_jobid(db, deliveries)
-                if last_jobid is None:
-                    return 0
-                removed, elsewhere = _settle(db, seqs)
-                if elsewhere and db.execute("SELECT EXISTS (SELECT 1 FROM deadletter)").fetchone()[0]:
-                    removed += db.executemany(
-                        "DELETE FROM deadletter WHERE seq = ?", [(seq,) for seq in elsewhere]
-                    ).rowcount
-                _bump(db, delivered_total=removed)
-                db.executemany(_SET, [("last_delivered_at", now), ("last_delivered_jobid", last_jobid)])
-        except Busy:
-            return None
+        with self._transaction("record deliveries", synced=False) as db:
+            last_jobid = _last_jobid(db, deliveries)
+            if last_jobid is None:
+                return 0
+            removed, elsewhere = _settle(db, seqs)
+            if elsewhere and db.execute("SELECT EXISTS (SELECT 1 FROM deadletter)").fetchone()[0]:
+                removed += db.executemany(
+                    "DELETE FROM deadletter WHERE seq = ?", [(seq,) for seq in elsewhere]
+                ).rowcount
+            _bump(db, delivered_total=removed)
+            db.executemany(_SET, [("last_delivered_at", now), ("last_delivered_jobid", last_jobid)])
         self._settled(removed)
         return removed
 
