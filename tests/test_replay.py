@@ -435,15 +435,19 @@ def test_a_failed_commit_stops_the_commits_after_it(tmp_path: Path, monkeypatch:
             commits.submit(Queued(Prepared(part, "log"), position, line_no, offset, None))
             offset += size
 
+        disk.error = OSError(errno.EIO, os.strerror(errno.EIO))
         submit(batches[0], 1)
         assert commits.take()[1].spooled == 300
-        disk.error = OSError(errno.EIO, os.strerror(errno.EIO))
-        assert disk.failed.wait(10)  # the flush of the first batch failed
+        assert disk.failed.wait(10)  # the flush of the first batch failed ...
+        wait_for(lambda: state._flusher is not None and state._flusher._error is not None,
+                 timeout=10, what="the failed flush noted")  # ... and the flusher noted it
         submit(batches[1], 301)
         with pytest.raises(StateError, match="cannot flush"):
             commits.take()
         disk.error = None
         disk.wait_for(1)  # the disk takes the log again: a commit would go through now
+        wait_for(lambda: state._flusher is not None and state._flusher._error is None,
+                 timeout=10, what="the flush noted")
         submit(batches[2], 601)
         with pytest.raises(StateError, match="cannot flush"):
             commits.take()
