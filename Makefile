@@ -8,7 +8,7 @@ STAMP   = $(VENV)/.installed-stamp
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py jobcompd/_fastline.c
+$(STAMP): pyproject.toml setup.py jobcompd/_fastline.c jobcompd/_sendloop.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,lint]'

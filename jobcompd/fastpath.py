@@ -24,10 +24,15 @@ from zoneinfo import ZoneInfo
 from jobcompd.encode import RECORD_ID_PERSON
 from jobcompd.zone import Zone, ZoneSpec
 
-__all__ = ["PARSER", "compiled_encoder", "compiled_whole", "offset_of_hour"]
+__all__ = ["PARSER", "compiled_encoder", "compiled_whole", "offset_of_hour", "python_forced"]
+
+def python_forced() -> bool:
+    """Whether ``JOBCOMPD_PARSER=python`` asks for the Python path (the compiled code unused)."""
+    return os.environ.get("JOBCOMPD_PARSER", "").strip().lower() in ("python", "pure", "py")
+
 
 def _load() -> tuple[Any, str]:
-    if os.environ.get("JOBCOMPD_PARSER", "").strip().lower() in ("python", "pure", "py"):
+    if python_forced():
         return None, "python (JOBCOMPD_PARSER=python)"
     try:
         return importlib.import_module("jobcompd._fastline"), "compiled"

@@ -37,6 +37,7 @@ from jobcompd.delivery import PRODUCER_STATE
 from jobcompd.logs import Quieter, librdkafka_logger
 from jobcompd.partitions import Partitions
 from jobcompd.reports import InFlight, ReportHandling, SenderCounters, _reason, _rid_of
+from jobcompd.sendloop import produce_records
 from jobcompd.state import SpooledRecord, State, StateError
 
 __all__ = ["REPLAY_WINDOW", "WINDOW", "Sender", "SenderCounters", "SenderThread"]
@@ -460,7 +461,8 @@ class Sender(ReportHandling):
         """Hand up to ``room`` records from the end of the backlog to librdkafka, while the window's
         bytes allow; ``False`` when librdkafka refused one (backpressure, or a fatal error).
 
-        The loop of every record sent: one produce() and the bookkeeping, nothing else.
+        Their payloads are not kept: librdkafka has a copy, and a report that asks for a record
+        again (a timeout to requeue) brings it back.
         """
         producer = self._producer
         assert producer is not None
@@ -475,26 +477,19 @@ class Sender(ReportHandling):
             self._sending_since = time.time()
         sent = size = 0
         try:
-            while len(backlog) > end and size < budget:
-                record = backlog[-1]
-                rid = record.rid
-                payload = record.payload
-                try:
-                    # produce(topic, value, key, partition, callback, on_delivery, timestamp,
-                    # headers), positionally: keywords cost more than the call's own work.
-                    produce(topic, payload, rid, partition, None, None, 0, [(RECORD_ID_HEADER, rid)])
-                except (BufferError, KafkaException) as exc:
-                    if not self._refused(record, exc):
-                        return False
-                    backlog.pop()
-                    continue
-                # Its payload is not kept: librdkafka has a copy, and a report that asks for the
-                # record again (a timeout to requeue) brings it back.
-                in_flight[rid] = (record.seq, record.jobid, len(payload))
-                size += len(payload)
-                sent += 1
+            while True:
+                handed, handed_bytes, exc = produce_records(
+                    produce, topic, partition, backlog, end, budget - size, in_flight, RECORD_ID_HEADER
+                )
+                sent += handed
+                size += handed_bytes
+                if exc is None:
+                    return True
+                if not isinstance(exc, BufferError | KafkaException):
+                    raise exc
+                if not self._refused(backlog[-1], exc):
+                    return False
                 backlog.pop()
-            return True
         finally:
             self._in_flight_bytes += size
             self.counters.produced += sent

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from jobcompd import fastpath
+from jobcompd import fastpath, sendloop
 from tests.slurmctld import mixed_lines
 from tests.test_encode import GOLDEN
 
@@ -33,7 +33,7 @@ def jobcompd(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[byte
 def test_version_and_help() -> None:
     version = jobcompd("--version")
     assert version.returncode == 0 and version.stdout.startswith(b"jobcompd ")
-    assert f"(record reader: {fastpath.PARSER})".encode() in version.stdout
+    assert f"(record reader: {fastpath.PARSER}; send loop: {sendloop.SEND_LOOP})".encode() in version.stdout
     assert jobcompd("--help").returncode == 0
     helped = jobcompd("parse", "--help")
     assert helped.returncode == 0 and b"--tz" in helped.stdout

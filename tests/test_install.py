@@ -65,11 +65,11 @@ def test_install_upgrade_and_uninstall_without_an_index(bundle: Path, tmp_path: 
     first = install(bundle, tmp_path, *NO_USER)
     assert first.returncode == 0, first.stdout + first.stderr
     program = tmp_path / "bin" / "jobcompd"
-    # The bundle's wheel carries the compiled reader, built where `make dist` ran (asked without
-    # JOBCOMPD_PARSER, which `make test-python` sets).
+    # The bundle's wheel carries the compiled reader and send loop, built where `make dist` ran
+    # (asked without JOBCOMPD_PARSER, which `make test-python` sets).
     env = {k: v for k, v in os.environ.items() if k != "JOBCOMPD_PARSER"}
     version = subprocess.run([str(program), "--version"], capture_output=True, text=True, env=env)
-    assert version.stdout.strip() == f"jobcompd {__version__} (record reader: compiled)"
+    assert version.stdout.strip() == f"jobcompd {__version__} (record reader: compiled; send loop: compiled)"
     assert os.path.realpath(program) == str(tmp_path / "opt" / "bin" / "jobcompd")
     parsed = subprocess.run([str(program), "parse", "--tz", "Europe/Berlin", str(SAMPLE)],
                             capture_output=True, text=True)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from jobcompd import __version__, fastpath
+from jobcompd import __version__, fastpath, sendloop
 from jobcompd.cli._common import EXIT_OK, EXIT_SOME_BAD, EXIT_USAGE, _config_arg, _Parser
 from jobcompd.cli.checks import _cmd_check_config
 from jobcompd.cli.held import _cmd_deadletter, _cmd_quarantine, _held_records_parser
@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Ship Slurm jobcomp/filetxt records to Kafka as the jobcomp/kafka plugin's JSON.",
     )
     parser.add_argument(
-        "--version", action="version", version=f"jobcompd {__version__} (record reader: {fastpath.PARSER})"
+        "--version",
+        action="version",
+        version=f"jobcompd {__version__} (record reader: {fastpath.PARSER}; send loop: {sendloop.SEND_LOOP})",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True

@@ -1,0 +1,173 @@
+"""The loop of every record sent (jobcompd/sendloop.py) and its compiled twin (jobcompd/_sendloop.c).
+
+The Python loop is the reference: its rules are tested on their own, and the compiled loop must do
+what it does, call for call, on the same backlogs — including when ``produce()`` refuses a record.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import sys
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException, Producer
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jobcompd import sendloop
+from jobcompd.sendloop import python_produce_records
+from jobcompd.state import SpooledRecord
+
+HEADER = "record_id"
+LOOPS = [pytest.param(python_produce_records, id="python")]
+compiled_only = pytest.mark.skipif(
+    sendloop.SEND_LOOP != "compiled", reason=f"the compiled send loop is not in use: {sendloop.SEND_LOOP}"
+)
+if sendloop.SEND_LOOP == "compiled":
+    LOOPS.append(pytest.param(importlib.import_module("jobcompd._sendloop").produce_records, id="compiled"))
+
+
+class Produce:
+    """A stand-in for ``Producer.produce`` that keeps its calls and refuses the ``fail_at``-th."""
+
+    def __init__(self, fail_at: int | None = None, error: BaseException | None = None) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.fail_at, self.error = fail_at, error
+
+    def __call__(self, *args: Any) -> None:
+        if len(self.calls) == self.fail_at:
+            assert self.error is not None
+            raise self.error
+        # The header list as it was at the call (a loop may reuse nothing it handed over).
+        self.calls.append((*args[:7], [tuple(h) for h in args[7]]))
+
+
+def records(sizes: list[int]) -> list[SpooledRecord]:
+    return [
+        SpooledRecord(10_000 + i, f"{i:032x}", 70_000 + i, b"p" * size, "log", 0.0, 0, None)
+        for i, size in enumerate(sizes)
+    ]
+
+
+def run(loop: Any, backlog: list[SpooledRecord], end: int, budget: int, produce: Produce,
+        in_flight: dict[str, Any] | None = None) -> tuple[tuple[int, int, BaseException | None], dict[str, Any]]:
+    in_flight = {} if in_flight is None else in_flight
+    result = loop(produce, "jobs", 3, backlog, end, budget, in_flight, HEADER)
+    return result, in_flight
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_records_go_from_the_end_of_the_backlog_in_turn_until_end_are_left(loop: Any) -> None:
+    spooled = records([5, 6, 7, 8])
+    backlog = list(reversed(spooled))  # pop() from the end keeps spool order
+    produce = Produce()
+    (sent, size, error), in_flight = run(loop, backlog, 1, 1_000, produce)
+    assert (sent, size, error) == (3, 5 + 6 + 7, None)
+    assert backlog == [spooled[3]]
+    assert produce.calls == [
+        ("jobs", r.payload, r.rid, 3, None, None, 0, [(HEADER, r.rid)]) for r in spooled[:3]
+    ]
+    assert in_flight == {r.rid: (r.seq, r.jobid, len(r.payload)) for r in spooled[:3]}
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_the_budget_stops_the_loop_once_reached_not_before_the_record_that_passes_it(loop: Any) -> None:
+    spooled = records([5, 6, 7])
+    backlog = list(reversed(spooled))
+    (sent, size, error), _ = run(loop, backlog, 0, 8, Produce())
+    assert (sent, size, error) == (2, 11, None)  # 5 < 8, so the second goes too; 11 >= 8 stops
+    assert run(loop, backlog, 0, 0, Produce())[0] == (0, 0, None)
+    assert run(loop, backlog, 0, -3, Produce())[0] == (0, 0, None)
+    assert backlog == [spooled[2]]
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize(
+    "error",
+    [BufferError("Local: Queue full"), KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)),
+     RuntimeError("a bug"), KeyboardInterrupt()],
+    ids=["buffer", "kafka", "bug", "interrupt"],
+)
+def test_a_refusal_is_returned_with_its_record_left_at_the_end_and_the_ones_before_counted(
+    loop: Any, error: BaseException
+) -> None:
+    spooled = records([5, 6, 7])
+    backlog = list(reversed(spooled))
+    (sent, size, got), in_flight = run(loop, backlog, 0, 1_000, Produce(fail_at=1, error=error))
+    assert (sent, size) == (1, 5) and got is error
+    assert backlog == [spooled[2], spooled[1]]  # the refused record is next
+    assert list(in_flight) == [spooled[0].rid]
+
+
+@compiled_only
+@settings(max_examples=300, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 40), max_size=25),
+    end=st.integers(0, 30),
+    budget=st.integers(-5, 400),
+    fail_at=st.none() | st.integers(0, 25),
+    kind=st.sampled_from([BufferError, KafkaException, ValueError]),
+    known=st.integers(0, 3),
+)
+def test_the_compiled_loop_does_what_the_python_loop_does(
+    sizes: list[int], end: int, budget: int, fail_at: int | None, kind: type[BaseException], known: int
+) -> None:
+    compiled = importlib.import_module("jobcompd._sendloop").produce_records
+    spooled = records(sizes)
+    answers = []
+    for loop in (python_produce_records, compiled):
+        error = kind(KafkaError(KafkaError._QUEUE_FULL)) if kind is KafkaException else kind("refused")
+        produce = Produce(fail_at, error)
+        backlog = list(reversed(spooled))
+        in_flight = {f"{i:x}": (i, i, i) for i in range(known)}  # records in flight before this call
+        (sent, size, got), in_flight = run(loop, backlog, end, budget, produce, in_flight)
+        answers.append((sent, size, got is error, got is None, produce.calls, backlog, list(in_flight.items())))
+    assert answers[0] == answers[1]
+
+
+@compiled_only
+def test_the_compiled_loop_keeps_no_reference_it_does_not_hand_over() -> None:
+    compiled = importlib.import_module("jobcompd._sendloop").produce_records
+    spooled = records([300, 400, 500])
+    fields = [(r.seq, r.rid, r.jobid, r.payload) for r in spooled]
+    before = [tuple(sys.getrefcount(x) for x in f) for f in fields]
+    backlog = list(reversed(spooled))
+    produce = Produce(fail_at=2, error=BufferError("full"))
+    (sent, _, error), in_flight = run(compiled, backlog, 0, 10_000, produce)
+    assert sent == 2 and isinstance(error, BufferError)
+    produce.calls.clear()
+    # The refusal's traceback holds the stand-in's frame, and so the arguments of the refused call
+    # (in a cycle: the frame holds the stand-in, which holds the refusal).
+    del error
+    produce.error = None
+    gc.collect()
+    after = [tuple(sys.getrefcount(x) for x in f) for f in fields]
+    # The records handed over: seq, rid (its key) and jobid held once more, by in_flight; the
+    # refused one and every payload: as before.
+    assert after[:2] == [(s + 1, r + 1, j + 1, p) for s, r, j, p in before[:2]]
+    assert after[2] == before[2]
+    del in_flight
+    assert [tuple(sys.getrefcount(x) for x in f) for f in fields] == before
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_with_confluent_kafka_a_full_queue_stops_the_loop_at_the_record_it_refused(loop: Any) -> None:
+    # A real producer with no broker to reach: librdkafka queues three messages, then refuses.
+    producer = Producer({"bootstrap.servers": "127.0.0.1:1", "queue.buffering.max.messages": 3,
+                         "log_level": 0, "on_delivery": lambda error, message: None})
+    try:
+        spooled = records([50] * 5)
+        backlog = list(reversed(spooled))
+        (sent, size, error), in_flight = run(loop, backlog, 0, 10_000, Produce())
+        assert sent == 5  # the stand-in takes all; now librdkafka's own produce()
+        backlog = list(reversed(spooled))
+        in_flight = {}
+        sent, size, error = loop(producer.produce, "jobs", -1, backlog, 0, 10_000, in_flight, HEADER)
+        assert (sent, size, type(error)) == (3, 150, BufferError)
+        assert backlog == [spooled[4], spooled[3]]
+        assert list(in_flight) == [r.rid for r in spooled[:3]]
+    finally:
+        producer.purge()
+        producer.flush(1)
