@@ -65,6 +65,12 @@ _OFFER_WAIT_S = 1.0  # how long the daemon's reader waits for room among the off
 _PAYLOAD = operator.attrgetter("payload")
 _UNCOMMITTED = 0  # the seq of a record in flight whose batch is not committed yet (seqs start at 1)
 
+
+def payload_bytes(records: Sequence[SpooledRecord]) -> int:
+    """The size of the payloads of ``records``."""
+    return sum(map(len, map(_PAYLOAD, records)))
+
+
 class Sender(ReportHandling):
     """Moves spooled records to Kafka and settles each one by its delivery report.
 
@@ -355,8 +361,9 @@ class Sender(ReportHandling):
                 self._early_delivered, self._early_failed = [], []
         return rest
 
-    def offer(self, records: Sequence[SpooledRecord], *, wait: float = 0.0) -> bool:
+    def offer(self, records: Sequence[SpooledRecord], *, size: int | None = None, wait: float = 0.0) -> bool:
         """Records just spooled (`BatchResult.fresh`), to send without reading them back; thread-safe.
+        ``size``: the bytes of their payloads, when known (`BatchResult.fresh_bytes`).
 
         They are sent from memory when they come next in the spool, right after what was already
         sent. Offered batches are bounded: ``_OFFERED_BYTES`` of them, or
@@ -369,7 +376,8 @@ class Sender(ReportHandling):
         """
         if not records:
             return True
-        size = sum(map(len, map(_PAYLOAD, records)))
+        if size is None:
+            size = payload_bytes(records)
         with self._offered_lock:
             if wait > 0 and not self._takes(size) and self.delivering():
                 self._offered_taken.wait_for(lambda: self._takes(size), timeout=wait)
@@ -381,10 +389,11 @@ class Sender(ReportHandling):
             self._offered_bytes += size
         return True
 
-    def takes(self, records: Sequence[SpooledRecord]) -> bool:
-        """Whether :meth:`offer` would take ``records`` now, without dropping anything."""
+    def takes(self, size: int) -> bool:
+        """Whether :meth:`offer` would take records of ``size`` bytes of payloads now, without
+        dropping anything."""
         with self._offered_lock:
-            return self._takes(sum(map(len, map(_PAYLOAD, records))))
+            return self._takes(size)
 
     def _takes(self, size: int) -> bool:
         bound = _OFFERED_BYTES if self._room() else _OFFERED_BYTES_WINDOW_FULL

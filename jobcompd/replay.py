@@ -253,10 +253,10 @@ class Replayer:
                         self._count(read, result)
                         sender = self._sender
                         # Flow control: while the sender delivers, read on only once it takes these.
-                        fresh = result.fresh
-                        while not self._stop.is_set() and sender.delivering() and not sender.takes(fresh):
+                        fresh, size = result.fresh, result.fresh_bytes
+                        while not self._stop.is_set() and sender.delivering() and not sender.takes(size):
                             sender.pump(0.05)
-                        if not sender.offer(fresh):
+                        if not sender.offer(fresh, size=size):
                             sender.wake()  # read them from the spool
                         yield raw_offset(fh) if name != _STDIN else 0
                         if self._stop.is_set():

@@ -95,6 +95,8 @@ def test_commit_batch_spools_records_and_moves_position(state: State) -> None:
     result = state.commit_batch(records(0, 5), position=at(5))
 
     assert result == BatchResult(spooled=5, already_known=0, quarantined=0)
+    assert [r.payload for r in result.fresh] == [r.payload for r in records(0, 5)]
+    assert result.fresh_bytes == sum(len(r.payload) for r in records(0, 5))
     assert state.position("log") == at(5)
     assert state.position("other") is None
     assert state.spool_depth() == 5
@@ -103,6 +105,14 @@ def test_commit_batch_spools_records_and_moves_position(state: State) -> None:
     assert got[0].payload == records(0, 1)[0].payload
     assert got[0].attempts == 0 and got[0].last_error is None
     assert state.oldest_pending_at() == pytest.approx(time.time(), abs=5)
+
+
+def test_a_batch_result_counts_the_payload_bytes_of_its_fresh_records_only(state: State) -> None:
+    state.commit_batch(records(0, 5))
+    again = state.commit_batch(records(3, 8))
+    assert [r.rid for r in again.fresh] == [r.rid for r in records(5, 8)]
+    assert again.fresh_bytes == sum(len(r.payload) for r in records(5, 8))
+    assert state.commit_batch(records(0, 8)).fresh_bytes == 0
 
 
 class _Exploding(list[QuarantinedLine]):

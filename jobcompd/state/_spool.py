@@ -103,6 +103,7 @@ class Spool(Database):
             return BatchResult(0, 0, 0)
         now = time.time()
         fresh: list[SpooledRecord] = []
+        fresh_bytes = 0
         with self._transaction("commit a batch", records=count) as db:
             spooled = 0
             if new.rids:
@@ -124,7 +125,7 @@ class Spool(Database):
                 for at in range(0, len(new.rids), BATCH_RECORDS):
                     part = _Columns(*(column[at : at + BATCH_RECORDS] for column in new))  # type: ignore[arg-type]
                     first = _next_seqs(db, len(part.rids))
-                    _insert_batch(db, first, *part, now, packed)
+                    fresh_bytes += _insert_batch(db, first, *part, now, packed)
                     fresh += _spooled(part, first, now)
                     spooled += len(part.rids)
             if quarantined:
@@ -145,7 +146,7 @@ class Spool(Database):
                 ambiguous_total=ambiguous,
                 quarantine_released_total=gone,
             )
-        return BatchResult(spooled, count - spooled, len(quarantined), fresh)
+        return BatchResult(spooled, count - spooled, len(quarantined), fresh, fresh_bytes)
 
     def known_among(self, rids: Sequence[str], jobids: Sequence[int]) -> set[int]:
         """The indexes of the records (``rids[i]`` of job ``jobids[i]``) whose ids are known already:
@@ -330,15 +331,17 @@ def _insert_batch(
     sources: Sequence[str],
     enqueued_at: float,
     packed: bytes | None = None,
-) -> None:
-    """Spool records ``first``, ``first + 1``, ... as one row (and its ``spool_waiting`` row).
+) -> int:
+    """Spool records ``first``, ``first + 1``, ... as one row (and its ``spool_waiting`` row); the
+    size of their payloads.
 
     ``packed`` may be the frame of a whole batch's payloads made beforehand (by the parse thread):
     it is stored when it holds as many bytes as ``payloads`` — when none of the batch was skipped
     as known and the batch makes one row — and made again here otherwise."""
     count = len(rids)
     sizes = list(map(len, payloads))
-    if packed is None or _codec.packed_size(packed) != sum(sizes):
+    total = sum(sizes)
+    if packed is None or _codec.packed_size(packed) != total:
         packed = _codec.pack(payloads)
     common = sources[0] if sources and sources.count(sources[0]) == count else None
     columns = orjson.dumps(
@@ -351,6 +354,7 @@ def _insert_batch(
     )
     db.execute("INSERT INTO spool_waiting (first_seq, settled, waiting) VALUES (?, zeroblob(?), ?)",
                (first, count, count))
+    return total
 
 
 def _append(

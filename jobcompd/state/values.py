@@ -107,13 +107,14 @@ class BatchResult:
 
     ``fresh`` holds the spooled records as `State.pending` would return them, so a sender can take
     them from memory; it is empty when the batch held records already known (`pending` finds
-    the others then).
+    the others then). ``fresh_bytes`` is the size of their payloads.
     """
 
     spooled: int
     already_known: int
     quarantined: int
     fresh: Sequence[SpooledRecord] = field(default=(), compare=False, repr=False)
+    fresh_bytes: int = field(default=0, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
