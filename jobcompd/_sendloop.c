@@ -1,17 +1,27 @@
-/* The compiled twin of jobcompd.sendloop.produce_records(): the loop of every record sent.
+/* The compiled twin of jobcompd/sendloop.py: the send side's work per record.
  *
  * jobcompd/sendloop.py holds the Python twin, the reference; this file does what it does, step for
- * step, without the interpreter's work per record around each produce() call (the loop, the
- * record's fields, the header list, the in-flight entry). produce() itself is confluent-kafka's,
- * called with the same arguments in the same order. tests/test_sendloop.py runs both on the same
- * backlogs and compares the calls, the backlog, the in-flight entries and what they return.
+ * step, without the interpreter's work per record:
  *
- * A record is a SpooledRecord (a tuple: seq, rid, jobid, payload, ...). Every exception on the way
- * -- produce() refusing a record, memory -- ends the loop and is returned, not raised, with the
- * record it concerns left at the end of the backlog: the caller counts what was handed over first.
+ *   - produce_records(): the loop of every record sent -- records from the end of the backlog to
+ *     confluent-kafka's produce() (called with the same arguments in the same order), each then
+ *     entered in flight;
+ *   - Reports: the delivery reports as confluent-kafka serves them (its on_delivery callback);
+ *   - delivered_pairs() and forget(): reports that all say delivered, of records all in flight,
+ *     made into what the state settles, then taken out of flight.
+ *
+ * tests/test_sendloop.py runs both twins on the same inputs and compares what they do.
+ *
+ * A record is a SpooledRecord (a tuple: seq, rid, jobid, payload, ...); an in-flight entry is a
+ * tuple (seq, jobid, payload size). In produce_records() every exception on the way -- produce()
+ * refusing a record, memory -- ends the loop and is returned, not raised, with the record it
+ * concerns left at the end of the backlog: the caller counts what was handed over first.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <time.h>
+
+/* ---------------------------------------------------------------- the loop of every record sent */
 
 /* The exception set, taken as a value (with its traceback); the error indicator is cleared. */
 static PyObject *take_exception(void) {
@@ -105,16 +115,253 @@ static PyObject *produce_records(PyObject *module, PyObject *const *args, Py_ssi
     return Py_BuildValue("(nnN)", sent, size, error != NULL ? error : Py_NewRef(Py_None));
 }
 
+/* ---------------------------------------------------------------- delivery reports */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *delivered; /* list: the key of each report that says delivered */
+    PyObject *failed;    /* list: (error, message) of each other report */
+    double since;        /* time.monotonic() when the first report of the lists came */
+} Reports;
+
+static PyObject *key_method; /* "key", interned */
+
+/* time.monotonic(): CLOCK_MONOTONIC, as Python reads it on Linux. */
+static double monotonic(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)now.tv_sec + (double)now.tv_nsec * 1e-9;
+}
+
+static int Reports_init(Reports *self, PyObject *args, PyObject *kwds) {
+    if (!PyArg_ParseTuple(args, ":Reports") || (kwds != NULL && PyDict_GET_SIZE(kwds))) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "Reports() takes no arguments");
+        return -1;
+    }
+    PyObject *delivered = PyList_New(0), *failed = PyList_New(0);
+    if (delivered == NULL || failed == NULL) {
+        Py_XDECREF(delivered);
+        Py_XDECREF(failed);
+        return -1;
+    }
+    Py_XSETREF(self->delivered, delivered);
+    Py_XSETREF(self->failed, failed);
+    self->since = 0.0;
+    return 0;
+}
+
+/* reports(error, message): one delivery report, as confluent-kafka's on_delivery. */
+static PyObject *Reports_call(Reports *self, PyObject *args, PyObject *kwds) {
+    PyObject *error, *message;
+    if ((kwds != NULL && PyDict_GET_SIZE(kwds)) || !PyArg_UnpackTuple(args, "Reports", 2, 2, &error, &message)) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "a report is (error, message)");
+        return NULL;
+    }
+    if (self->delivered == NULL || self->failed == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Reports() not initialized");
+        return NULL;
+    }
+    if (PyList_GET_SIZE(self->delivered) == 0 && PyList_GET_SIZE(self->failed) == 0) self->since = monotonic();
+    PyObject *item = error == Py_None ? PyObject_CallMethodNoArgs(message, key_method) : PyTuple_Pack(2, error, message);
+    if (item == NULL) return NULL;
+    int failed = PyList_Append(error == Py_None ? self->delivered : self->failed, item);
+    Py_DECREF(item);
+    if (failed) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Reports_get_delivered(Reports *self, void *closure) {
+    (void)closure;
+    return Py_NewRef(self->delivered);
+}
+
+static PyObject *Reports_get_failed(Reports *self, void *closure) {
+    (void)closure;
+    return Py_NewRef(self->failed);
+}
+
+/* Each list may be replaced, by another list only (the calls above rely on it). */
+static int set_list(PyObject **slot, PyObject *value, const char *name) {
+    if (value == NULL || !PyList_CheckExact(value)) {
+        PyErr_Format(PyExc_TypeError, "Reports.%s is a list", name);
+        return -1;
+    }
+    Py_SETREF(*slot, Py_NewRef(value));
+    return 0;
+}
+
+static int Reports_set_delivered(Reports *self, PyObject *value, void *closure) {
+    (void)closure;
+    return set_list(&self->delivered, value, "delivered");
+}
+
+static int Reports_set_failed(Reports *self, PyObject *value, void *closure) {
+    (void)closure;
+    return set_list(&self->failed, value, "failed");
+}
+
+static PyObject *Reports_get_since(Reports *self, void *closure) {
+    (void)closure;
+    return PyFloat_FromDouble(self->since);
+}
+
+static int Reports_set_since(Reports *self, PyObject *value, void *closure) {
+    (void)closure;
+    double since = value == NULL ? -1.0 : PyFloat_AsDouble(value);
+    if (since == -1.0 && (value == NULL || PyErr_Occurred())) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "Reports.since is a number");
+        return -1;
+    }
+    self->since = since;
+    return 0;
+}
+
+static PyGetSetDef Reports_getset[] = {
+    {"delivered", (getter)Reports_get_delivered, (setter)Reports_set_delivered,
+     "The key of each report served that says delivered.", NULL},
+    {"failed", (getter)Reports_get_failed, (setter)Reports_set_failed,
+     "(error, message) of each other report served.", NULL},
+    {"since", (getter)Reports_get_since, (setter)Reports_set_since,
+     "time.monotonic() when the first report of the lists came.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static int Reports_traverse(Reports *self, visitproc visit, void *arg) {
+    Py_VISIT(self->delivered);
+    Py_VISIT(self->failed);
+    return 0;
+}
+
+static int Reports_clear(Reports *self) {
+    Py_CLEAR(self->delivered);
+    Py_CLEAR(self->failed);
+    return 0;
+}
+
+static void Reports_dealloc(Reports *self) {
+    PyObject_GC_UnTrack(self);
+    Reports_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject ReportsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "jobcompd._sendloop.Reports",
+    .tp_basicsize = sizeof(Reports),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Reports(): delivery reports as confluent-kafka serves them (its on_delivery callback).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Reports_init,
+    .tp_call = (ternaryfunc)Reports_call,
+    .tp_traverse = (traverseproc)Reports_traverse,
+    .tp_clear = (inquiry)Reports_clear,
+    .tp_dealloc = (destructor)Reports_dealloc,
+    .tp_getset = Reports_getset,
+};
+
+/* ---------------------------------------------------------------- settling */
+
+/* delivered_pairs(keys, in_flight, early) -> ((seq, jobid) pairs, record ids), or None when a key
+ * is not bytes, or its record is not in flight, or was sent early (in ``early``). */
+static PyObject *delivered_pairs(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 3 || !PyList_Check(args[0]) || !PyDict_Check(args[1]) || !PyAnySet_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "delivered_pairs(keys: list, in_flight: dict, early: set)");
+        return NULL;
+    }
+    PyObject *keys = args[0], *in_flight = args[1], *early = args[2];
+    Py_ssize_t n = PyList_GET_SIZE(keys);
+    int check_early = PySet_GET_SIZE(early) > 0;
+    PyObject *pairs = PyList_New(n), *rids = PyList_New(n);
+    if (pairs == NULL || rids == NULL) goto error;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *key = PyList_GET_ITEM(keys, i);
+        if (!PyBytes_Check(key)) goto not_usual; /* a report without a key: not one of ours */
+        PyObject *rid = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key), NULL);
+        if (rid == NULL) goto error;
+        PyList_SET_ITEM(rids, i, rid); /* steals rid */
+        if (check_early) {
+            int sent_early = PySet_Contains(early, rid);
+            if (sent_early < 0) goto error;
+            if (sent_early) goto not_usual; /* waits for its batch's commit */
+        }
+        PyObject *entry = PyDict_GetItemWithError(in_flight, rid); /* borrowed */
+        if (entry == NULL) {
+            if (PyErr_Occurred()) goto error;
+            goto not_usual;
+        }
+        if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 3) {
+            PyErr_SetString(PyExc_TypeError, "an in-flight entry is not (seq, jobid, size)");
+            goto error;
+        }
+        PyObject *pair = PyTuple_Pack(2, PyTuple_GET_ITEM(entry, 0), PyTuple_GET_ITEM(entry, 1));
+        if (pair == NULL) goto error;
+        PyList_SET_ITEM(pairs, i, pair); /* steals pair */
+    }
+    return Py_BuildValue("(NN)", pairs, rids);
+not_usual:
+    Py_DECREF(pairs);
+    Py_DECREF(rids);
+    Py_RETURN_NONE;
+error:
+    Py_XDECREF(pairs);
+    Py_XDECREF(rids);
+    return NULL;
+}
+
+/* forget(in_flight, rids) -> the payload bytes of the entries taken out of flight. */
+static PyObject *forget(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 2 || !PyDict_Check(args[0]) || !PyList_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "forget(in_flight: dict, rids: list)");
+        return NULL;
+    }
+    PyObject *in_flight = args[0], *rids = args[1];
+    Py_ssize_t bytes = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(rids); i++) {
+        PyObject *rid = PyList_GET_ITEM(rids, i);
+        PyObject *entry = PyDict_GetItemWithError(in_flight, rid);
+        if (entry == NULL) {
+            if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, rid);
+            return NULL;
+        }
+        Py_INCREF(entry);
+        Py_ssize_t size = PyTuple_Check(entry) && PyTuple_GET_SIZE(entry) == 3
+                              ? PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 2))
+                              : (PyErr_SetString(PyExc_TypeError, "an in-flight entry is not (seq, jobid, size)"), -1);
+        Py_DECREF(entry);
+        if (size == -1 && PyErr_Occurred()) return NULL;
+        if (PyDict_DelItem(in_flight, rid) < 0) return NULL;
+        bytes += size;
+    }
+    return PyLong_FromSsize_t(bytes);
+}
+
 static PyMethodDef sendloop_methods[] = {
     {"produce_records", (PyCFunction)(void (*)(void))produce_records, METH_FASTCALL,
      "produce_records(produce, topic, partition, backlog, end, budget, in_flight, header) -> "
      "(records handed over, their payload bytes, the exception that stopped the loop or None)."},
+    {"delivered_pairs", (PyCFunction)(void (*)(void))delivered_pairs, METH_FASTCALL,
+     "delivered_pairs(keys, in_flight, early) -> ((seq, jobid) pairs, record ids), or None when a report "
+     "is not the usual one."},
+    {"forget", (PyCFunction)(void (*)(void))forget, METH_FASTCALL,
+     "forget(in_flight, rids) -> the payload bytes of the entries taken out of flight."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef sendloop_module = {
     PyModuleDef_HEAD_INIT, "_sendloop",
-    "The compiled twin of jobcompd.sendloop.produce_records (see jobcompd/sendloop.py).", -1, sendloop_methods,
+    "The compiled twin of jobcompd.sendloop (see jobcompd/sendloop.py).", -1, sendloop_methods,
 };
 
-PyMODINIT_FUNC PyInit__sendloop(void) { return PyModule_Create(&sendloop_module); }
+PyMODINIT_FUNC PyInit__sendloop(void) {
+    if (PyType_Ready(&ReportsType) < 0) return NULL;
+    if (key_method == NULL && (key_method = PyUnicode_InternFromString("key")) == NULL) return NULL;
+    PyObject *m = PyModule_Create(&sendloop_module);
+    if (m == NULL) return NULL;
+    if (PyModule_AddObjectRef(m, "Reports", (PyObject *)&ReportsType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -37,7 +37,7 @@ from jobcompd.delivery import PRODUCER_STATE
 from jobcompd.logs import Quieter, librdkafka_logger
 from jobcompd.partitions import Partitions
 from jobcompd.reports import InFlight, ReportHandling, SenderCounters, _reason, _rid_of
-from jobcompd.sendloop import produce_records
+from jobcompd.sendloop import Reports, produce_records
 from jobcompd.state import SpooledRecord, State, StateError
 
 __all__ = ["REPLAY_WINDOW", "WINDOW", "Sender", "SenderCounters", "SenderThread"]
@@ -110,9 +110,7 @@ class Sender(ReportHandling):
         self._offered_bytes = 0
         self._offered_lock = threading.Lock()
         self._offered_taken = threading.Condition(self._offered_lock)  # the sender took some
-        self._delivered: list[bytes | None] = []
-        self._failed: list[tuple[KafkaError, Message]] = []
-        self._reports_since = 0.0
+        self._reports = Reports()
         # The send side — producing, the cursor, the backlog, what is in flight, settling — is used
         # by the sender's thread and, through send_now, by the reader's.
         self._send_lock = threading.RLock()
@@ -142,7 +140,9 @@ class Sender(ReportHandling):
 
     def _new_producer(self, kafka: KafkaSettings) -> Any:
         conf: dict[str, Any] = dict(kafka.producer_config())
-        conf["on_delivery"] = self._on_delivery
+        # Each report as it is served: kept by the compiled collector, or, with debug_jobcomp,
+        # logged too.
+        conf["on_delivery"] = self._on_delivery if self._debug else self._reports
         conf["error_cb"] = self._on_error
         conf["stats_cb"] = self._on_stats
         conf.setdefault("statistics.interval.ms", _STATS_INTERVAL_MS)
@@ -354,10 +354,11 @@ class Sender(ReportHandling):
                 self._cursor = records[-1].seq
             # (Otherwise the sender reads the spool in its turn, passing over what is in flight.)
             if self._early_delivered or self._early_failed:
-                if not self._delivered and not self._failed:
-                    self._reports_since = time.monotonic()
-                self._delivered += self._early_delivered
-                self._failed += self._early_failed
+                reports = self._reports
+                if not reports.delivered and not reports.failed:
+                    reports.since = time.monotonic()
+                reports.delivered += self._early_delivered
+                reports.failed += self._early_failed
                 self._early_delivered, self._early_failed = [], []
         return rest
 

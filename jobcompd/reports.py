@@ -9,8 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import repeat
-from operator import itemgetter
-from typing import Any, cast
+from typing import Any
 
 import orjson
 from confluent_kafka import KafkaError, Message
@@ -19,6 +18,7 @@ from jobcompd.config import KafkaSettings
 from jobcompd.delivery import Outcome, outcome
 from jobcompd.logs import Quieter
 from jobcompd.partitions import Partitions
+from jobcompd.sendloop import PythonReports, delivered_pairs, forget
 from jobcompd.state import Delivery, SpooledRecord, State
 
 __all__ = ["InFlight", "ReportHandling", "SenderCounters"]
@@ -34,7 +34,6 @@ _SETTLE_HOLD_S = 0.02
 # A record handed to librdkafka and not yet reported, by record id: its spool seq, job id and
 # payload size (the payload itself is librdkafka's now).
 InFlight = tuple[int, int, int]
-_SEQ, _JOBID, _SIZE = map(itemgetter, range(3))
 
 
 @dataclass(slots=True)
@@ -75,11 +74,10 @@ class ReportHandling:
     _in_flight_bytes: int  # bytes of the payloads of _in_flight
     _window: int  # records in flight or reported and not settled, at most
     _backlog: list[SpooledRecord]
-    # The reports served and not settled yet: the key of each one that says delivered (all it
-    # takes to settle it), and each failure with its message.
-    _delivered: list[bytes | None]
-    _failed: list[tuple[KafkaError, Message]]
-    _reports_since: float  # when the first of them came
+    # The reports served and not settled yet (jobcompd.sendloop.Reports): the key of each one that
+    # says delivered (all it takes to settle it), each failure with its message, and when the
+    # first of them came.
+    _reports: PythonReports
     _early: set[str]  # record ids in flight whose batch is not committed yet
     # The reports of those (as _delivered and _failed), settled once their batch is.
     _early_delivered: list[bytes | None]
@@ -94,17 +92,11 @@ class ReportHandling:
     start: Callable[[], None]
 
     def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
-        # One callback per record: kept as it comes, read when the reports are settled. Of a
-        # record delivered only its key is kept, so its message (and the copy of the payload
-        # it carries) is freed at once, while it is still in the cache, not with a batch of them.
-        if not self._delivered and not self._failed:
-            self._reports_since = time.monotonic()
+        """The report callback with ``debug_jobcomp``: each report kept, and each delivery logged
+        (without it, :attr:`_reports` itself is the callback)."""
+        self._reports(error, message)
         if error is None:
-            self._delivered.append(message.key())
-            if self._debug:
-                self._log_delivered(message)
-        else:
-            self._failed.append((error, message))
+            self._log_delivered(message)
 
     def _log_delivered(self, message: Message) -> None:
         """``debug_jobcomp``: each delivery as its report comes (as the plugin's callback logs it),
@@ -120,10 +112,11 @@ class ReportHandling:
         once they fill ``_SETTLE_SHARE`` of the window or the first came ``_SETTLE_HOLD_S`` ago,
         or at once when the window is full (a live trickle would otherwise cost a transaction per
         record)."""
-        reports = len(self._delivered) + len(self._failed)
+        served = self._reports
+        reports = len(served.delivered) + len(served.failed)
         return bool(reports) and (
             reports >= self._window * _SETTLE_SHARE
-            or time.monotonic() - self._reports_since >= _SETTLE_HOLD_S
+            or time.monotonic() - served.since >= _SETTLE_HOLD_S
             or not self._room()
             or self._rebuild
         )
@@ -131,9 +124,10 @@ class ReportHandling:
     def _settle_wait(self, timeout: float) -> float:
         """How long the next poll may wait: ``timeout``, but not past the time the reports served
         are due to be settled."""
-        if not self._delivered and not self._failed:
+        served = self._reports
+        if not served.delivered and not served.failed:
             return timeout
-        return max(0.0, min(timeout, self._reports_since + _SETTLE_HOLD_S - time.monotonic()))
+        return max(0.0, min(timeout, served.since + _SETTLE_HOLD_S - time.monotonic()))
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
@@ -181,7 +175,7 @@ class ReportHandling:
             return self._settle_locked()
 
     def _settle_locked(self) -> int:
-        keys, failed = self._delivered, self._failed
+        keys, failed = self._reports.delivered, self._reports.failed
         if not keys and not failed:
             return 0
         if not failed:
@@ -240,7 +234,7 @@ class ReportHandling:
             self._state.dead_letter_many(dead)
         if attempts:
             self._state.record_attempts(attempts)
-        self._delivered, self._failed = [], []
+        self._reports.delivered, self._reports.failed = [], []
         self._early_delivered += waiting
         self._early_failed += waiting_failed
         pop = in_flight.pop
@@ -270,20 +264,13 @@ class ReportHandling:
         """:meth:`_settle_locked` for reports that all say delivered (their ``keys``), of records
         all in flight here (the usual case), without a Python loop per report; ``None``: not that
         case, nothing done."""
-        try:
-            rids = list(map(bytes.decode, cast(list[bytes], keys)))
-        except TypeError:  # a report without a key: not one of ours
+        found = delivered_pairs(keys, self._in_flight, self._early)
+        if found is None:
             return None
-        if self._early and not self._early.isdisjoint(rids):
-            return None  # some wait for their batch's commit
-        found = list(map(self._in_flight.get, rids))
-        if None in found:
-            return None
-        entries = cast(list[InFlight], found)
-        delivered = list(zip(map(_SEQ, entries), map(_JOBID, entries), strict=True))  # (seq, jobid)
+        delivered, rids = found
         self._state.mark_delivered(delivered)  # durable first
-        self._delivered = []
-        self._in_flight_bytes -= sum(map(_SIZE, map(self._in_flight.pop, rids)))
+        self._reports.delivered = []
+        self._in_flight_bytes -= forget(self._in_flight, rids)
         self.counters.delivered += len(delivered)
         self.counters.last_delivery_at = time.time()
         return len(keys)

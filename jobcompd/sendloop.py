@@ -1,23 +1,38 @@
-"""The loop of every record sent: records from the end of a backlog to ``produce()``, each one
-entered in flight.
+"""The send side's work per record: the loop that hands records to ``produce()`` and enters each
+one in flight, the delivery reports as they are served, and the reports that all say delivered
+made into what the state settles.
 
-:func:`python_produce_records` is the reference; ``jobcompd/_sendloop.c`` is its compiled twin,
-which does the same step for step without the interpreter's work per record around each
-``produce()`` call (some 7 % of ``replay``'s and ``run``'s throughput). :data:`produce_records` is the
-one in use: the compiled one where it was built, unless ``JOBCOMPD_PARSER=python`` asks for the
-Python path (as it does for the record reader, :mod:`jobcompd.fastpath`). ``tests/test_sendloop.py``
-runs both on the same backlogs.
+The Python functions and class here are the reference; ``jobcompd/_sendloop.c`` is their compiled
+twin, which does the same step for step without the interpreter's work per record (some 7 % of
+``replay``'s and ``run``'s throughput for the loop alone). The names without ``python_`` are the ones
+in use: the compiled ones where they were built, unless ``JOBCOMPD_PARSER=python`` asks for the
+Python path (as it does for the record reader, :mod:`jobcompd.fastpath`). :data:`SEND_LOOP` says
+which. ``tests/test_sendloop.py`` runs both twins on the same inputs.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from typing import Any
+import time
+from collections.abc import Callable, Set
+from operator import itemgetter
+from typing import Any, cast
 
 from jobcompd.fastpath import python_forced
 
-__all__ = ["SEND_LOOP", "produce_records", "python_produce_records"]
+__all__ = [
+    "SEND_LOOP",
+    "PythonReports",
+    "Reports",
+    "delivered_pairs",
+    "forget",
+    "produce_records",
+    "python_delivered_pairs",
+    "python_forget",
+    "python_produce_records",
+]
+
+_SEQ, _JOBID, _SIZE = map(itemgetter, range(3))  # of an in-flight entry
 
 ProduceRecords = Callable[
     [Callable[..., Any], str, int, list[Any], int, int, dict[str, Any], str],
@@ -60,13 +75,70 @@ def python_produce_records(
     return sent, size, None
 
 
-def _load() -> tuple[ProduceRecords, str]:
-    if python_forced():
-        return python_produce_records, "python (JOBCOMPD_PARSER=python)"
+class PythonReports:
+    """Delivery reports as confluent-kafka serves them: an instance is the ``on_delivery`` callback.
+
+    ``delivered`` holds the key of each report that says delivered (all it takes to settle it),
+    ``failed`` each other report as ``(error, message)``, ``since`` the ``time.monotonic()`` of the
+    first report of the two lists; the caller replaces the lists (with lists) as it settles them.
+    """
+
+    __slots__ = ("delivered", "failed", "since")
+
+    def __init__(self) -> None:
+        self.delivered: list[Any] = []
+        self.failed: list[tuple[Any, Any]] = []
+        self.since = 0.0
+
+    def __call__(self, error: Any, message: Any) -> None:
+        if not self.delivered and not self.failed:
+            self.since = time.monotonic()
+        if error is None:
+            # Of a record delivered only its key is kept, so its message (and the copy of the
+            # payload it carries) is freed at once, not with a batch of them.
+            self.delivered.append(message.key())
+        else:
+            self.failed.append((error, message))
+
+
+def python_delivered_pairs(
+    keys: list[Any], in_flight: dict[str, Any], early: Set[str]
+) -> tuple[list[tuple[int, int]], list[str]] | None:
+    """For reports that all say delivered (their ``keys``), of records all in flight and none of
+    them sent early (in ``early``, waiting for their batch's commit): the ``(seq, jobid)`` of each,
+    as the state settles them, and their record ids; ``None`` when that is not the case (a key that
+    is not bytes, a record not in flight, one sent early). Nothing is changed."""
     try:
-        return importlib.import_module("jobcompd._sendloop").produce_records, "compiled"
+        rids = list(map(bytes.decode, keys))
+    except TypeError:  # a report without a key: not one of ours
+        return None
+    if early and not early.isdisjoint(rids):
+        return None
+    got = list(map(in_flight.get, rids))
+    if None in got:
+        return None
+    found = cast(list[tuple[int, int, int]], got)
+    return list(zip(map(_SEQ, found), map(_JOBID, found), strict=True)), rids
+
+
+def python_forget(in_flight: dict[str, Any], rids: list[str]) -> int:
+    """Take the records ``rids`` out of flight; the bytes of their payloads."""
+    return sum(map(_SIZE, map(in_flight.pop, rids)))
+
+
+def _load() -> tuple[Any, str]:
+    if python_forced():
+        return None, "python (JOBCOMPD_PARSER=python)"
+    try:
+        return importlib.import_module("jobcompd._sendloop"), "compiled"
     except ImportError:
-        return python_produce_records, "python (the compiled send loop is not built)"
+        return None, "python (the compiled send loop is not built)"
 
 
-produce_records, SEND_LOOP = _load()
+_compiled, SEND_LOOP = _load()
+produce_records: ProduceRecords = python_produce_records if _compiled is None else _compiled.produce_records
+Reports: Callable[[], PythonReports] = PythonReports if _compiled is None else _compiled.Reports
+delivered_pairs: Callable[
+    [list[Any], dict[str, Any], Set[str]], tuple[list[tuple[int, int]], list[str]] | None
+] = python_delivered_pairs if _compiled is None else _compiled.delivered_pairs
+forget: Callable[[dict[str, Any], list[str]], int] = python_forget if _compiled is None else _compiled.forget

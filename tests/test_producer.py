@@ -547,7 +547,7 @@ def test_the_reports_of_a_trickle_are_settled_in_one_transaction(
         for i in range(3):  # one record at a time, each acknowledged before the next is read
             state.commit_batch(new(i, i + 1))
             sender.wake()
-            while len(sender._delivered) < i + 1:
+            while len(sender._reports.delivered) < i + 1:
                 assert time.monotonic() - started < 30, "no delivery report"
                 sender.pump(0.05)
         if time.monotonic() - started < 0.9:  # (a machine slower than that settles sooner)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import gc
 import importlib
 import sys
+import time
+import weakref
 from typing import Any
 
 import pytest
@@ -171,3 +173,117 @@ def test_with_confluent_kafka_a_full_queue_stops_the_loop_at_the_record_it_refus
     finally:
         producer.purge()
         producer.flush(1)
+
+
+# -- delivery reports and settling ---------------------------------------------------------------
+
+REPORTS = [pytest.param(sendloop.PythonReports, id="python")]
+SETTLING = [pytest.param((sendloop.python_delivered_pairs, sendloop.python_forget), id="python")]
+if sendloop.SEND_LOOP == "compiled":
+    _compiled = importlib.import_module("jobcompd._sendloop")
+    REPORTS.append(pytest.param(_compiled.Reports, id="compiled"))
+    SETTLING.append(pytest.param((_compiled.delivered_pairs, _compiled.forget), id="compiled"))
+
+
+class Message:
+    """What a report's message gives the collector: its key."""
+
+    def __init__(self, key: bytes | None) -> None:
+        self._key = key
+
+    def key(self) -> bytes | None:
+        return self._key
+
+
+@pytest.mark.parametrize("make", REPORTS)
+def test_reports_keep_the_key_of_a_delivery_and_the_whole_of_a_failure_and_when_the_first_came(
+    make: Any,
+) -> None:
+    reports = make()
+    assert (reports.delivered, reports.failed) == ([], [])
+    before = time.monotonic()
+    reports(None, Message(b"a"))
+    after = time.monotonic()
+    assert before <= reports.since <= after
+    error, failed = KafkaError(KafkaError._MSG_TIMED_OUT), Message(b"b")
+    time.sleep(0.01)
+    reports(error, failed)
+    reports(None, Message(None))
+    assert before <= reports.since <= after  # the first report's time, until the lists are taken
+    assert reports.delivered == [b"a", None]
+    assert reports.failed == [(error, failed)] and reports.failed[0][1] is failed
+    taken = reports.delivered
+    reports.delivered, reports.failed = [], []
+    assert taken == [b"a", None]  # the lists taken stay as they were
+    reports(None, Message(b"c"))
+    assert reports.since >= after + 0.01 and reports.delivered == [b"c"]
+
+
+@pytest.mark.parametrize("make", REPORTS)
+def test_reports_let_go_of_a_delivered_message_at_once(make: Any) -> None:
+    reports = make()
+    message = Message(b"k")
+    gone = weakref.ref(message)
+    reports(None, message)
+    del message
+    assert gone() is None
+
+
+@compiled_only
+def test_the_compiled_reports_take_lists_only_and_no_keywords() -> None:
+    reports = importlib.import_module("jobcompd._sendloop").Reports()
+    for bad in (None, (), "x"):
+        with pytest.raises(TypeError):
+            reports.delivered = bad
+        with pytest.raises(TypeError):
+            reports.failed = bad
+    with pytest.raises(TypeError):
+        reports(None)
+    with pytest.raises(TypeError):
+        reports(error=None, message=Message(b"a"))
+    with pytest.raises(AttributeError):
+        reports(None, object())  # a message without key()
+    assert reports.delivered == []
+
+
+@pytest.mark.parametrize("twins", SETTLING)
+def test_reports_all_delivered_of_records_in_flight_become_seq_and_jobid_pairs(twins: Any) -> None:
+    pairs, forget = twins
+    in_flight = {"a": (1, 100, 10), "b": (2, 200, 20), "c": (3, 300, 30)}
+    assert pairs([b"c", b"a"], in_flight, set()) == ([(3, 300), (1, 100)], ["c", "a"])
+    assert len(in_flight) == 3  # nothing taken yet: the state settles them first
+    assert pairs([], in_flight, set()) == ([], [])
+    assert pairs([b"a", None], in_flight, set()) is None  # a report without a key
+    assert pairs([b"a", b"x"], in_flight, set()) is None  # not in flight here
+    assert pairs([b"a", b"b"], in_flight, {"b"}) is None  # sent early: waits for its batch
+    assert pairs([b"a"], in_flight, {"b"}) == ([(1, 100)], ["a"])
+    assert forget(in_flight, ["c", "a"]) == 40 and in_flight == {"b": (2, 200, 20)}
+    with pytest.raises(KeyError):
+        forget(in_flight, ["a"])
+
+
+@compiled_only
+@settings(max_examples=300, deadline=None)
+@given(
+    flight=st.dictionaries(st.text("abcdef0123", min_size=1, max_size=4),
+                           st.tuples(st.integers(1, 10**12), st.integers(0, 2**32), st.integers(0, 10**6)),
+                           max_size=12),
+    extra=st.lists(st.text("abcdefxyz", min_size=1, max_size=4), max_size=3),
+    early_share=st.integers(0, 3),
+    nones=st.integers(0, 2),
+    data=st.data(),
+)
+def test_the_compiled_settling_does_what_the_python_settling_does(
+    flight: dict[str, tuple[int, int, int]], extra: list[str], early_share: int, nones: int, data: Any
+) -> None:
+    compiled = importlib.import_module("jobcompd._sendloop")
+    rids = data.draw(st.lists(st.sampled_from([*flight, *extra]), unique=True)) if flight or extra else []
+    keys: list[bytes | None] = [r.encode() for r in rids] + [None] * nones
+    keys = data.draw(st.permutations(keys))
+    early = {r for i, r in enumerate(flight) if early_share and i % (4 - early_share) == 0}
+    expected = sendloop.python_delivered_pairs(keys, dict(flight), early)
+    assert compiled.delivered_pairs(keys, dict(flight), early) == expected
+    if expected is not None:
+        mine, theirs = dict(flight), dict(flight)
+        assert compiled.forget(mine, expected[1]) == sendloop.python_forget(theirs, expected[1])
+        assert mine == theirs
