@@ -140,8 +140,8 @@ class Sender(ReportHandling):
 
     def _new_producer(self, kafka: KafkaSettings) -> Any:
         conf: dict[str, Any] = dict(kafka.producer_config())
-        # Each report as it is served: kept by the compiled collector, or, with debug_jobcomp,
-        # logged too.
+        # The report collector (jobcompd.sendloop.Reports) is the callback itself, unless
+        # debug_jobcomp logs each delivery too.
         conf["on_delivery"] = self._on_delivery if self._debug else self._reports
         conf["error_cb"] = self._on_error
         conf["stats_cb"] = self._on_stats
@@ -364,7 +364,6 @@ class Sender(ReportHandling):
 
     def offer(self, records: Sequence[SpooledRecord], *, size: int | None = None, wait: float = 0.0) -> bool:
         """Records just spooled (`BatchResult.fresh`), to send without reading them back; thread-safe.
-        ``size``: the bytes of their payloads, when known (`BatchResult.fresh_bytes`).
 
         They are sent from memory when they come next in the spool, right after what was already
         sent. Offered batches are bounded: ``_OFFERED_BYTES`` of them, or
@@ -374,6 +373,7 @@ class Sender(ReportHandling):
         spool). A sender that still has no room, or delivers nothing (brokers down or slow), drops
         what it holds and what it is offered, so a backlog waits in the spool, not in memory.
         ``False``: dropped; call :meth:`wake`, and they are read from the spool in their turn.
+        ``size``: the bytes of their payloads, when known (`BatchResult.fresh_bytes`).
         """
         if not records:
             return True

@@ -79,7 +79,7 @@ class ReportHandling:
     # first of them came.
     _reports: PythonReports
     _early: set[str]  # record ids in flight whose batch is not committed yet
-    # The reports of those (as _delivered and _failed), settled once their batch is.
+    # The reports of those (as _reports.delivered and .failed), settled once their batch is.
     _early_delivered: list[bytes | None]
     _early_failed: list[tuple[KafkaError, Message]]
     _send_lock: threading.RLock
