@@ -34,7 +34,9 @@ class RecordBatch(NamedTuple):
     index of each record's first line; ``(index, reason)`` of each line that is not a record; the
     job ids of records read with a choice between readings (see :mod:`jobcompd.record`); the
     payloads as the spool stores them, when a parse thread made them
-    (:class:`jobcompd.ingest.ParseThread`)."""
+    (:class:`jobcompd.ingest.ParseThread`); whether the compiled reader made every record in this
+    process, so that each id is a ``str`` of 32 hex digits, each job id an ``int`` of 32 bits and
+    each payload ``bytes`` (the state checks the types of any other batch before it stores it)."""
 
     rids: list[str]
     jobids: list[int]
@@ -43,6 +45,7 @@ class RecordBatch(NamedTuple):
     bad: list[tuple[int, str]]
     ambiguous: list[int]
     packed: bytes | None = None
+    typed: bool = False
 
     def then(self, later: RecordBatch, lines: int) -> RecordBatch:
         """These records, then those of ``later``, the batch of the lines read right after these
@@ -54,6 +57,7 @@ class RecordBatch(NamedTuple):
             self.at + [index + lines for index in later.at],
             self.bad + [(index + lines, reason) for index, reason in later.bad],
             self.ambiguous + later.ambiguous,
+            typed=self.typed and later.typed,
         )
 
 
@@ -78,7 +82,7 @@ def parse_batch(lines: Sequence[bytes], spec: ParseSpec) -> RecordBatch:
     answered = compiled.encode_lines(lines)
     if len(answered[3]) == len(lines):
         rids, jobids, payloads, at = answered
-        return RecordBatch(rids, jobids, payloads, at, [], [])
+        return RecordBatch(rids, jobids, payloads, at, [], [], typed=True)
     return _parse_batch(lines, spec, answered)
 
 
@@ -98,7 +102,7 @@ def _parse_batch(
     """The Python reader's loop, taking the compiled reader's records (if any) in their turn."""
     encoder = encoder_for(spec.zone, spec.cluster)
     out = RecordBatch([], [], [], [], [], [])
-    rids, jobids, payloads, at, bad, ambiguous, _ = out
+    rids, jobids, payloads, at, bad, ambiguous, _, _ = out
     encode = encoder.encode
     record_id = encoder.record_id
     c_rids, c_jobids, c_payloads, c_at = compiled if compiled is not None else ([], [], [], [])

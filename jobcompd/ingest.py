@@ -272,7 +272,8 @@ class _Child:
             try:
                 if not ok:
                     raise ParseWorkerError(f"the parse worker failed: {value}")
-                future.set_result(RecordBatch(*value))
+                # Made in another process: the state checks its types.
+                future.set_result(RecordBatch(*value)._replace(typed=False))
             except Exception as exc:
                 future.set_exception(exc)
         code = self.proc.poll()

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from jobcompd import ingest
-from jobcompd.batch import ParseSpec, RecordBatch
+from jobcompd import fastpath, ingest
+from jobcompd.batch import ParseSpec, RecordBatch, parse_batch
 from jobcompd.identity import Position
 from jobcompd.ingest import WORKER_MIN_LINES, Ingestor, ParseThread, ParseWorker, ReadAhead
 from jobcompd.record import ParseError
@@ -384,3 +384,18 @@ def test_a_batch_the_parse_thread_fails_is_parsed_again_in_place(
         assert held(threaded) == held(inline)
     assert [size for _, size in seen] == [1003, 1003]
     assert seen[0][0] != seen[1][0] == threading.current_thread().name
+
+
+def test_a_batch_from_the_parse_worker_is_never_vouched_for(worker: ParseWorker) -> None:
+    # Made in another process: the state checks its types, even when the child's compiled reader
+    # read every line.
+    spec = ParseSpec(("UTC", None), None, 65536)
+    encoder = fastpath.compiled_encoder(*spec)
+    if encoder is None:
+        pytest.skip(f"the compiled reader is not in use: {fastpath.PARSER}")
+    lines = [line for line in mixed_lines(200, seed=5) if encoder.encode_line(line) is not None]
+    assert parse_batch(lines, spec).typed  # in this process
+    future = worker.submit(spec, lines)
+    assert future is not None
+    got = future.result(timeout=60)
+    assert len(got.rids) == len(lines) and not got.typed
