@@ -244,7 +244,7 @@ class Daemon(Monitoring):
             if result is not None:
                 self._lines_read += lines
                 depth += lines
-                sender.offer(result.fresh)
+                sender.offer(result.fresh, size=result.fresh_bytes)
                 if depth >= self.settings.state.max_spool_records:
                     self._set_backpressure(True, depth)
             else:

@@ -548,18 +548,19 @@ class SenderThread(threading.Thread):
             self._wake.set()  # to serve their reports
         return sent
 
-    def offer(self, records: Sequence[SpooledRecord]) -> None:
+    def offer(self, records: Sequence[SpooledRecord], *, size: int | None = None) -> None:
         """New records are in the spool, and here they are: those sent early are confirmed
         (:meth:`Sender.confirm`), the others produced at once if the sender is caught up
         (:meth:`Sender.send_now`), else left for the sender (:meth:`Sender.offer`) or, if it holds
-        too much, for it to read from the spool."""
+        too much, for it to read from the spool. ``size``: the bytes of their payloads, when known
+        (`BatchResult.fresh_bytes`)."""
         sender = self.sender
-        records = sender.confirm(records)
-        if not records or sender.send_now(records):
+        rest = sender.confirm(records)
+        if not rest or sender.send_now(rest):
             self._wake.set()
             return
         self._wake.set()  # (it takes offered batches as its window empties)
-        if not sender.offer(records, wait=_OFFER_WAIT_S):
+        if not sender.offer(rest, size=size if rest is records else None, wait=_OFFER_WAIT_S):
             self._look = True
             self._wake.set()
 
