@@ -24,23 +24,20 @@ from zoneinfo import ZoneInfo
 from jobcompd.encode import RECORD_ID_PERSON
 from jobcompd.zone import Zone, ZoneSpec
 
-__all__ = ["PARSER", "compiled_encoder", "compiled_whole", "offset_of_hour", "python_forced"]
+__all__ = ["PARSER", "compiled_encoder", "compiled_whole", "load_compiled", "offset_of_hour"]
 
-def python_forced() -> bool:
-    """Whether ``JOBCOMPD_PARSER=python`` asks for the Python path (the compiled code unused)."""
-    return os.environ.get("JOBCOMPD_PARSER", "").strip().lower() in ("python", "pure", "py")
-
-
-def _load() -> tuple[Any, str]:
-    if python_forced():
+def load_compiled(module: str, what: str) -> tuple[Any, str]:
+    """The compiled module ``jobcompd.<module>`` (``what`` it is) and ``"compiled"``; or ``None``
+    and why the Python path runs: it is not built, or ``JOBCOMPD_PARSER=python`` asks for it."""
+    if os.environ.get("JOBCOMPD_PARSER", "").strip().lower() in ("python", "pure", "py"):
         return None, "python (JOBCOMPD_PARSER=python)"
     try:
-        return importlib.import_module("jobcompd._fastline"), "compiled"
+        return importlib.import_module(f"jobcompd.{module}"), "compiled"
     except ImportError:
-        return None, "python (the compiled reader is not built)"
+        return None, f"python (the compiled {what} is not built)"
 
 
-_compiled, PARSER = _load()
+_compiled, PARSER = load_compiled("_fastline", "reader")
 
 _EPOCH = datetime(1970, 1, 1)
 _LAST_SECOND = timedelta(minutes=59, seconds=59)

@@ -12,13 +12,12 @@ which. ``tests/test_sendloop.py`` runs both twins on the same inputs.
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Callable, Set
 from operator import itemgetter
 from typing import Any, cast
 
-from jobcompd.fastpath import python_forced
+from jobcompd.fastpath import load_compiled
 
 __all__ = [
     "SEND_LOOP",
@@ -126,16 +125,7 @@ def python_forget(in_flight: dict[str, Any], rids: list[str]) -> int:
     return sum(map(_SIZE, map(in_flight.pop, rids)))
 
 
-def _load() -> tuple[Any, str]:
-    if python_forced():
-        return None, "python (JOBCOMPD_PARSER=python)"
-    try:
-        return importlib.import_module("jobcompd._sendloop"), "compiled"
-    except ImportError:
-        return None, "python (the compiled send loop is not built)"
-
-
-_compiled, SEND_LOOP = _load()
+_compiled, SEND_LOOP = load_compiled("_sendloop", "send loop")
 produce_records: ProduceRecords = python_produce_records if _compiled is None else _compiled.produce_records
 Reports: Callable[[], PythonReports] = PythonReports if _compiled is None else _compiled.Reports
 delivered_pairs: Callable[

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from jobcompd import __version__, fastpath, sendloop
 from jobcompd.cli._common import EXIT_OK, EXIT_SOME_BAD, EXIT_USAGE, _config_arg, _Parser
@@ -17,6 +18,19 @@ from jobcompd.record import DEFAULT_MAX_LINE_BYTES
 __all__ = ["EXIT_OK", "EXIT_SOME_BAD", "EXIT_USAGE", "build_parser", "main"]
 
 
+class _Version(argparse.Action):
+    """``--version``: the line as it is (argparse's own action wraps it at the terminal's width)."""
+
+    def __init__(self, option_strings: list[str], version: str, dest: str = argparse.SUPPRESS) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show program's version number and exit")
+        self.version = version
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        print(self.version)
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``jobcompd`` and all its subcommands."""
     parser = _Parser(
@@ -25,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--version",
-        action="version",
+        action=_Version,
         version=f"jobcompd {__version__} (record reader: {fastpath.PARSER}; send loop: {sendloop.SEND_LOOP})",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
