@@ -99,13 +99,19 @@ static PyObject *produce_records(PyObject *module, PyObject *const *args, Py_ssi
         PyObject *record = Py_NewRef(PyList_GET_ITEM(backlog, last)); /* its own, while produce() runs */
         Py_ssize_t bytes = 0;
         int failed = produce_one(produce, topic, partition, zero, record, in_flight, header, &bytes) < 0;
-        Py_DECREF(record);
         if (!failed) {
             size += bytes;
             sent++;
-            /* The record handed over leaves the backlog (the last item: nothing moves). */
-            failed = PyList_SetSlice(backlog, last, last + 1, NULL) < 0;
+            /* The record handed over leaves the backlog (the last item: nothing moves) -- if it is
+             * still there: produce() calls back no Python code that could change the backlog. */
+            if (PyList_GET_SIZE(backlog) != last + 1 || PyList_GET_ITEM(backlog, last) != record) {
+                PyErr_SetString(PyExc_RuntimeError, "the backlog changed while a record was produced");
+                failed = 1;
+            } else {
+                failed = PyList_SetSlice(backlog, last, last + 1, NULL) < 0;
+            }
         }
+        Py_DECREF(record);
         if (failed) {
             error = take_exception();
             break;
