@@ -176,14 +176,23 @@ static PyObject *Reports_call(Reports *self, PyObject *args, PyObject *kwds) {
     Py_RETURN_NONE;
 }
 
+/* A list, or AttributeError when there is none (a Reports made without __init__). */
+static PyObject *get_list(PyObject *list, const char *name) {
+    if (list == NULL) {
+        PyErr_Format(PyExc_AttributeError, "Reports.%s is not set (Reports() not initialized)", name);
+        return NULL;
+    }
+    return Py_NewRef(list);
+}
+
 static PyObject *Reports_get_delivered(Reports *self, void *closure) {
     (void)closure;
-    return Py_NewRef(self->delivered);
+    return get_list(self->delivered, "delivered");
 }
 
 static PyObject *Reports_get_failed(Reports *self, void *closure) {
     (void)closure;
-    return Py_NewRef(self->failed);
+    return get_list(self->failed, "failed");
 }
 
 /* Each list may be replaced, by another list only (the calls above rely on it). */

@@ -244,6 +244,11 @@ def test_the_compiled_reports_take_lists_only_and_no_keywords() -> None:
     with pytest.raises(AttributeError):
         reports(None, object())  # a message without key()
     assert reports.delivered == []
+    bare = type(reports).__new__(type(reports))  # never initialized: an error, not a crash
+    with pytest.raises(AttributeError):
+        _ = bare.delivered
+    with pytest.raises(RuntimeError):
+        bare(None, Message(b"a"))
 
 
 @pytest.mark.parametrize("twins", SETTLING)
