@@ -120,6 +120,8 @@ class Sender(ReportHandling):
         self._early: set[str] = set()
         self._early_delivered: list[bytes | None] = []
         self._early_failed: list[tuple[KafkaError, Message]] = []
+        self._unsettled: list[tuple[int, int]] = []
+        self._unsettled_since = 0.0
         self._spool_exhausted = False
         self._fetched_at = 0.0
         self._sending_since = 0.0  # when records were last produced with nothing in flight
@@ -209,6 +211,7 @@ class Sender(ReportHandling):
         with suppress(KafkaException):
             producer.flush(0)
         self._settle()
+        self._settle_unsettled()
         # Anything still unreported stays in the spool; start over from its first record.
         self._backlog.clear()
         # Records sent early whose batch is not committed yet stay in flight if they were reported
@@ -225,8 +228,15 @@ class Sender(ReportHandling):
     # -- the work ----------------------------------------------------------------------------
 
     def idle(self) -> bool:
-        """Nothing in flight, nothing offered, and nothing in the spool beyond what was already sent."""
-        return not self._in_flight and not self._backlog and not self._offered and self._spool_exhausted
+        """Nothing in flight or waiting to be settled, nothing offered, and nothing in the spool beyond
+        what was already sent."""
+        return (
+            not self._in_flight
+            and not self._unsettled
+            and not self._backlog
+            and not self._offered
+            and self._spool_exhausted
+        )
 
     def pump(self, timeout: float = 0.1) -> int:
         """Produce what the window allows, serve delivery reports for up to ``timeout`` s, and settle
@@ -449,6 +459,9 @@ class Sender(ReportHandling):
                 if batch is None:
                     if self._spool_exhausted:
                         return
+                    # Settled first: a record delivered and not settled yet is still spooled,
+                    # and out of flight (sent early, it may lie past the cursor).
+                    self._settle_unsettled()
                     self._fetched_at = time.monotonic()
                     batch = self._state.pending(after_seq=self._cursor, limit=self._fetch)
                     if len(batch) < self._fetch:

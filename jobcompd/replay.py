@@ -122,6 +122,7 @@ class Replayer:
         self._progress_stream = progress
         self._stop = stop or Wakeup()
         self.summary = ReplaySummary()
+        self._depth_before = self._left_before = 0
 
     def run(self, names: list[str]) -> ReplaySummary:
         """Replay ``names`` (paths, ``.gz`` files, ``-`` for stdin) and wait for delivery."""
@@ -132,6 +133,9 @@ class Replayer:
         dead_before = sender.counters.dead_lettered
         delivered_before = sender.counters.delivered
         produced_before = sender.counters.produced
+        # What the spool held at the start, and what this replay took out of it since (below).
+        self._depth_before = self._state.spool_depth()
+        self._left_before = delivered_before + dead_before
         try:
             for name in names:
                 if self._stop.is_set():
@@ -176,7 +180,13 @@ class Replayer:
         return self.summary
 
     def _send_while_full(self, progress: _Progress | None, done: int) -> None:
-        """Backpressure: past ``max_spool_records``, send before reading more."""
+        """Backpressure: past ``max_spool_records``, send before reading more. The spool's depth is
+        looked up only once what this replay spooled, and has not seen leave it, may bring it
+        there: the look-up waits while a batch is committed."""
+        counters = self._sender.counters
+        left = counters.delivered + counters.dead_lettered - self._left_before
+        if self._depth_before + self.summary.records - left <= self._max_spool:
+            return
         while not self._stop.is_set() and self._state.spool_depth() > self._max_spool:
             self._sender.pump(0.1)
 

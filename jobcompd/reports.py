@@ -30,6 +30,11 @@ __all__ = ["InFlight", "ReportHandling", "SenderCounters"]
 # a crash sends again.
 _SETTLE_SHARE = 0.8
 _SETTLE_HOLD_S = 0.02
+# … except deliveries found while another thread has the state (the reader, committing its batch):
+# they leave the window, and wait to be settled while the sender goes on producing, up to a window
+# of them or this long; then it waits for the state. (A crash sends again two windows at most.)
+_UNSETTLED_S = 0.25
+_BUSY_RETRY_S = 0.002  # how soon to try the state again, while deliveries wait for it
 
 # A record handed to librdkafka and not yet reported, by record id: its spool seq, job id and
 # payload size (the payload itself is librdkafka's now).
@@ -82,6 +87,10 @@ class ReportHandling:
     # The reports of those (as _reports.delivered and .failed), settled once their batch is.
     _early_delivered: list[bytes | None]
     _early_failed: list[tuple[KafkaError, Message]]
+    # Records reported delivered, out of flight, not settled in the state yet (it was busy): their
+    # (seq, job id) as the state settles them, and when the first came.
+    _unsettled: list[tuple[int, int]]
+    _unsettled_since: float
     _send_lock: threading.RLock
     _partitions: Partitions
     _rebuild: bool
@@ -114,17 +123,22 @@ class ReportHandling:
         record)."""
         served = self._reports
         reports = len(served.delivered) + len(served.failed)
-        return bool(reports) and (
-            reports >= self._window * _SETTLE_SHARE
-            or time.monotonic() - served.since >= _SETTLE_HOLD_S
-            or not self._room()
-            or self._rebuild
+        return bool(self._unsettled) or (
+            bool(reports)
+            and (
+                reports >= self._window * _SETTLE_SHARE
+                or time.monotonic() - served.since >= _SETTLE_HOLD_S
+                or not self._room()
+                or self._rebuild
+            )
         )
 
     def _settle_wait(self, timeout: float) -> float:
         """How long the next poll may wait: ``timeout``, but not past the time the reports served
         are due to be settled."""
         served = self._reports
+        if self._unsettled:
+            timeout = min(timeout, _BUSY_RETRY_S)
         if not served.delivered and not served.failed:
             return timeout
         return max(0.0, min(timeout, served.since + _SETTLE_HOLD_S - time.monotonic()))
@@ -177,6 +191,7 @@ class ReportHandling:
     def _settle_locked(self) -> int:
         keys, failed = self._reports.delivered, self._reports.failed
         if not keys and not failed:
+            self._settle_unsettled(wait=self._unsettled_due())
             return 0
         if not failed:
             settled = self._settle_all_delivered(keys)
@@ -228,19 +243,21 @@ class ReportHandling:
                 dead[seq] = _reason(error)
                 dead_records.append((seq, jobid, rid))
         # Durable first (each call is idempotent, so a retry after a partial failure is safe).
-        if delivered:
-            self._state.mark_delivered(delivered)
+        unsettled = self._unsettled
+        if delivered or unsettled:
+            self._state.mark_delivered([*unsettled, *delivered])
         if dead:
             self._state.dead_letter_many(dead)
         if attempts:
             self._state.record_attempts(attempts)
         self._reports.delivered, self._reports.failed = [], []
+        self._unsettled = []
         self._early_delivered += waiting
         self._early_failed += waiting_failed
         pop = in_flight.pop
         self._in_flight_bytes -= sum(entry[2] for entry in map(pop, rids, repeat(None)) if entry is not None)
-        if delivered:
-            self.counters.delivered += len(delivered)
+        if delivered or unsettled:
+            self.counters.delivered += len(delivered) + len(unsettled)
             self.counters.last_delivery_at = time.time()
         for record in requeue:
             self.counters.requeued += 1
@@ -263,17 +280,35 @@ class ReportHandling:
     def _settle_all_delivered(self, keys: list[bytes | None]) -> int | None:
         """:meth:`_settle_locked` for reports that all say delivered (their ``keys``), of records
         all in flight here (the usual case), without a Python loop per report; ``None``: not that
-        case, nothing done."""
+        case, nothing done. If another thread has the state, they wait (:meth:`_settle_unsettled`)."""
         found = delivered_pairs(keys, self._in_flight, self._early)
         if found is None:
             return None
         delivered, rids = found
-        self._state.mark_delivered(delivered)  # durable first
+        if not self._unsettled:
+            self._unsettled_since = time.monotonic()
+        self._unsettled += delivered
         self._reports.delivered = []
         self._in_flight_bytes -= forget(self._in_flight, rids)
-        self.counters.delivered += len(delivered)
-        self.counters.last_delivery_at = time.time()
+        self._settle_unsettled(wait=self._unsettled_due())
         return len(keys)
+
+    def _unsettled_due(self) -> bool:
+        """Whether the deliveries not settled yet must be now, waiting for the state if need be."""
+        return (
+            len(self._unsettled) >= self._window
+            or time.monotonic() - self._unsettled_since >= _UNSETTLED_S
+        )
+
+    def _settle_unsettled(self, *, wait: bool = True) -> None:
+        """Settle the deliveries found and not settled yet; unless ``wait``, only if no other thread
+        has the state (they wait for the next try)."""
+        unsettled = self._unsettled
+        if not unsettled or self._state.mark_delivered(unsettled, wait=wait) is None:
+            return
+        self._unsettled = []
+        self.counters.delivered += len(unsettled)
+        self.counters.last_delivery_at = time.time()
 
     def _rebuild_after_fatal(self) -> None:
         self._rebuild = False

@@ -22,6 +22,7 @@ from jobcompd.state import BatchResult, Delivery, NewRecord, SpooledRecord, Stat
 from tests.brokers.mockcluster import MockCluster
 from tests.brokers.readback import consume_all
 from tests.jobcompd_env import JobcompdEnv
+from tests.test_state import state_busy
 
 MSG_SIZE_TOO_LARGE = 10  # the broker's error code, and the Kafka API key of a produce request
 PRODUCE = 0
@@ -34,9 +35,10 @@ class CountingState(State):
     records_read = 0
     settled = 0  # transactions settling delivery reports
 
-    def mark_delivered(self, deliveries: Sequence[Delivery]) -> int:
-        self.settled += 1
-        return super().mark_delivered(deliveries)
+    def mark_delivered(self, deliveries: Sequence[Delivery], *, wait: bool = True) -> int | None:
+        done = super().mark_delivered(deliveries, wait=wait)
+        self.settled += done is not None
+        return done
 
     def pending(self, *, after_seq: int = 0, limit: int = 1000) -> list[SpooledRecord]:
         self.reads += 1
@@ -123,6 +125,66 @@ def test_offered_batches_past_their_byte_bound_are_dropped_and_read_back(
         assert sender.close() == 0
         assert state.stats().delivered_total == 60
     assert len(consume_all(mock_cluster.bootstrap, "mycluster", expected=60, timeout=30)) == 60
+
+
+def test_deliveries_found_while_the_state_is_busy_wait_out_of_the_window(
+    mock_cluster: MockCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sender does not wait for the state to settle deliveries while another thread has it:
+    the records leave the window and wait; they are settled, and counted, once it is free."""
+    monkeypatch.setattr(reports, "_UNSETTLED_S", 60.0)
+    mock_cluster.create_topic("mycluster", 4)
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=60")
+    with State.open(env.state_dir, synchronous="normal") as state:
+        sender = Sender(state, load_settings(env.config).kafka, window=50)
+        sender.pump(0)  # the spool is empty: what comes next is offered
+        batch = state.commit_batch(new(0, 40))
+        with state_busy(state) as release:
+            sender.offer(batch.fresh)
+            deadline = time.monotonic() + 20
+            while sender.counters.produced < 40 or sender._in_flight:
+                assert time.monotonic() < deadline, "the sender waited for the state"
+                sender.pump(0.05)
+            assert sender.counters.delivered == 0 and not sender.idle()
+            assert len(sender._unsettled) == 40 and sender._room() == 50
+            assert env.count("spool") == 40  # still spooled: a crash now sends them again
+            release.set()
+        send_all(sender, state)
+        assert sender.counters.delivered == 40 and env.count("spool") == 0
+        assert sender.close() == 0
+        assert state.stats().delivered_total == 40
+    assert_arrived_once(mock_cluster, 40)
+
+
+def test_a_window_of_deliveries_waits_for_the_state(
+    mock_cluster: MockCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deliveries wait for a busy state up to a window of them: then the sender waits for it."""
+    monkeypatch.setattr(reports, "_UNSETTLED_S", 60.0)
+    mock_cluster.create_topic("mycluster", 4)
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=60")
+    with State.open(env.state_dir, synchronous="normal") as state:
+        sender = Sender(state, load_settings(env.config).kafka, window=50)
+        sender.pump(0)  # the spool is empty: what comes next is offered
+        batch = state.commit_batch(new(0, 120))
+        most = 0
+        with state_busy(state, hold_s=3):
+            sender.offer(batch.fresh)
+            deadline = time.monotonic() + 30
+            while sender.counters.delivered < 120:
+                assert time.monotonic() < deadline, f"{sender.counters.delivered} of 120 delivered"
+                sender.pump(0.05)
+                most = max(most, len(sender._unsettled))
+        assert 0 < most < 50
+        send_all(sender, state)
+        assert sender.close() == 0
+    assert_arrived_once(mock_cluster, 120)
+
+
+def assert_arrived_once(mock_cluster: MockCluster, count: int) -> None:
+    """Records r000000… arrived once each (in any order)."""
+    got = consume_all(mock_cluster.bootstrap, "mycluster", expected=count, timeout=30)
+    assert sorted(m.key() for m in got) == [f"r{i:06d}".encode() for i in range(count)]
 
 
 def test_the_window_bounds_the_bytes_handed_to_librdkafka(mock_cluster: MockCluster, tmp_path: Path) -> None:

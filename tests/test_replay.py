@@ -21,6 +21,7 @@ import pytest
 from jobcompd.batch import ParseSpec
 from jobcompd.identity import Position
 from jobcompd.ingest import Ingestor, Prepared, Queued
+from jobcompd.logfile import BATCH_LINES
 from jobcompd.producer import REPLAY_WINDOW
 from jobcompd.replay import _Committer
 from jobcompd.state import State, StateError
@@ -364,6 +365,46 @@ def test_full_producer_queue_is_backpressure_not_loss(mock_cluster: MockCluster,
         consume_all(mock_cluster.bootstrap, "mycluster", expected=len(expected), timeout=60), expected
     )
     assert arrival.exactly_once
+
+
+def test_a_full_spool_pauses_reading_until_records_leave_it(mock_cluster: MockCluster, tmp_path: Path) -> None:
+    """Past ``max_spool_records`` replay sends before it reads on: with brokers down it stops
+    reading (the rest waits in the file), and goes on once they are back."""
+    mock_cluster.create_topic("mycluster", partitions=4)
+    env = JobcompdEnv(
+        tmp_path, mock_cluster.bootstrap, properties={"reconnect.backoff.max.ms": "500"},
+        extra_toml="max_spool_records = 3000\n",
+    )
+    lines = mixed_lines(20_000, seed=41)
+    log = tmp_path / "jobcomp.log"
+    log.write_bytes(b"".join(lines))
+    for broker_id in mock_cluster.broker_ids:
+        mock_cluster.broker_down(broker_id)
+    proc = env.popen("replay", "--json", str(log))
+    try:
+        wait_for(lambda: env.count("spool") >= 3_000, 60, "the spool to fill")
+        held = -1
+        while held != env.count("spool"):  # until reading stops
+            held = env.count("spool")
+            time.sleep(1.5)
+        assert proc.poll() is None
+        # Past the bound by what crossed it and the batches already read (two ahead of the sender).
+        print(f"held {held} of {len(lines)}")
+        assert 3_000 <= held <= 3_000 + 3 * BATCH_LINES < len(lines)
+        for broker_id in mock_cluster.broker_ids:
+            mock_cluster.broker_up(broker_id)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    summary = dict(__import__("json").loads(out.strip().splitlines()[-1]))
+    assert summary["delivered"] == len(lines)
+    expected = expected_messages(lines)
+    arrival = check_arrival(
+        consume_all(mock_cluster.bootstrap, "mycluster", expected=len(expected), timeout=60), expected
+    )
+    assert not arrival.missing and not arrival.unexpected and not arrival.wrong_payload
 
 
 def test_progress_line_on_a_terminal(mock_cluster: MockCluster, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
@@ -324,6 +325,40 @@ def slow_disk(s: State) -> SlowDisk:
     disk = SlowDisk()
     s._flusher.sync = disk
     return disk
+
+
+@contextmanager
+def state_busy(state: State, hold_s: float = 30) -> Iterator[threading.Event]:
+    """Another thread has ``state`` (as the reader's does while it commits a batch) until the event
+    yielded is set, or ``hold_s`` pass."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with state._lock:
+            held.set()
+            release.wait(hold_s)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(10)
+    try:
+        yield release
+    finally:
+        release.set()
+        holder.join()
+
+
+def test_settling_without_waiting_leaves_a_busy_state_alone(tmp_path: Path) -> None:
+    """``mark_delivered(wait=False)`` does nothing while another thread has the state (a commit on
+    the reader's thread): it says so, and settles once the state is free."""
+    with State.open(tmp_path, synchronous="normal") as s:
+        s.commit_batch(records(0, 3))
+        deliveries = [Delivery(r.seq, r.jobid) for r in s.pending()]
+        with state_busy(s):
+            assert s.mark_delivered(deliveries, wait=False) is None
+        assert s.spool_depth() == 3 and s.stats().delivered_total == 0
+        assert s.mark_delivered(deliveries, wait=False) == 3
+        assert s.spool_depth() == 0 and s.stats().delivered_total == 3
 
 
 def test_with_synchronous_full_a_thread_of_its_own_flushes_the_log_after_each_batch(tmp_path: Path) -> None:

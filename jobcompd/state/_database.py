@@ -245,20 +245,25 @@ class Database:
 
     @contextmanager
     def _transaction(
-        self, action: str, *, synced: bool = True, records: int = 0
+        self, action: str, *, synced: bool = True, records: int = 0, wait: bool = True
     ) -> Iterator[sqlite3.Connection]:
         """One write transaction, of ``records`` records read (for the flusher's bound).
 
         With ``synchronous = "full"``, a ``synced`` transaction is flushed to disk right after its
         commit, by the flusher (it first waits while too many records, or too old a commit, are not
         flushed yet: :meth:`Flusher.admit`); ``synced=False`` ones are flushed with the next flush.
-        For what a power loss may only repeat, never lose: settling delivery reports."""
+        For what a power loss may only repeat, never lose: settling delivery reports.
+
+        ``wait=False``: raise :class:`Busy` at once, before anything is done, if another thread
+        is using the database."""
         if self.readonly:
             raise StateError(self.path, f"cannot {action}: opened read-only", RECOVER_READONLY)
         flusher = self._flusher
         if flusher is not None and synced:
             flusher.admit(records)
-        with self._lock:
+        if not self._lock.acquire(blocking=wait):
+            raise Busy(action)
+        try:
             db = self._connection(action)
             try:
                 db.execute("BEGIN IMMEDIATE")
@@ -272,6 +277,8 @@ class Database:
                 raise
             if flusher is not None and synced:
                 flusher.committed(records)
+        finally:
+            self._lock.release()
 
     def _settled(self, reports: int) -> None:
         """``reports`` delivery reports were settled by an unsynced transaction."""
@@ -302,6 +309,10 @@ class Database:
         if self._db is None:
             raise StateError(self.path, f"cannot {action}: the state is closed", RECOVER_BUG)
         return self._db
+
+
+class Busy(Exception):
+    """The database is in use by another thread, and the caller asked not to wait for it."""
 
 
 def _create(path: Path, synchronous: str) -> None:

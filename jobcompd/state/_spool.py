@@ -18,7 +18,7 @@ import zstandard
 
 from jobcompd.identity import Position
 from jobcompd.state import _codec
-from jobcompd.state._database import Database
+from jobcompd.state._database import Busy, Database
 from jobcompd.state._errors import _rejected
 from jobcompd.state._positions import _UPSERT_POSITION, _position_row
 from jobcompd.state._schema import _SET, _bump
@@ -231,13 +231,16 @@ class Spool(Database):
             value = db.execute("SELECT min(enqueued_at) FROM spool").fetchone()[0]
         return None if value is None else float(value)
 
-    def mark_delivered(self, deliveries: Sequence[tuple[int, int | None]]) -> int:
+    def mark_delivered(
+        self, deliveries: Sequence[tuple[int, int | None]], *, wait: bool = True
+    ) -> int | None:
         """Record successful delivery reports (:class:`Delivery` values, or plain ``(seq, jobid)``
         pairs: cheaper to make): the records leave the spool (their ids stay known).
 
         A report for a record that was dead-lettered meanwhile resolves the dead letter too (the
         record is in Kafka). Reports for unknown or already delivered records are ignored. Returns
-        how many records were newly marked delivered.
+        how many records were newly marked delivered; with ``wait=False``, ``None`` if another
+        thread was using the state (nothing was done: call again).
         """
         if not deliveries:
             return 0
@@ -250,17 +253,11 @@ class Spool(Database):
         # which bounds what a power cut can repeat.
         if self._unflushed_reports >= UNSYNCED_REPORTS:
             self._flush()
-        with self._transaction("record deliveries", synced=False) as db:
-            last_jobid = _last_jobid(db, deliveries)
-            if last_jobid is None:
-                return 0
-            removed, elsewhere = _settle(db, seqs)
-            if elsewhere and db.execute("SELECT EXISTS (SELECT 1 FROM deadletter)").fetchone()[0]:
-                removed += db.executemany(
-                    "DELETE FROM deadletter WHERE seq = ?", [(seq,) for seq in elsewhere]
-                ).rowcount
-            _bump(db, delivered_total=removed)
-            db.executemany(_SET, [("last_delivered_at", now), ("last_delivered_jobid", last_jobid)])
+        try:
+            with self._transaction("record deliveries", synced=False, wait=wait) as db:
+                removed = _delivered(db, deliveries, seqs, now)
+        except Busy:
+            return None
         self._settled(removed)
         return removed
 
@@ -491,6 +488,23 @@ def _spooled(new: _Columns, first: int, now: float) -> list[SpooledRecord]:
         range(first, first + n), new.rids, new.jobids, new.payloads, new.sources,
         repeat(now, n), repeat(0, n), repeat(None, n),
     )
+
+
+def _delivered(
+    db: sqlite3.Connection, deliveries: Sequence[tuple[int, int | None]], seqs: Sequence[int], now: float
+) -> int:
+    """:meth:`Spool.mark_delivered`'s transaction, for ``seqs``, the sorted, distinct seqs of
+    ``deliveries``: how many records were newly marked delivered."""
+    last_jobid = _last_jobid(db, deliveries)
+    if last_jobid is None:
+        return 0
+    removed, elsewhere = _settle(db, seqs)
+    if elsewhere and db.execute("SELECT EXISTS (SELECT 1 FROM deadletter)").fetchone()[0]:
+        gone = [(seq,) for seq in elsewhere]
+        removed += db.executemany("DELETE FROM deadletter WHERE seq = ?", gone).rowcount
+    _bump(db, delivered_total=removed)
+    db.executemany(_SET, [("last_delivered_at", now), ("last_delivered_jobid", last_jobid)])
+    return removed
 
 
 def _last_jobid(db: sqlite3.Connection, deliveries: Sequence[tuple[int, int | None]]) -> int | None:
