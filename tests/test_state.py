@@ -180,6 +180,26 @@ def test_records_already_spooled_dead_lettered_or_delivered_are_skipped(state: S
     assert not state.is_known("r000000006", 6)
 
 
+@pytest.mark.parametrize(
+    "ids",
+    [
+        ["a" * 32, "b" * 32, "c" * 32],  # of one width, as jobcompd's own: the ids end to end
+        ["a", "bbb", "cc"],  # of several widths: [rid, jobid] pairs
+        ["aa", "b", "ccc"],  # as many bytes as if all were of the first one's width
+        ["aé", "bé", "cé"],  # of one width in characters, not in bytes
+    ],
+)
+def test_record_ids_of_any_shape_are_made_known_and_found_again(state: State, ids: list[str]) -> None:
+    batch = [NewRecord(rid, i, b"{}", "log") for i, rid in enumerate(ids)]
+    assert state.commit_batch(batch[:2]).spooled == 2
+    assert state.known_among(ids, [0, 1, 2]) == {0, 1}
+    assert state.known_among(ids, [7, 1, 2]) == {1}  # a record id is known with its job id
+    assert state.commit_batch(batch) == BatchResult(spooled=1, already_known=2, quarantined=0)
+    assert [r.rid for r in state.pending()] == ids
+    assert all(state.is_known(rid, i) for i, rid in enumerate(ids))
+    assert not state.is_known(ids[0], 1)
+
+
 def test_pending_is_in_seq_order_and_pages_with_after_seq(state: State) -> None:
     for start in range(0, 30, 10):
         state.commit_batch(records(start, start + 10), position=at(start + 10))
