@@ -352,6 +352,29 @@ def test_a_batch_is_read_while_other_threads_run() -> None:
     assert len(during) > 1000, (len(during), end - start)
 
 
+def test_a_batch_of_several_chunks_reads_as_the_python_reader_does() -> None:
+    # The compiled reader reads a batch's lines without the interpreter a chunk of them at a time
+    # (CHUNK_BYTES): here a record's first line is the first chunk's last (its name holds a line
+    # break), and the rest of it is in the next chunk.
+    spec = spec_for("Europe/Berlin")
+    zone = resolve("Europe/Berlin").tz
+    chunk = fastpath._compiled.CHUNK_BYTES
+    filler = iter(mixed_lines(3 * chunk // 200, seed=9, zone=zone))
+    lines: list[bytes] = []
+    size = 0
+    while size + len(line := next(filler)) < chunk:
+        lines.append(line)
+        size += len(line)
+    short = render(FakeJob(job_id=7, name="two\nlines"), "23.02", zone).splitlines(keepends=True)
+    pad = max(0, chunk - size - len(short[0]))
+    split = render(FakeJob(job_id=7, name="two" + "x" * pad + "\nlines"), "23.02", zone).splitlines(keepends=True)
+    assert size < chunk <= size + len(split[0])  # the chunk ends with the record's first line
+    lines += [*split, *filler]
+    assert sum(map(len, lines)) > 2 * chunk
+    result = assert_batches_agree(lines, spec)
+    assert 7 in result.jobids and not result.typed
+
+
 def test_threads_sharing_an_encoder_read_as_one_thread_does() -> None:
     spec = spec_for("America/New_York")
     zone = resolve("America/New_York").tz
