@@ -127,18 +127,32 @@ def test_offered_batches_past_their_byte_bound_are_dropped_and_read_back(
     assert len(consume_all(mock_cluster.bootstrap, "mycluster", expected=60, timeout=30)) == 60
 
 
-def test_deliveries_found_while_the_state_is_busy_wait_out_of_the_window(
-    mock_cluster: MockCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The sender does not wait for the state to settle deliveries while another thread has it:
-    the records leave the window and wait; they are settled, and counted, once it is free."""
+@contextlib.contextmanager
+def spooled_for(
+    mock_cluster: MockCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int
+) -> Iterator[tuple[State, Sender, BatchResult, JobcompdEnv]]:
+    """A sender (a window of 50) caught up with an empty spool, and ``count`` records just spooled
+    for it, not offered yet; deliveries wait for a busy state as long as it takes."""
     monkeypatch.setattr(reports, "_UNSETTLED_S", 60.0)
     mock_cluster.create_topic("mycluster", 4)
     env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=60")
     with State.open(env.state_dir, synchronous="normal") as state:
         sender = Sender(state, load_settings(env.config).kafka, window=50)
         sender.pump(0)  # the spool is empty: what comes next is offered
-        batch = state.commit_batch(new(0, 40))
+        yield state, sender, state.commit_batch(new(0, count)), env
+        send_all(sender, state)
+        assert sender.close() == 0
+        assert state.stats().delivered_total == count
+    got = consume_all(mock_cluster.bootstrap, "mycluster", expected=count, timeout=30)
+    assert sorted(m.key() for m in got) == [f"r{i:06d}".encode() for i in range(count)]
+
+
+def test_deliveries_found_while_the_state_is_busy_wait_out_of_the_window(
+    mock_cluster: MockCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sender does not wait for the state to settle deliveries while another thread has it:
+    the records leave the window and wait; they are settled, and counted, once it is free."""
+    with spooled_for(mock_cluster, tmp_path, monkeypatch, 40) as (state, sender, batch, env):
         with state_busy(state) as release:
             sender.offer(batch.fresh)
             deadline = time.monotonic() + 20
@@ -151,22 +165,13 @@ def test_deliveries_found_while_the_state_is_busy_wait_out_of_the_window(
             release.set()
         send_all(sender, state)
         assert sender.counters.delivered == 40 and env.count("spool") == 0
-        assert sender.close() == 0
-        assert state.stats().delivered_total == 40
-    assert_arrived_once(mock_cluster, 40)
 
 
 def test_a_window_of_deliveries_waits_for_the_state(
     mock_cluster: MockCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Deliveries wait for a busy state up to a window of them: then the sender waits for it."""
-    monkeypatch.setattr(reports, "_UNSETTLED_S", 60.0)
-    mock_cluster.create_topic("mycluster", 4)
-    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=60")
-    with State.open(env.state_dir, synchronous="normal") as state:
-        sender = Sender(state, load_settings(env.config).kafka, window=50)
-        sender.pump(0)  # the spool is empty: what comes next is offered
-        batch = state.commit_batch(new(0, 120))
+    with spooled_for(mock_cluster, tmp_path, monkeypatch, 120) as (state, sender, batch, _):
         most = 0
         with state_busy(state, hold_s=3):
             sender.offer(batch.fresh)
@@ -175,16 +180,7 @@ def test_a_window_of_deliveries_waits_for_the_state(
                 assert time.monotonic() < deadline, f"{sender.counters.delivered} of 120 delivered"
                 sender.pump(0.05)
                 most = max(most, len(sender._unsettled))
-        assert 0 < most < 50
-        send_all(sender, state)
-        assert sender.close() == 0
-    assert_arrived_once(mock_cluster, 120)
-
-
-def assert_arrived_once(mock_cluster: MockCluster, count: int) -> None:
-    """Records r000000… arrived once each (in any order)."""
-    got = consume_all(mock_cluster.bootstrap, "mycluster", expected=count, timeout=30)
-    assert sorted(m.key() for m in got) == [f"r{i:06d}".encode() for i in range(count)]
+        assert most < 50
 
 
 def test_the_window_bounds_the_bytes_handed_to_librdkafka(mock_cluster: MockCluster, tmp_path: Path) -> None:
