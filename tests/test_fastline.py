@@ -354,8 +354,9 @@ def test_a_batch_is_read_while_other_threads_run() -> None:
 
 def test_a_batch_of_several_chunks_reads_as_the_python_reader_does() -> None:
     # The compiled reader reads a batch's lines without the interpreter a chunk of them at a time
-    # (CHUNK_BYTES): here a record's first line is the first chunk's last (its name holds a line
-    # break), and the rest of it is in the next chunk.
+    # (CHUNK_BYTES): here a record's first line is the first chunk's last, and the rest of it is
+    # in the next chunk. A 17.02 line reads as a whole record alone; its work dir holds a line
+    # break, so it is one only with the line after it (which the compiled reader must look at).
     spec = spec_for("Europe/Berlin")
     zone = resolve("Europe/Berlin").tz
     chunk = fastpath._compiled.CHUNK_BYTES
@@ -365,11 +366,12 @@ def test_a_batch_of_several_chunks_reads_as_the_python_reader_does() -> None:
     while size + len(line := next(filler)) < chunk:
         lines.append(line)
         size += len(line)
-    short = render(FakeJob(job_id=7, name="two\nlines"), "23.02", zone).splitlines(keepends=True)
+    short = render(FakeJob(job_id=7, work_dir="/a\nb"), "17.02", zone).splitlines(keepends=True)
     pad = max(0, chunk - size - len(short[0]))
-    split = render(FakeJob(job_id=7, name="two" + "x" * pad + "\nlines"), "23.02", zone).splitlines(keepends=True)
-    assert size < chunk <= size + len(split[0])  # the chunk ends with the record's first line
-    lines += [*split, *filler]
+    split = render(FakeJob(job_id=7, name="x" * (pad + 1), work_dir="/a\nb"), "17.02", zone)
+    first, rest = split.splitlines(keepends=True)
+    assert size < chunk <= size + len(first)  # the chunk ends with the record's first line
+    lines += [first, rest, *filler]
     assert sum(map(len, lines)) > 2 * chunk
     result = assert_batches_agree(lines, spec)
     assert 7 in result.jobids and not result.typed
