@@ -86,7 +86,7 @@ class Sender(ReportHandling):
         debug_jobcomp: bool = False,
         window: int = WINDOW,
         window_bytes: int = _WINDOW_BYTES,
-        fetch: int = 2_000,
+        fetch: int = 1_000,
         logger: Any = None,
         producer_factory: Callable[[dict[str, Any]], Producer] = Producer,
     ) -> None:
@@ -463,7 +463,7 @@ class Sender(ReportHandling):
                     # and out of flight (sent early, it may lie past the cursor).
                     self._settle_unsettled()
                     self._fetched_at = time.monotonic()
-                    batch = self._state.pending(after_seq=self._cursor, limit=self._fetch)
+                    batch = self._state.pending(after_seq=self._cursor, limit=self._fetch, whole_rows=True)
                     if len(batch) < self._fetch:
                         self._spool_exhausted = True
                     if not batch:

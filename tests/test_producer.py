@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 from jobcompd import reports
 from jobcompd.config import load_settings
 from jobcompd.producer import _OFFERED_BYTES, _OFFERED_BYTES_WINDOW_FULL, Sender, SenderThread
-from jobcompd.state import BatchResult, Delivery, NewRecord, SpooledRecord, State
+from jobcompd.state import BATCH_RECORDS, BatchResult, Delivery, NewRecord, SpooledRecord, State
 from tests.brokers.mockcluster import MockCluster
 from tests.brokers.readback import consume_all
 from tests.jobcompd_env import JobcompdEnv
@@ -40,9 +40,9 @@ class CountingState(State):
         self.settled += done is not None
         return done
 
-    def pending(self, *, after_seq: int = 0, limit: int = 1000) -> list[SpooledRecord]:
+    def pending(self, *, after_seq: int = 0, limit: int = 1000, whole_rows: bool = False) -> list[SpooledRecord]:
         self.reads += 1
-        found = super().pending(after_seq=after_seq, limit=limit)
+        found = super().pending(after_seq=after_seq, limit=limit, whole_rows=whole_rows)
         self.records_read += len(found)
         return found
 
@@ -398,13 +398,15 @@ def test_an_offered_batch_partly_read_back_is_sent_from_memory_for_the_rest(
     with CountingState.open(env.state_dir, synchronous="normal") as state:
         sender = Sender(state, load_settings(env.config).kafka, fetch=150)
         state.commit_batch(new(0, 100))  # spooled another way: never offered
-        offered = state.commit_batch(new(100, 200))
+        count = 100 + BATCH_RECORDS + 50
+        offered = state.commit_batch(new(100, count))  # two rows: 100-4195, 4196-4245
         assert sender.offer(offered.fresh)
         sender.wake()
         send_all(sender, state)
-        assert state.records_read == 150  # 0-149 read back (one fetch); 150-199 from memory
+        # Whole rows are read back, until they hold the 150 fetched: 0-4195. The rest from memory.
+        assert state.records_read == 100 + BATCH_RECORDS
         assert sender.close() == 0
-    assert_sent_in_order(mock_cluster, 200)
+    assert_sent_in_order(mock_cluster, count)
 
 
 def stuck_sender(mock_cluster: MockCluster, env: JobcompdEnv, state: State) -> tuple[Sender, list[BatchResult]]:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -32,6 +33,7 @@ from jobcompd.state import (
     SpooledRecord,
     State,
     StateError,
+    _codec,
 )
 from jobcompd.state._flush import FLUSH_LAG_RECORDS
 from jobcompd.state._spool import UNSYNCED_REPORTS
@@ -234,6 +236,36 @@ def test_pages_of_the_spool_carry_each_record_s_own_payload(state: State) -> Non
     expected = [jobid for jobid in range(120) if jobid not in (45, 46, 70)]
     assert [r.jobid for r in read] == expected
     assert all(r.payload == spooled[r.jobid] for r in read)
+
+
+def test_pages_of_whole_rows_read_each_row_once(state: State, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Rows of 40 (a row's payloads are one compressed frame), one record settled in the middle of
+    # the second: pages of whole rows, until they hold the 13 asked for, and each row read once.
+    for start in range(0, 120, 40):
+        state.commit_batch(records(start, start + 40), position=at(start + 40))
+    state.mark_delivered([Delivery(r.seq, r.jobid) for r in state.pending(limit=10**9) if r.jobid == 50])
+    reads: list[int] = []
+    read = _codec.read
+
+    def counted(blob: Any, codec: int, start: int, end: int, total: int) -> bytes:
+        reads.append(total)
+        return read(blob, codec, start, end, total)
+
+    monkeypatch.setattr(_codec, "read", counted)
+
+    pages = [state.pending(limit=13, whole_rows=True)]
+    pages.append(state.pending(after_seq=pages[0][5].seq, limit=13, whole_rows=True))  # inside a row
+    while page := state.pending(after_seq=pages[-1][-1].seq, limit=50, whole_rows=True):
+        pages.append(page)
+
+    assert [[r.jobid for r in page] for page in pages] == [
+        list(range(40)),
+        list(range(6, 40)),
+        [*range(40, 50), *range(51, 120)],  # two rows: the first holds fewer than 50
+    ]
+    assert all(r.payload == records(r.jobid, r.jobid + 1)[0].payload for page in pages for r in page)
+    assert len(reads) == 4  # the first row twice (two pages begin in it), the others once
+    assert state.pending(limit=13) == pages[0][:13]  # without whole_rows: the limit, exactly
 
 
 # -- deliveries ----------------------------------------------------------------------------------

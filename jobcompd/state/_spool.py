@@ -177,8 +177,15 @@ class Spool(Database):
         with self._reading("look up record ids") as db:
             return {int(k) for (k,) in db.execute(already_known, ids)}
 
-    def pending(self, *, after_seq: int = 0, limit: int = 1000) -> list[SpooledRecord]:
-        """Up to ``limit`` spooled records with ``seq`` greater than ``after_seq``, in seq order."""
+    def pending(
+        self, *, after_seq: int = 0, limit: int = 1000, whole_rows: bool = False
+    ) -> list[SpooledRecord]:
+        """Up to ``limit`` spooled records with ``seq`` greater than ``after_seq``, in seq order.
+
+        ``whole_rows``: rows to their end (from ``after_seq`` on), until they hold ``limit`` records
+        or more: fewer only at the spool's end. A row's payloads are one compressed frame,
+        decompressed whole whenever any of them is read, so a reader that goes through the spool
+        (the sender) asks for whole rows, and decompresses each once."""
         out: list[SpooledRecord] = []
         with self._reading("read the spool") as db:
             rows = db.execute(
@@ -198,7 +205,7 @@ class Spool(Database):
                     )
                 )
                 lo = max(0, after_seq + 1 - first)
-                hi = min(count, lo + limit - len(out))
+                hi = count if whole_rows else min(count, lo + limit - len(out))
                 if not tried and settled.count(0, lo, hi) == hi - lo:
                     # The usual case, records as they were spooled: built without a Python loop.
                     bounds = list(accumulate(sizes, initial=0))
@@ -229,11 +236,11 @@ class Spool(Database):
                                 source if sources is None else sources[i], enqueued_at, attempts, error,
                             )
                         )
-                        if len(out) >= limit:
+                        if len(out) >= limit and not whole_rows:
                             break
                 if len(out) >= limit:
                     break
-        return out[:limit]
+        return out if whole_rows else out[:limit]
 
     def spool_depth(self) -> int:
         """How many records wait for a delivery report."""
