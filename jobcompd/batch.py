@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from jobcompd.encode import Encoder
-from jobcompd.fastpath import compiled_encoder, compiled_whole
+from jobcompd.fastpath import compiled_alone, compiled_encoder
 from jobcompd.joining import parse_records_around, unfinished_tail
 from jobcompd.record import ParseError
 from jobcompd.zone import Zone, ZoneSpec
@@ -88,10 +88,10 @@ def parse_batch(lines: Sequence[bytes], spec: ParseSpec) -> RecordBatch:
 
 def unfinished_lines(lines: Sequence[bytes], spec: ParseSpec) -> int:
     """How many of the last ``lines`` start a record that lines not read yet may still complete
-    (:func:`jobcompd.joining.unfinished_tail`): the compiled reader, when built, vouches for the
-    lines that are a whole record alone, so the usual batch is not parsed twice in Python."""
-    whole = compiled_whole(spec.zone, spec.max_line_bytes)
-    return unfinished_tail(lines, max_bytes=spec.max_line_bytes, whole=whole)
+    (:func:`jobcompd.joining.unfinished_tail`): the compiled reader, when built, says which lines
+    are a record alone, so the usual batch is not parsed twice, nor a 17.02 line in Python."""
+    alone = compiled_alone(spec.zone, spec.max_line_bytes)
+    return unfinished_tail(lines, max_bytes=spec.max_line_bytes, alone=alone)
 
 
 def _parse_batch(

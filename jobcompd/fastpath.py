@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 from jobcompd.encode import RECORD_ID_PERSON
 from jobcompd.zone import Zone, ZoneSpec
 
-__all__ = ["PARSER", "compiled_encoder", "compiled_whole", "load_compiled", "offset_of_hour"]
+__all__ = ["PARSER", "compiled_encoder", "compiled_alone", "load_compiled", "offset_of_hour"]
 
 def load_compiled(module: str, what: str) -> tuple[Any, str]:
     """The compiled module ``jobcompd.<module>`` (``what`` it is) and ``"compiled"``; or ``None``
@@ -80,9 +80,10 @@ def compiled_encoder(zone: ZoneSpec, cluster: str | None, max_bytes: int) -> Any
 
 
 @functools.lru_cache(maxsize=8)
-def compiled_whole(zone: ZoneSpec, max_bytes: int) -> Callable[[bytes], bool] | None:
-    """``whole(line)``: ``True`` when the compiled reader reads ``line`` alone as a record of 17.11
-    or later, ``False`` when it does not (the Python reader decides); ``None`` on the Python path.
+def compiled_alone(zone: ZoneSpec, max_bytes: int) -> Callable[[bytes], str | None] | None:
+    """``alone(line)``: what the compiled reader reads ``line`` alone as — ``"17.11+"``, a record of
+    17.11 or later; ``"17.02"``, a 17.02 record; ``None`` when it does not answer (the Python reader
+    decides) — or ``None`` on the Python path.
 
     It has an encoder of its own, so it never waits for a batch being read on the parse thread.
     """
@@ -90,9 +91,11 @@ def compiled_whole(zone: ZoneSpec, max_bytes: int) -> Callable[[bytes], bool] | 
         return None
     encode_line = _new_encoder(zone, None, max_bytes).encode_line
 
-    def whole(line: bytes) -> bool:
-        # It answers for a 17.02 record too (alone, it is one); a 17.02 record has none of the
-        # 17.11 keys, and an answered line with " Cluster=" has each of them once.
-        return b" Cluster=" in line and encode_line(line) is not None
+    def alone(line: bytes) -> str | None:
+        if encode_line(line) is None:
+            return None
+        # A 17.02 record has none of the 17.11 keys, and an answered line with " Cluster=" has
+        # each of them once (the compiled reader answers for no line with a key inside a value).
+        return "17.11+" if b" Cluster=" in line else "17.02"
 
-    return whole
+    return alone

@@ -131,7 +131,7 @@ def unfinished_tail(
     lines: Sequence[bytes],
     *,
     max_bytes: int = DEFAULT_MAX_LINE_BYTES,
-    whole: Callable[[bytes], bool] | None = None,
+    alone: Callable[[bytes], str | None] | None = None,
 ) -> int:
     """How many of the last ``lines`` start a record that the lines after them may still complete.
 
@@ -140,16 +140,25 @@ def unfinished_tail(
     earliest such start counts: a name's line break may be followed by text that looks like a
     record start itself.
 
-    ``whole(line)``, if given, says ``True`` only for a line that reads alone as a record of 17.11
-    or later (the compiled reader's answer): such a line completes its record, and the lines after
-    it cannot change that (see :func:`parse_records`), so it is not parsed again here.
+    ``alone(line)``, if given, is the compiled reader's reading of a line alone (see
+    :func:`jobcompd.fastpath.compiled_alone`), so that a line it reads is not parsed again here:
+    ``"17.11+"``, a record of 17.11 or later, which completes its record whatever lines come
+    after it (see :func:`parse_records`); ``"17.02"``, a 17.02 record, which a next line may still
+    make part of a newer record (cut in its working directory); ``None``, the Python reader decides.
     """
     n = len(lines)
     window = min(n, MAX_CONTINUATION_LINES + 1)
     starts = [back for back in range(window, 0, -1) if is_record_start(lines[n - back])]
     for back in starts:
-        if whole is not None and whole(lines[n - back]):
+        reading = None if alone is None else alone(lines[n - back])
+        if reading == "17.11+":
             continue  # a record alone, whatever follows (it still counts as the last start)
+        if reading == "17.02":
+            # Lines after a 17.02 record may make it a newer record (complete, then), never an
+            # unfinished one: it is held back only while it is the last line (see _record_at).
+            if back == 1:
+                return back
+            continue
         # The lines after it may still complete it (or complete only a 17.02 reading)...
         count, result = _record_at(lines, n - back, max_bytes)
         if result.__class__ is ParseError:

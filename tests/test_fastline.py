@@ -247,8 +247,9 @@ def test_batches_with_joined_records_and_bad_lines_agree() -> None:
 
 
 def test_lines_held_back_are_the_python_readers() -> None:
-    # The compiled reader only vouches for lines that are a whole 17.11+ record alone; what a
-    # reader holds back at every cut of these lines is what the Python reader holds back.
+    # The compiled reader only says which lines are a 17.11+ or a 17.02 record alone; what a
+    # reader holds back at every cut of these lines is what the Python reader holds back. A newer
+    # record cut in its working directory starts with a line that reads alone as a 17.02 record.
     spec = spec_for("Europe/Berlin")
     zone = resolve("Europe/Berlin").tz
     old = render(FakeJob(job_id=5, work_dir="/a"), "17.02", zone)
@@ -256,20 +257,22 @@ def test_lines_held_back_are_the_python_readers() -> None:
     forged = render(FakeJob(job_id=8, name="evil\nJobId=77 UserId=root(0) GroupId=root(0) Name=y"),
                     "23.02", zone).splitlines(keepends=True)
     cut = render(FakeJob(job_id=9, work_dir="/w x"), "23.02", zone)
+    in_dir = render(FakeJob(job_id=11, work_dir="/a\nb"), "23.02", zone).splitlines(keepends=True)
     # A record start that reads as nothing, though its fields are there (not "headless"): held
     # back only while no other record starts after it.
     broken = render(FakeJob(job_id=10), "23.02", zone).replace(b" NodeCnt=2 ", b" NodeCnt=x ")
     good = mixed_lines(40, seed=5, zone=zone)
-    lines = [*good[:5], *split, old, *good[5:9], *forged, cut[:60] + b"\n", cut, old, *good[9:], old,
-             broken, good[0], broken, cut[:-1], *split[:1]]
-    whole = fastpath.compiled_whole(spec.zone, spec.max_line_bytes)
+    lines = [*good[:5], *split, old, *good[5:9], *forged, cut[:60] + b"\n", cut, old, *in_dir, old,
+             *good[9:], old, broken, good[0], broken, cut[:-1], old, *in_dir, *split[:1]]
+    alone = fastpath.compiled_alone(spec.zone, spec.max_line_bytes)
     held = []
     for end in range(1, len(lines) + 1):
         python = unfinished_tail(lines[:end], max_bytes=spec.max_line_bytes)
         assert batch.unfinished_lines(lines[:end], spec) == python, end
         held.append(python)
     assert any(held) and not all(held)
-    assert whole(good[0]) and not whole(old) and not whole(split[0]) and not whole(b"garbage\n")
+    assert alone(good[0]) == "17.11+" and alone(old) == "17.02"
+    assert alone(split[0]) is None and alone(b"garbage\n") is None and alone(in_dir[0]) == "17.02"
 
 
 @settings(max_examples=300, deadline=None)
