@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 from jobcompd.encode import RECORD_ID_PERSON
 from jobcompd.zone import Zone, ZoneSpec
 
-__all__ = ["PARSER", "compiled_encoder", "compiled_alone", "load_compiled", "offset_of_hour"]
+__all__ = ["PARSER", "compiled_alone", "compiled_encoder", "load_compiled", "offset_of_hour"]
 
 def load_compiled(module: str, what: str) -> tuple[Any, str]:
     """The compiled module ``jobcompd.<module>`` (``what`` it is) and ``"compiled"``; or ``None``

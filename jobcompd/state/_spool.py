@@ -180,7 +180,7 @@ class Spool(Database):
     def pending(
         self, *, after_seq: int = 0, limit: int = 1000, whole_rows: bool = False
     ) -> list[SpooledRecord]:
-        """Up to ``limit`` spooled records with ``seq`` greater than ``after_seq``, in seq order.
+        """Spooled records with ``seq`` greater than ``after_seq``, in seq order: up to ``limit``.
 
         ``whole_rows``: rows to their end (from ``after_seq`` on), until they hold ``limit`` records
         or more: fewer only at the spool's end. A row's payloads are one compressed frame,
