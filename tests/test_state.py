@@ -238,9 +238,9 @@ def test_pages_of_the_spool_carry_each_record_s_own_payload(state: State) -> Non
     assert all(r.payload == spooled[r.jobid] for r in read)
 
 
-def test_pages_of_whole_rows_read_each_row_once(state: State, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pages_of_whole_rows_decompress_a_row_once_a_page(state: State, monkeypatch: pytest.MonkeyPatch) -> None:
     # Rows of 40 (a row's payloads are one compressed frame), one record settled in the middle of
-    # the second: pages of whole rows, until they hold the 13 asked for, and each row read once.
+    # the second: pages of whole rows, until they hold the 13 asked for, each row read once a page.
     for start in range(0, 120, 40):
         state.commit_batch(records(start, start + 40), position=at(start + 40))
     state.mark_delivered([Delivery(r.seq, r.jobid) for r in state.pending(limit=10**9) if r.jobid == 50])
