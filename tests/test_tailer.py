@@ -387,6 +387,84 @@ def test_after_a_look_that_read_everything_a_read_waits_for_a_write_to_look(
             assert time.monotonic() - started < 5.0  # (polling: the observer's second)
 
 
+def test_once_events_tell_every_change_the_clock_looks_every_quiet_recheck(
+    log: Path, pool: Pool, harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a look cannot count on events (here: before the log exists), the clock looks every
+    ``recheck_interval``. Once a look has read everything and inotify watches, a look by the clock
+    is only a safety net: every ``quiet_recheck`` (the daemon's: 10 s against 2)."""
+    h = harness(log, recheck_interval=0.1, quiet_recheck=30.0)
+    h.start()
+    looks = counted_looks(monkeypatch)
+    assert h.t.read(0.5) is None
+    assert len(looks) >= 3, looks  # no log: at 0, 0.1, 0.2 … s
+    with SlurmctldWriter(log) as w:
+        w.write(join(pool.take(2)))
+        h.wait_lines(2)
+        assert h.t.read(0) is None  # the log was opened in the last look: one more, at once
+        looks.clear()
+        for _ in range(3):
+            assert h.t.read(0.5) is None
+        assert looks == [], looks
+
+
+def test_the_recheck_counts_from_the_last_look_across_reads(
+    tmp_path: Path, pool: Pool, harness
+) -> None:
+    """A write can make no event in the log's directory: one through a hard link in another
+    directory is reported in that one. The clock's look finds it, and it counts from the last look,
+    not from each read's start: a caller whose reads are all shorter than the recheck (the daemon
+    reads 5 s at most, and rechecks a quiet log every 10 s) still gets one."""
+    log = tmp_path / "logs" / LOG
+    log.parent.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    with SlurmctldWriter(log) as w:
+        w.write(join(pool.take(2)))
+    h = harness(log, recheck_interval=1.5)
+    h.start()
+    h.wait_lines(2)
+    alias = tmp_path / "elsewhere" / "alias.log"
+    os.link(log, alias)
+    line = pool.take(1)[0]
+    with SlurmctldWriter(alias) as w:
+        w.write(line)
+        started = time.monotonic()
+        while not h.received[2:]:
+            assert h.step(0.5) is None or h.received[2:] == [line]
+            assert time.monotonic() - started < 10, "never looked: each read waited for an event"
+    assert h.received[2:] == [line]
+
+
+def test_a_log_that_is_a_symbolic_link_is_woken_by_its_targets_events(
+    tmp_path: Path, pool: Pool, harness
+) -> None:
+    """``JobCompLoc`` may be a symbolic link to a file elsewhere. A write to that file makes an
+    event in the target's directory, none in the link's: both are watched. A link pointed at
+    another file is followed to it, and that file's directory is watched from then on."""
+    for name in ("logs", "data", "moved"):
+        (tmp_path / name).mkdir()
+    link = tmp_path / "logs" / LOG
+    first = tmp_path / "data" / "jobcomp-2026.log"
+    link.symlink_to(first)
+    h = harness(link, recheck_interval=30.0)  # only events can wake read() in time
+    with SlurmctldWriter(first) as w:
+        w.write(join(pool.take(1)))
+        h.start()
+        h.wait_lines(1)
+        for line in pool.take(2):
+            assert_woken_by_write(h, w, line)
+    second = tmp_path / "moved" / LOG
+    with SlurmctldWriter(second) as w:
+        w.write(join(pool.take(1)))
+        swap = link.with_name("swap")
+        swap.symlink_to(second)
+        os.replace(swap, link)  # the link's directory has the event
+        h.wait_lines(4)
+        for line in pool.take(2):
+            assert_woken_by_write(h, w, line)
+    assert h.received == lines_on_disk(first) + lines_on_disk(second)
+
+
 def test_a_log_opened_in_a_look_is_read_on_without_waiting(
     log: Path, pool: Pool, harness
 ) -> None:
@@ -693,7 +771,7 @@ def test_a_deleted_and_recreated_directory_is_watched_again(tmp_path: Path, pool
         b = pool.take(2)
         w.write(join(b))
         h.wait_lines(4)  # found by the re-check, which watches the directory again
-        h.t._recheck = 30.0  # from now on only an event can wake read() in time
+        h.t._recheck = h.t._quiet_recheck = 30.0  # from now on only an event can wake read() in time
         line = pool.take(1)[0]
         assert_woken_by_write(h, w, line)
     assert h.received == a + b + [line]

@@ -11,7 +11,10 @@ How files are told apart and followed (after Filebeat's filestream and Vector's 
   A file with no complete line yet has no identity and is not read.
 * watchdog events on the log's directory only wake :meth:`Tailer.read`; every decision comes
   from ``stat`` of the path and ``fstat`` of the open files, in one switch (:func:`classify`).
-  The path is re-checked every ``recheck_interval`` seconds even without events.
+  The path is re-checked every ``recheck_interval`` seconds even without events; once a look has
+  read everything and inotify watches every way to the file (its directory, and the target's
+  directory when the path is a symbolic link), every ``quiet_recheck`` seconds: events then tell
+  every change, and the look is only a safety net.
 * create-mode rotation (rename, then create): the old file is drained through its open descriptor
   — slurmctld keeps writing to it until it reopens the path — until it has been idle
   ``close_rotated_after`` seconds, while the new file is followed at the path. Older files are
@@ -111,6 +114,7 @@ class Tailer(FileReading, Siblings):
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         close_rotated_after: float = 60.0,
         recheck_interval: float = 1.0,
+        quiet_recheck: float | None = None,
         hold: Callable[[Sequence[bytes]], int] | None = None,
         hold_for: float = 2.0,
         logger: Any = None,
@@ -119,8 +123,9 @@ class Tailer(FileReading, Siblings):
             raise ValueError(f"start_at must be 'beginning' or 'end', not {start_at!r}")
         if max_batch_lines < 1 or max_line_bytes < 1:
             raise ValueError("max_batch_lines and max_line_bytes must be at least 1")
-        if close_rotated_after < 0 or recheck_interval <= 0:
-            raise ValueError("close_rotated_after must be >= 0 and recheck_interval > 0")
+        quiet_recheck = recheck_interval if quiet_recheck is None else quiet_recheck
+        if close_rotated_after < 0 or recheck_interval <= 0 or quiet_recheck <= 0:
+            raise ValueError("close_rotated_after must be >= 0, recheck_interval and quiet_recheck > 0")
         self._path = Path(os.path.abspath(path))
         self._lookup = lookup
         self._known = known
@@ -131,6 +136,7 @@ class Tailer(FileReading, Siblings):
         self._limit = max_line_bytes + 1
         self._close_after = close_rotated_after
         self._recheck = recheck_interval
+        self._quiet_recheck = quiet_recheck
         self._hold = hold
         self._hold_for = hold_for
         self._log = logger or structlog.get_logger("jobcompd.tailer")
@@ -138,6 +144,7 @@ class Tailer(FileReading, Siblings):
         self._interrupted = False  # set by wake(): the waiting read() returns
         self._read_all = False  # the last look left nothing to read, and inotify watches
         self._quiet_ends: float | None = None  # see FileReading._holding
+        self._next_look = 0.0  # when the clock looks again without an event (see _poll_once)
         self._lock = threading.Lock()
         self._watch: DirectoryWatch | None = None
         self._current: FollowedFile | None = None
@@ -222,8 +229,14 @@ class Tailer(FileReading, Siblings):
         # The last look read everything there was, and no event came since it (the wake-up is
         # cleared before each look, and inotify reports every write after that): nothing can
         # have changed, so wait for an event before looking. A trickle read a line at a time
-        # looked twice per line, the first time for nothing.
-        look = not self._read_all or self._wake.is_set()
+        # looked twice per line, the first time for nothing. A look the clock makes (the recheck)
+        # that falls due within this read is made now: this wake-up of the caller's costs less
+        # than one more for the look alone.
+        look = (
+            not self._read_all
+            or self._wake.is_set()
+            or time.monotonic() >= self._next_look - max(timeout, 0.0)
+        )
         while True:
             if look:
                 self._wake.clear()
@@ -234,18 +247,21 @@ class Tailer(FileReading, Siblings):
                 if batch is not None:
                     return batch
             look = True
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            remaining = deadline - now
             if remaining <= 0 or self._interrupted:
                 self._interrupted = False
                 return None
-            wait = min(remaining, self._recheck)
+            # The recheck counts from the last look, across reads: a caller that reads with
+            # shorter timeouts still gets it.
+            wait = min(remaining, max(0.0, self._next_look - now))
             if self._quiet_ends is not None:
                 # Lines the last look held are looked at again as their quiet ends (hold_for),
                 # not up to a recheck later.
                 wait = max(0.0, min(wait, self._quiet_ends - time.monotonic()))
             if not self._wake.wait(wait) and time.monotonic() >= deadline:
-                # Quiet until the deadline: the caller's next read() looks first thing (looking
-                # here too was a second look at the file within a millisecond, every time).
+                # Quiet until the deadline: the caller's next read() looks first thing if a look
+                # is due (looking here too was a second look within a millisecond, every time).
                 return None
 
     def status(self) -> TailStatus:
@@ -293,6 +309,7 @@ class Tailer(FileReading, Siblings):
             and self._watch is not None
             and self._watch.watching
         )
+        self._next_look = time.monotonic() + (self._quiet_recheck if self._read_all else self._recheck)
         return batch
 
     def _follow_path(self) -> None:

@@ -10,6 +10,7 @@ quarter of the daemon's CPU and three thread hand-offs on the way from a write t
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ _INOTIFY_MASK = Mask(
     | _C.IN_MOVED_FROM | _C.IN_MOVED_TO | _C.IN_DELETE_SELF | _C.IN_MOVE_SELF | _C.IN_ONLYDIR
 )
 _CALLBACK_ID = CallbackId(1)
+_TARGET_ID = CallbackId(2)  # the watch on a symbolic link's target (which may share a directory)
 
 
 class _Wake(FileSystemEventHandler):
@@ -93,7 +95,10 @@ _WAKING_EVENTS: list[type[FileSystemEvent]] = [
 class DirectoryWatch:
     """Sets ``wake`` when something may have changed near the log: watchdog's inotify reader, or
     its polling observer for NFS. A directory that cannot be watched yet (it does not exist) is
-    retried at every :meth:`ensure`; meanwhile the reader's periodic re-check is the only wake-up."""
+    retried at every :meth:`ensure`; meanwhile the reader's periodic re-check is the only wake-up.
+
+    When the log's path is a symbolic link, inotify also watches the directory of the file it
+    points to: a write to that file makes an event there, none in the link's directory."""
 
     def __init__(self, path: Path, wake: Wakeup, *, poll: bool, timeout: float, logger: Any) -> None:
         self._path = path
@@ -105,6 +110,8 @@ class DirectoryWatch:
         self._watch: ObservedWatch | None = None
         self._inotify: InotifyFD | None = None
         self._wd: WatchDescriptor | None = None
+        self._target: tuple[str, str] | None = None  # a symbolic link's target: (directory, name)
+        self._target_wd: WatchDescriptor | None = None
         self._failed = False
 
     def start(self) -> None:
@@ -121,16 +128,30 @@ class DirectoryWatch:
         self.ensure()
 
     def ensure(self) -> None:
-        """Watch the directory, if it is not watched yet and can be now."""
+        """Watch the directory, if it is not watched yet and can be now; with inotify, and the log's
+        path a symbolic link, the directory of its target too (looked up again at every call: the
+        link may have been pointed elsewhere)."""
+        directory = self._path.parent
         try:
-            if self._inotify is not None and self._wd is None:
-                callback = _InotifyWake(self._path.name, self._wake, self._lost)
-                self._wd = self._inotify.add_callback(
-                    os.fsencode(self._path.parent), _INOTIFY_MASK, callback, _CALLBACK_ID
-                )
+            if self._inotify is not None:
+                if self._wd is None:
+                    callback = _InotifyWake(self._path.name, self._wake, self._lost)
+                    self._wd = self._inotify.add_callback(
+                        os.fsencode(directory), _INOTIFY_MASK, callback, _CALLBACK_ID
+                    )
+                target = _link_target(self._path)
+                if target != self._target or (target is not None and self._target_wd is None):
+                    self._unwatch_target()
+                    self._target = target
+                    if target is not None:
+                        directory = Path(target[0])
+                        callback = _InotifyWake(target[1], self._wake, self._lost)
+                        self._target_wd = self._inotify.add_callback(
+                            os.fsencode(target[0]), _INOTIFY_MASK, callback, _TARGET_ID
+                        )
             elif self._observer is not None and self._watch is None:
                 self._watch = self._observer.schedule(
-                    _Wake(self._path.name, self._wake), str(self._path.parent),
+                    _Wake(self._path.name, self._wake), str(directory),
                     recursive=False, event_filter=_WAKING_EVENTS,
                 )
             else:
@@ -140,23 +161,49 @@ class DirectoryWatch:
             if not self._failed:
                 self._failed = True
                 self._log.warning("cannot watch the log directory yet: polling it",
-                                  path=str(self._path.parent), error=str(exc))
+                                  path=str(directory), error=str(exc))
 
     @property
     def watching(self) -> bool:
-        """Whether inotify watches the directory now (every change near the log is an event)."""
-        return self._inotify is not None and self._wd is not None
+        """Whether inotify watches every directory a change to the log shows in now (every change
+        near the log is an event)."""
+        return (
+            self._inotify is not None
+            and self._wd is not None
+            and (self._target is None or self._target_wd is not None)
+        )
+
+    def _unwatch_target(self) -> None:
+        wd, self._target_wd = self._target_wd, None
+        if wd is not None and self._inotify is not None:
+            self._inotify.remove_callbacks([(wd, _TARGET_ID)])
 
     def _lost(self, wd: WatchDescriptor) -> None:
+        # One watch may serve both (a link to another name in its own directory).
         if wd == self._wd:
             self._wd = None
+        if wd == self._target_wd:
+            self._target_wd = None
 
     def stop(self) -> None:
         """Stop watching (idempotent)."""
         observer, self._observer = self._observer, None
         inotify, self._inotify = self._inotify, None
-        self._watch = self._wd = None
+        self._watch = self._wd = self._target_wd = self._target = None
         for thread in (observer, inotify):
             if thread is not None:
                 thread.stop()
                 thread.join(timeout=10)
+
+
+def _link_target(path: Path) -> tuple[str, str] | None:
+    """The directory and name of the file a symbolic link at ``path`` leads to (through every link
+    on the way); None when ``path`` is not a symbolic link (inotify follows links to the directory
+    itself: only a link at the file's own name hides its writes from the directory watched)."""
+    try:
+        if not stat.S_ISLNK(os.lstat(path).st_mode):
+            return None
+    except OSError:
+        return None
+    directory, name = os.path.split(os.path.realpath(path))
+    return directory, name
