@@ -834,7 +834,7 @@ def test_metrics_endpoint_and_textfile_follow_the_daemon(kafka: MockCluster, tmp
             w.write(b"".join(lines[100:]))
             wait_for(lambda: scrape()["jobcompd_brokers_up"] == 0, 45, "brokers down in the metrics")
             assert scrape()["jobcompd_health_ok"] == 0
-            # status reads the report the daemon writes every 2 s, so it may say so a little later.
+            # status reads the report the daemon writes every 5 s, so it may say so a little later.
             wait_for(lambda: "no Kafka broker reachable" in env.run("status").stdout, 10, "status")
             assert env.run("status").returncode >= 1
             for broker_id in kafka.broker_ids:
