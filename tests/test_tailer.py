@@ -875,6 +875,37 @@ def test_rotation_while_stopped(tmp_path: Path, log: Path, pool: Pool, harness, 
     assert_exactly_once(h, tmp_path)
 
 
+def test_a_symbolic_links_target_rotated_while_stopped(tmp_path: Path, pool: Pool, harness) -> None:
+    """A log reached through a symbolic link is rotated where the file is (logrotate rotates the
+    file it is given, and refuses a link): the rotated file, with the lines written while jobcompd
+    was stopped, is found beside the link's target."""
+    for name in ("logs", "data"):
+        (tmp_path / name).mkdir()
+    target = tmp_path / "data" / "jobcomp-2026.log"
+    link = tmp_path / "logs" / LOG
+    link.symlink_to(target)
+    h = harness(link)
+    w = SlurmctldWriter(target)
+    h.start()
+    a = pool.take(10)
+    w.write(join(a))
+    h.wait_lines(10)
+    h.stop()
+    b = pool.take(5)
+    w.write(join(b))
+    rotate(target)
+    late = pool.take(2)
+    w.write(join(late))  # through the old descriptor, still while stopped
+    w.reopen()
+    c = pool.take(6)
+    w.write(join(c))
+    w.close()
+    h.start()
+    h.settle()
+    assert h.received == a + b + late + c
+    assert_exactly_once(h, tmp_path / "data")
+
+
 def test_two_rotations_while_stopped_and_old_files_left_alone(
     tmp_path: Path, log: Path, pool: Pool, harness
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,20 @@ def _stat_key(path: Path | str) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
+
+
+def _link_target(path: Path) -> tuple[str, str] | None:
+    """The directory and name of the file a symbolic link at ``path`` leads to (through every link
+    on the way); None when ``path`` is not a symbolic link (inotify follows links to the directory
+    itself: only a link at the file's own name hides its writes from the directory watched)."""
+    try:
+        if not stat.S_ISLNK(os.lstat(path).st_mode):
+            return None
+    except OSError:
+        return None
+    directory, name = os.path.split(os.path.realpath(path))
+    return directory, name
+
 
 _Role = Literal["current", "rotated", "archived"]
 

@@ -7,6 +7,7 @@ import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from jobcompd.identity import FileIdentity, Position, fingerprint
@@ -16,7 +17,7 @@ from jobcompd.logfile import (
     first_line,
     open_reader,
 )
-from jobcompd.tailer.followed import FollowedFile, TailerParts, _Signature, _signature
+from jobcompd.tailer.followed import FollowedFile, TailerParts, _link_target, _Signature, _signature
 from jobcompd.tailer.rotation import rotation_keys, rotation_stamp
 
 # mtimes lag the wall clock by up to a kernel tick, and are whole seconds on ext3 and some NFS.
@@ -55,22 +56,24 @@ class Siblings(TailerParts):
     """Finding and adopting rotated siblings (a part of :class:`jobcompd.tailer.Tailer`)."""
 
     def _list_siblings(self) -> list[_Sibling]:
-        base = self._path.name
-        try:
-            entries = list(os.scandir(self._path.parent))
-        except OSError:
-            return []
         found: list[tuple[str, int | str, os.stat_result]] = []
-        for entry in entries:
-            stamp = rotation_stamp(base, entry.name)
-            if stamp is None:
-                continue
+        seen: set[tuple[int, int]] = set()
+        for directory, base in _places(self._path):
             try:
-                st = entry.stat()
+                entries = list(os.scandir(directory))
             except OSError:
                 continue
-            if stat.S_ISREG(st.st_mode):
-                found.append((entry.path, stamp, st))
+            for entry in entries:
+                stamp = rotation_stamp(base, entry.name)
+                if stamp is None:
+                    continue
+                try:
+                    st = entry.stat()
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    found.append((entry.path, stamp, st))
         keys = rotation_keys([s for _, s, _ in found], [st.st_mtime for _, _, st in found])
         return [_Sibling(p, k, st) for (p, _, st), k in zip(found, keys, strict=True)]
 
@@ -204,3 +207,15 @@ class Siblings(TailerParts):
             "reading the rest of the truncated log from its copy", path=found.path, offset=offset
         )
         self._track_sibling(found, offset, line_no)
+
+
+
+def _places(path: Path) -> list[tuple[str, str]]:
+    """Where rotated files of the log at ``path`` are looked for: beside it, by its name, and when
+    ``path`` is a symbolic link, beside the file it leads to, by that file's name (logrotate
+    rotates the file it is given, and refuses a symbolic link)."""
+    places = [(str(path.parent), path.name)]
+    target = _link_target(path)
+    if target is not None and target != places[0]:
+        places.append(target)
+    return places

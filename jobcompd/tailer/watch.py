@@ -10,7 +10,6 @@ quarter of the daemon's CPU and three thread hand-offs on the way from a write t
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from watchdog.observers.inotify_c import (
 )
 from watchdog.observers.polling import PollingObserver
 
+from jobcompd.tailer.followed import _link_target
 from jobcompd.wakeup import Wakeup
 
 _C = InotifyConstants
@@ -195,15 +195,3 @@ class DirectoryWatch:
                 thread.stop()
                 thread.join(timeout=10)
 
-
-def _link_target(path: Path) -> tuple[str, str] | None:
-    """The directory and name of the file a symbolic link at ``path`` leads to (through every link
-    on the way); None when ``path`` is not a symbolic link (inotify follows links to the directory
-    itself: only a link at the file's own name hides its writes from the directory watched)."""
-    try:
-        if not stat.S_ISLNK(os.lstat(path).st_mode):
-            return None
-    except OSError:
-        return None
-    directory, name = os.path.split(os.path.realpath(path))
-    return directory, name
