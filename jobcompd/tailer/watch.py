@@ -44,6 +44,11 @@ _INOTIFY_MASK = Mask(
     | _C.IN_MOVED_FROM | _C.IN_MOVED_TO | _C.IN_DELETE_SELF | _C.IN_MOVE_SELF | _C.IN_ONLYDIR
 )
 _CALLBACK_ID = CallbackId(1)
+# What changes a directory's entries (a symbolic link made, replaced or removed) rather than a file.
+_ENTRY_CHANGES = (
+    _C.IN_CREATE | _C.IN_DELETE | _C.IN_MOVED_FROM | _C.IN_MOVED_TO | _C.IN_DELETE_SELF
+    | _C.IN_MOVE_SELF | _C.IN_Q_OVERFLOW
+)
 _TARGET_ID = CallbackId(2)  # the watch on a symbolic link's target (which may share a directory)
 
 
@@ -66,13 +71,16 @@ class _InotifyWake:
     siblings, when events were lost, and when the directory itself went away (``lost`` is then
     called, so that the directory is watched again once it exists)."""
 
-    def __init__(self, name: str, wake: Wakeup, lost: Any) -> None:
+    def __init__(self, name: str, wake: Wakeup, lost: Any, moved: Any = None) -> None:
         self._name = os.fsencode(name)
         self._wake = wake
         self._lost = lost
+        self._moved = moved  # called when an entry of the log's own name may have changed
 
     def on_event(self, event: InotifyEvent) -> None:
         if event.name.startswith(self._name) or not event.name:  # no name: the directory itself
+            if self._moved is not None and event.mask & _ENTRY_CHANGES and event.name in (self._name, b""):
+                self._moved()
             self._wake.set()
 
     def on_watch_deleted(self, wd: WatchDescriptor) -> None:
@@ -80,6 +88,8 @@ class _InotifyWake:
         self._wake.set()
 
     def on_queue_overflow(self) -> None:
+        if self._moved is not None:
+            self._moved()
         self._wake.set()
 
 
@@ -112,6 +122,9 @@ class DirectoryWatch:
         self._wd: WatchDescriptor | None = None
         self._target: tuple[str, str] | None = None  # a symbolic link's target: (directory, name)
         self._target_wd: WatchDescriptor | None = None
+        # The path's entry may have changed (made, replaced: a link pointed elsewhere): look up
+        # its target at the next ensure(). Not at every one: a look per line would pay an lstat.
+        self._resolve = True
         self._failed = False
 
     def start(self) -> None:
@@ -129,17 +142,22 @@ class DirectoryWatch:
 
     def ensure(self) -> None:
         """Watch the directory, if it is not watched yet and can be now; with inotify, and the log's
-        path a symbolic link, the directory of its target too (looked up again at every call: the
-        link may have been pointed elsewhere)."""
+        path a symbolic link, the directory of its target too (looked up again once an event says
+        the path's entry changed: the link may have been pointed elsewhere)."""
         directory = self._path.parent
         try:
             if self._inotify is not None:
                 if self._wd is None:
-                    callback = _InotifyWake(self._path.name, self._wake, self._lost)
+                    callback = _InotifyWake(self._path.name, self._wake, self._lost, self._moved)
                     self._wd = self._inotify.add_callback(
                         os.fsencode(directory), _INOTIFY_MASK, callback, _CALLBACK_ID
                     )
-                target = _link_target(self._path)
+                    self._resolve = True
+                if self._resolve or (self._target is not None and self._target_wd is None):
+                    self._resolve = False
+                    target = _link_target(self._path)
+                else:
+                    target = self._target
                 if target != self._target or (target is not None and self._target_wd is None):
                     self._unwatch_target()
                     self._target = target
@@ -172,6 +190,9 @@ class DirectoryWatch:
             and self._wd is not None
             and (self._target is None or self._target_wd is not None)
         )
+
+    def _moved(self) -> None:
+        self._resolve = True
 
     def _unwatch_target(self) -> None:
         wd, self._target_wd = self._target_wd, None
