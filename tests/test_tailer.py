@@ -848,11 +848,12 @@ def test_inode_reused_after_delete_and_create_while_stopped(
 # -- restarts -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "naming", ["numbered", "numbered.gz", "dated", "dated.gz", "numbered.bz2", "dated.xz"])
-def test_rotation_while_stopped(tmp_path: Path, log: Path, pool: Pool, harness, naming: str):
-    h = harness(log)
-    w = SlurmctldWriter(log)
+def rotate_while_stopped(
+    h: Harness, path: Path, pool: Pool, *, dated: str | None = None, compression: str | None = None
+) -> list[bytes]:
+    """Read 10 lines written to ``path``; stopped, 5 more, logrotate ``create``, 2 more through the
+    old descriptor, 6 in the new file; then started again and settled. Every line written, in order."""
+    w = SlurmctldWriter(path)
     h.start()
     a = pool.take(10)
     w.write(join(a))
@@ -860,18 +861,27 @@ def test_rotation_while_stopped(tmp_path: Path, log: Path, pool: Pool, harness, 
     h.stop()
     b = pool.take(5)
     w.write(join(b))
-    rotated = rotate(log, dated="20241124" if naming.startswith("dated") else None)
+    rotated = rotate(path, dated=dated)
     late = pool.take(2)
     w.write(join(late))  # through the old descriptor, still while stopped
     w.reopen()
     c = pool.take(6)
     w.write(join(c))
     w.close()
-    if "." in naming:
-        compress(rotated, naming.split(".")[1])
+    if compression is not None:
+        compress(rotated, compression)
     h.start()
     h.settle()
-    assert h.received == a + b + late + c
+    return a + b + late + c
+
+
+@pytest.mark.parametrize(
+    "naming", ["numbered", "numbered.gz", "dated", "dated.gz", "numbered.bz2", "dated.xz"])
+def test_rotation_while_stopped(tmp_path: Path, log: Path, pool: Pool, harness, naming: str):
+    h = harness(log)
+    dated = "20241124" if naming.startswith("dated") else None
+    written = rotate_while_stopped(h, log, pool, dated=dated, compression=naming.partition(".")[2] or None)
+    assert h.received == written
     assert_exactly_once(h, tmp_path)
 
 
@@ -885,24 +895,7 @@ def test_a_symbolic_links_target_rotated_while_stopped(tmp_path: Path, pool: Poo
     link = tmp_path / "logs" / LOG
     link.symlink_to(target)
     h = harness(link)
-    w = SlurmctldWriter(target)
-    h.start()
-    a = pool.take(10)
-    w.write(join(a))
-    h.wait_lines(10)
-    h.stop()
-    b = pool.take(5)
-    w.write(join(b))
-    rotate(target)
-    late = pool.take(2)
-    w.write(join(late))  # through the old descriptor, still while stopped
-    w.reopen()
-    c = pool.take(6)
-    w.write(join(c))
-    w.close()
-    h.start()
-    h.settle()
-    assert h.received == a + b + late + c
+    assert h.received == rotate_while_stopped(h, target, pool)
     assert_exactly_once(h, tmp_path / "data")
 
 
