@@ -209,7 +209,6 @@ class Siblings(TailerParts):
         self._track_sibling(found, offset, line_no)
 
 
-
 def _places(path: Path) -> list[tuple[str, str]]:
     """Where rotated files of the log at ``path`` are looked for: beside it, by its name, and when
     ``path`` is a symbolic link, beside the file it leads to, by that file's name (logrotate

@@ -44,12 +44,12 @@ _INOTIFY_MASK = Mask(
     | _C.IN_MOVED_FROM | _C.IN_MOVED_TO | _C.IN_DELETE_SELF | _C.IN_MOVE_SELF | _C.IN_ONLYDIR
 )
 _CALLBACK_ID = CallbackId(1)
+_TARGET_ID = CallbackId(2)  # the watch on a symbolic link's target (which may share a directory)
 # What changes a directory's entries (a symbolic link made, replaced or removed) rather than a file.
 _ENTRY_CHANGES = (
     _C.IN_CREATE | _C.IN_DELETE | _C.IN_MOVED_FROM | _C.IN_MOVED_TO | _C.IN_DELETE_SELF
     | _C.IN_MOVE_SELF | _C.IN_Q_OVERFLOW
 )
-_TARGET_ID = CallbackId(2)  # the watch on a symbolic link's target (which may share a directory)
 
 
 class _Wake(FileSystemEventHandler):
@@ -156,17 +156,15 @@ class DirectoryWatch:
                 if self._resolve or (self._target is not None and self._target_wd is None):
                     self._resolve = False
                     target = _link_target(self._path)
-                else:
-                    target = self._target
-                if target != self._target or (target is not None and self._target_wd is None):
-                    self._unwatch_target()
-                    self._target = target
-                    if target is not None:
-                        directory = Path(target[0])
-                        callback = _InotifyWake(target[1], self._wake, self._lost)
-                        self._target_wd = self._inotify.add_callback(
-                            os.fsencode(target[0]), _INOTIFY_MASK, callback, _TARGET_ID
-                        )
+                    if target != self._target or self._target_wd is None:
+                        self._unwatch_target()
+                        self._target = target
+                        if target is not None:
+                            directory = Path(target[0])
+                            callback = _InotifyWake(target[1], self._wake, self._lost)
+                            self._target_wd = self._inotify.add_callback(
+                                os.fsencode(target[0]), _INOTIFY_MASK, callback, _TARGET_ID
+                            )
             elif self._observer is not None and self._watch is None:
                 self._watch = self._observer.schedule(
                     _Wake(self._path.name, self._wake), str(directory),
