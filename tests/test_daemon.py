@@ -370,7 +370,7 @@ def test_sighup_topic_properties_and_broken_config(
     assert daemon.stop() == 0
 
 
-def test_broker_down_30s_while_tailing(kafka: MockCluster, env: JobcompdEnv, daemon: DaemonProcess) -> None:
+def test_broker_down_15s_while_tailing(kafka: MockCluster, env: JobcompdEnv, daemon: DaemonProcess) -> None:
     daemon.start()
     lines = mixed_lines(2_000, seed=27)
     log = env.log_path
@@ -382,8 +382,8 @@ def test_broker_down_30s_while_tailing(kafka: MockCluster, env: JobcompdEnv, dae
             kafka.broker_down(broker_id)
         for i in range(500, 1_500, 50):  # jobs keep finishing during the outage
             w.write(b"".join(lines[i : i + 50]))
-            time.sleep(1.0)
-        time.sleep(10)
+            time.sleep(0.5)
+        time.sleep(5)  # past librdkafka's longest reconnect backoff (10 s) in all
         assert env.delivered() < 1_500  # nothing could be delivered …
         assert env.count("spool") > 0  # … so it is held durably
         for broker_id in kafka.broker_ids:
@@ -392,7 +392,7 @@ def test_broker_down_30s_while_tailing(kafka: MockCluster, env: JobcompdEnv, dae
     dups = assert_all_arrived(kafka, env, lines, allow_duplicates=True, timeout=120)
     # Duplicates here can only be librdkafka protocol retries of requests in flight when the
     # brokers went away (Kafka de-duplicates those; the mock cluster does not).
-    print(f"broker down 30 s: nothing lost, {dups} duplicate(s) from in-flight retries")
+    print(f"broker down 15 s: nothing lost, {dups} duplicate(s) from in-flight retries")
 
 
 def test_disk_full_and_read_only_state(kafka: MockCluster, tmp_path: Path) -> None:
@@ -799,7 +799,10 @@ def test_metrics_endpoint_and_textfile_follow_the_daemon(kafka: MockCluster, tmp
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     textfile = tmp_path / "jobcompd.prom"
+    # librdkafka's statistics, which count the brokers up, come every 15 s by default; every
+    # second here, so that the brokers' coming and going shows in the metrics within the test.
     env = JobcompdEnv(tmp_path, kafka.bootstrap, params="poll_interval=1",
+                      properties={"statistics.interval.ms": "1000"},
                       extra_toml=f'[metrics]\nlisten = "127.0.0.1:{port}"\ntextfile = "{textfile}"\n')
 
     def scrape(text: str | None = None) -> dict[str, float]:
@@ -827,7 +830,6 @@ def test_metrics_endpoint_and_textfile_follow_the_daemon(kafka: MockCluster, tmp
             assert now["jobcompd_records_delivered_total"] == 100
             assert now["jobcompd_spool_records"] == 0 and now["jobcompd_log_lag_bytes"] == 0
             assert now["jobcompd_last_delivery_timestamp_seconds"] > time.time() - 60
-            # librdkafka's statistics, which count the brokers up, come every 15 s.
             wait_for(lambda: scrape().get("jobcompd_brokers_up", 0) >= 1, 40, "brokers up")
             for broker_id in kafka.broker_ids:
                 kafka.broker_down(broker_id)
