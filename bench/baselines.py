@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.harness import BenchError, TopicSize, spawn, terminate, wait_until
+from bench.harness import BenchError, CpuShare, TopicSize, lifetime_cpu_seconds, spawn, terminate, wait_until
 from tests.brokers.mockcluster import ApiKey, MockCluster
 
 PRODUCER_PROPERTIES = {"linger.ms": "5", "enable.idempotence": "true"}
@@ -32,6 +32,7 @@ class BaselineRun:
     elapsed: float
     stored: int  # messages the topic holds afterwards
     note: str = ""
+    cpu: CpuShare | None = None  # rsyslogd's and the brokers' from its start to the last message stored
 
 
 def run_kcat(
@@ -102,7 +103,9 @@ def run_rsyslog(
     cluster.clear_requests()
     cluster.start_request_tracking()
     conf = rsyslog_configured(lines, cluster, topic, workdir)
+    assert cluster.pid is not None
     try:
+        brokers0 = lifetime_cpu_seconds(cluster.pid)
         start = time.monotonic()
         with rsyslog_running(conf, workdir) as alive:
             wait_until(
@@ -113,6 +116,8 @@ def run_rsyslog(
                 alive=alive,
             )
             polled = time.monotonic()
+            shipper = lifetime_cpu_seconds(int((workdir / "rsyslogd.pid").read_text()))
+            brokers = lifetime_cpu_seconds(cluster.pid) - brokers0
             cluster.stop_request_tracking()
             produce = [r.timestamp_us for r in cluster.requests() if r.api_key == ApiKey.PRODUCE]
             last = max(produce) / 1e6 if produce else polled
@@ -124,7 +129,7 @@ def run_rsyslog(
         cluster.stop_request_tracking()
         cluster.clear_requests()
     note = f"omkafka impstats acked={acked} when the broker held all {expected}" if acked is not None else ""
-    return BaselineRun(end - start, stored, note)
+    return BaselineRun(end - start, stored, note, CpuShare(shipper, brokers, expected, end - start))
 
 
 def rsyslog_configured(lines: Path, cluster: MockCluster, topic: str, workdir: Path) -> Path:

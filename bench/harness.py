@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import sqlite3
@@ -111,6 +112,60 @@ def tree_cpu_seconds(pid: int) -> float:
         with contextlib.suppress(OSError):
             total += cpu_seconds(member)
     return total
+
+
+_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+
+
+def lifetime_cpu_seconds(pid: int) -> float:
+    """The CPU time (user + system) of ``pid`` since it started, the threads that ended included,
+    and of its live descendants: ``/proc/PID/stat``, in clock ticks (10 ms), fine over a
+    measurement of seconds."""
+    total = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError), open(f"/proc/{member}/stat") as fh:
+            fields = fh.read().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) * _TICK_S  # utime, stime
+    return total
+
+
+def reaped_cpu_seconds() -> float:
+    """The CPU time (user + system) of this process's children that exited and were reaped, with
+    their own reaped children: measured around a child's whole life, its every thread's, those that
+    ended before it too."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass(frozen=True, slots=True)
+class CpuShare:
+    """The CPU a shipper and the brokers used for ``records`` over ``elapsed`` seconds."""
+
+    shipper_s: float
+    brokers_s: float
+    records: int
+    elapsed: float
+
+    @property
+    def shipper_us(self) -> float:
+        """The shipper's CPU a record, in µs."""
+        return 1e6 * self.shipper_s / self.records
+
+    @property
+    def brokers_us(self) -> float:
+        return 1e6 * self.brokers_s / self.records
+
+    @property
+    def cores(self) -> float:
+        """How many cores the shipper kept busy on average."""
+        return self.shipper_s / self.elapsed
+
+    def figures(self) -> dict[str, float]:
+        return {"cpu_us": self.shipper_us, "brokers_us": self.brokers_us, "cores": self.cores}
+
+    def text(self) -> str:
+        return (f"CPU a record {self.shipper_us:.2f} µs ({self.cores:.2f} cores busy), "
+                f"the brokers {self.brokers_us:.2f} µs")
 
 
 class RssSampler:

@@ -56,6 +56,7 @@ from bench import baselines, hotspots
 from bench.harness import (
     BenchError,
     CounterTrace,
+    CpuShare,
     Machine,
     RssSampler,
     StateView,
@@ -63,8 +64,10 @@ from bench.harness import (
     delivery_log_times,
     ensure_debian_packages,
     ensure_py_spy,
+    lifetime_cpu_seconds,
     mock_cluster,
     percentile,
+    reaped_cpu_seconds,
     spawn,
     terminate,
     tree_cpu_seconds,
@@ -189,6 +192,7 @@ def throughput_replay(run: Run, *, parse_worker: bool = False, partitioning: str
         trace = CounterTrace(StateView(env.db), time.time())
         stderr = env.root / "replay.stderr"
         with open(stderr, "wb") as err:
+            reaped0, brokers0 = reaped_cpu_seconds(), lifetime_cpu_seconds(cluster.pid)
             start = time.monotonic()
             proc = spawn(argv, stdout=subprocess.PIPE, stderr=err)
             try:
@@ -199,9 +203,11 @@ def throughput_replay(run: Run, *, parse_worker: bool = False, partitioning: str
                     trace.sample()
                     time.sleep(0.25)
                 elapsed = time.monotonic() - start
+                brokers = lifetime_cpu_seconds(cluster.pid) - brokers0
                 out, _ = proc.communicate()
             finally:
                 terminate(proc)
+        cpu = CpuShare(reaped_cpu_seconds() - reaped0, brokers, run.n, elapsed)
         summary = json.loads(out.decode().strip().splitlines()[-1]) if out.strip() else {}
         delivered = StateView(env.db).counter("delivered_total")
         if delivered != run.n or proc.returncode != 0:
@@ -210,13 +216,13 @@ def throughput_replay(run: Run, *, parse_worker: bool = False, partitioning: str
                 f"summary {summary}; stderr: {stderr.read_text(errors='replace')[-1500:]}"
             )
     r = rate(run.n, elapsed)
-    run.figures[key] = {"rate": r, "elapsed": elapsed, "summary": summary}
+    run.figures[key] = {"rate": r, "elapsed": elapsed, "summary": summary, **cpu.figures()}
     print(
         f"  jobcompd replay{WORKER_TAG[parse_worker]}{STICKY_TAG[partitioning]}: {run.n:,} records delivered "
         f"in {elapsed:.2f} s "
         f"= {r:,.0f} records/s "
         f"(its own summary: {summary.get('elapsed_s')} s, delivered {summary.get('delivered'):,}; "
-        f"state: delivered {delivered:,}; {trace.tenths(run.n, trace.start + elapsed)})"
+        f"state: delivered {delivered:,}; {trace.tenths(run.n, trace.start + elapsed)}; {cpu.text()})"
     )
 
 
@@ -228,6 +234,8 @@ def throughput_daemon(run: Run, *, parse_worker: bool = False, partitioning: str
         state = StateView(env.db)
         assert env.log_path is not None
         with running_daemon(env) as daemon:
+            assert daemon.proc is not None
+            cpu0, brokers0 = lifetime_cpu_seconds(daemon.proc.pid), lifetime_cpu_seconds(cluster.pid)
             start = time.time()
             trace = CounterTrace(state, start)
             append_bulk(run.lines_file, env.log_path)
@@ -239,6 +247,7 @@ def throughput_daemon(run: Run, *, parse_worker: bool = False, partitioning: str
                 alive=alive(daemon),
                 interval=0.25,
             )
+            used = lifetime_cpu_seconds(daemon.proc.pid) - cpu0, lifetime_cpu_seconds(cluster.pid) - brokers0
             last = state.last_delivered_at()
             delivered = state.counter("delivered_total")
     if delivered != run.n:
@@ -246,13 +255,14 @@ def throughput_daemon(run: Run, *, parse_worker: bool = False, partitioning: str
     elapsed = last - start
     r = rate(run.n, elapsed)
     read = trace.reached(1, run.n)
-    run.figures[key] = {"rate": r, "elapsed": elapsed}
+    cpu = CpuShare(*used, run.n, elapsed)
+    run.figures[key] = {"rate": r, "elapsed": elapsed, **cpu.figures()}
     print(
         f"  jobcompd run{WORKER_TAG[parse_worker]}{STICKY_TAG[partitioning]}:    {run.n:,} records delivered "
         f"in {elapsed:.2f} s "
         f"= {r:,.0f} records/s "
         f"(file written in {written - start:.2f} s; every line read and spooled after "
-        f"{(read or last) - start:.1f} s; {trace.tenths(run.n, last)})"
+        f"{(read or last) - start:.1f} s; {trace.tenths(run.n, last)}; {cpu.text()})"
     )
 
 
@@ -299,10 +309,13 @@ def baseline_rsyslog(run: Run) -> None:
     elapsed = statistics.median(times)
     notes = "; ".join(sorted({r.note for r in results if r.note}))
     r = rate(run.n, elapsed)
-    run.figures["rsyslog"] = {"rate": r, "elapsed": elapsed, "note": notes}
+    median_run = sorted(results, key=lambda one: one.elapsed)[len(results) // 2]
+    cpu = median_run.cpu.figures() if median_run.cpu else {}
+    run.figures["rsyslog"] = {"rate": r, "elapsed": elapsed, "note": notes, **cpu}
     print(
         f"  rsyslog omkafka: {run.n:,} lines delivered in {elapsed:.2f} s = {r:,.0f} records/s "
-        f"(median of {len(times)} runs: {', '.join(f'{t:.2f}' for t in times)} s)"
+        f"(median of {len(times)} runs: {', '.join(f'{t:.2f}' for t in times)} s"
+        + (f"; the median run's {median_run.cpu.text()}" if median_run.cpu else "") + ")"
         + (f"\n  quirk: {notes}" if notes else "")
     )
 
@@ -316,19 +329,23 @@ def throughput_floor(run: Run) -> None:
     on confluent-kafka that counts every record by its report goes faster, whatever it does
     besides."""
     with mock_cluster(TOPIC, run.partitions) as cluster:
+        assert cluster.pid is not None
+        brokers0 = lifetime_cpu_seconds(cluster.pid)  # (its share of the untimed parsing is ~0)
         done = subprocess.run(
             [sys.executable, "-m", "bench.bulk_producer", cluster.bootstrap, TOPIC, str(run.lines_file)],
             cwd=Path(__file__).resolve().parent.parent, capture_output=True, timeout=run.timeout() + 300,
         )
+        brokers = lifetime_cpu_seconds(cluster.pid) - brokers0
     if done.returncode != 0:
         raise BenchError(f"throughput floor: {done.stderr.decode(errors='replace')[-500:]}")
     result = json.loads(done.stdout)
     if result["delivered"] != run.n:
         raise BenchError(f"throughput floor: {result['delivered']} of {run.n} reported delivered ({result})")
     r = rate(result["timed"], result["elapsed"])
-    run.figures["floor"] = {"rate": r, "elapsed": result["elapsed"]}
+    cpu = CpuShare(result["cpu"], brokers, result["timed"], result["elapsed"])
+    run.figures["floor"] = {"rate": r, "elapsed": result["elapsed"], **cpu.figures()}
     print(f"  confluent-kafka alone: {result['timed']:,} records delivered in {result['elapsed']:.2f} s "
-          f"= {r:,.0f} records/s (the first, sent alone before to connect, not timed)")
+          f"= {r:,.0f} records/s (the first, sent alone before to connect, not timed; {cpu.text()})")
 
 
 # -- 2. latency ----------------------------------------------------------------------------------
@@ -866,6 +883,31 @@ def _met(ok: bool) -> str:
     return "yes" if ok else "**no**"
 
 
+def cpu_rows(f: dict[str, dict[str, Any]], cpus: int) -> list[tuple[str, str, str, str, str]]:
+    """What bounds throughput: the CPU each shipper used a record, and the rate the machine's cores
+    would allow at that CPU a record (the brokers' included) — against rsyslog's rate."""
+    rows = []
+    rsyslog = f.get("rsyslog", {})
+    for key, who in (("replay", "`jobcompd replay`"), ("daemon", "`jobcompd run`"),
+                     ("floor", "confluent-kafka alone"), ("rsyslog", "rsyslog imfile → omkafka")):
+        if "cpu_us" not in f.get(key, {}):
+            continue
+        one = f[key]
+        title = (f"CPU a record, {who}: every thread and process of it, first byte → last report; "
+                 "the brokers' apart")
+        value = (f"{one['cpu_us']:.2f} µs ({one['cores']:.2f} cores busy); "
+                 f"the brokers {one['brokers_us']:.2f} µs")
+        ceiling = 1e6 * cpus / (one["cpu_us"] + one["brokers_us"])
+        against = []
+        if key != "rsyslog" and "cpu_us" in rsyslog:
+            against.append(f"{one['cpu_us'] / rsyslog['cpu_us']:.3g}× rsyslog's")
+        bound = f"at this CPU a record {cpus} cores allow at most {ceiling:,.0f} records/s"
+        if "rate" in rsyslog and key != "rsyslog":
+            bound += f" = {ceiling / rsyslog['rate']:.3g}× rsyslog's rate"
+        rows.append((title, value, "—", "—", "; ".join([*against, bound])))
+    return rows
+
+
 def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: float) -> str:
     f = run.figures
     n = f"{run.n:,}"
@@ -919,6 +961,7 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
         rows.append((label, value, "—", "—", f"floor: {against}" if against else "floor"))
     else:
         rows.append((label, failed("floor"), "—", "—", "floor"))
+    rows += cpu_rows(f, machine.cpus)
     lat, lat_rsyslog = f.get("latency"), f.get("latency-rsyslog")
     rsyslog_p99 = lat_rsyslog["consumer"]["p99"] if lat_rsyslog else None
     floor = f.get("latency-floor")
