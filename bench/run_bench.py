@@ -86,6 +86,7 @@ GOAL_IDLE_PCT = 0.1  # of one core
 
 TOPIC = "bench"
 WARMUP_LINES = 50
+SLOW_WRITE_S = 0.005  # a write() of the latency runs' writer that took longer is printed
 WORKER_TAG = {False: "", True: " (parse_worker = true)"}
 STICKY_TAG = {"key": "", "sticky": ' (kafka.partitioning = "sticky")'}
 MEASUREMENTS = (
@@ -352,15 +353,22 @@ def throughput_floor(run: Run) -> None:
 
 
 def write_steadily(writer: SlurmctldWriter, lines: list[bytes], per_s: int) -> list[float]:
-    """Write ``lines`` one at a time, ``per_s`` a second; when each was written."""
+    """Write ``lines`` one at a time, ``per_s`` a second; when each was written. A ``write()`` the
+    kernel held up (a disk busy with what earlier steps wrote) is printed: the latency of its line,
+    timed from before it, counts that wait too."""
     written: list[float] = []
+    longest = 0.0
     start = time.time() + 0.05
     for i, line in enumerate(lines):
         delay = start + i / per_s - time.time()
         if delay > 0:
             time.sleep(delay)
-        written.append(time.time())
+        at = time.time()
+        written.append(at)
         writer.write(line)
+        longest = max(longest, time.time() - at)
+    if longest > SLOW_WRITE_S:
+        print(f"  (the writer's longest write() took {longest * 1000:.1f} ms)")
     return written
 
 
