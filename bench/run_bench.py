@@ -578,7 +578,10 @@ def _latency_run(
                     alive=alive(daemon),
                 )
                 cpu = 100 * (tree_cpu_seconds(daemon.proc.pid) - cpu0) / (time.monotonic() - t0)
-                delivered_at = delivery_log_times(daemon.output()) if logged else {}
+                output = daemon.output()
+                delivered_at = delivery_log_times(output) if logged else {}
+                for line in [x for x in output.splitlines() if "reading held up" in x][:3]:
+                    print(f"  (jobcompd, {name}: {line.strip()[:300]})")
         finally:
             consumer.stop()
     return written, dict(consumer.received), delivered_at, cpu, dict(consumer.created)

@@ -57,6 +57,7 @@ _BACKPRESSURE_CHECK_S = 0.5
 _HEALTH_EVERY_S = _IDLE_WAIT_S
 _TEXTFILE_EVERY_S = 15.0  # node_exporter's textfile: rewritten this often
 _GATHER_S = 0.010  # a trickle's reads, their records sent early, join one commit for this long
+_SLOW_TURN_S = 0.2  # a turn of the reader (lines read → committed) longer than this is logged
 _PRUNE_EVERY_S = 600.0  # forget known ids past state.known_ids_days, in steps:
 
 
@@ -232,6 +233,7 @@ class Daemon(Monitoring):
                 if batch is None:
                     continue
                 self._add(ahead, batch)
+            turn = time.monotonic()
             if len(ahead) == 1 and ahead.head.prepared.beside and self._health.state_error is None:
                 # Read the next batch while this one is parsed. A small batch (lines as they are
                 # written) is parsed here instead, its records sent at once, and the lines that
@@ -247,7 +249,9 @@ class Daemon(Monitoring):
             ):
                 self._gather(ahead, sender)
             lines = len(ahead.head.prepared.lines)
+            committing = time.monotonic()
             result = self._commit(ahead)
+            self._slow_turn(turn, committing, lines)
             if result is not None:
                 self._lines_read += lines
                 depth += lines
@@ -256,6 +260,15 @@ class Daemon(Monitoring):
                     self._set_backpressure(True, depth)
             else:
                 self._stop.wait(_STATE_RETRY_S)
+
+    def _slow_turn(self, turn: float, committing: float, lines: int) -> None:
+        """Say so when lines waited on the reader's own work: a turn (from lines read to their
+        commit) that took over ``_SLOW_TURN_S`` — a slow disk under the state, most often."""
+        took = time.monotonic() - turn
+        if took > _SLOW_TURN_S:
+            self._quiet.log("slow turn", logging.WARNING, "reading held up: lines waited this long",
+                            seconds=round(took, 3), commit_s=round(time.monotonic() - committing, 3),
+                            lines=lines)
 
     def _send_early(self, parsed: RecordBatch, sender: SenderThread) -> bool:
         """Lines as they are written: their new records go to Kafka while their batch is committed

@@ -201,6 +201,34 @@ def test_a_trickle_is_committed_a_few_reads_at_a_time(
     assert_all_arrived(kafka, env, lines)
 
 
+def test_a_reader_held_up_by_its_state_says_so(
+    kafka: MockCluster, env: JobcompdEnv, daemon: DaemonProcess
+) -> None:
+    """Another process holds the state's write lock for a while (as a `deadletter retry` or a
+    `replay` beside the daemon can): the commit of the next lines waits for it, the daemon logs
+    that reading was held up and for how long, and the lines arrive once the lock is let go."""
+    lines = mixed_lines(20, seed=35)
+    log = env.log_path
+    assert log is not None
+    daemon.start()
+    with SlurmctldWriter(log) as w:
+        w.write(b"".join(lines[:10]))
+        assert_all_arrived(kafka, env, lines[:10])
+        other = sqlite3.connect(env.db, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            w.write(b"".join(lines[10:]))
+            time.sleep(1.0)
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+    daemon.wait_log("reading held up", timeout=10)
+    held = [x for x in daemon.output().splitlines() if "reading held up" in x][-1]
+    seconds, commit_s = (float(held.split(f" {key}=")[1].split()[0]) for key in ("seconds", "commit_s"))
+    assert 0.5 < commit_s <= seconds < 5, held  # the lock's second, give or take the reaction
+    assert_all_arrived(kafka, env, lines)
+
+
 def test_rotation_while_stopped(kafka: MockCluster, env: JobcompdEnv, daemon: DaemonProcess) -> None:
     lines = mixed_lines(1_000, seed=24)
     log = env.log_path
