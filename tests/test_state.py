@@ -517,6 +517,10 @@ def test_a_failed_flush_refuses_the_next_batch_until_a_flush_succeeds(
         disk.error = OSError(errno.EIO, os.strerror(errno.EIO))
         s.commit_batch(records(0, 2), position=at(100))
         assert disk.failed.wait(10)
+        # The flusher notes a failure after the flush raised it, then tries again: once a second
+        # try has failed, the first is noted (waiting for the first alone raced with that).
+        disk.failed.clear()
+        assert disk.failed.wait(10)
         with pytest.raises(StateError) as refused:
             s.commit_batch(records(2, 3), position=at(200))
         assert refused.value.transient
