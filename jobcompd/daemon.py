@@ -264,10 +264,10 @@ class Daemon(Monitoring):
     def _slow_turn(self, turn: float, committing: float, lines: int) -> None:
         """Say so when lines waited on the reader's own work: a turn (from lines read to their
         commit) that took over ``_SLOW_TURN_S`` — a slow disk under the state, most often."""
-        took = time.monotonic() - turn
-        if took > _SLOW_TURN_S:
+        now = time.monotonic()
+        if now - turn > _SLOW_TURN_S:
             self._quiet.log("slow turn", logging.WARNING, "reading held up: lines waited this long",
-                            seconds=round(took, 3), commit_s=round(time.monotonic() - committing, 3),
+                            seconds=round(now - turn, 3), commit_s=round(now - committing, 3),
                             lines=lines)
 
     def _send_early(self, parsed: RecordBatch, sender: SenderThread) -> bool:
