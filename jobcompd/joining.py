@@ -136,9 +136,10 @@ def unfinished_tail(
     """How many of the last ``lines`` start a record that the lines after them may still complete.
 
     A reader holds these back until more lines come (or the file stays quiet), so that a record
-    with line breaks in its name is joined even when a read or a batch ends in its middle. The
-    earliest such start counts: a name's line break may be followed by text that looks like a
-    record start itself.
+    with line breaks in its name is joined even when a read or a batch ends in its middle (the
+    tailer asks only where the end of what it read may cut a write:
+    :data:`jobcompd.tailer.followed.WRITE_CUT`). The earliest such start counts: a name's line
+    break may be followed by text that looks like a record start itself.
 
     ``alone(line)``, if given, is the compiled reader's reading of a line alone (see
     :func:`jobcompd.fastpath.compiled_alone`), so that a line it reads is not parsed again here:

@@ -234,6 +234,17 @@ def hostile_lines(size: int = 65_000) -> dict[str, bytes]:
     }
 
 
+def page_filler(written: int, cut: bytes) -> bytes:
+    """A whole record of the length that makes it and ``cut``, written after ``written`` bytes, end
+    on a page boundary: the only place a reader can see one of slurmctld's ``write()`` calls cut
+    (:data:`jobcompd.tailer.followed.WRITE_CUT`), so where a test may cut a record's write."""
+    from jobcompd.tailer.followed import WRITE_CUT
+
+    bare = len(_HOSTILE_BASE % (b"page", b"/w", b"", b""))
+    room = -(written + bare + len(cut)) % WRITE_CUT
+    return _HOSTILE_BASE % (b"page" + b"p" * room, b"/w", b"", b"")
+
+
 def ordinary_line() -> bytes:
     """The line the hostile ones are measured against: the same record with short values."""
     return _HOSTILE_BASE % (b"job", b"/home/alice", b"proj", b"")

@@ -42,7 +42,7 @@ from tests.jobcompd_env import (
     parse_workers,
     wait_for,
 )
-from tests.slurmctld import SlurmctldWriter, mixed_lines
+from tests.slurmctld import SlurmctldWriter, mixed_lines, page_filler
 
 
 @pytest.fixture
@@ -744,14 +744,17 @@ def test_real_records_arrive_and_poison_lines_cost_only_themselves(
         # A big batch (parsed by the parse worker) with poison lines among good ones …
         w.write(b"".join(good[:150] + POISON + [HOSTILE] + good[150:300]))
         # … small ones, parsed in-process, and the real workload, its split record written in
-        # two pieces a moment apart (a read can end between its lines).
+        # two pieces a moment apart, cut on a page boundary (where a read can end between its
+        # lines: a write is seen cut only there).
         for line in [*POISON, HOSTILE, *good[300:]]:
             w.write(line)
         split = next(i for i, line in enumerate(real) if not line.startswith(b"JobId="))
-        w.write(b"".join(real[: split]))
+        head = b"".join(real[:split])
+        filler = page_filler(env.log_path.stat().st_size, head)
+        w.write(filler + head)
         time.sleep(0.6)
         w.write(b"".join(real[split:]))
-    assert_all_arrived(kafka, env, [*good, *real, HOSTILE])
+    assert_all_arrived(kafka, env, [*good, filler, *real, HOSTILE])
     wait_for(lambda: env.count("quarantine") == 2 * len(POISON), 20, "the poison lines quarantined")
     assert daemon.proc is not None and daemon.proc.poll() is None  # still up
     checked = env.run("status")

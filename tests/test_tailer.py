@@ -37,7 +37,7 @@ from jobcompd.tailer import (
     rotation_stamp,
     take_lines,
 )
-from tests.slurmctld import SlurmctldWriter, mixed_lines
+from tests.slurmctld import SlurmctldWriter, mixed_lines, page_filler
 
 LOG = "slurm_jobcomp.log"
 
@@ -1143,7 +1143,7 @@ def test_an_unfinished_record_waits_for_its_rest_then_for_quiet(tmp_path: Path) 
     first, rest = real(name=b"line1\nline2").split(b"\n", 1)
     h = Harness(log, hold=unfinished_tail, hold_for=1.0, recheck_interval=0.1)
     with SlurmctldWriter(log) as w:
-        w.write(mixed_lines(1, seed=2)[0] + first + b"\n")
+        w.write(page_filler(0, first + b"\n") + first + b"\n")
         h.start()
         try:
             h.read_until(lambda: len(h.received) == 1)  # the whole line before it
@@ -1154,12 +1154,45 @@ def test_an_unfinished_record_waits_for_its_rest_then_for_quiet(tmp_path: Path) 
             assert h.batches[-1].lines == [first + b"\n", rest]  # … and comes with it
             # A start whose rest never comes is delivered after hold_for of quiet.
             cut = real(jobid=b"7", name=b"a\nb").split(b"\n", 1)[0] + b"\n"
-            w.write(cut)
+            w.write(page_filler(log.stat().st_size, cut) + cut)
+            h.read_until(lambda: len(h.received) == 4)
             began = time.monotonic()
-            h.read_until(lambda: len(h.received) == 4, timeout=10)
+            h.read_until(lambda: len(h.received) == 5, timeout=10)
             assert time.monotonic() - began >= 0.9
+            assert h.received[-1] == cut
         finally:
             h.stop()
+
+
+def test_a_record_start_read_to_the_end_of_a_write_is_not_held(tmp_path: Path) -> None:
+    """slurmctld writes a record in one ``write()``, and a reader sees one cut only on a page
+    boundary: lines read to the file's end anywhere else hold whole records. A 17.02 record (which
+    a newer one cut in its directory looks like) last in the file is read at once, not after the
+    next line; so is a record start cut elsewhere than on a page, which no slurmctld writes."""
+    from jobcompd.joining import unfinished_tail
+    from jobcompd.record import parse_line
+    from tests.test_record import real
+
+    log = tmp_path / "jobcomp.log"
+    old = next(x for x in mixed_lines(200, seed=3)
+               if x.count(b"\n") == 1 and getattr(parse_line(x), "generation", "") == "17.02")
+    first, rest = real(name=b"line1\nline2").split(b"\n", 1)
+    h = Harness(log, hold=unfinished_tail, hold_for=30.0, recheck_interval=30.0)
+    with SlurmctldWriter(log) as w:
+        w.write(mixed_lines(1, seed=2)[0])
+        h.start()
+        try:
+            h.read_until(lambda: len(h.received) == 1)
+            for line in (old, first + b"\n", rest):
+                w.write(line)
+                assert log.stat().st_size % 4096 != 0  # not where a write can be seen cut
+                began = time.monotonic()
+                batch = h.step(timeout=5.0)
+                assert batch is not None and batch.lines == [line]
+                assert time.monotonic() - began < 2.0
+        finally:
+            h.stop()
+    assert h.received[1:] == [old, first + b"\n", rest]
 
 
 def test_a_held_record_start_is_read_as_its_quiet_ends_not_at_the_next_recheck(tmp_path: Path) -> None:
@@ -1176,7 +1209,8 @@ def test_a_held_record_start_is_read_as_its_quiet_ends_not_at_the_next_recheck(t
         h.start()
         try:
             h.read_until(lambda: len(h.received) == 1)
-            w.write(cut)
+            w.write(page_filler(log.stat().st_size, cut) + cut)
+            h.read_until(lambda: len(h.received) == 2)
             began = time.monotonic()
             batch = h.step(timeout=20.0)
             took = time.monotonic() - began

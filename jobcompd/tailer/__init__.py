@@ -98,7 +98,9 @@ class Tailer(FileReading, Siblings):
     holds at a very first start. ``poll=True`` uses watchdog's polling observer (NFS).
     ``hold(lines)`` says how many of the last lines read may still be continued by lines not
     written yet (a record whose name holds line breaks); those wait, like a partial line, for up to
-    ``hold_for`` seconds of quiet before they are delivered as they are.
+    ``hold_for`` seconds of quiet before they are delivered as they are — only when the file ends
+    where a ``write()`` can be seen cut (:data:`jobcompd.tailer.followed.WRITE_CUT`): elsewhere
+    its end is a write's end.
     :meth:`read` is called from one thread; the observer thread only wakes it.
     """
 

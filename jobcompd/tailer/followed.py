@@ -22,6 +22,12 @@ from jobcompd.tailer.values import LineBatch
 
 _Signature = tuple[int, int, int, int]
 
+WRITE_CUT = 4096
+"""Where a reader can see one ``write()`` cut: a file grows by whole pages while a write is copied
+into it (one page, or a larger folio, at a time), so a write seen in part ends at a multiple of the
+page size (4 KiB, or 64 KiB, a multiple of it). slurmctld writes each record in one ``write()``,
+so the lines read up to the file's end elsewhere hold whole records: none is held for its rest."""
+
 
 def _signature(st: os.stat_result) -> _Signature:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
@@ -191,7 +197,9 @@ class FileReading(TailerParts):
         taken = take_lines(data, f.offset, max_lines=self._max_lines,
                            max_line_bytes=self._max_line)
         if taken.lines:
-            keep = 0 if final or self._hold is None else self._hold(taken.lines)
+            end = f.offset + len(data)
+            whole = taken.end == end and (len(data) < want or end == f.size) and end % WRITE_CUT != 0
+            keep = 0 if final or whole or self._hold is None else self._hold(taken.lines)
             if keep and self._holding(f, taken.offsets[-keep]):
                 if keep == len(taken.lines):
                     return None
