@@ -7,7 +7,9 @@ three-broker Kafka in its own process, on loopback; a fresh one per measurement)
    ``jobcompd replay`` and through the live daemon (``jobcompd run``, lines appended in bulk), next
    to two baselines on the same lines and broker: ``kcat -P -l`` and rsyslog imfile → omkafka;
    and the floor: confluent-kafka alone (``bench/bulk_producer.py``) sending the records of the
-   same lines as jobcompd sends them, with nothing else to do (no reading, parsing or state);
+   same lines as jobcompd sends them, with nothing else to do (no reading, parsing or state).
+   The baselines, ``replay`` and ``run`` in the default configuration are the median of
+   ``--baseline-runs`` runs each (3); the other steps run once;
 2. latency: lines appended one at a time at a steady rate, write → delivery report (the daemon's
    "job delivered" log line, ``debug_jobcomp``) and write → a consumer receiving the message
    (matched by record id); then rsyslog imfile → omkafka on the same lines at the same rate, write →
@@ -184,54 +186,91 @@ def rate(records: int, seconds: float) -> float:
 # -- 1. throughput -------------------------------------------------------------------------------
 
 
+def _median_of(run: Run, key: str, label: str, runs: int, once: Callable[[int], dict[str, Any]]) -> None:
+    """``once(i)`` for each of ``runs`` runs (each returns its figures, ``elapsed`` among them; each
+    has a workspace of its own): the median run's figures are ``run.figures[key]``, as the
+    baselines are medians of theirs."""
+    results = [once(i) for i in range(runs)]
+    median = sorted(results, key=lambda one: one["elapsed"])[len(results) // 2]
+    run.figures[key] = median
+    if runs > 1:
+        times = ", ".join(f"{one['elapsed']:.2f}" for one in results)
+        print(f"  {label}: median of {runs} runs ({times} s) = {median['rate']:,.0f} records/s")
+
+
 def throughput_replay(run: Run, *, parse_worker: bool = False, partitioning: str = "key") -> None:
-    """``jobcompd replay`` of the N lines, timed from exec to exit (it exits once all are delivered)."""
+    """``jobcompd replay`` of the N lines, timed from exec to its last delivery report (committed),
+    as ``run`` is timed; in the default configuration ``--baseline-runs`` times (median), as the
+    baselines."""
     key = "replay-worker" if parse_worker else "replay" if partitioning == "key" else f"replay-{partitioning}"
+    runs = run.args.baseline_runs if key == "replay" else 1
+    _median_of(run, key, "jobcompd replay", runs,
+               functools.partial(_replay_once, run, key, parse_worker, partitioning))
+
+
+def _replay_once(run: Run, key: str, parse_worker: bool, partitioning: str, i: int) -> dict[str, Any]:
     with mock_cluster(TOPIC, run.partitions) as cluster:
-        env = run.env(key, cluster.bootstrap, parse_worker=parse_worker, partitioning=partitioning)
+        name = key if i == 0 else f"{key}-{i}"
+        env = run.env(name, cluster.bootstrap, parse_worker=parse_worker, partitioning=partitioning)
         argv = [JOBCOMPD, "replay", "--json", "-q", str(run.lines_file), "-c", str(env.config)]
         trace = CounterTrace(StateView(env.db), time.time())
         stderr = env.root / "replay.stderr"
         with open(stderr, "wb") as err:
             reaped0, brokers0 = reaped_cpu_seconds(), lifetime_cpu_seconds(cluster.pid)
-            start = time.monotonic()
+            start, started_at = time.monotonic(), time.time()
             proc = spawn(argv, stdout=subprocess.PIPE, stderr=err)
             try:
-                # stdout is one JSON line at exit: it cannot fill the pipe while we poll.
-                while proc.poll() is None:
+                # stdout is one JSON line at exit: it cannot fill the pipe while we wait (for its
+                # exit, to the moment: the trace is sampled between waits).
+                while True:
                     if time.monotonic() - start > run.timeout():
                         raise BenchError(f"replay did not finish within {run.timeout():.0f} s")
                     trace.sample()
-                    time.sleep(0.25)
-                elapsed = time.monotonic() - start
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(timeout=0.25)
+                        break
+                exited = time.monotonic() - start
                 brokers = lifetime_cpu_seconds(cluster.pid) - brokers0
                 out, _ = proc.communicate()
             finally:
                 terminate(proc)
-        cpu = CpuShare(reaped_cpu_seconds() - reaped0, brokers, run.n, elapsed)
         summary = json.loads(out.decode().strip().splitlines()[-1]) if out.strip() else {}
-        delivered = StateView(env.db).counter("delivered_total")
+        view = StateView(env.db)
+        delivered = view.counter("delivered_total")
         if delivered != run.n or proc.returncode != 0:
             raise BenchError(
                 f"replay exited {proc.returncode}, delivered {delivered} of {run.n}; "
                 f"summary {summary}; stderr: {stderr.read_text(errors='replace')[-1500:]}"
             )
+        # Timed to the last acknowledgement (its report committed), as `run` and the issue time it;
+        # rsyslog's end is its last Produce request. Closing the state and the process comes after.
+        elapsed = min(exited, view.last_delivered_at() - started_at)
+        cpu = CpuShare(reaped_cpu_seconds() - reaped0, brokers, run.n, elapsed)
     r = rate(run.n, elapsed)
-    run.figures[key] = {"rate": r, "elapsed": elapsed, "summary": summary, **cpu.figures()}
     print(
         f"  jobcompd replay{WORKER_TAG[parse_worker]}{STICKY_TAG[partitioning]}: {run.n:,} records delivered "
         f"in {elapsed:.2f} s "
         f"= {r:,.0f} records/s "
-        f"(its own summary: {summary.get('elapsed_s')} s, delivered {summary.get('delivered'):,}; "
+        f"(exited after {exited:.2f} s; its own summary: {summary.get('elapsed_s')} s, "
+        f"delivered {summary.get('delivered'):,}; "
         f"state: delivered {delivered:,}; {trace.tenths(run.n, trace.start + elapsed)}; {cpu.text()})"
     )
+    return {"rate": r, "elapsed": elapsed, "summary": summary, **cpu.figures()}
 
 
 def throughput_daemon(run: Run, *, parse_worker: bool = False, partitioning: str = "key") -> None:
-    """The live daemon: N lines appended in bulk to its log, until the state counts N delivered."""
+    """The live daemon: N lines appended in bulk to its log, until the state counts N delivered; in
+    the default configuration ``--baseline-runs`` times (median), as the baselines."""
     key = "daemon-worker" if parse_worker else "daemon" if partitioning == "key" else f"daemon-{partitioning}"
+    runs = run.args.baseline_runs if key == "daemon" else 1
+    _median_of(run, key, "jobcompd run", runs,
+               functools.partial(_daemon_once, run, key, parse_worker, partitioning))
+
+
+def _daemon_once(run: Run, key: str, parse_worker: bool, partitioning: str, i: int) -> dict[str, Any]:
     with mock_cluster(TOPIC, run.partitions) as cluster:
-        env = run.env(key, cluster.bootstrap, parse_worker=parse_worker, partitioning=partitioning)
+        name = key if i == 0 else f"{key}-{i}"
+        env = run.env(name, cluster.bootstrap, parse_worker=parse_worker, partitioning=partitioning)
         state = StateView(env.db)
         assert env.log_path is not None
         with running_daemon(env) as daemon:
@@ -257,7 +296,6 @@ def throughput_daemon(run: Run, *, parse_worker: bool = False, partitioning: str
     r = rate(run.n, elapsed)
     read = trace.reached(1, run.n)
     cpu = CpuShare(*used, run.n, elapsed)
-    run.figures[key] = {"rate": r, "elapsed": elapsed, **cpu.figures()}
     print(
         f"  jobcompd run{WORKER_TAG[parse_worker]}{STICKY_TAG[partitioning]}:    {run.n:,} records delivered "
         f"in {elapsed:.2f} s "
@@ -265,6 +303,7 @@ def throughput_daemon(run: Run, *, parse_worker: bool = False, partitioning: str
         f"(file written in {written - start:.2f} s; every line read and spooled after "
         f"{(read or last) - start:.1f} s; {trace.tenths(run.n, last)}; {cpu.text()})"
     )
+    return {"rate": r, "elapsed": elapsed, **cpu.figures()}
 
 
 def baseline_kcat(run: Run) -> None:
@@ -936,7 +975,7 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
         return ", ".join(parts) or "—"
 
     for key, label in (
-        ("replay", f"throughput `jobcompd replay`, {n} lines, exec → exit (last delivery report)"),
+        ("replay", f"throughput `jobcompd replay`, {n} lines, exec → last delivery report"),
         ("replay-worker", f"the same with `parse_worker = true` (a parse worker process), {n} lines"),
         ("replay-sticky", f'the same with `kafka.partitioning = "sticky"`, {n} lines'),
         (
@@ -1146,7 +1185,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--profile-lines", type=int, help="lines replayed / tailed under py-spy (default 200,000)"
     )
     ap.add_argument("--only", help=f"comma-separated subset of: {','.join(MEASUREMENTS)}")
-    ap.add_argument("--baseline-runs", type=int, default=3, help="runs of each baseline (median)")
+    ap.add_argument(
+        "--baseline-runs", type=int, default=3,
+        help="runs of each baseline, and of replay and run in the default configuration (median)",
+    )
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--keep", action="store_true", help="keep the workspace (state, logs, profiles)")
     args = ap.parse_args(argv)
