@@ -51,7 +51,7 @@ bench-parse: $(STAMP)
 	$(PY) bench/bench_parse.py
 
 # End to end against a local broker, with kcat and rsyslog baselines (installs them: run as root).
-# About 9 minutes on 2 cores; `make bench BENCH_ARGS=--quick` takes about 2 minutes.
+# About 8 minutes on 2 cores; `make bench BENCH_ARGS=--quick` takes about 2 minutes.
 bench: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[bench]'
 	$(PY) bench/run_bench.py $(BENCH_ARGS)
