@@ -1171,6 +1171,7 @@ def test_a_record_start_read_to_the_end_of_a_write_is_not_held(tmp_path: Path) -
     next line; so is a record start cut elsewhere than on a page, which no slurmctld writes."""
     from jobcompd.joining import unfinished_tail
     from jobcompd.record import parse_line
+    from jobcompd.tailer.followed import WRITE_CUT
     from tests.test_record import real
 
     log = tmp_path / "jobcomp.log"
@@ -1185,7 +1186,7 @@ def test_a_record_start_read_to_the_end_of_a_write_is_not_held(tmp_path: Path) -
             h.read_until(lambda: len(h.received) == 1)
             for line in (old, first + b"\n", rest):
                 w.write(line)
-                assert log.stat().st_size % 4096 != 0  # not where a write can be seen cut
+                assert log.stat().st_size % WRITE_CUT != 0  # not where a write can be seen cut
                 began = time.monotonic()
                 batch = h.step(timeout=5.0)
                 assert batch is not None and batch.lines == [line]
