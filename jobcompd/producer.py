@@ -37,7 +37,7 @@ from jobcompd.delivery import PRODUCER_STATE
 from jobcompd.logs import Quieter, librdkafka_logger
 from jobcompd.partitions import Partitions
 from jobcompd.reports import InFlight, ReportHandling, SenderCounters, _reason, _rid_of
-from jobcompd.sendloop import Reports, produce_records
+from jobcompd.sendloop import Reports, channel, failures, produce_records, refusal_error
 from jobcompd.state import SpooledRecord, State, StateError
 
 __all__ = ["REPLAY_WINDOW", "WINDOW", "Sender", "SenderCounters", "SenderThread"]
@@ -105,6 +105,9 @@ class Sender(ReportHandling):
         self._quiet = Quieter(self._log)
         self._factory = producer_factory
         self._producer: Producer | None = None
+        # The producer's channel (jobcompd.sendloop.channel): records produced through it, and
+        # how each ended; None where confluent-kafka's produce() and reports serve.
+        self._channel: Any = None
         self._cursor = 0  # highest spool seq handed to librdkafka
         self._in_flight: dict[str, InFlight] = {}
         self._backlog: list[SpooledRecord] = []  # fetched, not yet accepted by librdkafka
@@ -142,9 +145,12 @@ class Sender(ReportHandling):
     def start(self) -> None:
         """Create the librdkafka producer (idempotent)."""
         if self._producer is None:
-            self._producer = self._new_producer(self._kafka)
+            self._producer, self._channel = self._new_producer(self._kafka)
+            self._log.debug("producer made", sending=self.sending)
 
-    def _new_producer(self, kafka: KafkaSettings) -> Any:
+    def _new_producer(self, kafka: KafkaSettings) -> tuple[Any, Any]:
+        """A producer for ``kafka``, and its channel (``None`` if it has none)."""
+        made, plugin = (None, {}) if self._debug else channel()
         conf: dict[str, Any] = dict(kafka.producer_config())
         # The report collector (jobcompd.sendloop.Reports) is the callback itself, unless
         # debug_jobcomp logs each delivery too.
@@ -153,7 +159,21 @@ class Sender(ReportHandling):
         conf["stats_cb"] = self._on_stats
         conf.setdefault("statistics.interval.ms", _STATS_INTERVAL_MS)
         conf.setdefault("logger", librdkafka_logger())
-        return self._factory(conf)
+        if made is None:
+            return self._factory(conf), None
+        # The channel's plugin first, so that it handles its property; a site's own plugins after.
+        paths = [plugin["plugin.library.paths"], *filter(None, [conf.get("plugin.library.paths")])]
+        try:
+            producer = self._factory({**plugin, **conf, "plugin.library.paths": ";".join(paths)})
+        except KafkaException as exc:
+            producer = self._factory(conf)  # raises what is wrong with the settings, if anything is
+            self._log.warning("sending through confluent-kafka's produce(): the channel's plugin "
+                              "was refused", error=str(exc))
+            return producer, None
+        # A channel serves confluent-kafka's own Producer, once its plugin was given the client.
+        if not (made.connected and type(producer).produce is Producer.produce):
+            return producer, None
+        return producer, made
 
     def reconfigure(self, kafka: KafkaSettings) -> None:
         """Apply new settings: topic and params at once; new librdkafka properties rebuild the producer.
@@ -172,7 +192,7 @@ class Sender(ReportHandling):
                 new = self._new_producer(kafka)  # raises on settings librdkafka refuses
                 self._log.info("rebuilding producer for changed librdkafka properties")
                 self._drain(self._kafka.params.flush_timeout)
-                self._producer = new
+                self._producer, self._channel = new
             self._kafka = kafka
 
     def close(self, flush_timeout_ms: int | None = None) -> int:
@@ -186,7 +206,7 @@ class Sender(ReportHandling):
             if flush_timeout_ms is None:
                 flush_timeout_ms = self._kafka.params.flush_timeout
             self._drain(flush_timeout_ms)
-            self._producer = None
+            self._producer = self._channel = None
         return self._state.spool_depth()
 
     def _drain(self, flush_timeout_ms: int) -> None:
@@ -214,6 +234,7 @@ class Sender(ReportHandling):
             producer.poll(0)
         with suppress(KafkaException):
             producer.flush(0)
+        self._take_reports()
         self._settle()
         self._settle_unsettled()
         # Anything still unreported stays in the spool; start over from its first record.
@@ -228,6 +249,14 @@ class Sender(ReportHandling):
         self._early.intersection_update(kept)
         self._cursor = 0
         self._spool_exhausted = False
+
+    @property
+    def sending(self) -> str:
+        """How records go to librdkafka: ``"channel"`` (the compiled send loop's, without the
+        interpreter lock) or ``"produce()"`` (confluent-kafka's); ``"not yet"`` before :meth:`start`."""
+        if self._producer is None:
+            return "not yet"
+        return "produce()" if self._channel is None else "channel"
 
     # -- the work ----------------------------------------------------------------------------
 
@@ -263,9 +292,15 @@ class Sender(ReportHandling):
             # confluent-kafka raises a fatal error (e.g. the idempotent producer lost its
             # sequence) from poll(): recreate the producer and send the spool again.
             self._on_error(exc.args[0])
+        self._take_reports()
         settled = self._settle() if self._settle_due() else 0
         self._quiet.flush()
         return settled
+
+    def _take_reports(self) -> None:
+        """The reports of the records produced through the channel, with the others served."""
+        if self._channel is not None and (failed := self._channel.take(self._reports)):
+            self._reports.failed += failures(failed)
 
     def wake(self) -> None:
         """New records were spooled: look for them at the next pump."""
@@ -494,6 +529,7 @@ class Sender(ReportHandling):
         producer = self._producer
         assert producer is not None
         produce = producer.produce
+        through = self._channel
         topic = self._kafka.topic
         partition = self._partitions.next(self._kafka)
         backlog = self._backlog
@@ -505,9 +541,16 @@ class Sender(ReportHandling):
         sent = size = 0
         try:
             while True:
-                handed, handed_bytes, exc = produce_records(
-                    produce, topic, partition, backlog, end, budget - size, in_flight, RECORD_ID_HEADER
-                )
+                if through is not None:
+                    handed, handed_bytes, exc = through.produce_records(
+                        producer, topic, partition, backlog, end, budget - size, in_flight, RECORD_ID_HEADER
+                    )
+                    if isinstance(exc, tuple):
+                        exc = refusal_error(exc)
+                else:
+                    handed, handed_bytes, exc = produce_records(
+                        produce, topic, partition, backlog, end, budget - size, in_flight, RECORD_ID_HEADER
+                    )
                 sent += handed
                 size += handed_bytes
                 if exc is None:

@@ -18,7 +18,7 @@ from jobcompd.config import KafkaSettings
 from jobcompd.delivery import Outcome, outcome
 from jobcompd.logs import Quieter
 from jobcompd.partitions import Partitions
-from jobcompd.sendloop import PythonReports, delivered_pairs, forget
+from jobcompd.sendloop import PythonReports, Undelivered, delivered_pairs, forget
 from jobcompd.state import Delivery, SpooledRecord, State
 
 __all__ = ["InFlight", "ReportHandling", "SenderCounters"]
@@ -56,9 +56,9 @@ class SenderCounters:
     brokers_down_since: float | None = None  # no broker up since then
 
 
-def _rid_of(report: Message | bytes | None) -> str:
+def _rid_of(report: Message | Undelivered | bytes | None) -> str:
     """The record id a report is for: its message's key (``report``: the message, or its key)."""
-    key = report.key() if isinstance(report, Message) else report
+    key = report.key() if isinstance(report, Message | Undelivered) else report
     return key.decode() if isinstance(key, bytes) else str(key)
 
 

@@ -8,6 +8,14 @@ twin, which does the same step for step without the interpreter's work per recor
 in use: the compiled ones where they were built, unless ``JOBCOMPD_PARSER=python`` asks for the
 Python path (as it does for the record reader, :mod:`jobcompd.fastpath`). :data:`SEND_LOOP` says
 which. ``tests/test_sendloop.py`` runs both twins on the same inputs.
+
+Where the compiled send loop is built, records also go to librdkafka without confluent-kafka's
+``produce()``, and their reports come back without its ``Message`` objects: a :func:`channel` made
+for each producer (the compiled ``Channel``, a librdkafka plugin: see ``_sendloop.c``). It hands
+records to librdkafka without the interpreter lock, and it keeps how each ended, for
+:meth:`Channel.take` to hand over as the reports collected here would be. confluent-kafka's
+``produce()`` and report callback remain the way wherever the channel is not in use (the Python
+path, a producer made without it, ``debug_jobcomp``), and for the records sent early.
 """
 
 from __future__ import annotations
@@ -15,15 +23,21 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Set
 from operator import itemgetter
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
+
+from confluent_kafka import KafkaError, KafkaException
 
 from jobcompd.fastpath import load_compiled
 
 __all__ = [
+    "CHANNEL_PROPERTY",
     "SEND_LOOP",
     "PythonReports",
     "Reports",
+    "Undelivered",
+    "channel",
     "delivered_pairs",
+    "refusal_error",
     "forget",
     "produce_records",
     "python_delivered_pairs",
@@ -125,7 +139,60 @@ def python_forget(in_flight: dict[str, Any], rids: list[str]) -> int:
     return sum(map(_SIZE, map(in_flight.pop, rids)))
 
 
+class Undelivered(NamedTuple):
+    """The report of a record produced through a channel that was not delivered, answering as
+    confluent-kafka's ``Message`` does where a failure is settled."""
+
+    rid: bytes
+    payload: bytes
+    partition_: int
+    offset_: int
+
+    def key(self) -> bytes:
+        return self.rid
+
+    def value(self) -> bytes:
+        return self.payload
+
+    def partition(self) -> int:
+        return self.partition_
+
+    def offset(self) -> int:
+        return self.offset_
+
+
+def failures(taken: list[tuple[int, bytes, bytes, int, int]]) -> list[tuple[KafkaError, Undelivered]]:
+    """The failures :meth:`Channel.take` returned, as the reports collected here hold them:
+    ``(error, message)``."""
+    return [(KafkaError(code), Undelivered(key, payload, partition, offset))
+            for code, key, payload, partition, offset in taken]
+
+
+def refusal_error(refusal: tuple[int, int, str]) -> BaseException:
+    """A record librdkafka refused through a channel, ``(code, fatal, reason)``, as confluent-kafka's
+    ``produce()`` raises it: ``BufferError`` for a full queue, else ``KafkaException``."""
+    code, fatal, reason = refusal
+    if code == KafkaError._QUEUE_FULL:
+        return BufferError(reason)
+    return KafkaException(KafkaError(code, reason, fatal=bool(fatal)))
+
+
+CHANNEL_PROPERTY = "jobcompd.channel"
+"""The producer property, handled by the channel's plugin, that names the channel."""
+
 _compiled, SEND_LOOP = load_compiled("_sendloop", "send loop")
+
+
+def channel() -> tuple[Any, dict[str, str]]:
+    """A new channel and the producer properties that make a producer use it (to go before any
+    other), or ``None`` and no properties where the compiled send loop is not in use or has not
+    found the librdkafka confluent-kafka loaded."""
+    if _compiled is None or _compiled.librdkafka():
+        return None, {}
+    made = _compiled.Channel()
+    return made, {"plugin.library.paths": _compiled.__file__, CHANNEL_PROPERTY: str(made.id)}
+
+
 produce_records: ProduceRecords = python_produce_records if _compiled is None else _compiled.produce_records
 Reports: Callable[[], PythonReports] = PythonReports if _compiled is None else _compiled.Reports
 delivered_pairs: Callable[

@@ -15,7 +15,7 @@ import structlog
 from confluent_kafka import KafkaError, KafkaException, Producer
 from structlog.testing import capture_logs
 
-from jobcompd import reports
+from jobcompd import reports, sendloop
 from jobcompd.config import load_settings
 from jobcompd.producer import _OFFERED_BYTES, _OFFERED_BYTES_WINDOW_FULL, Sender, SenderThread
 from jobcompd.state import BATCH_RECORDS, BatchResult, Delivery, NewRecord, SpooledRecord, State
@@ -694,3 +694,130 @@ def test_a_sticky_partition_that_is_gone_costs_no_record(mock_cluster: MockClust
         assert sender.close() == 0
     got = consume_all(mock_cluster.bootstrap, "mycluster", expected=200, timeout=30)
     assert sorted(m.key() for m in got) == [f"r{i:06d}".encode() for i in range(200)]
+
+
+# -- the channel: records straight to librdkafka, reports without confluent-kafka's Messages ------
+
+compiled_send_loop = pytest.mark.skipif(
+    sendloop.SEND_LOOP != "compiled", reason=f"the compiled send loop is not in use: {sendloop.SEND_LOOP}"
+)
+
+
+@compiled_send_loop
+def test_records_sent_through_the_channel_arrive_with_their_key_header_and_payload(
+    mock_cluster: MockCluster, tmp_path: Path
+) -> None:
+    mock_cluster.create_topic("mycluster", 4)
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap)
+    records = [NewRecord(f"{i:032x}", 1000 + i, b'{"jobid":%d,"n":"%s"}' % (1000 + i, b"x" * (i % 7)), "log")
+               for i in range(3000)]
+    with CountingState.open(env.state_dir, synchronous="normal") as state:
+        sender = Sender(state, load_settings(env.config).kafka)
+        state.commit_batch(records)
+        sender.wake()
+        send_all(sender, state)
+        assert sender.sending == "channel"
+        assert sender.counters.delivered == 3000 and state.stats().delivered_total == 3000
+        assert sender.close() == 0
+    got = consume_all(mock_cluster.bootstrap, "mycluster", expected=3000, timeout=30)
+    sent = {r.rid.encode(): r for r in records}
+    assert sorted(m.key() for m in got) == sorted(sent)
+    for message in got:
+        record = sent[message.key()]
+        assert message.value() == record.payload
+        assert message.headers() == [("record_id", message.key())]
+
+
+@compiled_send_loop
+def test_a_record_the_broker_refuses_through_the_channel_is_dead_lettered_with_the_reason(
+    mock_cluster: MockCluster, tmp_path: Path
+) -> None:
+    mock_cluster.create_topic("mycluster", 1)
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap)
+    with State.open(env.state_dir, synchronous="normal") as state:
+        sender = Sender(state, load_settings(env.config).kafka)
+        sender.start()
+        assert sender.sending == "channel"
+        mock_cluster.push_request_errors(PRODUCE, [MSG_SIZE_TOO_LARGE])  # the next request: all of it
+        state.commit_batch(new(0, 5))
+        sender.wake()
+        send_all(sender, state)
+        letters = state.dead_letters()
+        assert sorted(d.rid for d in letters) == [r.rid for r in new(0, 5)]
+        assert all(d.reason == "MSG_SIZE_TOO_LARGE: Broker: Message size too large" for d in letters)
+        state.commit_batch(new(5, 10))
+        sender.wake()
+        send_all(sender, state)
+        assert sender.counters.dead_lettered == 5 and sender.counters.delivered == 5
+        assert sender.close() == 0
+    assert_sent_in_order_from(mock_cluster, 5, 10)
+
+
+def assert_sent_in_order_from(mock_cluster: MockCluster, start: int, stop: int) -> None:
+    got = consume_all(mock_cluster.bootstrap, "mycluster", expected=stop - start, timeout=30)
+    assert [m.key() for m in got] == [f"r{i:06d}".encode() for i in range(start, stop)]
+
+
+@compiled_send_loop
+def test_a_full_librdkafka_queue_holds_the_channel_back_and_costs_no_record(
+    mock_cluster: MockCluster, tmp_path: Path
+) -> None:
+    mock_cluster.create_topic("mycluster", 1)
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, properties={"queue.buffering.max.messages": "40"})
+    with State.open(env.state_dir, synchronous="normal") as state:
+        sender = Sender(state, load_settings(env.config).kafka)
+        state.commit_batch(new(0, 600))
+        sender.wake()
+        send_all(sender, state)
+        assert sender.sending == "channel"
+        assert sender.counters.backpressure_waits > 0 and sender.counters.dead_lettered == 0
+        assert sender.close() == 0
+    assert_sent_in_order(mock_cluster, 600)
+
+
+def test_a_refusal_through_the_channel_is_what_produce_raises() -> None:
+    full = sendloop.refusal_error((KafkaError._QUEUE_FULL, 0, "Local: Queue full"))
+    assert isinstance(full, BufferError) and str(full) == "Local: Queue full"
+    large = sendloop.refusal_error((KafkaError.MSG_SIZE_TOO_LARGE, 0, "Broker: Message size too large"))
+    assert isinstance(large, KafkaException)
+    error = large.args[0]
+    assert (error.code(), error.str(), error.fatal()) == (
+        KafkaError.MSG_SIZE_TOO_LARGE, "Broker: Message size too large", False)
+    fatal = sendloop.refusal_error((KafkaError._FATAL, 1, "Local: Fatal error"))
+    assert isinstance(fatal, KafkaException) and fatal.args[0].fatal()
+
+
+def test_debug_jobcomp_and_a_producer_of_its_own_send_through_produce(
+    mock_cluster: MockCluster, tmp_path: Path
+) -> None:
+    """Each delivery logged as it comes needs confluent-kafka's reports; a Producer whose produce()
+    is its own is called, never passed over."""
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap)
+    with State.open(env.state_dir, synchronous="normal") as state:
+        for sender in (Sender(state, load_settings(env.config).kafka, debug_jobcomp=True),
+                       Sender(state, load_settings(env.config).kafka, producer_factory=FatalOnce)):
+            sender.start()
+            assert sender.sending == "produce()"
+            assert sender.close() == 0
+
+
+@compiled_send_loop
+def test_a_channel_librdkafka_refuses_leaves_the_sending_to_produce_with_a_warning(
+    mock_cluster: MockCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused() -> tuple[Any, dict[str, str]]:
+        made, properties = sendloop.channel()
+        return made, {**properties, sendloop.CHANNEL_PROPERTY: "none"}
+
+    monkeypatch.setattr("jobcompd.producer.channel", refused)
+    mock_cluster.create_topic("mycluster", 1)
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap)
+    with State.open(env.state_dir, synchronous="normal") as state, capture_logs() as logs:
+        sender = Sender(state, load_settings(env.config).kafka)
+        state.commit_batch(new(0, 50))
+        sender.wake()
+        send_all(sender, state)
+        assert sender.sending == "produce()" and sender.close() == 0
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
+        "sending through confluent-kafka's produce(): the channel's plugin was refused"]
+    assert_sent_in_order(mock_cluster, 50)

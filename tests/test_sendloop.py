@@ -292,3 +292,59 @@ def test_the_compiled_settling_does_what_the_python_settling_does(
         mine, theirs = dict(flight), dict(flight)
         assert compiled.forget(mine, expected[1]) == sendloop.python_forget(theirs, expected[1])
         assert mine == theirs
+
+
+# -- the channel (compiled only): librdkafka's plugin, the client it is given, its reports --------
+
+
+@compiled_only
+def test_a_channel_knows_the_client_of_the_producer_made_with_it_until_that_is_gone() -> None:
+    made, properties = sendloop.channel()
+    other, _ = sendloop.channel()
+    assert made.id != other.id and properties[sendloop.CHANNEL_PROPERTY] == str(made.id)
+    assert not made.connected
+    producer = Producer({**properties, "bootstrap.servers": "127.0.0.1:9"})
+    assert made.connected and not other.connected
+    assert made.take(sendloop.Reports()) == []  # nothing produced, nothing reported
+    del producer
+    gc.collect()
+    assert not made.connected
+    with pytest.raises(RuntimeError, match="no librdkafka client"):
+        made.produce_records(None, "jobs", -1, records([10]), 0, 100, {}, HEADER)
+
+
+@compiled_only
+def test_the_channels_plugin_refuses_a_channel_property_that_names_none() -> None:
+    made, properties = sendloop.channel()
+    with pytest.raises(KafkaException, match="jobcompd.channel must be a channel number"):
+        Producer({**properties, sendloop.CHANNEL_PROPERTY: "one", "bootstrap.servers": "127.0.0.1:9"})
+    # A channel that is gone (or never was) leaves the producer to confluent-kafka's produce().
+    Producer({**properties, sendloop.CHANNEL_PROPERTY: "999999", "bootstrap.servers": "127.0.0.1:9"})
+    assert not made.connected
+
+
+@compiled_only
+def test_records_through_a_channel_leave_the_backlog_in_flight_as_with_produce() -> None:
+    """The channel's loop keeps the Python loop's rules: from the end of the backlog, down to
+    ``end`` or past ``budget``, each entered in flight; what librdkafka refuses stops it."""
+    made, properties = sendloop.channel()
+    producer = Producer({**properties, "bootstrap.servers": "127.0.0.1:9", "queue.buffering.max.messages": "3"})
+    backlog = records([10, 20, 30, 40, 50, 60])
+    in_flight: dict[str, Any] = {}
+    assert made.produce_records(producer, "jobs", -1, backlog, 4, 10**6, in_flight, HEADER) == (2, 110, None)
+    assert [r.seq for r in backlog] == [10_000, 10_001, 10_002, 10_003]
+    assert in_flight == {f"{5:032x}": (10_005, 70_005, 60), f"{4:032x}": (10_004, 70_004, 50)}
+    sent, size, refused = made.produce_records(producer, "jobs", -1, backlog, 0, 10**6, in_flight, HEADER)
+    assert (sent, size) == (1, 40) and refused[0] == KafkaError._QUEUE_FULL  # 3 in librdkafka's queue
+    assert isinstance(sendloop.refusal_error(refused), BufferError)
+    assert len(backlog) == 3 and len(in_flight) == 3
+    bad = [("not", "a", "record")]
+    _, _, error = made.produce_records(producer, "jobs", -1, bad, 0, 10**6, {}, HEADER)
+    assert isinstance(error, TypeError) and bad == [("not", "a", "record")]
+    producer.purge()
+    producer.poll(0)
+    reports = sendloop.Reports()
+    failed = made.take(reports)
+    assert reports.delivered == [] and sorted(f[1] for f in failed) == [f"{i:032x}".encode() for i in (3, 4, 5)]
+    assert {f[0] for f in failed} == {KafkaError._PURGE_QUEUE}
+    assert sorted(len(f[2]) for f in failed) == [40, 50, 60]  # a failure keeps its payload

@@ -3,6 +3,8 @@ how rotated files are named and ordered. No file system, no clock."""
 
 from __future__ import annotations
 
+import io
+import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,24 +43,24 @@ def take_lines(data: bytes, start: int, *, max_lines: int, max_line_bytes: int) 
 
     A line of up to ``max_line_bytes + 1`` bytes (with its ``\\n``) is taken whole; taking stops
     before a longer one, at a partial line, or at the end of ``data``.
+
+    The lines are split by :mod:`io`'s reader (at ``\\n`` alone, each with its own), as ``replay``
+    reads a file: no Python step per line, which the daemon's reader paid at every line before.
     """
     limit = max_line_bytes + 1
-    lines: list[bytes] = []
-    offsets: list[int] = []
-    pos = 0
+    cut = data.rfind(b"\n") + 1
+    lines = io.BytesIO(data if cut == len(data) else data[:cut]).readlines() if cut else []
+    if len(lines) > max_lines:
+        del lines[max_lines:]
     overlong = False
-    while len(lines) < max_lines:
-        nl = data.find(b"\n", pos)
-        if nl < 0:
-            overlong = len(data) - pos >= limit
-            break
-        if nl + 1 - pos > limit:
-            overlong = True
-            break
-        lines.append(data[pos : nl + 1])
-        offsets.append(start + pos)
-        pos = nl + 1
-    return Lines(lines, offsets, start + pos, overlong)
+    if lines and max(map(len, lines)) > limit:
+        del lines[next(i for i, line in enumerate(lines) if len(line) > limit) :]
+        overlong = True
+    offsets = list(itertools.accumulate(map(len, lines), initial=start))
+    end = offsets.pop()
+    if not overlong and len(lines) < max_lines:
+        overlong = len(data) - (end - start) >= limit  # the partial line after them
+    return Lines(lines, offsets, end, overlong)
 
 
 class Change(Enum):
