@@ -1,5 +1,7 @@
 """A producer alone at full speed (``make bench``'s throughput floor): librdkafka through
-confluent-kafka, as jobcompd configures and drives it, sending the records of a log file.
+confluent-kafka, as jobcompd configures and drives it, sending the records of a log file — through
+jobcompd's channel where the compiled send loop is in use, as jobcompd sends them
+(:func:`jobcompd.sendloop.channel`), else through ``produce()`` and a report callback.
 
     python -m bench.bulk_producer BOOTSTRAP TOPIC LINES
 
@@ -22,9 +24,11 @@ import time
 from confluent_kafka import KafkaError, Message, Producer
 
 from bench.steady_producer import configured_as_jobcompd
+from jobcompd import sendloop
 from jobcompd.batch import ParseSpec, parse_batch
 from jobcompd.logfile import BATCH_LINES
 from jobcompd.producer import RECORD_ID_HEADER, REPLAY_WINDOW
+from jobcompd.state import SpooledRecord
 
 
 def main(argv: list[str]) -> int:
@@ -48,7 +52,8 @@ def main(argv: list[str]) -> int:
         else:
             failed.append(error)
 
-    producer = Producer(configured_as_jobcompd(bootstrap, on_delivery=on_delivery))
+    made, plugin = sendloop.channel()
+    producer = Producer({**plugin, **configured_as_jobcompd(bootstrap, on_delivery=on_delivery)})
     # The first record alone, before the clock starts: connected to the brokers, the partitions
     # known, the idempotent producer's id acquired (jobcompd's figures include its start-up).
     rid, payload = records[0]
@@ -56,18 +61,37 @@ def main(argv: list[str]) -> int:
     if producer.flush(30) or not delivered:
         raise SystemExit("the first record was not delivered")
     produce = producer.produce
+    reports = sendloop.Reports()  # (the channel's: its delivered record ids, and its failures)
+    in_flight: dict[str, tuple[int, int, int]] = {}
+
+    def poll(timeout: float) -> None:
+        producer.poll(timeout)
+        if made is not None:
+            failed.extend(error for error, _ in sendloop.failures(made.take(reports)))
+            delivered.extend(reports.delivered)
+            reports.delivered = []
+
     start, cpu0 = time.monotonic(), time.process_time()  # (every thread's, librdkafka's too)
     for at in range(1, len(records), BATCH_LINES):
         while at - len(delivered) - len(failed) > REPLAY_WINDOW - BATCH_LINES:  # (the window)
-            producer.poll(0.05)
-        for rid, payload in records[at : at + BATCH_LINES]:
-            produce(topic, payload, rid, headers=[(RECORD_ID_HEADER, rid)])
-        producer.poll(0)
+            poll(0.05)
+        if made is not None:
+            backlog = [SpooledRecord(at + i, rid, 0, payload, "", 0.0, 0, None)
+                       for i, (rid, payload) in enumerate(records[at : at + BATCH_LINES])][::-1]
+            sent, _, refused = made.produce_records(producer, topic, -1, backlog, 0, 1 << 40, in_flight,
+                                                    RECORD_ID_HEADER)
+            if refused is not None:
+                raise SystemExit(f"a record was refused: {refused}")
+        else:
+            for rid, payload in records[at : at + BATCH_LINES]:
+                produce(topic, payload, rid, headers=[(RECORD_ID_HEADER, rid)])
+        poll(0)
     while len(delivered) + len(failed) < len(records) and time.monotonic() - start < 600:
-        producer.poll(0.05)
+        poll(0.05)
     elapsed, cpu = time.monotonic() - start, time.process_time() - cpu0
     json.dump({"records": len(records), "timed": len(records) - 1, "delivered": len(delivered),
-               "failed": len(failed), "elapsed": elapsed, "cpu": cpu}, sys.stdout)
+               "failed": len(failed), "elapsed": elapsed, "cpu": cpu,
+               "sending": "produce()" if made is None else "channel"}, sys.stdout)
     return 0
 
 

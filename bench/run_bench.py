@@ -7,7 +7,8 @@ three-broker Kafka in its own process, on loopback; a fresh one per measurement)
    ``jobcompd replay`` and through the live daemon (``jobcompd run``, lines appended in bulk), next
    to two baselines on the same lines and broker: ``kcat -P -l`` and rsyslog imfile → omkafka;
    and the floor: confluent-kafka alone (``bench/bulk_producer.py``) sending the records of the
-   same lines as jobcompd sends them, with nothing else to do (no reading, parsing or state).
+   same lines as jobcompd sends them (through jobcompd's channel where the compiled send loop is
+   in use), with nothing else to do (no reading, parsing or state).
    The baselines, ``replay`` and ``run`` in the default configuration are the median of
    ``--baseline-runs`` runs each (3); the other steps run once;
 2. latency: lines appended one at a time at a steady rate, write → delivery report (the daemon's
@@ -383,9 +384,11 @@ def throughput_floor(run: Run) -> None:
         raise BenchError(f"throughput floor: {result['delivered']} of {run.n} reported delivered ({result})")
     r = rate(result["timed"], result["elapsed"])
     cpu = CpuShare(result["cpu"], brokers, result["timed"], result["elapsed"])
-    run.figures["floor"] = {"rate": r, "elapsed": result["elapsed"], **cpu.figures()}
+    sending = result.get("sending", "produce()")
+    run.figures["floor"] = {"rate": r, "elapsed": result["elapsed"], "sending": sending, **cpu.figures()}
     print(f"  confluent-kafka alone: {result['timed']:,} records delivered in {result['elapsed']:.2f} s "
-          f"= {r:,.0f} records/s (the first, sent alone before to connect, not timed; {cpu.text()})")
+          f"= {r:,.0f} records/s through {sending} (the first, sent alone before to connect, not timed; "
+          f"{cpu.text()})")
 
 
 # -- 2. latency ----------------------------------------------------------------------------------
@@ -998,8 +1001,9 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
     ):
         value = f"{f[key]['rate']:,.0f} records/s ({f[key]['elapsed']:.2f} s)" if key in f else failed(key)
         rows.append((label, value, "—", "—", "baseline"))
+    sending = f.get("floor", {}).get("sending", "produce()")
     label = (f"floor: confluent-kafka alone sending the {n} records as jobcompd sends them (key, header, "
-             "a delivery report each), nothing else: no reading, parsing or state")
+             f"a delivery report each; through {sending}), nothing else: no reading, parsing or state")
     if "floor" in f:
         r = f["floor"]["rate"]
         value = f"{r:,.0f} records/s ({f['floor']['elapsed']:.2f} s)"

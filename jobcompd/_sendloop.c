@@ -512,6 +512,13 @@ typedef struct channel {
     struct channel *next;
 } channel_t;
 
+/* The channel this thread is handing records to librdkafka for, while it does. librdkafka also
+ * tells the interceptor of a record that rd_kafka_produceva() itself refuses (its partitioner
+ * failed): that refusal is returned to the caller, and the record is not in flight, so the
+ * interceptor passes over it -- were it kept, it could be taken for the report of the same record
+ * produced again later. */
+static _Thread_local channel_t *producing;
+
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static channel_t *registry; /* every channel with its Channel object alive */
 static long last_id;
@@ -566,6 +573,7 @@ static int on_acknowledgement(rdk_client *client, rdk_message *m, void *opaque) 
     (void)client;
     channel_t *c = opaque;
     if (m->opaque != NULL) return 0; /* produced by confluent-kafka: its own report serves it */
+    if (producing == c) return 0;    /* refused by rd_kafka_produceva() on this thread: returned */
     size_t key_len = m->key ? m->key_len : 0, payload_len = m->err && m->payload ? m->len : 0;
     pthread_mutex_lock(&c->lock);
     if (channel_reserve(c, key_len + payload_len) == 0) {
@@ -807,6 +815,7 @@ static PyObject *Channel_produce_records(Channel *self, PyObject *const *args, P
         int code = 0, fatal = 0;
         char reason[512] = "";
         Py_BEGIN_ALLOW_THREADS
+        producing = c;
         for (; done < n; done++) {
             outgoing_t *o = &out[done];
             rdk_vu vu[7] = {
@@ -827,6 +836,7 @@ static PyObject *Channel_produce_records(Channel *self, PyObject *const *args, P
                 break;
             }
         }
+        producing = NULL;
         Py_END_ALLOW_THREADS
         /* The records handed over leave the backlog's end -- which only this thread changes (the
          * sender's lock), checked all the same -- and are entered in flight. */

@@ -348,3 +348,23 @@ def test_records_through_a_channel_leave_the_backlog_in_flight_as_with_produce()
     assert reports.delivered == [] and sorted(f[1] for f in failed) == [f"{i:032x}".encode() for i in (3, 4, 5)]
     assert {f[0] for f in failed} == {KafkaError._PURGE_QUEUE}
     assert sorted(len(f[2]) for f in failed) == [40, 50, 60]  # a failure keeps its payload
+
+
+@compiled_only
+def test_a_record_librdkafka_refuses_through_a_channel_leaves_no_report_behind(mock_cluster: Any) -> None:
+    """librdkafka also tells its interceptors of a record its partitioner refuses: that refusal is
+    returned, and no report of it is kept (it would be taken for the report of the same record
+    produced again later)."""
+    mock_cluster.create_topic("jobs", 2)
+    made, properties = sendloop.channel()
+    producer = Producer({**properties, "bootstrap.servers": mock_cluster.bootstrap})
+    assert len(producer.list_topics("jobs", timeout=10).topics["jobs"].partitions) == 2
+    backlog = records([10, 20])
+    sent, _, refused = made.produce_records(producer, "jobs", 7, backlog, 0, 10**6, {}, HEADER)
+    assert sent == 0 and refused[0] == KafkaError._UNKNOWN_PARTITION and len(backlog) == 2
+    in_flight: dict[str, Any] = {}
+    assert made.produce_records(producer, "jobs", 1, backlog, 0, 10**6, in_flight, HEADER)[:2] == (2, 30)
+    assert producer.flush(10) == 0
+    reports = sendloop.Reports()
+    assert made.take(reports) == []  # no failure: the refusal was returned, not kept
+    assert sorted(reports.delivered) == sorted(rid.encode() for rid in in_flight)
