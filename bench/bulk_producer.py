@@ -82,6 +82,7 @@ def main(argv: list[str]) -> int:
                                                     RECORD_ID_HEADER)
             if refused is not None:
                 raise SystemExit(f"a record was refused: {refused}")
+            in_flight.clear()  # (counted by their reports here; jobcompd settles its own by them)
         else:
             for rid, payload in records[at : at + BATCH_LINES]:
                 produce(topic, payload, rid, headers=[(RECORD_ID_HEADER, rid)])
