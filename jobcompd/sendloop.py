@@ -37,12 +37,13 @@ __all__ = [
     "Undelivered",
     "channel",
     "delivered_pairs",
-    "refusal_error",
+    "failures",
     "forget",
     "produce_records",
     "python_delivered_pairs",
     "python_forget",
     "python_produce_records",
+    "refusal_error",
 ]
 
 _SEQ, _JOBID, _SIZE = map(itemgetter, range(3))  # of an in-flight entry
