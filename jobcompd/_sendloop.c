@@ -831,7 +831,8 @@ static PyObject *Channel_produce_records(Channel *self, PyObject *const *args, P
             if (refused != NULL) {
                 code = rdk.error_code(refused);
                 fatal = rdk.error_is_fatal(refused);
-                snprintf(reason, sizeof reason, "%s", rdk.error_string(refused));
+                const char *why = rdk.error_string(refused);
+                snprintf(reason, sizeof reason, "%s", why != NULL ? why : "");
                 rdk.error_destroy(refused);
                 break;
             }
@@ -861,8 +862,10 @@ static PyObject *Channel_produce_records(Channel *self, PyObject *const *args, P
                 size += out[entered].payload_len;
                 sent++;
             }
-            if (PyList_SetSlice(backlog, length - entered, length, NULL) < 0 && entered == done) entered = -1;
-            if (code != 0 && entered == done && !PyErr_Occurred())
+            /* (A Python error on the way is set, and taken below; a refusal is returned when
+             * every record before it was entered.) */
+            if (PyList_SetSlice(backlog, length - entered, length, NULL) == 0 && code != 0 && entered == done &&
+                !PyErr_Occurred())
                 error = Py_BuildValue("(iis)", code, fatal, reason);
         }
         for (Py_ssize_t j = 0; j < n; j++) Py_DECREF(out[j].record);
