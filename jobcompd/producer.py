@@ -261,10 +261,12 @@ class Sender(ReportHandling):
     # -- the work ----------------------------------------------------------------------------
 
     def idle(self) -> bool:
-        """Nothing in flight or waiting to be settled, nothing offered, and nothing in the spool beyond
-        what was already sent."""
+        """Nothing in flight or waiting to be settled, nothing offered, nothing in the spool beyond
+        what was already sent, and no rebuild of the producer due (it sends the spool again: the
+        reports of a fatal error can all be in before the rebuild)."""
         return (
-            not self._in_flight
+            not self._rebuild
+            and not self._in_flight
             and not self._unsettled
             and not self._backlog
             and not self._offered

@@ -821,3 +821,22 @@ def test_a_channel_librdkafka_refuses_leaves_the_sending_to_produce_with_a_warni
     assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
         "sending through confluent-kafka's produce(): the channel's plugin was refused"]
     assert_sent_in_order(mock_cluster, 50)
+
+
+def test_a_sender_with_a_rebuild_due_is_not_idle_until_it_has_rebuilt(
+    mock_cluster: MockCluster, tmp_path: Path
+) -> None:
+    """The reports of a fatal error can all be in (nothing left in flight) before the producer is
+    rebuilt: the rebuild sends the spool again, so until it has, the sender is not done
+    (``replay`` would stop with records spooled)."""
+    mock_cluster.create_topic("mycluster", 1)
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap)
+    with State.open(env.state_dir, synchronous="normal") as state, capture_logs():
+        sender = Sender(state, load_settings(env.config).kafka)
+        sender.start()
+        send_all(sender, state)
+        assert sender.idle()
+        sender._on_error(KafkaError(KafkaError._FATAL, "Local: Fatal error", fatal=True))  # as librdkafka calls it
+        assert not sender.idle()
+        sender.pump(0)  # rebuilds
+        assert sender.idle() and sender.close() == 0
