@@ -22,6 +22,7 @@ from jobcompd.state import BATCH_RECORDS, BatchResult, Delivery, NewRecord, Spoo
 from tests.brokers.mockcluster import MockCluster
 from tests.brokers.readback import consume_all
 from tests.jobcompd_env import JobcompdEnv
+from tests.test_sendloop import compiled_only
 from tests.test_state import state_busy
 
 MSG_SIZE_TOO_LARGE = 10  # the broker's error code, and the Kafka API key of a produce request
@@ -58,10 +59,10 @@ def send_all(sender: Sender, state: State, timeout: float = 30) -> None:
         sender.pump(0.05)
 
 
-def assert_sent_in_order(mock_cluster: MockCluster, count: int) -> None:
-    """Records r000000… arrived once each, in spool order (a one-partition topic)."""
-    got = consume_all(mock_cluster.bootstrap, "mycluster", expected=count, timeout=30)
-    assert [m.key() for m in got] == [f"r{i:06d}".encode() for i in range(count)]
+def assert_sent_in_order(mock_cluster: MockCluster, count: int, start: int = 0) -> None:
+    """Records r000000… (from r{start}) arrived once each, in spool order (a one-partition topic)."""
+    got = consume_all(mock_cluster.bootstrap, "mycluster", expected=count - start, timeout=30)
+    assert [m.key() for m in got] == [f"r{i:06d}".encode() for i in range(start, count)]
 
 
 def test_offered_records_go_out_once_in_spool_order_from_memory_or_read_back(
@@ -698,12 +699,7 @@ def test_a_sticky_partition_that_is_gone_costs_no_record(mock_cluster: MockClust
 
 # -- the channel: records straight to librdkafka, reports without confluent-kafka's Messages ------
 
-compiled_send_loop = pytest.mark.skipif(
-    sendloop.SEND_LOOP != "compiled", reason=f"the compiled send loop is not in use: {sendloop.SEND_LOOP}"
-)
-
-
-@compiled_send_loop
+@compiled_only
 def test_records_sent_through_the_channel_arrive_with_their_key_header_and_payload(
     mock_cluster: MockCluster, tmp_path: Path
 ) -> None:
@@ -728,7 +724,7 @@ def test_records_sent_through_the_channel_arrive_with_their_key_header_and_paylo
         assert message.headers() == [("record_id", message.key())]
 
 
-@compiled_send_loop
+@compiled_only
 def test_a_record_the_broker_refuses_through_the_channel_is_dead_lettered_with_the_reason(
     mock_cluster: MockCluster, tmp_path: Path
 ) -> None:
@@ -750,15 +746,10 @@ def test_a_record_the_broker_refuses_through_the_channel_is_dead_lettered_with_t
         send_all(sender, state)
         assert sender.counters.dead_lettered == 5 and sender.counters.delivered == 5
         assert sender.close() == 0
-    assert_sent_in_order_from(mock_cluster, 5, 10)
+    assert_sent_in_order(mock_cluster, 10, start=5)
 
 
-def assert_sent_in_order_from(mock_cluster: MockCluster, start: int, stop: int) -> None:
-    got = consume_all(mock_cluster.bootstrap, "mycluster", expected=stop - start, timeout=30)
-    assert [m.key() for m in got] == [f"r{i:06d}".encode() for i in range(start, stop)]
-
-
-@compiled_send_loop
+@compiled_only
 def test_a_full_librdkafka_queue_holds_the_channel_back_and_costs_no_record(
     mock_cluster: MockCluster, tmp_path: Path
 ) -> None:
@@ -801,7 +792,7 @@ def test_debug_jobcomp_and_a_producer_of_its_own_send_through_produce(
             assert sender.close() == 0
 
 
-@compiled_send_loop
+@compiled_only
 def test_a_channel_librdkafka_refuses_leaves_the_sending_to_produce_with_a_warning(
     mock_cluster: MockCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
