@@ -19,7 +19,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.harness import BenchError, CpuShare, TopicSize, lifetime_cpu_seconds, spawn, terminate, wait_until
+from bench.harness import (
+    BenchError,
+    CpuShare,
+    MachineShare,
+    MachineTicks,
+    TopicSize,
+    lifetime_cpu_seconds,
+    spawn,
+    terminate,
+    wait_until,
+)
 from tests.brokers.mockcluster import ApiKey, MockCluster
 
 PRODUCER_PROPERTIES = {"linger.ms": "5", "enable.idempotence": "true"}
@@ -106,6 +116,7 @@ def run_rsyslog(
     assert cluster.pid is not None
     try:
         brokers0 = lifetime_cpu_seconds(cluster.pid)
+        ticks0 = MachineTicks.now()
         start = time.monotonic()
         with rsyslog_running(conf, workdir) as alive:
             wait_until(
@@ -116,6 +127,7 @@ def run_rsyslog(
                 alive=alive,
             )
             polled = time.monotonic()
+            machine = MachineShare.between(ticks0, MachineTicks.now())
             shipper = lifetime_cpu_seconds(int((workdir / "rsyslogd.pid").read_text()))
             brokers = lifetime_cpu_seconds(cluster.pid) - brokers0
             cluster.stop_request_tracking()
@@ -129,7 +141,7 @@ def run_rsyslog(
         cluster.stop_request_tracking()
         cluster.clear_requests()
     note = f"omkafka impstats acked={acked} when the broker held all {expected}" if acked is not None else ""
-    return BaselineRun(end - start, stored, note, CpuShare(shipper, brokers, expected, end - start))
+    return BaselineRun(end - start, stored, note, CpuShare(shipper, brokers, expected, end - start, machine))
 
 
 def rsyslog_configured(lines: Path, cluster: MockCluster, topic: str, workdir: Path) -> Path:

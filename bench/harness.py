@@ -138,13 +138,59 @@ def reaped_cpu_seconds() -> float:
 
 
 @dataclass(frozen=True, slots=True)
+class MachineTicks:
+    """The machine's CPU time so far, every core's (``/proc/stat``), in clock ticks: busy (not idle,
+    not waiting for a disk), all, and stolen (a virtual machine's, run by its host elsewhere)."""
+
+    busy: int
+    total: int
+    steal: int
+
+    @classmethod
+    def now(cls) -> MachineTicks | None:
+        """``None`` where ``/proc/stat`` cannot be read."""
+        try:
+            with open("/proc/stat") as fh:
+                fields = [int(x) for x in fh.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        user, nice, system, idle, iowait, irq, softirq, steal = fields + [0] * (8 - len(fields))
+        busy = user + nice + system + irq + softirq
+        return cls(busy, busy + idle + iowait + steal, steal)
+
+
+@dataclass(frozen=True, slots=True)
+class MachineShare:
+    """How busy the machine's cores were over a measurement, every process's work counted (the
+    brokers', the benchmark's own, anything else running): whether the cores themselves bound it."""
+
+    cores: float  # busy, on average, of ``cpus``
+    cpus: int
+    steal: float  # share of the time the host ran something else on our cores
+
+    @classmethod
+    def between(cls, before: MachineTicks | None, after: MachineTicks | None) -> MachineShare | None:
+        if before is None or after is None or after.total <= before.total:
+            return None
+        cpus = os.cpu_count() or 1
+        total = after.total - before.total
+        return cls(cpus * (after.busy - before.busy) / total, cpus, (after.steal - before.steal) / total)
+
+    def text(self) -> str:
+        stolen = f", {100 * self.steal:.1f} % stolen by the host" if self.steal >= 0.005 else ""
+        return f"the machine {self.cores:.2f} of {self.cpus} cores busy{stolen}"
+
+
+@dataclass(frozen=True, slots=True)
 class CpuShare:
-    """The CPU a shipper and the brokers used for ``records`` over ``elapsed`` seconds."""
+    """The CPU a shipper and the brokers used for ``records`` over ``elapsed`` seconds (and how busy
+    the whole machine was meanwhile, where measured)."""
 
     shipper_s: float
     brokers_s: float
     records: int
     elapsed: float
+    machine: MachineShare | None = None
 
     @property
     def shipper_us(self) -> float:
@@ -161,11 +207,15 @@ class CpuShare:
         return self.shipper_s / self.elapsed
 
     def figures(self) -> dict[str, float]:
-        return {"cpu_us": self.shipper_us, "brokers_us": self.brokers_us, "cores": self.cores}
+        figures = {"cpu_us": self.shipper_us, "brokers_us": self.brokers_us, "cores": self.cores}
+        if self.machine is not None:
+            figures |= {"machine_cores": self.machine.cores, "steal": self.machine.steal}
+        return figures
 
     def text(self) -> str:
+        machine = f"; {self.machine.text()}" if self.machine is not None else ""
         return (f"CPU a record {self.shipper_us:.2f} µs ({self.cores:.2f} cores busy), "
-                f"the brokers {self.brokers_us:.2f} µs")
+                f"the brokers {self.brokers_us:.2f} µs{machine}")
 
 
 class RssSampler:

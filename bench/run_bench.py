@@ -61,6 +61,8 @@ from bench.harness import (
     CounterTrace,
     CpuShare,
     Machine,
+    MachineShare,
+    MachineTicks,
     RssSampler,
     StateView,
     append_bulk,
@@ -218,6 +220,7 @@ def _replay_once(run: Run, key: str, parse_worker: bool, partitioning: str, i: i
         stderr = env.root / "replay.stderr"
         with open(stderr, "wb") as err:
             reaped0, brokers0 = reaped_cpu_seconds(), lifetime_cpu_seconds(cluster.pid)
+            ticks0 = MachineTicks.now()
             start, started_at = time.monotonic(), time.time()
             proc = spawn(argv, stdout=subprocess.PIPE, stderr=err)
             try:
@@ -231,6 +234,7 @@ def _replay_once(run: Run, key: str, parse_worker: bool, partitioning: str, i: i
                         proc.wait(timeout=0.25)
                         break
                 exited = time.monotonic() - start
+                machine = MachineShare.between(ticks0, MachineTicks.now())
                 brokers = lifetime_cpu_seconds(cluster.pid) - brokers0
                 out, _ = proc.communicate()
             finally:
@@ -246,7 +250,7 @@ def _replay_once(run: Run, key: str, parse_worker: bool, partitioning: str, i: i
         # Timed to the last acknowledgement (its report committed), as `run` and the issue time it;
         # rsyslog's end is its last Produce request. Closing the state and the process comes after.
         elapsed = min(exited, view.last_delivered_at() - started_at)
-        cpu = CpuShare(reaped_cpu_seconds() - reaped0, brokers, run.n, elapsed)
+        cpu = CpuShare(reaped_cpu_seconds() - reaped0, brokers, run.n, elapsed, machine)
     r = rate(run.n, elapsed)
     print(
         f"  jobcompd replay{WORKER_TAG[parse_worker]}{STICKY_TAG[partitioning]}: {run.n:,} records delivered "
@@ -277,6 +281,7 @@ def _daemon_once(run: Run, key: str, parse_worker: bool, partitioning: str, i: i
         with running_daemon(env) as daemon:
             assert daemon.proc is not None
             cpu0, brokers0 = lifetime_cpu_seconds(daemon.proc.pid), lifetime_cpu_seconds(cluster.pid)
+            ticks0 = MachineTicks.now()
             start = time.time()
             trace = CounterTrace(state, start)
             append_bulk(run.lines_file, env.log_path)
@@ -288,6 +293,7 @@ def _daemon_once(run: Run, key: str, parse_worker: bool, partitioning: str, i: i
                 alive=alive(daemon),
                 interval=0.25,
             )
+            machine = MachineShare.between(ticks0, MachineTicks.now())  # (to the sample that saw the last)
             used = lifetime_cpu_seconds(daemon.proc.pid) - cpu0, lifetime_cpu_seconds(cluster.pid) - brokers0
             last = state.last_delivered_at()
             delivered = state.counter("delivered_total")
@@ -296,7 +302,7 @@ def _daemon_once(run: Run, key: str, parse_worker: bool, partitioning: str, i: i
     elapsed = last - start
     r = rate(run.n, elapsed)
     read = trace.reached(1, run.n)
-    cpu = CpuShare(*used, run.n, elapsed)
+    cpu = CpuShare(*used, run.n, elapsed, machine)
     print(
         f"  jobcompd run{WORKER_TAG[parse_worker]}{STICKY_TAG[partitioning]}:    {run.n:,} records delivered "
         f"in {elapsed:.2f} s "
@@ -939,7 +945,9 @@ def _met(ok: bool) -> str:
 
 def cpu_rows(f: dict[str, dict[str, Any]], cpus: int) -> list[tuple[str, str, str, str, str]]:
     """What bounds throughput: the CPU each shipper used a record, and the rate the machine's cores
-    would allow at that CPU a record (the brokers' included) — against rsyslog's rate."""
+    would allow at that CPU a record (the brokers' included) — against rsyslog's rate; and how busy
+    the machine's cores were meanwhile, every process's work counted (all of them busy: the cores
+    are the bound, not a wait)."""
     rows = []
     rsyslog = f.get("rsyslog", {})
     for key, who in (("replay", "`jobcompd replay`"), ("daemon", "`jobcompd run`"),
@@ -951,6 +959,10 @@ def cpu_rows(f: dict[str, dict[str, Any]], cpus: int) -> list[tuple[str, str, st
                  "the brokers' apart")
         value = (f"{one['cpu_us']:.2f} µs ({one['cores']:.2f} cores busy); "
                  f"the brokers {one['brokers_us']:.2f} µs")
+        if "machine_cores" in one:
+            value += f"; the machine {one['machine_cores']:.2f} of {cpus} cores busy"
+            if one["steal"] >= 0.005:
+                value += f" ({100 * one['steal']:.1f} % stolen by the host)"
         ceiling = 1e6 * cpus / (one["cpu_us"] + one["brokers_us"])
         against = []
         if key != "rsyslog" and "cpu_us" in rsyslog:
