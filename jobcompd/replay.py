@@ -242,7 +242,7 @@ class Replayer:
                 while True:
                     lines = next(batches, None)
                     if lines:
-                        consumed = sum(len(x) for x in lines)
+                        consumed = sum(map(len, lines))
                         position = None
                         if key is not None:
                             position = Position(

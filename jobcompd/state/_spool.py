@@ -210,7 +210,8 @@ class Spool(Database):
                     # The usual case, records as they were spooled: built without a Python loop.
                     bounds = list(accumulate(sizes, initial=0))
                     payloads = _payload_bytes(db, first, codec, bounds[lo], bounds[hi], total)
-                    bounds = [b - bounds[lo] for b in bounds]
+                    if lo:
+                        bounds = [b - bounds[lo] for b in bounds]
                     out += spooled_records(
                         range(first + lo, first + hi),
                         rids[lo:hi],
