@@ -3,21 +3,25 @@ confluent-kafka, as jobcompd configures and drives it, sending the records of a 
 jobcompd's channel where the compiled send loop is in use, as jobcompd sends them
 (:func:`jobcompd.sendloop.channel`), else through ``produce()`` and a report callback.
 
-    python -m bench.bulk_producer BOOTSTRAP TOPIC LINES
+    python -m bench.bulk_producer BOOTSTRAP TOPIC LINES PARTITIONING PARTITIONS
 
 The lines of ``LINES`` are parsed and encoded first (untimed), as jobcompd encodes them. Then
 each record is produced with its record id as key and in a ``record_id`` header, as jobcompd
 sends it, at most ``REPLAY_WINDOW`` records unreported at a time, reports served by ``poll()``
 after each batch of ``BATCH_LINES`` and counted by a callback each (the key kept, as jobcompd
 keeps it): what jobcompd's send side costs with nothing else to do — no reading, no parsing, no
-state. Prints a JSON object: the records, how many were reported delivered, and the seconds from
-the second ``produce()`` to the last report (``timed``: the records sent meanwhile; the first is
-sent alone before, to connect), with the CPU seconds of the process meanwhile (``cpu``).
+state. ``PARTITIONING`` is jobcompd's ``kafka.partitioning``: ``sticky`` sends each batch to one of
+the topic's ``PARTITIONS``, another one at random after twice ``linger.ms``, as jobcompd does;
+``key`` leaves the partition to librdkafka's partitioner (by key). Prints a JSON object: the
+records, how many were reported delivered, and the seconds from the second ``produce()`` to the last
+report (``timed``: the records sent meanwhile; the first is sent alone before, to connect), with the
+CPU seconds of the process meanwhile (``cpu``).
 """
 
 from __future__ import annotations
 
 import json
+import random
 import sys
 import time
 
@@ -32,7 +36,7 @@ from jobcompd.state import SpooledRecord
 
 
 def main(argv: list[str]) -> int:
-    bootstrap, topic, path = argv
+    bootstrap, topic, path, partitioning, partitions = argv
     with open(path, "rb") as fh:
         lines = fh.readlines()
     spec = ParseSpec(("UTC", None), None, 65536)  # as the bench's configuration reads them
@@ -53,7 +57,17 @@ def main(argv: list[str]) -> int:
             failed.append(error)
 
     made, plugin = sendloop.channel()
-    producer = Producer({**plugin, **configured_as_jobcompd(bootstrap, on_delivery=on_delivery)})
+    config = configured_as_jobcompd(bootstrap, on_delivery=on_delivery)
+    producer = Producer({**plugin, **config})
+    sticky_s = 2 * config["linger.ms"] / 1000.0
+    partition, until = -1, 0.0  # the partition of the next batch (-1: by key), and until when
+
+    def next_partition() -> int:
+        nonlocal partition, until
+        if partitioning == "sticky" and time.monotonic() >= until:
+            partition, until = random.randrange(int(partitions)), time.monotonic() + sticky_s
+        return partition
+
     # The first record alone, before the clock starts: connected to the brokers, the partitions
     # known, the idempotent producer's id acquired (jobcompd's figures include its start-up).
     rid, payload = records[0]
@@ -78,14 +92,15 @@ def main(argv: list[str]) -> int:
         if made is not None:
             backlog = [SpooledRecord(at + i, rid, 0, payload, "", 0.0, 0, None)
                        for i, (rid, payload) in enumerate(records[at : at + BATCH_LINES])][::-1]
-            sent, _, refused = made.produce_records(producer, topic, -1, backlog, 0, 1 << 40, in_flight,
-                                                    RECORD_ID_HEADER)
+            sent, _, refused = made.produce_records(producer, topic, next_partition(), backlog, 0, 1 << 40,
+                                                    in_flight, RECORD_ID_HEADER)
             if refused is not None:
                 raise SystemExit(f"a record was refused: {refused}")
             in_flight.clear()  # (counted by their reports here; jobcompd settles its own by them)
         else:
+            chosen = next_partition()
             for rid, payload in records[at : at + BATCH_LINES]:
-                produce(topic, payload, rid, headers=[(RECORD_ID_HEADER, rid)])
+                produce(topic, payload, rid, chosen, headers=[(RECORD_ID_HEADER, rid)])
         poll(0)
     while len(delivered) + len(failed) < len(records) and time.monotonic() - start < 600:
         poll(0.05)

@@ -16,7 +16,8 @@ three-broker Kafka in its own process, on loopback; a fresh one per measurement)
    (matched by record id); then rsyslog imfile → omkafka on the same lines at the same rate, write →
    the same consumer (matched by the line's ``JobId=``), the like-for-like baseline; and the floor:
    librdkafka alone (``bench/steady_producer.py``) producing the same records at the same rate,
-   produce → consumer, keyed by record id as jobcompd sends them and without a key as rsyslog does;
+   produce → consumer, keyed by record id and partitioned as jobcompd's default (sticky) and as
+   ``kafka.partitioning = "key"`` send them, and without a key as rsyslog does;
 3. memory: the peak RSS of the daemon (parse worker included, if any) while a 1M-record backlog builds up
    (brokers down) and drains;
 4. recovery: restart with 1M records in the spool: time to the first delivery and to an empty spool;
@@ -93,14 +94,18 @@ TOPIC = "bench"
 WARMUP_LINES = 50
 SLOW_WRITE_S = 0.005  # a write() of the latency runs' writer that took longer is printed
 WORKER_TAG = {False: "", True: " (parse_worker = true)"}
-STICKY_TAG = {"key": "", "sticky": ' (kafka.partitioning = "sticky")'}
+DEFAULT_PARTITIONING = "sticky"  # kafka.partitioning's default: the rows without a tag
+OTHER_PARTITIONING = "key"  # measured once more in a run of its own
+PARTITIONING_TAG = {
+    DEFAULT_PARTITIONING: "", OTHER_PARTITIONING: f' (kafka.partitioning = "{OTHER_PARTITIONING}")'
+}
 MEASUREMENTS = (
     "replay",
     "replay-worker",
-    "replay-sticky",
+    "replay-key",
     "daemon",
     "daemon-worker",
-    "daemon-sticky",
+    "daemon-key",
     "kcat",
     "rsyslog",
     "floor",
@@ -137,7 +142,7 @@ class Run:
 
     def env(
         self, name: str, bootstrap: str, *, parse_worker: bool = False, log_deliveries: bool = False,
-        partitioning: str = "key",
+        partitioning: str = DEFAULT_PARTITIONING,
     ) -> JobcompdEnv:
         """A jobcompd configuration of its own under the workspace (state, log, rdkafka.conf).
 
@@ -155,7 +160,7 @@ class Run:
             extra_toml=f"max_spool_records = {max(2 * self.n, 1_000_000)}\n"
             + ('[log]\nformat = "json"\ndebug_jobcomp = true\n' if log_deliveries else ""),
             source_toml="parse_worker = true\n" if parse_worker else "",
-            kafka_toml=f'partitioning = "{partitioning}"\n' if partitioning != "key" else "",
+            kafka_toml=f'partitioning = "{partitioning}"\n' if partitioning != DEFAULT_PARTITIONING else "",
             synchronous="full",  # the default: each batch read is flushed to disk with its commit
         )
 
@@ -201,11 +206,16 @@ def _median_of(run: Run, key: str, label: str, runs: int, once: Callable[[int], 
         print(f"  {label}: median of {runs} runs ({times} s) = {median['rate']:,.0f} records/s")
 
 
-def throughput_replay(run: Run, *, parse_worker: bool = False, partitioning: str = "key") -> None:
+def throughput_replay(
+    run: Run, *, parse_worker: bool = False, partitioning: str = DEFAULT_PARTITIONING
+) -> None:
     """``jobcompd replay`` of the N lines, timed from exec to its last delivery report (committed),
     as ``run`` is timed; in the default configuration ``--baseline-runs`` times (median), as the
     baselines."""
-    key = "replay-worker" if parse_worker else "replay" if partitioning == "key" else f"replay-{partitioning}"
+    key = (
+        "replay-worker" if parse_worker
+        else "replay" if partitioning == DEFAULT_PARTITIONING else f"replay-{partitioning}"
+    )
     runs = run.args.baseline_runs if key == "replay" else 1
     _median_of(run, key, "jobcompd replay", runs,
                functools.partial(_replay_once, run, key, parse_worker, partitioning))
@@ -253,7 +263,8 @@ def _replay_once(run: Run, key: str, parse_worker: bool, partitioning: str, i: i
         cpu = CpuShare(reaped_cpu_seconds() - reaped0, brokers, run.n, elapsed, machine)
     r = rate(run.n, elapsed)
     print(
-        f"  jobcompd replay{WORKER_TAG[parse_worker]}{STICKY_TAG[partitioning]}: {run.n:,} records delivered "
+        f"  jobcompd replay{WORKER_TAG[parse_worker]}{PARTITIONING_TAG[partitioning]}: "
+        f"{run.n:,} records delivered "
         f"in {elapsed:.2f} s "
         f"= {r:,.0f} records/s "
         f"(exited after {exited:.2f} s; its own summary: {summary.get('elapsed_s')} s, "
@@ -263,10 +274,15 @@ def _replay_once(run: Run, key: str, parse_worker: bool, partitioning: str, i: i
     return {"rate": r, "elapsed": elapsed, "summary": summary, **cpu.figures()}
 
 
-def throughput_daemon(run: Run, *, parse_worker: bool = False, partitioning: str = "key") -> None:
+def throughput_daemon(
+    run: Run, *, parse_worker: bool = False, partitioning: str = DEFAULT_PARTITIONING
+) -> None:
     """The live daemon: N lines appended in bulk to its log, until the state counts N delivered; in
     the default configuration ``--baseline-runs`` times (median), as the baselines."""
-    key = "daemon-worker" if parse_worker else "daemon" if partitioning == "key" else f"daemon-{partitioning}"
+    key = (
+        "daemon-worker" if parse_worker
+        else "daemon" if partitioning == DEFAULT_PARTITIONING else f"daemon-{partitioning}"
+    )
     runs = run.args.baseline_runs if key == "daemon" else 1
     _median_of(run, key, "jobcompd run", runs,
                functools.partial(_daemon_once, run, key, parse_worker, partitioning))
@@ -304,7 +320,8 @@ def _daemon_once(run: Run, key: str, parse_worker: bool, partitioning: str, i: i
     read = trace.reached(1, run.n)
     cpu = CpuShare(*used, run.n, elapsed, machine)
     print(
-        f"  jobcompd run{WORKER_TAG[parse_worker]}{STICKY_TAG[partitioning]}:    {run.n:,} records delivered "
+        f"  jobcompd run{WORKER_TAG[parse_worker]}{PARTITIONING_TAG[partitioning]}:    "
+        f"{run.n:,} records delivered "
         f"in {elapsed:.2f} s "
         f"= {r:,.0f} records/s "
         f"(file written in {written - start:.2f} s; every line read and spooled after "
@@ -379,7 +396,8 @@ def throughput_floor(run: Run) -> None:
         assert cluster.pid is not None
         brokers0 = lifetime_cpu_seconds(cluster.pid)  # (its share of the untimed parsing is ~0)
         done = subprocess.run(
-            [sys.executable, "-m", "bench.bulk_producer", cluster.bootstrap, TOPIC, str(run.lines_file)],
+            [sys.executable, "-m", "bench.bulk_producer", cluster.bootstrap, TOPIC, str(run.lines_file),
+             DEFAULT_PARTITIONING, str(run.partitions)],
             cwd=Path(__file__).resolve().parent.parent, capture_output=True, timeout=run.timeout() + 300,
         )
         brokers = lifetime_cpu_seconds(cluster.pid) - brokers0
@@ -521,7 +539,7 @@ def latency(run: Run) -> None:
     """One line at a time at ``--latency-rate`` lines/s: write → consumer in the default
     configuration, then write → delivery report in a second run with ``debug_jobcomp`` on (each
     report logged, the only way to see when it came; that logging costs CPU the default spares),
-    then write → consumer again with ``kafka.partitioning = "sticky"``."""
+    then write → consumer again with ``kafka.partitioning = "key"``."""
     per_s, seconds = run.args.latency_rate, run.args.latency_seconds
     count = int(per_s * seconds)
     lines = mixed_lines(WARMUP_LINES + count, seed=20261124)
@@ -532,7 +550,9 @@ def latency(run: Run) -> None:
     # docs/reading.md); now only when the file ends on a page boundary.
     newer = {rid for rid, line in zip(rids, lines, strict=True) if _generation(line) != "17.02"}
     figures: dict[str, Any] = {"count": count, "seconds": seconds}
-    for logged, partitioning in ((False, "key"), (True, "key"), (False, "sticky")):
+    for logged, partitioning in (
+        (False, DEFAULT_PARTITIONING), (True, DEFAULT_PARTITIONING), (False, OTHER_PARTITIONING)
+    ):
         written, consumed_at, delivered_at, cpu, created = _latency_run(
             run, lines, logged=logged, partitioning=partitioning
         )
@@ -545,10 +565,10 @@ def latency(run: Run) -> None:
         consumed_newer = [
             consumed_at[rid] - w for rid, w in zip(measured, written, strict=True) if rid in newer
         ]
-        if partitioning == "sticky":
-            figures["consumer_sticky"] = _summary_ms(consumed)
-            figures["consumer_sticky_newer"] = _summary_ms(consumed_newer)
-            figures["cpu_sticky_pct"] = cpu
+        if partitioning == OTHER_PARTITIONING:
+            figures["consumer_other"] = _summary_ms(consumed)
+            figures["consumer_other_newer"] = _summary_ms(consumed_newer)
+            figures["cpu_other_pct"] = cpu
             continue
         if not logged:
             figures["consumer"] = _summary_ms(consumed)
@@ -569,8 +589,8 @@ def latency(run: Run) -> None:
         ("write → produce (CreateTime, ±0.5 ms)", "produce"),
         ("write → consumer, debug_jobcomp on  ", "consumer_logged"),
         ("write → delivery report, the same run", "dr"),
-        ("write → consumer, sticky partitioning", "consumer_sticky"),
-        ("the same, lines of 17.11 and later  ", "consumer_sticky_newer"),
+        (f"write → consumer, by {OTHER_PARTITIONING:6s}       ", "consumer_other"),
+        ("the same, lines of 17.11 and later  ", "consumer_other_newer"),
         ("write → consumer, default, 17.11 on ", "consumer_newer"),
     ):
         s = figures[key]
@@ -579,11 +599,11 @@ def latency(run: Run) -> None:
             f"({s['n']:,} lines at {figures['rate']:,.0f} lines/s)"
         )
     print(f"  CPU meanwhile (default configuration): {figures['cpu_pct']:.1f}% of one core; "
-          f"with sticky partitioning {figures['cpu_sticky_pct']:.1f}%")
+          f"with kafka.partitioning = \"{OTHER_PARTITIONING}\" {figures['cpu_other_pct']:.1f}%")
 
 
 def _latency_run(
-    run: Run, lines: list[bytes], *, logged: bool, partitioning: str = "key"
+    run: Run, lines: list[bytes], *, logged: bool, partitioning: str = DEFAULT_PARTITIONING
 ) -> tuple[list[float], dict[str, float], dict[str, float], float, dict[str, float]]:
     """Write ``lines`` one at a time (after a warm-up) to a running daemon; when each measured line
     was written, when each record reached the consumer and (``logged``) its delivery report, the
@@ -593,7 +613,10 @@ def _latency_run(
     total = len(lines)
     partitions = run.args.latency_partitions
     with mock_cluster(TOPIC, partitions) as cluster:
-        name = "latency-logged" if logged else "latency" if partitioning == "key" else "latency-sticky"
+        name = (
+            "latency-logged" if logged
+            else "latency" if partitioning == DEFAULT_PARTITIONING else f"latency-{partitioning}"
+        )
         env = run.env(name, cluster.bootstrap, log_deliveries=logged, partitioning=partitioning)
         state = StateView(env.db)
         consumer = LatencyConsumer(cluster.bootstrap, TOPIC, partitions)
@@ -688,12 +711,13 @@ def latency_rsyslog(run: Run) -> None:
 
 def latency_floor(run: Run) -> None:
     """librdkafka alone — a process producing the records jobcompd sends, at the same rate, as
-    jobcompd configures it — produce → the same consumer: keyed by record id (as jobcompd sends
-    them), keyed with the partition chosen as for a record without a key (sticky), and without a
-    key (as the plugin and rsyslog do). The first is what no shipper that partitions its records by
-    key can beat on this broker, whatever it does before ``produce()``: each keyed record waits the
-    whole ``linger.ms`` in a batch of its own partition. The second shows whether that is the key or
-    the partitioning by key."""
+    jobcompd configures it — produce → the same consumer: keyed by record id and partitioned by key
+    (as ``kafka.partitioning = "key"`` sends them), keyed with the partition chosen as for a record
+    without a key (sticky, as jobcompd sends them by default), and without a key (as the plugin and
+    rsyslog do). The first is what no shipper that partitions its records by key can beat on this
+    broker, whatever it does before ``produce()``: each keyed record waits the whole ``linger.ms``
+    in a batch of its own partition. The second shows whether that is the key or the partitioning
+    by key."""
     per_s, seconds = run.args.latency_rate, run.args.latency_seconds
     count = int(per_s * seconds)
     lines = mixed_lines(WARMUP_LINES + count, seed=20261124)
@@ -992,13 +1016,13 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
     for key, label in (
         ("replay", f"throughput `jobcompd replay`, {n} lines, exec → last delivery report"),
         ("replay-worker", f"the same with `parse_worker = true` (a parse worker process), {n} lines"),
-        ("replay-sticky", f'the same with `kafka.partitioning = "sticky"`, {n} lines'),
+        ("replay-key", f'the same with `kafka.partitioning = "key"`, {n} lines'),
         (
             "daemon",
             f"throughput `jobcompd run`, {n} lines appended in bulk, first byte → last delivery report",
         ),
         ("daemon-worker", f"the same with `parse_worker = true` (a parse worker process), {n} lines"),
-        ("daemon-sticky", f'the same with `kafka.partitioning = "sticky"`, {n} lines'),
+        ("daemon-key", f'the same with `kafka.partitioning = "key"`, {n} lines'),
     ):
         goal = f"≥ {GOAL_RSYSLOG_RATIO:.1f}× rsyslog"
         if key in f:
@@ -1037,8 +1061,8 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
         ("produce", "write → produce, jobcompd's own part (the record's CreateTime: whole ms, so ±0.5 ms)"),
         ("dr", "write → delivery report (another run, `debug_jobcomp` on to log each report)"),
         ("consumer_newer", "write → consumer, lines of Slurm 17.11 on"),
-        ("consumer_sticky", 'write → consumer, `kafka.partitioning = "sticky"` (another run)'),
-        ("consumer_sticky_newer", 'write → consumer, `"sticky"`, lines of Slurm 17.11 on'),
+        ("consumer_other", 'write → consumer, `kafka.partitioning = "key"` (another run)'),
+        ("consumer_other_newer", 'write → consumer, `"key"`, lines of Slurm 17.11 on'),
     ):
         title = (
             f"latency {label}, {run.args.latency_rate:,} lines/s for {run.args.latency_seconds} s, "
@@ -1053,14 +1077,14 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
             if to_consumer and rsyslog_p99 is not None:
                 met, ratio = _met(s["p99"] <= rsyslog_p99), f"p99 {s['p99'] / rsyslog_p99:.3g}× rsyslog's"
             if to_consumer and floor:
-                mode = "sticky" if "sticky" in key else "keyed"
+                mode = "keyed" if "other" in key else "sticky"
                 over = f"p50 {s['p50'] / floor[mode]['p50']:.3g}×, p99 {s['p99'] / floor[mode]['p99']:.3g}×"
                 ratio = ("" if ratio == "—" else ratio + "; ") + over + f" the {mode} floor's"
             value = f"p50 {s['p50']:.1f} ms / p99 {s['p99']:.1f} ms / max {s['max']:.1f} ms"
             rows.append((title, value, goal, met, ratio))
         else:
             rows.append((title, failed("latency"), goal, "—", "—"))
-    for cpu_key, which in (("cpu_pct", "the latency run"), ("cpu_sticky_pct", "the sticky run")):
+    for cpu_key, which in (("cpu_pct", "the latency run"), ("cpu_other_pct", 'the run by "key"')):
         title = f"CPU while shipping {run.args.latency_rate:,} lines/s ({which}, every thread)"
         if lat and cpu_key in lat:
             ratio = f"{lat[cpu_key] / lat_rsyslog['cpu_pct']:.3g}× rsyslog's" if lat_rsyslog else "—"
@@ -1075,9 +1099,10 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
         rows.append((title, value, "—", "—", "baseline"))
     else:
         rows.append((title, failed("latency-rsyslog"), "—", "—", "baseline"))
-    for mode, how in (("keyed", "keyed by record id, as jobcompd sends them"),
-                      ("sticky", "keyed by record id, partitions chosen as for records without a key"
-                                 " (one for twice linger.ms, then another)"),
+    for mode, how in (("sticky", "keyed by record id, partitions chosen as for records without a key"
+                                 " (one for twice linger.ms, then another), as jobcompd sends them"),
+                      ("keyed", 'keyed by record id and partitioned by key, as `kafka.partitioning = "key"`'
+                                " sends them"),
                       ("keyless", "without a key, as the plugin and rsyslog send them")):
         title = (f"floor: librdkafka alone, the same records and rate, produce → consumer, {how}")
         if floor:
@@ -1162,18 +1187,18 @@ STEPS: dict[str, tuple[str, Callable[[Run], None]]] = {
         "1. throughput: jobcompd replay, parse_worker = true",
         functools.partial(throughput_replay, parse_worker=True),
     ),
-    "replay-sticky": (
-        '1. throughput: jobcompd replay, kafka.partitioning = "sticky"',
-        functools.partial(throughput_replay, partitioning="sticky"),
+    "replay-key": (
+        '1. throughput: jobcompd replay, kafka.partitioning = "key"',
+        functools.partial(throughput_replay, partitioning="key"),
     ),
     "daemon": ("1. throughput: jobcompd run (live daemon)", throughput_daemon),
     "daemon-worker": (
         "1. throughput: jobcompd run, parse_worker = true",
         functools.partial(throughput_daemon, parse_worker=True),
     ),
-    "daemon-sticky": (
-        '1. throughput: jobcompd run, kafka.partitioning = "sticky"',
-        functools.partial(throughput_daemon, partitioning="sticky"),
+    "daemon-key": (
+        '1. throughput: jobcompd run, kafka.partitioning = "key"',
+        functools.partial(throughput_daemon, partitioning="key"),
     ),
     "kcat": ("1. throughput baseline: kcat", baseline_kcat),
     "rsyslog": ("1. throughput baseline: rsyslog imfile → omkafka", baseline_rsyslog),

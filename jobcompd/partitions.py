@@ -1,13 +1,15 @@
 """Which partition a record goes to: ``kafka.partitioning``.
 
-``"key"`` (the default): librdkafka's partitioner places each record by its key, the record id, so a
-record sent again after a crash lands in the partition that holds it already. At a few records a
-second each one then waits the whole ``linger.ms`` in a batch of its own partition.
+``"sticky"`` (the default): records go to one partition for ``sticky.partitioning.linger.ms`` (by
+default twice ``linger.ms``), then to another chosen at random among those with a leader — what
+librdkafka does for records without a key, as the plugin's are. They keep their key; fewer, fuller
+batches wait less and cost librdkafka and the brokers less work a record. A record sent again may
+land in another partition.
 
-``"sticky"``: records go to one partition for ``sticky.partitioning.linger.ms`` (by default twice
-``linger.ms``), then to another chosen at random among those with a leader — what librdkafka does
-for records without a key, as the plugin's are. They keep their key; fewer, fuller batches wait
-less. A record sent again may land in another partition.
+``"key"``: librdkafka's partitioner places each record by its key, the record id, so a record sent
+again after a crash lands in the partition that holds it already (a compacted topic keeps one
+copy). At a few records a second each one then waits the whole ``linger.ms`` in a batch of its own
+partition.
 """
 
 from __future__ import annotations

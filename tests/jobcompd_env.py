@@ -31,6 +31,12 @@ from jobcompd.record import JobRecord
 
 JOBCOMPD = str(Path(sys.executable).parent / "jobcompd")
 
+SPREAD_BY_KEY = 'partitioning = "key"\n'
+"""``kafka_toml`` for a test that reads back more from librdkafka's mock cluster than it keeps: about
+5 MB a partition, older message sets dropped. Records sent as by default (``"sticky"``) land a
+burst at a time on one partition, and a few bursts on one partition are more than it keeps; by key
+they spread evenly. (tansu keeps everything: its tests run the default.)"""
+
 
 @dataclass
 class JobcompdEnv:

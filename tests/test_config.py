@@ -88,7 +88,7 @@ def test_example_config_loads_with_the_example_properties_file(tmp_path: Path) -
         flush_timeout=500, poll_interval=2, requeue_on_msg_timeout=True, topic="mycluster"
     )
     assert settings.kafka.rdkafka_conf == tmp_path / "rdkafka.conf"
-    assert settings.kafka.partitioning == "key"
+    assert settings.kafka.partitioning == "sticky"
     assert list(settings.kafka.properties.items()) == [
         ("bootstrap.servers", "kafka1.example.org:9092,kafka2.example.org:9092"),
         ("linger.ms", "5"),

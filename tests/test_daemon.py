@@ -33,6 +33,7 @@ from tests.brokers.mockcluster import MockCluster
 from tests.brokers.readback import consume_all
 from tests.jobcompd_env import (
     JOBCOMPD,
+    SPREAD_BY_KEY,
     DaemonProcess,
     JobcompdEnv,
     alive,
@@ -286,7 +287,8 @@ def test_backlog_and_trickle_arrive_exactly_once(kafka: MockCluster, tmp_path: P
     source = "" if parse_worker == "auto" else f"parse_worker = {parse_worker}\n"
     synchronous = "full" if parse_worker == "auto" else "normal"
     env = JobcompdEnv(
-        tmp_path, kafka.bootstrap, params="poll_interval=1", source_toml=source, synchronous=synchronous
+        tmp_path, kafka.bootstrap, params="poll_interval=1", source_toml=source, synchronous=synchronous,
+        kafka_toml=SPREAD_BY_KEY,
     )
     wanted = parse_worker == "true" or (parse_worker == "auto" and fastpath.PARSER != "compiled")
     parsing = "worker process" if wanted else "thread" if parse_worker == "auto" else "in place"
@@ -313,7 +315,9 @@ def test_backlog_and_trickle_arrive_exactly_once(kafka: MockCluster, tmp_path: P
 def test_kill_9_while_appending(kafka: MockCluster, tmp_path: Path) -> None:
     # The default synchronous = "full": a commit is flushed by a thread of its own after it, and a
     # crash between the two loses nothing (the write-ahead log is written, the kernel holds it).
-    env = JobcompdEnv(tmp_path, kafka.bootstrap, params="poll_interval=1", synchronous="full")
+    env = JobcompdEnv(
+        tmp_path, kafka.bootstrap, params="poll_interval=1", synchronous="full", kafka_toml=SPREAD_BY_KEY
+    )
     trials = 20
     rng = random.Random(424242)
     lines = mixed_lines(12_000, seed=25)
@@ -353,6 +357,8 @@ def test_sighup_topic_properties_and_broken_config(
     kafka: MockCluster, env: JobcompdEnv, daemon: DaemonProcess
 ) -> None:
     kafka.create_topic("second", partitions=4)
+    env.kafka_toml = 'partitioning = "key"\n'
+    env.write_config()
     daemon.start()
     lines = mixed_lines(900, seed=26)
     log = env.log_path
@@ -362,7 +368,7 @@ def test_sighup_topic_properties_and_broken_config(
         assert_all_arrived(kafka, env, lines[:300])
 
         env.topic = "second"  # params (topic) and the partitioning apply at once
-        env.kafka_toml = 'partitioning = "sticky"\n'
+        env.kafka_toml = ""  # the default: "sticky"
         env.write_config()
         daemon.signal(signal.SIGHUP)
         daemon.wait_log("configuration reloaded")

@@ -21,7 +21,7 @@ from jobcompd.producer import _OFFERED_BYTES, _OFFERED_BYTES_WINDOW_FULL, Sender
 from jobcompd.state import BATCH_RECORDS, BatchResult, Delivery, NewRecord, SpooledRecord, State
 from tests.brokers.mockcluster import MockCluster
 from tests.brokers.readback import consume_all
-from tests.jobcompd_env import JobcompdEnv
+from tests.jobcompd_env import SPREAD_BY_KEY, JobcompdEnv
 from tests.test_sendloop import compiled_only
 from tests.test_state import state_busy
 
@@ -100,7 +100,7 @@ def test_offered_batches_past_their_byte_bound_are_dropped_and_read_back(
     mock_cluster: MockCluster, tmp_path: Path
 ) -> None:
     mock_cluster.create_topic("mycluster", 4)
-    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=60")
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=60", kafka_toml=SPREAD_BY_KEY)
     payload = b"y" * (_OFFERED_BYTES // 32)
     with CountingState.open(env.state_dir, synchronous="normal") as state:
         sender = Sender(state, load_settings(env.config).kafka)
@@ -548,7 +548,7 @@ def test_a_reader_ahead_of_a_delivering_sender_waits_for_it_instead_of_being_rea
     mock_cluster: MockCluster, tmp_path: Path
 ) -> None:
     mock_cluster.create_topic("mycluster", 4)
-    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=60")
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=60", kafka_toml=SPREAD_BY_KEY)
     payload = b"w" * (_OFFERED_BYTES_WINDOW_FULL * 3 // 4 // 12)
     with CountingState.open(env.state_dir, synchronous="normal") as state:
         sender = Sender(state, load_settings(env.config).kafka, window=10)

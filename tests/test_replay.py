@@ -29,7 +29,15 @@ from jobcompd.state import State, StateError
 from tests.brokers import Broker
 from tests.brokers.mockcluster import MockCluster
 from tests.brokers.readback import consume_all
-from tests.jobcompd_env import JOBCOMPD, JobcompdEnv, check_arrival, expected_messages, summary_json, wait_for
+from tests.jobcompd_env import (
+    JOBCOMPD,
+    SPREAD_BY_KEY,
+    JobcompdEnv,
+    check_arrival,
+    expected_messages,
+    summary_json,
+    wait_for,
+)
 from tests.slurmctld import FakeJob, mixed_lines, render
 from tests.test_state import slow_disk
 
@@ -41,7 +49,10 @@ def test_replay_50k_lines_arrive_exactly_once(broker: Broker, tmp_path: Path) ->
     broker.create_topic("mycluster", partitions=16)
     # Big batches, parsed in a parse worker (the other replay tests run the default, which has
     # none with the compiled reader).
-    env = JobcompdEnv(tmp_path, broker.bootstrap, source_toml="parse_worker = true\n")
+    env = JobcompdEnv(
+        tmp_path, broker.bootstrap, source_toml="parse_worker = true\n",
+        kafka_toml=SPREAD_BY_KEY if broker.kind == "mock" else "",
+    )
     lines = mixed_lines(50_000, seed=11)
     log = tmp_path / "jobcomp.log"
     log.write_bytes(b"".join(lines))
@@ -93,7 +104,8 @@ def test_replay_reads_bz2_and_xz_rotated_logs(mock_cluster: MockCluster, tmp_pat
 def test_broker_outage_in_the_middle(mock_cluster: MockCluster, tmp_path: Path) -> None:
     mock_cluster.create_topic("mycluster", partitions=16)
     env = JobcompdEnv(
-        tmp_path, mock_cluster.bootstrap, properties={"reconnect.backoff.max.ms": "1000"}
+        tmp_path, mock_cluster.bootstrap, properties={"reconnect.backoff.max.ms": "1000"},
+        kafka_toml=SPREAD_BY_KEY,
     )  # back soon after "up"
     lines = mixed_lines(50_000, seed=12)
     log = tmp_path / "jobcomp.log"
@@ -382,7 +394,7 @@ def test_a_full_spool_pauses_reading_until_records_leave_it(mock_cluster: MockCl
     mock_cluster.create_topic("mycluster", partitions=4)
     env = JobcompdEnv(
         tmp_path, mock_cluster.bootstrap, properties={"reconnect.backoff.max.ms": "500"},
-        extra_toml="max_spool_records = 3000\n",
+        extra_toml="max_spool_records = 3000\n", kafka_toml=SPREAD_BY_KEY,
     )
     lines = mixed_lines(20_000, seed=41)
     log = tmp_path / "jobcomp.log"

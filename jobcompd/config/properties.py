@@ -104,7 +104,7 @@ class KafkaSection(TableReader):
         if topic is None or properties is None:
             return None
         rdkafka_conf = properties[1]
-        partitioning = self._choice(table, "kafka", "partitioning", ("key", "sticky"), "key")
+        partitioning = self._choice(table, "kafka", "partitioning", ("key", "sticky"), "sticky")
         return KafkaSettings(
             topic=topic, properties=properties[0], params=params, rdkafka_conf=rdkafka_conf,
             partitioning=cast(Literal["key", "sticky"], partitioning),

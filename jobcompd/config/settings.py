@@ -133,9 +133,9 @@ class KafkaSettings:
     properties: Mapping[str, str]
     params: JobCompParams = JobCompParams()
     rdkafka_conf: Path | None = None
-    # "key": a record's partition follows from its key (librdkafka's partitioner); "sticky": one
-    # partition for a while, then another, as librdkafka does for records without a key.
-    partitioning: Literal["key", "sticky"] = "key"
+    # "sticky": one partition for a while, then another, as librdkafka does for records without a
+    # key (the plugin's); "key": a record's partition follows from its key (librdkafka's partitioner).
+    partitioning: Literal["key", "sticky"] = "sticky"
 
     def __post_init__(self) -> None:
         if not isinstance(self.properties, MappingProxyType):
