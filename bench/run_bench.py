@@ -99,6 +99,7 @@ OTHER_PARTITIONING = "key"  # measured once more in a run of its own
 PARTITIONING_TAG = {
     DEFAULT_PARTITIONING: "", OTHER_PARTITIONING: f' (kafka.partitioning = "{OTHER_PARTITIONING}")'
 }
+FLOOR_MODE = {"sticky": "sticky", "key": "keyed"}  # the latency floor that sends as each does
 MEASUREMENTS = (
     "replay",
     "replay-worker",
@@ -1077,7 +1078,7 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
             if to_consumer and rsyslog_p99 is not None:
                 met, ratio = _met(s["p99"] <= rsyslog_p99), f"p99 {s['p99'] / rsyslog_p99:.3g}× rsyslog's"
             if to_consumer and floor:
-                mode = "keyed" if "other" in key else "sticky"
+                mode = FLOOR_MODE[OTHER_PARTITIONING if "other" in key else DEFAULT_PARTITIONING]
                 over = f"p50 {s['p50'] / floor[mode]['p50']:.3g}×, p99 {s['p99'] / floor[mode]['p99']:.3g}×"
                 ratio = ("" if ratio == "—" else ratio + "; ") + over + f" the {mode} floor's"
             value = f"p50 {s['p50']:.1f} ms / p99 {s['p99']:.1f} ms / max {s['max']:.1f} ms"
