@@ -21,13 +21,12 @@ CPU seconds of the process meanwhile (``cpu``).
 from __future__ import annotations
 
 import json
-import random
 import sys
 import time
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from bench.steady_producer import configured_as_jobcompd
+from bench.steady_producer import StickyPartition, configured_as_jobcompd
 from jobcompd import sendloop
 from jobcompd.batch import ParseSpec, parse_batch
 from jobcompd.logfile import BATCH_LINES
@@ -59,14 +58,10 @@ def main(argv: list[str]) -> int:
     made, plugin = sendloop.channel()
     config = configured_as_jobcompd(bootstrap, on_delivery=on_delivery)
     producer = Producer({**plugin, **config})
-    sticky_s = 2 * config["linger.ms"] / 1000.0
-    partition, until = -1, 0.0  # the partition of the next batch (-1: by key), and until when
+    sticky = StickyPartition(int(partitions), config)
 
-    def next_partition() -> int:
-        nonlocal partition, until
-        if partitioning == "sticky" and time.monotonic() >= until:
-            partition, until = random.randrange(int(partitions)), time.monotonic() + sticky_s
-        return partition
+    def next_partition() -> int:  # of the next batch (-1: by key)
+        return sticky() if partitioning == "sticky" else -1
 
     # The first record alone, before the clock starts: connected to the brokers, the partitions
     # known, the idempotent producer's id acquired (jobcompd's figures include its start-up).

@@ -29,21 +29,33 @@ def configured_as_jobcompd(bootstrap: str, **more: Any) -> dict[str, Any]:
     return {"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True, "acks": "all", **more}
 
 
+class StickyPartition:
+    """The partition for records produced now, as jobcompd's ``"sticky"`` chooses it: one of the
+    topic's ``partitions`` for ``sticky.partitioning.linger.ms`` (twice ``linger.ms``), then another
+    at random."""
+
+    def __init__(self, partitions: int, config: dict[str, Any]) -> None:
+        self._partitions = partitions
+        self._sticky_s = 2 * config["linger.ms"] / 1000.0
+        self._partition, self._until = 0, 0.0
+
+    def __call__(self) -> int:
+        now = time.monotonic()
+        if now >= self._until:
+            self._partition, self._until = random.randrange(self._partitions), now + self._sticky_s
+        return self._partition
+
+
 def main(argv: list[str]) -> int:
     bootstrap, topic, mode, per_s, path, warmup, partitions = argv
     records = [line.rstrip(b"\n").split(b" ", 1) for line in open(path, "rb")]  # noqa: SIM115
     config = configured_as_jobcompd(bootstrap)
     producer = Producer(config)
-    sticky_s = 2 * config["linger.ms"] / 1000.0
-    partition, until = 0, 0.0  # sticky: the partition, and until when
+    sticky = StickyPartition(int(partitions), config)
 
     def produce(rid: bytes, payload: bytes) -> None:
-        nonlocal partition, until
         if mode == "sticky":
-            now = time.monotonic()
-            if now >= until:
-                partition, until = random.randrange(int(partitions)), now + sticky_s
-            producer.produce(topic, payload, rid, partition=partition, headers=[("record_id", rid)])
+            producer.produce(topic, payload, rid, partition=sticky(), headers=[("record_id", rid)])
         else:
             producer.produce(topic, payload, rid if mode == "keyed" else None, headers=[("record_id", rid)])
         producer.poll(0)
