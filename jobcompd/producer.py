@@ -36,6 +36,7 @@ from jobcompd.config import KafkaSettings
 from jobcompd.delivery import PRODUCER_STATE
 from jobcompd.logs import Quieter, librdkafka_logger
 from jobcompd.partitions import Partitions
+from jobcompd.producer_id import hasten_producer_id, idempotent
 from jobcompd.reports import InFlight, ReportHandling, SenderCounters, _reason, _rid_of
 from jobcompd.sendloop import Reports, channel, failures, produce_records, refusal_error
 from jobcompd.state import SpooledRecord, State, StateError
@@ -149,7 +150,14 @@ class Sender(ReportHandling):
             self._log.debug("producer made", sending=self.sending)
 
     def _new_producer(self, kafka: KafkaSettings) -> tuple[Any, Any]:
-        """A producer for ``kafka``, and its channel (``None`` if it has none)."""
+        """A producer for ``kafka``, and its channel (``None`` if it has none); an idempotent one
+        asks for its producer id as soon as it can (:mod:`jobcompd.producer_id`)."""
+        producer, made = self._make_producer(kafka)
+        if idempotent(kafka.properties):
+            hasten_producer_id(producer, kafka.topic)
+        return producer, made
+
+    def _make_producer(self, kafka: KafkaSettings) -> tuple[Any, Any]:
         made, plugin = (None, {}) if self._debug else channel()
         conf: dict[str, Any] = dict(kafka.producer_config())
         # The report collector (jobcompd.sendloop.Reports) is the callback itself, unless
