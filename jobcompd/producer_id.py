@@ -1,12 +1,14 @@
 """A new idempotent producer's first records sent at once, not half a second later.
 
 An idempotent producer sends nothing before a broker has given it a producer id. librdkafka asks
-for one when a metadata answer comes, if a broker is up by then, and otherwise half a second after
-the producer was made (``rd_kafka_idemp_pid_timer_restart``, 500 ms). The first answer comes from
-the bootstrap connection, before any broker is up, so every start waited that half second: a
-replay of a million lines spent a tenth of its time there. :func:`hasten_producer_id` asks for the
-topic's metadata every ``_EVERY_S`` over that half second, on a thread of its own, so that the id
-is asked for as soon as a broker is up (the first records' produce connects their leaders).
+for one when a metadata answer comes, if a broker is up by then; if none is, it asks again half a
+second later (``rd_kafka_idemp_pid_timer_restart``, 500 ms), and each such answer starts that
+half second again. The partitions' look-up of ``kafka.partitioning = "sticky"``
+(:mod:`jobcompd.partitions`) is answered before a broker that librdkafka asks for the id is up:
+every start waited the half second (a replay's first records; the first delivery of a daemon
+restarted with a backlog, 0.75 s after its start instead of 0.3). :func:`hasten_producer_id` asks
+for the topic's metadata every ``_EVERY_S`` over that half second, on a thread of its own, so that
+the id is asked for as soon as a broker is up (the first records' produce connects their leaders).
 """
 
 from __future__ import annotations
