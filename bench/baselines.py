@@ -3,7 +3,9 @@
 * ``kcat -P -l FILE``: librdkafka's own command-line producer, one message per line, no parsing —
   the ceiling for "a line in, a message out";
 * rsyslog ``imfile`` → ``omkafka``: the usual way to ship a log file to Kafka, run in the foreground
-  with its own configuration and work directory (never the system's rsyslog service).
+  with its own configuration and work directory (never the system's rsyslog service): started on
+  the whole file, as ``jobcompd replay`` is (:func:`run_rsyslog`), and running while the lines are
+  appended in bulk, as ``jobcompd run`` is measured (:func:`run_rsyslog_appended`).
 
 Both get the producer settings jobcompd runs with: ``linger.ms=5`` and an idempotent producer
 (``enable.idempotence=true``, hence ``acks=all``).
@@ -25,6 +27,7 @@ from bench.harness import (
     MachineShare,
     MachineTicks,
     TopicSize,
+    append_bulk,
     lifetime_cpu_seconds,
     spawn,
     terminate,
@@ -141,6 +144,62 @@ def run_rsyslog(
         cluster.stop_request_tracking()
         cluster.clear_requests()
     note = f"omkafka impstats acked={acked} when the broker held all {expected}" if acked is not None else ""
+    return BaselineRun(end - start, stored, note, CpuShare(shipper, brokers, expected, end - start, machine))
+
+
+WARMUP_LINE = b"rsyslog warm-up\n"
+
+
+def run_rsyslog_appended(
+    lines: Path,
+    expected: int,
+    cluster: MockCluster,
+    topic: str,
+    partitions: int,
+    workdir: Path,
+    *,
+    timeout: float,
+) -> BaselineRun:
+    """rsyslogd in the foreground following a log of its own, ``lines`` appended to it in bulk while
+    it runs: timed from the first byte appended to the broker holding every line, as ``jobcompd
+    run`` is. One line written and shipped first (not counted) has it watching the file and
+    connected, as the daemon is when the bulk comes. The end is the last Produce request, as in
+    :func:`run_rsyslog`."""
+    log_path = workdir / "appended.log"
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path.write_bytes(b"")
+    size = TopicSize(cluster.bootstrap, topic, partitions)
+    conf = rsyslog_configured(log_path, cluster, topic, workdir)
+    assert cluster.pid is not None
+    try:
+        with rsyslog_running(conf, workdir) as alive:
+            with open(log_path, "ab") as fh:
+                fh.write(WARMUP_LINE)
+            wait_until(lambda: size() >= 1, timeout=60, what="rsyslog warm-up line → Kafka", alive=alive)
+            pid = int((workdir / "rsyslogd.pid").read_text())
+            cluster.clear_requests()
+            cluster.start_request_tracking()
+            shipper0, brokers0 = lifetime_cpu_seconds(pid), lifetime_cpu_seconds(cluster.pid)
+            ticks0 = MachineTicks.now()
+            start = time.monotonic()
+            append_bulk(lines, log_path)
+            written = time.monotonic()
+            wait_until(lambda: size() >= expected + 1, timeout=timeout, what="rsyslog (appended) → Kafka",
+                       interval=0.05, alive=alive)
+            polled = time.monotonic()
+            machine = MachineShare.between(ticks0, MachineTicks.now())
+            shipper = lifetime_cpu_seconds(pid) - shipper0
+            brokers = lifetime_cpu_seconds(cluster.pid) - brokers0
+            cluster.stop_request_tracking()
+            produce = [r.timestamp_us for r in cluster.requests() if r.api_key == ApiKey.PRODUCE]
+            last = max(produce) / 1e6 if produce else polled
+            end = last if start < last <= polled else polled
+            stored = size() - 1
+    finally:
+        size.close()
+        cluster.stop_request_tracking()
+        cluster.clear_requests()
+    note = f"file written in {written - start:.2f} s"
     return BaselineRun(end - start, stored, note, CpuShare(shipper, brokers, expected, end - start, machine))
 
 

@@ -5,7 +5,9 @@ three-broker Kafka in its own process, on loopback; a fresh one per measurement)
 
 1. throughput: N mixed-generation lines from the first byte to the last delivery report, through
    ``jobcompd replay`` and through the live daemon (``jobcompd run``, lines appended in bulk), next
-   to two baselines on the same lines and broker: ``kcat -P -l`` and rsyslog imfile → omkafka;
+   to two baselines on the same lines and broker: ``kcat -P -l`` and rsyslog imfile → omkafka,
+   timed as each of jobcompd's is — started on the whole file (``replay``), and running while the
+   lines are appended (``run``: the goal of ``run`` is a ratio to this one);
    and the floor: confluent-kafka alone (``bench/bulk_producer.py``) sending the records of the
    same lines as jobcompd sends them (through jobcompd's channel where the compiled send loop is
    in use), with nothing else to do (no reading, parsing or state).
@@ -109,6 +111,7 @@ MEASUREMENTS = (
     "daemon-key",
     "kcat",
     "rsyslog",
+    "rsyslog-run",
     "floor",
     "latency",
     "latency-rsyslog",
@@ -352,23 +355,35 @@ def baseline_kcat(run: Run) -> None:
 
 
 def baseline_rsyslog(run: Run) -> None:
-    """rsyslog imfile → omkafka on the same file, its own rsyslogd, ``--baseline-runs`` times (median)."""
+    """rsyslog imfile → omkafka on the same file, its own rsyslogd, ``--baseline-runs`` times
+    (median): started on the whole file, as ``replay`` is timed."""
+    _baseline_rsyslog(run, "rsyslog", appended=False)
+
+
+def baseline_rsyslog_run(run: Run) -> None:
+    """The same, running while the file is appended to it in bulk, timed from the first byte, as
+    ``run`` is timed (``--baseline-runs`` times, median)."""
+    _baseline_rsyslog(run, "rsyslog-run", appended=True)
+
+
+def _baseline_rsyslog(run: Run, key: str, *, appended: bool) -> None:
     if run.baselines_unavailable:
         raise BenchError(f"skipped: {run.baselines_unavailable}")
     results = []
+    measure = baselines.run_rsyslog_appended if appended else baselines.run_rsyslog
     for i in range(run.args.baseline_runs):
         with mock_cluster(TOPIC, run.partitions) as cluster:
-            result = baselines.run_rsyslog(
+            result = measure(
                 run.lines_file,
                 run.n,
                 cluster,
                 TOPIC,
                 run.partitions,
-                run.workspace / f"rsyslog-{i}",
+                run.workspace / f"{key}-{i}",
                 timeout=run.timeout(),
             )
         if result.stored != run.n:
-            raise BenchError(f"rsyslog: the topic holds {result.stored} messages, expected {run.n}")
+            raise BenchError(f"{key}: the topic holds {result.stored} messages, expected {run.n}")
         results.append(result)
     times = [r.elapsed for r in results]
     elapsed = statistics.median(times)
@@ -376,12 +391,13 @@ def baseline_rsyslog(run: Run) -> None:
     r = rate(run.n, elapsed)
     median_run = sorted(results, key=lambda one: one.elapsed)[len(results) // 2]
     cpu = median_run.cpu.figures() if median_run.cpu else {}
-    run.figures["rsyslog"] = {"rate": r, "elapsed": elapsed, "note": notes, **cpu}
+    run.figures[key] = {"rate": r, "elapsed": elapsed, "note": notes, **cpu}
+    how = "appended while it runs" if appended else "from its start"
     print(
-        f"  rsyslog omkafka: {run.n:,} lines delivered in {elapsed:.2f} s = {r:,.0f} records/s "
+        f"  rsyslog omkafka ({how}): {run.n:,} lines delivered in {elapsed:.2f} s = {r:,.0f} records/s "
         f"(median of {len(times)} runs: {', '.join(f'{t:.2f}' for t in times)} s"
         + (f"; the median run's {median_run.cpu.text()}" if median_run.cpu else "") + ")"
-        + (f"\n  quirk: {notes}" if notes else "")
+        + (f"\n  {'notes' if appended else 'quirk'}: {notes}" if notes else "")
     )
 
 
@@ -968,18 +984,30 @@ def _met(ok: bool) -> str:
     return "yes" if ok else "**no**"
 
 
+RSYSLOG_NAME = {"rsyslog": "rsyslog", "rsyslog-run": "rsyslog appended"}
+
+
+def rsyslog_like(f: dict[str, dict[str, Any]], key: str) -> str:
+    """The rsyslog baseline measured as ``key`` is: lines appended while it runs for ``run``
+    (``daemon…``), when that baseline ran; the whole file from the start otherwise."""
+    return "rsyslog-run" if key.startswith("daemon") and "rsyslog-run" in f else "rsyslog"
+
+
 def cpu_rows(f: dict[str, dict[str, Any]], cpus: int) -> list[tuple[str, str, str, str, str]]:
     """What bounds throughput: the CPU each shipper used a record, and the rate the machine's cores
     would allow at that CPU a record (the brokers' included) — against rsyslog's rate; and how busy
     the machine's cores were meanwhile, every process's work counted (all of them busy: the cores
     are the bound, not a wait)."""
     rows = []
-    rsyslog = f.get("rsyslog", {})
     for key, who in (("replay", "`jobcompd replay`"), ("daemon", "`jobcompd run`"),
-                     ("floor", "confluent-kafka alone"), ("rsyslog", "rsyslog imfile → omkafka")):
+                     ("floor", "confluent-kafka alone"), ("rsyslog", "rsyslog imfile → omkafka"),
+                     ("rsyslog-run", "rsyslog imfile → omkafka, the lines appended while it runs")):
         if "cpu_us" not in f.get(key, {}):
             continue
         one = f[key]
+        rsyslog_key = rsyslog_like(f, key)
+        rsyslog = f.get(rsyslog_key, {})
+        rsyslogs = f"{RSYSLOG_NAME[rsyslog_key]}'s"
         title = (f"CPU a record, {who}: every thread and process of it, first byte → last report; "
                  "the brokers' apart")
         value = (f"{one['cpu_us']:.2f} µs ({one['cores']:.2f} cores busy); "
@@ -990,11 +1018,12 @@ def cpu_rows(f: dict[str, dict[str, Any]], cpus: int) -> list[tuple[str, str, st
                 value += f" ({100 * one['steal']:.1f} % stolen by the host)"
         ceiling = 1e6 * cpus / (one["cpu_us"] + one["brokers_us"])
         against = []
-        if key != "rsyslog" and "cpu_us" in rsyslog:
-            against.append(f"{one['cpu_us'] / rsyslog['cpu_us']:.3g}× rsyslog's")
+        baseline = key.startswith("rsyslog")
+        if not baseline and "cpu_us" in rsyslog:
+            against.append(f"{one['cpu_us'] / rsyslog['cpu_us']:.3g}× {rsyslogs}")
         bound = f"at this CPU a record {cpus} cores allow at most {ceiling:,.0f} records/s"
-        if "rate" in rsyslog and key != "rsyslog":
-            bound += f" = {ceiling / rsyslog['rate']:.3g}× rsyslog's rate"
+        if "rate" in rsyslog and not baseline:
+            bound += f" = {ceiling / rsyslog['rate']:.3g}× {rsyslogs} rate"
         rows.append((title, value, "—", "—", "; ".join([*against, bound])))
     return rows
 
@@ -1007,11 +1036,11 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
     def failed(name: str) -> str:
         return "failed: " + run.failures[name].splitlines()[0][:120] if name in run.failures else "not run"
 
-    def ratios(r: float) -> str:
+    def ratios(r: float, rsyslog: str = "rsyslog") -> str:
         parts = []
-        for base in ("kcat", "rsyslog"):
+        for base in ("kcat", rsyslog):
             if base in f:
-                parts.append(f"{r / f[base]['rate']:.3g}× {base}")
+                parts.append(f"{r / f[base]['rate']:.3g}× {RSYSLOG_NAME.get(base, base)}")
         return ", ".join(parts) or "—"
 
     for key, label in (
@@ -1025,16 +1054,20 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
         ("daemon-worker", f"the same with `parse_worker = true` (a parse worker process), {n} lines"),
         ("daemon-key", f'the same with `kafka.partitioning = "key"`, {n} lines'),
     ):
-        goal = f"≥ {GOAL_RSYSLOG_RATIO:.1f}× rsyslog"
+        rsyslog = rsyslog_like(f, key)
+        goal = f"≥ {GOAL_RSYSLOG_RATIO:.1f}× {RSYSLOG_NAME[rsyslog]}"
         if key in f:
             r = f[key]["rate"]
-            met = _met(r / f["rsyslog"]["rate"] >= GOAL_RSYSLOG_RATIO) if "rsyslog" in f else "—"
-            rows.append((label, f"{r:,.0f} records/s ({f[key]['elapsed']:.1f} s)", goal, met, ratios(r)))
+            met = _met(r / f[rsyslog]["rate"] >= GOAL_RSYSLOG_RATIO) if rsyslog in f else "—"
+            value = f"{r:,.0f} records/s ({f[key]['elapsed']:.1f} s)"
+            rows.append((label, value, goal, met, ratios(r, rsyslog)))
         else:
             rows.append((label, failed(key), goal, "—", "—"))
     for key, label in (
         ("kcat", f"baseline `kcat -P -l`, {n} lines (raw lines, no parsing)"),
-        ("rsyslog", f"baseline rsyslog imfile → omkafka, {n} lines (raw lines)"),
+        ("rsyslog", f"baseline rsyslog imfile → omkafka, {n} lines (raw lines), exec → last Produce request"),
+        ("rsyslog-run", f"baseline rsyslog imfile → omkafka, {n} lines appended in bulk while it runs, "
+                        "first byte → last Produce request"),
     ):
         value = f"{f[key]['rate']:,.0f} records/s ({f[key]['elapsed']:.2f} s)" if key in f else failed(key)
         rows.append((label, value, "—", "—", "baseline"))
@@ -1176,6 +1209,8 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
     ]
     if "rsyslog" in f and f["rsyslog"].get("note"):
         out.append(f"- rsyslog: {f['rsyslog']['note']} (end taken from the broker's last Produce request)")
+    if "rsyslog-run" in f and f["rsyslog-run"].get("note"):
+        out.append(f"- rsyslog, the lines appended while it runs: {f['rsyslog-run']['note']}")
     return "\n".join(out)
 
 
@@ -1203,6 +1238,10 @@ STEPS: dict[str, tuple[str, Callable[[Run], None]]] = {
     ),
     "kcat": ("1. throughput baseline: kcat", baseline_kcat),
     "rsyslog": ("1. throughput baseline: rsyslog imfile → omkafka", baseline_rsyslog),
+    "rsyslog-run": (
+        "1. throughput baseline: rsyslog imfile → omkafka, the lines appended while it runs",
+        baseline_rsyslog_run,
+    ),
     "floor": ("1. throughput floor: confluent-kafka alone, jobcompd's records", throughput_floor),
     "latency": ("2. latency", latency),
     "latency-rsyslog": ("2. latency baseline: rsyslog imfile → omkafka", latency_rsyslog),
@@ -1262,7 +1301,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     unavailable = None
-    if {"kcat", "rsyslog"} & set(args.only):
+    if {"kcat", "rsyslog", "rsyslog-run"} & set(args.only):
         unavailable = ensure_debian_packages()
         if unavailable:
             print(f"bench: {unavailable}", flush=True)
