@@ -5,7 +5,7 @@
 * rsyslog ``imfile`` → ``omkafka``: the usual way to ship a log file to Kafka, run in the foreground
   with its own configuration and work directory (never the system's rsyslog service): started on
   the whole file, as ``jobcompd replay`` is (:func:`run_rsyslog`), and running while the lines are
-  appended in bulk, as ``jobcompd run`` is measured (:func:`run_rsyslog_appended`).
+  appended in bulk, as ``jobcompd run`` is measured (``appended``).
 
 Both get the producer settings jobcompd runs with: ``linger.ms=5`` and an idempotent producer
 (``enable.idempotence=true``, hence ``acks=all``).
@@ -94,6 +94,9 @@ input(type="imfile" file="{lines}" tag="jobcomp" ruleset="tokafka"
 """
 
 
+WARMUP_LINE = b"rsyslog warm-up\n"
+
+
 def run_rsyslog(
     lines: Path,
     expected: int,
@@ -103,8 +106,12 @@ def run_rsyslog(
     workdir: Path,
     *,
     timeout: float,
+    appended: bool = False,
 ) -> BaselineRun:
-    """rsyslogd in the foreground on ``lines``, timed from exec to the broker holding every line.
+    """rsyslogd in the foreground on ``lines``, timed from exec to the broker holding every line;
+    ``appended``: following a log of its own, ``lines`` appended to it in bulk while it runs, timed
+    from the first byte appended, as ``jobcompd run`` is. There one line written and shipped first
+    (not counted) has it watching the file and connected, as the daemon is when the bulk comes.
 
     omkafka's own ``acked`` counter (impstats) lags: it is updated when omkafka polls librdkafka, which
     it does while sending, so the last few thousand acknowledgements show up late or only at
@@ -112,18 +119,36 @@ def run_rsyslog(
     every line is stored, and the mock cluster's request log gives the time of the last Produce
     request (on the same monotonic clock as ``time.monotonic()``).
     """
+    followed = workdir / "appended.log" if appended else lines
+    if appended:
+        workdir.mkdir(parents=True, exist_ok=True)
+        followed.write_bytes(b"")
+    warm = 1 if appended else 0
     size = TopicSize(cluster.bootstrap, topic, partitions)
-    cluster.clear_requests()
-    cluster.start_request_tracking()
-    conf = rsyslog_configured(lines, cluster, topic, workdir)
+    conf = rsyslog_configured(followed, cluster, topic, workdir)
     assert cluster.pid is not None
+    cluster_pid = cluster.pid
+
+    def begin() -> tuple[float, MachineTicks | None, float]:  # the brokers' CPU, the machine's, the clock
+        return lifetime_cpu_seconds(cluster_pid), MachineTicks.now(), time.monotonic()
+
     try:
-        brokers0 = lifetime_cpu_seconds(cluster.pid)
-        ticks0 = MachineTicks.now()
-        start = time.monotonic()
+        cluster.clear_requests()
+        cluster.start_request_tracking()
+        shipper0 = 0.0
+        brokers0, ticks0, start = begin()  # from exec
         with rsyslog_running(conf, workdir) as alive:
+            if appended:  # from the first byte appended, once the warm-up line is shipped
+                with open(followed, "ab") as fh:
+                    fh.write(WARMUP_LINE)
+                wait_until(lambda: size() >= warm, timeout=60, what="rsyslog warm-up → Kafka", alive=alive)
+                shipper0 = lifetime_cpu_seconds(int((workdir / "rsyslogd.pid").read_text()))
+                cluster.clear_requests()
+                brokers0, ticks0, start = begin()
+                append_bulk(lines, followed)
+            written = time.monotonic()
             wait_until(
-                lambda: size() >= expected,
+                lambda: size() >= expected + warm,
                 timeout=timeout,
                 what="rsyslog → Kafka",
                 interval=0.05,
@@ -131,75 +156,23 @@ def run_rsyslog(
             )
             polled = time.monotonic()
             machine = MachineShare.between(ticks0, MachineTicks.now())
-            shipper = lifetime_cpu_seconds(int((workdir / "rsyslogd.pid").read_text()))
+            shipper = lifetime_cpu_seconds(int((workdir / "rsyslogd.pid").read_text())) - shipper0
             brokers = lifetime_cpu_seconds(cluster.pid) - brokers0
             cluster.stop_request_tracking()
             produce = [r.timestamp_us for r in cluster.requests() if r.api_key == ApiKey.PRODUCE]
             last = max(produce) / 1e6 if produce else polled
             end = last if start < last <= polled else polled
-            stored = size()
+            stored = size() - warm
             acked = _omkafka_acked(workdir / "impstats.json")
     finally:
         size.close()
         cluster.stop_request_tracking()
         cluster.clear_requests()
-    note = f"omkafka impstats acked={acked} when the broker held all {expected}" if acked is not None else ""
-    return BaselineRun(end - start, stored, note, CpuShare(shipper, brokers, expected, end - start, machine))
-
-
-WARMUP_LINE = b"rsyslog warm-up\n"
-
-
-def run_rsyslog_appended(
-    lines: Path,
-    expected: int,
-    cluster: MockCluster,
-    topic: str,
-    partitions: int,
-    workdir: Path,
-    *,
-    timeout: float,
-) -> BaselineRun:
-    """rsyslogd in the foreground following a log of its own, ``lines`` appended to it in bulk while
-    it runs: timed from the first byte appended to the broker holding every line, as ``jobcompd
-    run`` is. One line written and shipped first (not counted) has it watching the file and
-    connected, as the daemon is when the bulk comes. The end is the last Produce request, as in
-    :func:`run_rsyslog`."""
-    log_path = workdir / "appended.log"
-    workdir.mkdir(parents=True, exist_ok=True)
-    log_path.write_bytes(b"")
-    size = TopicSize(cluster.bootstrap, topic, partitions)
-    conf = rsyslog_configured(log_path, cluster, topic, workdir)
-    assert cluster.pid is not None
-    try:
-        with rsyslog_running(conf, workdir) as alive:
-            with open(log_path, "ab") as fh:
-                fh.write(WARMUP_LINE)
-            wait_until(lambda: size() >= 1, timeout=60, what="rsyslog warm-up line → Kafka", alive=alive)
-            pid = int((workdir / "rsyslogd.pid").read_text())
-            cluster.clear_requests()
-            cluster.start_request_tracking()
-            shipper0, brokers0 = lifetime_cpu_seconds(pid), lifetime_cpu_seconds(cluster.pid)
-            ticks0 = MachineTicks.now()
-            start = time.monotonic()
-            append_bulk(lines, log_path)
-            written = time.monotonic()
-            wait_until(lambda: size() >= expected + 1, timeout=timeout, what="rsyslog (appended) → Kafka",
-                       interval=0.05, alive=alive)
-            polled = time.monotonic()
-            machine = MachineShare.between(ticks0, MachineTicks.now())
-            shipper = lifetime_cpu_seconds(pid) - shipper0
-            brokers = lifetime_cpu_seconds(cluster.pid) - brokers0
-            cluster.stop_request_tracking()
-            produce = [r.timestamp_us for r in cluster.requests() if r.api_key == ApiKey.PRODUCE]
-            last = max(produce) / 1e6 if produce else polled
-            end = last if start < last <= polled else polled
-            stored = size() - 1
-    finally:
-        size.close()
-        cluster.stop_request_tracking()
-        cluster.clear_requests()
-    note = f"file written in {written - start:.2f} s"
+    note = ""
+    if appended:
+        note = f"file written in {written - start:.2f} s"
+    elif acked is not None:
+        note = f"omkafka impstats acked={acked} when the broker held all {expected}"
     return BaselineRun(end - start, stored, note, CpuShare(shipper, brokers, expected, end - start, machine))
 
 

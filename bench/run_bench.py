@@ -370,10 +370,9 @@ def _baseline_rsyslog(run: Run, key: str, *, appended: bool) -> None:
     if run.baselines_unavailable:
         raise BenchError(f"skipped: {run.baselines_unavailable}")
     results = []
-    measure = baselines.run_rsyslog_appended if appended else baselines.run_rsyslog
     for i in range(run.args.baseline_runs):
         with mock_cluster(TOPIC, run.partitions) as cluster:
-            result = measure(
+            result = baselines.run_rsyslog(
                 run.lines_file,
                 run.n,
                 cluster,
@@ -381,6 +380,7 @@ def _baseline_rsyslog(run: Run, key: str, *, appended: bool) -> None:
                 run.partitions,
                 run.workspace / f"{key}-{i}",
                 timeout=run.timeout(),
+                appended=appended,
             )
         if result.stored != run.n:
             raise BenchError(f"{key}: the topic holds {result.stored} messages, expected {run.n}")
