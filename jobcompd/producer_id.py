@@ -22,7 +22,7 @@ from confluent_kafka import KafkaException
 
 __all__ = ["hasten_producer_id", "idempotent"]
 
-_WINDOW_S = 0.5  # librdkafka asks for the id by itself once this has passed
+_WINDOW_S = 0.5  # librdkafka's own wait: past it, its timer and its own metadata answers serve
 _EVERY_S = 0.02
 
 
