@@ -134,6 +134,7 @@ class Sender(ReportHandling):
         self._fetched_at = 0.0
         self._sending_since = 0.0  # when records were last produced with nothing in flight
         self._partitions = Partitions(self._log)
+        self._made = 0  # producers made (and let go): jobcompd.producer_id asks for the newest
         self.counters = SenderCounters()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -153,8 +154,12 @@ class Sender(ReportHandling):
         """A producer for ``kafka``, and its channel (``None`` if it has none); an idempotent one
         asks for its producer id as soon as it can (:mod:`jobcompd.producer_id`)."""
         producer, made = self._make_producer(kafka)
+        self._made += 1
         if idempotent(kafka.properties):
-            hasten_producer_id(producer, kafka.topic)
+            mine, delivered = self._made, self.counters.delivered
+            hasten_producer_id(
+                producer, kafka.topic, lambda: self._made != mine or self.counters.delivered > delivered
+            )
         return producer, made
 
     def _make_producer(self, kafka: KafkaSettings) -> tuple[Any, Any]:
@@ -215,6 +220,7 @@ class Sender(ReportHandling):
                 flush_timeout_ms = self._kafka.params.flush_timeout
             self._drain(flush_timeout_ms)
             self._producer = self._channel = None
+            self._made += 1  # (the producer let go)
         return self._state.spool_depth()
 
     def _drain(self, flush_timeout_ms: int) -> None:

@@ -7,23 +7,27 @@ half second again. The partitions' look-up of ``kafka.partitioning = "sticky"``
 (:mod:`jobcompd.partitions`) is answered before a broker that librdkafka asks for the id is up:
 every start waited the half second (a replay's first records; the first delivery of a daemon
 restarted with a backlog, 0.75 s after its start instead of 0.3). :func:`hasten_producer_id` asks
-for the topic's metadata every ``_EVERY_S`` over that half second, on a thread of its own, so that
-the id is asked for as soon as a broker is up (the first records' produce connects their leaders).
+for the topic's metadata on a thread of its own, every ``_EVERY_S`` over that half second and
+every ``_LATER_S`` after it, until the producer has delivered a record (or is let go), for
+``_UNTIL_S`` at most: the id is asked for as soon as a broker is up (the first records' produce
+connects their leaders), a broker slow to come up (TLS, SASL, a distant cluster) included.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import KafkaException
 
 __all__ = ["hasten_producer_id", "idempotent"]
 
-_WINDOW_S = 0.5  # librdkafka's own wait: past it, its timer and its own metadata answers serve
-_EVERY_S = 0.02
+_FIRST_S = 0.5  # librdkafka's own wait
+_EVERY_S = 0.02  # within it
+_LATER_S = 0.25  # after it: each answer before a broker is up restarts librdkafka's wait
+_UNTIL_S = 5.0
 
 
 def idempotent(properties: Mapping[str, Any]) -> bool:
@@ -31,21 +35,22 @@ def idempotent(properties: Mapping[str, Any]) -> bool:
     return str(properties.get("enable.idempotence", "false")).strip().lower() in ("true", "t", "1")
 
 
-def hasten_producer_id(producer: Any, topic: str) -> threading.Thread:
+def hasten_producer_id(producer: Any, topic: str, done: Callable[[], bool]) -> threading.Thread:
     """Have ``producer`` (just made) ask for its producer id as soon as a broker is up: metadata
-    of ``topic`` asked for every ``_EVERY_S`` for ``_WINDOW_S``, on a thread (returned, started)."""
+    of ``topic`` asked for until ``done()`` (it delivered a record, or was let go), on a thread
+    (returned, started)."""
     thread = threading.Thread(
-        target=_ask, args=(producer, topic, time.monotonic() + _WINDOW_S),
+        target=_ask, args=(producer, topic, done, time.monotonic()),
         name="jobcompd-producer-id", daemon=True,
     )
     thread.start()
     return thread
 
 
-def _ask(producer: Any, topic: str, until: float) -> None:
-    while (left := until - time.monotonic()) > 0:
+def _ask(producer: Any, topic: str, done: Callable[[], bool], made: float) -> None:
+    while not done() and (left := made + _UNTIL_S - time.monotonic()) > 0:
         try:
-            producer.list_topics(topic, timeout=left)
-        except (KafkaException, RuntimeError):  # no broker yet (the timer serves), or closed
+            producer.list_topics(topic, timeout=min(left, _LATER_S))
+        except (KafkaException, RuntimeError):  # no broker yet, or closed
             pass
-        time.sleep(min(_EVERY_S, max(0.0, until - time.monotonic())))
+        time.sleep(_EVERY_S if time.monotonic() - made < _FIRST_S else _LATER_S)
