@@ -36,7 +36,7 @@ from jobcompd.config import KafkaSettings
 from jobcompd.delivery import PRODUCER_STATE
 from jobcompd.logs import Quieter, librdkafka_logger
 from jobcompd.partitions import Partitions
-from jobcompd.producer_id import hasten_producer_id, idempotent
+from jobcompd.producer_id import hasten_producer_id
 from jobcompd.reports import InFlight, ReportHandling, SenderCounters, _reason, _rid_of
 from jobcompd.sendloop import Reports, channel, failures, produce_records, refusal_error
 from jobcompd.state import SpooledRecord, State, StateError
@@ -155,7 +155,7 @@ class Sender(ReportHandling):
         asks for its producer id as soon as it can (:mod:`jobcompd.producer_id`)."""
         producer, made = self._make_producer(kafka)
         self._made += 1
-        if idempotent(kafka.properties):
+        if kafka.idempotent:
             mine, delivered = self._made, self.counters.delivered
             hasten_producer_id(
                 producer, kafka.topic, lambda: self._made != mine or self.counters.delivered > delivered

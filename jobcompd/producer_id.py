@@ -17,22 +17,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaException
 
-__all__ = ["hasten_producer_id", "idempotent"]
+__all__ = ["hasten_producer_id"]
 
 _FIRST_S = 0.5  # librdkafka's own wait
 _EVERY_S = 0.02  # within it
 _LATER_S = 0.25  # after it: each answer before a broker is up restarts librdkafka's wait
 _UNTIL_S = 5.0
-
-
-def idempotent(properties: Mapping[str, Any]) -> bool:
-    """Whether a producer made with ``properties`` is idempotent (it waits for a producer id)."""
-    return str(properties.get("enable.idempotence", "false")).strip().lower() in ("true", "t", "1")
 
 
 def hasten_producer_id(producer: Any, topic: str, done: Callable[[], bool]) -> threading.Thread:

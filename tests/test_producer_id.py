@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
-from jobcompd.config import load_settings
+from jobcompd.config import KafkaSettings, load_settings
 from jobcompd.producer import Sender
-from jobcompd.producer_id import hasten_producer_id, idempotent
+from jobcompd.producer_id import hasten_producer_id
 from jobcompd.state import NewRecord, State
 from tests.brokers.mockcluster import ApiKey, MockCluster
 from tests.jobcompd_env import JobcompdEnv
@@ -76,7 +76,7 @@ def test_the_sender_started_with_sticky_partitions_delivers_its_first_records_at
     mock_cluster.create_topic("mycluster", 4)
     env = JobcompdEnv(tmp_path, mock_cluster.bootstrap)
     settings = load_settings(env.config)
-    assert settings.kafka.partitioning == "sticky" and idempotent(settings.kafka.properties)
+    assert settings.kafka.partitioning == "sticky" and settings.kafka.idempotent
     mock_cluster.start_request_tracking()
     with State.open(env.state_dir, synchronous="normal") as state:
         for start in range(0, 100, 20):
@@ -103,8 +103,8 @@ def test_the_sender_started_with_sticky_partitions_delivers_its_first_records_at
     [("true", True), ("T", True), (True, True), ("1", True), ("false", False), ("0", False), (False, False)],
 )
 def test_idempotent_reads_the_property_as_librdkafka_does(value: object, expected: bool) -> None:
-    assert idempotent({"enable.idempotence": value}) is expected
+    assert KafkaSettings("jobs", {"enable.idempotence": str(value)}).idempotent is expected
 
 
 def test_a_producer_without_the_property_is_not_idempotent() -> None:
-    assert idempotent({}) is False
+    assert KafkaSettings("jobs", {}).idempotent is False

@@ -13,7 +13,14 @@ from jobcompd import _librdkafka
 from jobcompd.config._reader import TableReader, _flatten, _os_reason, _toml_type
 from jobcompd.config.params import _BAD_TOPIC, _TOPIC_NAME, _WHITESPACE, parse_jobcomp_params
 from jobcompd.config.secrets import is_secret
-from jobcompd.config.settings import DEFAULT_RDKAFKA_CONF, REDACTED, JobCompParams, KafkaSettings, SlurmConf
+from jobcompd.config.settings import (
+    DEFAULT_RDKAFKA_CONF,
+    REDACTED,
+    JobCompParams,
+    KafkaSettings,
+    SlurmConf,
+    librdkafka_true,
+)
 
 _BOOTSTRAP = ("bootstrap.servers", "metadata.broker.list")
 
@@ -71,10 +78,6 @@ def _last_of(props: dict[str, _Property], names: tuple[str, ...]) -> _Property |
         if key in names:
             last = prop
     return last
-
-
-def _is_true(value: str) -> bool:
-    return value.lower() in ("true", "t", "1")
 
 
 def _acks_all(value: str) -> bool:
@@ -240,7 +243,7 @@ class KafkaSection(TableReader):
 
     def _check_delivery_reports(self, props: dict[str, _Property]) -> None:
         only_errors = props.get("delivery.report.only.error")
-        if only_errors is not None and _is_true(only_errors.value):
+        if only_errors is not None and librdkafka_true(only_errors.value):
             self.error(
                 only_errors.where,
                 f"{only_errors.shown()}: jobcompd needs a delivery "
@@ -275,7 +278,7 @@ class KafkaSection(TableReader):
                 )
             else:
                 props["enable.idempotence"] = _Property("enable.idempotence", "true", "", "")
-        elif _is_true(idempotence.value):
+        elif librdkafka_true(idempotence.value):
             for prop in conflicts:
                 self.error(
                     prop.where,

@@ -120,6 +120,11 @@ class SourceSettings:
         return self.zone.tz
 
 
+def librdkafka_true(value: object) -> bool:
+    """A boolean librdkafka property's value, read as librdkafka reads it."""
+    return str(value).lower() in ("true", "t", "1")
+
+
 @dataclass(frozen=True)
 class KafkaSettings:
     """Where and how records are produced.
@@ -144,6 +149,11 @@ class KafkaSettings:
     def producer_config(self) -> dict[str, str]:
         """A fresh, mutable copy of ``properties``, in order, for ``confluent_kafka.Producer``."""
         return dict(self.properties)
+
+    @property
+    def idempotent(self) -> bool:
+        """Whether the producer is idempotent: it sends nothing before a broker gives it an id."""
+        return librdkafka_true(self.properties.get("enable.idempotence", "false"))
 
 
 @dataclass(frozen=True)
