@@ -1077,6 +1077,21 @@ def test_a_batch_s_payloads_are_stored_packed_and_read_back_exactly(state: State
     assert [d.payload for d in state.dead_letters()] == [batch[1503].payload]
 
 
+@pytest.mark.parametrize("sizes", [[], [10], [700] * 3000, [700] * 93 + [70_000] + [900] * 200, [140_000, 5]])
+def test_a_frame_fed_a_piece_at_a_time_holds_the_payloads_end_to_end(sizes: list[int]) -> None:
+    import zstandard
+
+    rng = random.Random(len(sizes))
+    words = [b'"job_name":"x%d",' % i for i in range(50)]
+    payloads = [b"".join(rng.choices(words, k=size // 16 + 1))[:size] for size in sizes]
+    whole = b"".join(payloads)
+    packed = _codec.pack(payloads)
+    frame = zstandard.get_frame_parameters(packed)
+    assert frame.has_checksum and frame.content_size == _codec.packed_size(packed) == len(whole)
+    assert zstandard.ZstdDecompressor().decompress(packed) == whole
+    assert len(packed) < len(whole) / 4 or len(whole) < 100
+
+
 def test_payloads_packed_beside_the_commit_are_stored_only_for_the_whole_batch(
     state: State, state_dir: Path
 ) -> None:

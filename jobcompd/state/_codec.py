@@ -10,7 +10,9 @@ raw (``RAW``) and read as they are.
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from collections.abc import Sequence
+from itertools import accumulate, pairwise
 from typing import BinaryIO
 
 import zstandard
@@ -36,7 +38,21 @@ def pack(payloads: Sequence[bytes]) -> bytes:
         compressor = _local.compressor = zstandard.ZstdCompressor(
             level=LEVEL, write_checksum=True, write_content_size=True
         )
-    return compressor.compress(b"".join(payloads))
+    # Fed to the frame a piece at a time: one buffer of a whole batch's payloads (a megabyte) is
+    # above glibc's mmap threshold (jobcompd._memory), so each was a fresh mapping whose every
+    # page faulted on first touch: a quarter of the packing's time went to that. The frame is as big.
+    ends = list(accumulate(map(len, payloads)))
+    if not ends or ends[-1] <= _PIECE:
+        return compressor.compress(b"".join(payloads))
+    frame = compressor.compressobj(size=ends[-1])
+    cuts = [0, *(bisect_left(ends, at) + 1 for at in range(_PIECE, ends[-1], _PIECE)), len(payloads)]
+    out = [frame.compress(b"".join(payloads[a:b])) for a, b in pairwise(cuts) if a < b]
+    out.append(frame.flush())
+    return b"".join(out)
+
+
+_PIECE = 1 << 16
+"""Bytes of payloads joined to be fed to a frame at once: well under glibc's mmap threshold."""
 
 
 def packed_size(packed: bytes) -> int:

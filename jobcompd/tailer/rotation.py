@@ -48,8 +48,9 @@ def take_lines(data: bytes, start: int, *, max_lines: int, max_line_bytes: int) 
     reads a file: no Python step per line, which the daemon's reader paid at every line before.
     """
     limit = max_line_bytes + 1
-    cut = data.rfind(b"\n") + 1
-    lines = io.BytesIO(data if cut == len(data) else data[:cut]).readlines() if cut else []
+    lines = io.BytesIO(data).readlines()  # shares ``data``: no copy of the buffer
+    if lines and not lines[-1].endswith(b"\n"):
+        lines.pop()  # a partial line
     if len(lines) > max_lines:
         del lines[max_lines:]
     overlong = False
