@@ -25,7 +25,10 @@ def tune_memory() -> None:
       raises that threshold to the largest buffer freed so far (a 1 MiB read of the log, a batch's
       payloads, a frame to the parse worker) and keeps later ones in the heap, where they stay part
       of the RSS. A fixed threshold keeps a backlog from growing the process. (A no-op where the C
-      library has no ``mallopt``.)
+      library has no ``mallopt``.) The price: each such buffer is a fresh mapping whose every page
+      faults on first touch (some 2 µs a page on the benchmark's machines), so the work done once
+      a batch makes none: the tailer splits its read in place (``tailer.rotation.take_lines``),
+      and a batch's payloads reach their frame in pieces (``state._codec.pack``).
     * At most ``ARENAS`` malloc arenas (glibc's default: eight per core). Each thread that
       allocates — the reader, the parse thread, the sender, librdkafka's — would get an arena of its
       own, each keeping the memory freed in it for itself: with a 1,000,000-record backlog the peak
