@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from structlog.testing import LogCapture
 
 from jobcompd.identity import Position, fingerprint
+from jobcompd.logfile import CHUNK
 from jobcompd.tailer import (
     Change,
     LineBatch,
@@ -246,31 +247,42 @@ def test_take_lines_stops_at_a_partial_line_and_before_an_overlong_one() -> None
     assert (long.lines, long.end, long.overlong) == ([b"ab\n"], 3, True)
     assert take_lines(b"abcdef", 0, max_lines=9, max_line_bytes=5).overlong
     assert not take_lines(b"abcde", 0, max_lines=9, max_line_bytes=5).overlong
+    # a "\r\n" ending, which the parser leaves out of the limit as well, counts for nothing
+    assert take_lines(b"abcde\r\nx\n", 0, max_lines=9, max_line_bytes=5).lines == [b"abcde\r\n", b"x\n"]
+    assert take_lines(b"abcdef\r\n", 0, max_lines=9, max_line_bytes=5).overlong
+    assert take_lines(b"abcd\rf\n", 0, max_lines=9, max_line_bytes=5).overlong
+    assert not take_lines(b"abcde\r", 0, max_lines=9, max_line_bytes=5).overlong  # its "\n" may come
+    assert take_lines(b"abcdef", 0, max_lines=9, max_line_bytes=5).overlong
     assert take_lines(b"a\nb\nc\n", 0, max_lines=2, max_line_bytes=5).lines == [b"a\n", b"b\n"]
 
 
 @given(
     st.lists(st.binary(max_size=12).map(lambda b: b.replace(b"\n", b"")), max_size=12),
-    st.booleans(),
+    st.sampled_from([b"", b"partial", b"\r", b"abc\r"]),
     st.integers(1, 8),
     st.integers(1, 10),
 )
 def test_take_lines_takes_a_prefix_of_whole_lines(
-    parts: list[bytes], tail: bool, max_lines: int, max_line_bytes: int
+    parts: list[bytes], tail: bytes, max_lines: int, max_line_bytes: int
 ) -> None:
-    data = b"".join(p + b"\n" for p in parts) + (b"partial" if tail else b"")
+    data = b"".join(p + b"\n" for p in parts) + tail
     got = take_lines(data, 7, max_lines=max_lines, max_line_bytes=max_line_bytes)
     assert b"".join(got.lines) == data[: got.end - 7]
     assert len(got.lines) <= max_lines
-    assert all(line.endswith(b"\n") and len(line) <= max_line_bytes + 1 for line in got.lines)
+    assert all(line.endswith(b"\n") and len(line.removesuffix(b"\n").removesuffix(b"\r")) <= max_line_bytes
+               for line in got.lines)
     assert got.offsets == [7 + sum(len(x) for x in got.lines[:i]) for i in range(len(got.lines))]
     rest = data[got.end - 7 :]
     if len(got.lines) < max_lines:
         nl = rest.find(b"\n")
+        # the partial line can still end within the limit only as its content and then "\r\n"
+        could_fit = len(rest) <= max_line_bytes or (len(rest) == max_line_bytes + 1 and rest.endswith(b"\r"))
         if got.overlong:
-            assert nl < 0 and len(rest) > max_line_bytes or nl > max_line_bytes
+            first = rest[: nl + 1]
+            assert (nl < 0 and not could_fit) or (
+                nl >= 0 and len(first.removesuffix(b"\n").removesuffix(b"\r")) > max_line_bytes)
         else:
-            assert nl < 0 and len(rest) <= max_line_bytes
+            assert nl < 0 and could_fit
 
 
 def test_classify_is_one_switch_over_stat_results() -> None:
@@ -1023,6 +1035,20 @@ def test_overlong_line_is_cut_and_its_rest_skipped(log: Path, pool: Pool, harnes
     assert cut.end_offset == len(join(n1)) + len(long)
     assert h.batches[-1].offsets[0] == cut.end_offset
     assert h.batches[-1].end_line_no == 5
+
+
+def test_a_longest_line_is_taken_whole_with_either_ending_whatever_the_limit(log: Path, harness) -> None:
+    # max_line_bytes above the read size: a line of exactly max_line_bytes still fits in one read
+    limit = CHUNK + 100
+    crlf = b"JobId=5 Name=" + b"x" * (limit - 13) + b"\r\n"
+    lf = b"JobId=6 Name=" + b"y" * (limit - 13) + b"\n"
+    over = b"JobId=7 Name=" + b"z" * (limit - 12) + b"\r\n"  # one byte too long: cut
+    h = harness(log, max_line_bytes=limit)
+    with SlurmctldWriter(log) as w:
+        h.start()
+        w.write(crlf + lf + over + b"JobId=8\n")
+        h.wait_lines(4)
+    assert h.received == [crlf, lf, over[: limit + 1], b"JobId=8\n"]
 
 
 # -- a random model -------------------------------------------------------------------------------

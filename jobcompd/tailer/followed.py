@@ -185,7 +185,7 @@ class FileReading(TailerParts):
     def _next_batch(self, f: FollowedFile, *, final: bool) -> LineBatch | None:
         if f.long is not None:
             return self._long_line(f, final=final)
-        want = max(CHUNK, self._limit - 1)
+        want = max(CHUNK, self._limit + 1)  # room for a longest line and its "\r\n"
         if f.role == "current" and f.size > f.offset:
             # Its size as fstat gave it in this look (``_observe``): a line or two written asks for
             # a buffer of their size, not of CHUNK. What comes meanwhile is read at the next look.

@@ -41,13 +41,14 @@ class Lines:
 def take_lines(data: bytes, start: int, *, max_lines: int, max_line_bytes: int) -> Lines:
     """Up to ``max_lines`` complete lines at the front of ``data``, read at file offset ``start``.
 
-    A line of up to ``max_line_bytes + 1`` bytes (with its ``\\n``) is taken whole; taking stops
-    before a longer one, at a partial line, or at the end of ``data``.
+    A line of up to ``max_line_bytes`` bytes without its ending (``\\n``, or ``\\r\\n`` as the
+    parser reads it) is taken whole; taking stops before a longer one, at a partial line, or at the
+    end of ``data``. A partial line is over-long once it is longer than a whole line can be.
 
     The lines are split by :mod:`io`'s reader (at ``\\n`` alone, each with its own), as ``replay``
     reads a file: no Python step per line, which the daemon's reader paid at every line before.
     """
-    limit = max_line_bytes + 1
+    limit = max_line_bytes + 1  # with its "\n"; one more byte if that is a "\r\n"
     lines = io.BytesIO(data).readlines()  # shares ``data``: no copy of the buffer
     if lines and not lines[-1].endswith(b"\n"):
         lines.pop()  # a partial line
@@ -55,13 +56,22 @@ def take_lines(data: bytes, start: int, *, max_lines: int, max_line_bytes: int) 
         del lines[max_lines:]
     overlong = False
     if lines and max(map(len, lines)) > limit:
-        del lines[next(i for i, line in enumerate(lines) if len(line) > limit) :]
-        overlong = True
+        long = next((i for i, line in enumerate(lines) if _over(line, limit)), None)
+        if long is not None:
+            del lines[long:]
+            overlong = True
     offsets = list(itertools.accumulate(map(len, lines), initial=start))
     end = offsets.pop()
     if not overlong and len(lines) < max_lines:
-        overlong = len(data) - (end - start) >= limit  # the partial line after them
+        rest = len(data) - (end - start)  # the partial line after them: its "\n" may yet come
+        overlong = rest > limit or (rest == limit and not data.endswith(b"\r"))
     return Lines(lines, offsets, end, overlong)
+
+
+def _over(line: bytes, limit: int) -> bool:
+    """Whether a whole ``line`` is longer than ``limit`` bytes with its ``\\n`` (or one more with
+    a ``\\r\\n``)."""
+    return len(line) > limit and (len(line) > limit + 1 or not line.endswith(b"\r\n"))
 
 
 class Change(Enum):
