@@ -9,7 +9,8 @@ answers, the general reader must give the same record; where the compiled reader
 JSON bytes, record id and job id are the Python reader's, a batch read with both is the batch
 read with Python alone, and the lines held back at a batch's end are the Python reader's. The
 corpus is seeded from the test lines (every Slurm generation, the real plugin's workload, hostile
-values) in a scratch directory.
+values) in ``build/fuzz/scratch``, made anew each run (libFuzzer ends the process with ``exit()``,
+so nothing Python would clean up at its end is cleaned up; crash inputs stay there too).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -115,24 +116,25 @@ def main() -> None:
     seconds = int(sys.argv[1]) if len(sys.argv) > 1 else 60
     print(f"reader: {fastpath.PARSER}" + (f" ({_build})" if _build else ""), flush=True)
     extra = sys.argv[2:]
-    with tempfile.TemporaryDirectory(prefix="jobcompd-fuzz-") as scratch:
-        corpus = Path(scratch) / "corpus"
-        corpus.mkdir()
-        seed(corpus)
-        artifacts = Path(os.environ.get("JOBCOMPD_FUZZ_ARTIFACTS", scratch))
-        argv = [
-            sys.argv[0],
-            f"-max_total_time={seconds}",
-            "-timeout=5",
-            "-max_len=70000",
-            "-rss_limit_mb=2048",
-            f"-artifact_prefix={artifacts}/",
-            "-print_final_stats=1",
-            *extra,
-            str(corpus),
-        ]
-        atheris.Setup(argv, one_input)
-        atheris.Fuzz()
+    scratch = ROOT / "build" / "fuzz" / "scratch"
+    shutil.rmtree(scratch, ignore_errors=True)
+    corpus = scratch / "corpus"
+    corpus.mkdir(parents=True)
+    seed(corpus)
+    artifacts = Path(os.environ.get("JOBCOMPD_FUZZ_ARTIFACTS", scratch))
+    argv = [
+        sys.argv[0],
+        f"-max_total_time={seconds}",
+        "-timeout=5",
+        "-max_len=70000",
+        "-rss_limit_mb=2048",
+        f"-artifact_prefix={artifacts}/",
+        "-print_final_stats=1",
+        *extra,
+        str(corpus),
+    ]
+    atheris.Setup(argv, one_input)
+    atheris.Fuzz()
 
 
 if __name__ == "__main__":

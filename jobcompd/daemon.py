@@ -417,14 +417,6 @@ class Daemon(Monitoring):
         assert self._state is not None
         return [(p.fingerprint, p) for p in self._state.positions() if p.reader == LIVE]
 
-    # -- systemd -----------------------------------------------------------------------------
-
-
-
-
-
-
-
 
 def _watchdog_interval() -> float:
     usec = os.environ.get("WATCHDOG_USEC")

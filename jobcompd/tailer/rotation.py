@@ -15,13 +15,8 @@ from jobcompd.logfile import (
     COMPRESSED_SUFFIXES,
 )
 
-# mtimes lag the wall clock by up to a kernel tick, and are whole seconds on ext3 and some NFS.
 _NUMBERED = re.compile(r"\.(\d{1,6})")
 _DATED = re.compile(r"[-._](\d{4}-?\d{2}-?\d{2}(?:[-_.T]?\d+)*)")
-
-
-
-
 
 
 @dataclass(frozen=True, slots=True)
