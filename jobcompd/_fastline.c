@@ -205,13 +205,37 @@ static void out_int(outbuf *o, int64_t v) {
 /* A JSON string as orjson writes it, then with every "/" escaped as json-c does. The fast path
  * takes no control character, so '"' and '\\' are the only other bytes to escape. */
 static void out_str(outbuf *o, const char *s, Py_ssize_t n) {
-    o->data[o->len++] = '"';
-    for (Py_ssize_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (c == '"' || c == '\\' || c == '/') o->data[o->len++] = '\\';
-        o->data[o->len++] = c;
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    char *d = o->data + o->len;
+    *d++ = '"';
+    Py_ssize_t i = 0;
+    /* Eight bytes at a time: copied whole when none is to be escaped (a byte equal to c is a zero
+     * byte of w ^ c, and (x - ones) & ~x & highs is nonzero exactly when x has a zero byte). */
+    while (n - i >= 8) {
+        uint64_t w, q, b, sl;
+        memcpy(&w, s + i, 8);
+        q = w ^ ('"' * ones);
+        b = w ^ ('\\' * ones);
+        sl = w ^ ('/' * ones);
+        if (!((((q - ones) & ~q) | ((b - ones) & ~b) | ((sl - ones) & ~sl)) & highs)) {
+            memcpy(d, &w, 8);
+            d += 8;
+            i += 8;
+            continue;
+        }
+        for (Py_ssize_t end = i + 8; i < end; i++) {
+            char c = s[i];
+            if (c == '"' || c == '\\' || c == '/') *d++ = '\\';
+            *d++ = c;
+        }
     }
-    o->data[o->len++] = '"';
+    for (; i < n; i++) {
+        char c = s[i];
+        if (c == '"' || c == '\\' || c == '/') *d++ = '\\';
+        *d++ = c;
+    }
+    *d++ = '"';
+    o->len = (size_t)(d - o->data);
 }
 
 /* ---------------------------------------------------------------- times */
@@ -744,6 +768,92 @@ static int read_record(Encoder *self, const char *line, Py_ssize_t n, fields *f)
     return c.p == c.end || *c.p == ' '; /* what follows is select-plugin text, not sent */
 }
 
+/* A positive float's "%.17g" text where it is plain decimal (what the plugin's hours always are,
+ * 1/3600 to 2.6e15), without printf: the float is m * 2^e exactly, so its decimal expansion is the
+ * integer m * 5^-e with -e digits after the point, rounded to 17 significant digits half to even as
+ * glibc rounds an exact value, then trailing zeros dropped as %g drops them. 0 where that does not
+ * hold (the caller then asks snprintf). */
+static int format_17g(float value, char *text, size_t size) {
+    uint32_t bits;
+    memcpy(&bits, &value, sizeof bits);
+    int biased = (int)((bits >> 23) & 0xFF);
+    if (bits >> 31 || biased == 0 || biased == 0xFF) return 0; /* negative, subnormal, inf, nan */
+    unsigned __int128 n = (bits & 0x7FFFFF) | 0x800000;
+    int e = biased - 150;
+    int point = 0; /* n * 10^-point is the value */
+    if (e >= 0) {
+        if (e > 40) return 0;
+        n <<= e;
+    } else {
+        if (e < -40) return 0; /* m * 5^40 < 2^117 */
+        uint64_t five = 1;
+        for (int i = 0; i < -e && i < 27; i++) five *= 5; /* 5^27 < 2^64 */
+        n *= five;
+        for (int i = 27; i < -e; i++) n *= 5;
+        point = -e;
+    }
+    /* Its digits, the last first: two 64-bit halves (n < 2^117 < 10^36), each divided by 10 as
+     * the compiler does it for 64 bits, not by the library's 128-bit division. */
+    char digits[48];
+    int count = 0;
+    uint64_t low = (uint64_t)n, high = 0;
+    if (n >> 64) {
+        high = (uint64_t)(n / 1000000000000000000ULL);
+        low = (uint64_t)(n % 1000000000000000000ULL);
+        for (int i = 0; i < 18; i++, low /= 10) digits[count++] = (char)('0' + (int)(low % 10));
+        for (; high; high /= 10) digits[count++] = (char)('0' + (int)(high % 10));
+    } else {
+        for (; low; low /= 10) digits[count++] = (char)('0' + (int)(low % 10));
+    }
+    /* digits[] holds n's digits from the last; keep the first 17, rounded half to even. */
+    if (count > 17) {
+        int cut = count - 17;
+        int half = digits[cut - 1] == '5', above_half = digits[cut - 1] > '5';
+        for (int i = 0; half && i < cut - 1; i++) {
+            if (digits[i] != '0') half = 0, above_half = 1;
+        }
+        int odd = (digits[cut] - '0') & 1;
+        memmove(digits, digits + cut, 17);
+        count = 17;
+        point -= cut;
+        if (above_half || (half && odd)) {
+            int i = 0;
+            while (i < count && digits[i] == '9') digits[i++] = '0';
+            if (i == count) {
+                digits[count++] = '1'; /* 99..9 rounded up: one more digit, one fewer kept */
+                memmove(digits, digits + 1, 17);
+                count = 17;
+                point -= 1;
+            } else {
+                digits[i]++;
+            }
+        }
+    }
+    int lead = count - point; /* digits before the point */
+    if (lead - 1 < -4 || lead - 1 >= 17) return 0; /* %g would write an exponent */
+    int zeros = 0; /* trailing zeros after the point, dropped by %g */
+    while (zeros < point && zeros < count && digits[zeros] == '0') zeros++;
+    size_t len = 0;
+    char out[64];
+    if (lead <= 0) {
+        out[len++] = '0';
+        out[len++] = '.';
+        for (int i = 0; i < -lead; i++) out[len++] = '0';
+        for (int i = count - 1; i >= zeros; i--) out[len++] = digits[i];
+    } else {
+        for (int i = count - 1; i >= count - lead && i >= 0; i--) out[len++] = digits[i];
+        for (int i = count; i < lead; i++) out[len++] = '0'; /* (point < 0: an integer) */
+        if (point > zeros) {
+            out[len++] = '.';
+            for (int i = point - 1; i >= zeros; i--) out[len++] = digits[i];
+        }
+    }
+    if (len + 1 > size) return 0;
+    memcpy(text, out, len);
+    text[len] = '\0';
+    return (int)len;
+}
+
 /* C float arithmetic of the plugin: (elapsed * total_cpus) / 3600.0f. 0: out of reach. */
 static int out_cpu_hours(outbuf *o, int64_t elapsed, int64_t cpus) {
     if (!elapsed || !cpus) {
@@ -755,7 +865,8 @@ static int out_cpu_hours(outbuf *o, int64_t elapsed, int64_t cpus) {
     float f = (float)(double)product;
     float hours = (float)((double)f / 3600.0);
     char text[40]; /* json-c's "%.17g" (what encode.py writes too) */
-    int n = snprintf(text, sizeof text, "%.17g", (double)hours);
+    int n = format_17g(hours, text, sizeof text);
+    if (n <= 0) n = snprintf(text, sizeof text, "%.17g", (double)hours);
     if (n <= 0 || (size_t)n >= sizeof text) return 0;
     int plain = strpbrk(text, ".en") == NULL;
     out_raw(o, text, (size_t)n);

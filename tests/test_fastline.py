@@ -187,6 +187,34 @@ def test_times_near_dst_changes_and_range_ends_are_answered_alike(local: str, zo
         assert_agrees(line[:at] + local.encode() + line[at + 19 :], spec_for(zone))
 
 
+@settings(max_examples=400, deadline=None)
+@given(elapsed=st.integers(1, 200_000_000_000), cpus=st.integers(1, 2**32 - 1))
+@example(elapsed=1, cpus=1)
+@example(elapsed=3600, cpus=1)
+@example(elapsed=1, cpus=2**32 - 1)
+@example(elapsed=86_400 * 365 * 100, cpus=2**31 - 1)
+@example(elapsed=2**33, cpus=2**30 - 1)
+def test_cpu_hours_of_any_elapsed_time_and_cpu_count_are_pythons(elapsed: int, cpus: int) -> None:
+    # The compiled reader writes the float's %.17g without printf (exact decimal expansion, half
+    # to even); it answers wherever elapsed * cpus fits in 64 bits, and the bytes are Python's.
+    start = -2_000_000_000  # 1906: room for 6,000 years of elapsed time
+    line = render(FakeJob(start=start, end=start + elapsed, cpus=cpus, submit=start, eligible=start),
+                  "23.02", resolve("UTC").tz)
+    assert assert_agrees(line, spec_for("UTC")) == (elapsed * cpus < 2**63)
+
+
+@pytest.mark.parametrize("special", ["/", '"', "\\", "é", "a"])
+def test_strings_escaped_wherever_a_special_byte_falls_are_pythons(special: str) -> None:
+    # Strings are copied eight bytes at a time between the bytes to escape: each place in a word,
+    # runs of them, and lengths around the word's size.
+    spec = spec_for("UTC")
+    for length in range(0, 26):
+        for at in range(length):
+            text = "x" * at + special + "y" * (length - at - 1)
+            for job in (FakeJob(work_dir="/" + text), FakeJob(name=text + "z"), FakeJob(work_dir=special * length + "w")):
+                assert assert_agrees(render(job, "23.02", resolve("UTC").tz), spec), text
+
+
 def test_record_ids_hash_long_lines_and_clusters_as_python_does() -> None:
     # BLAKE2b blocks are 128 bytes: lengths around the block edges, and each cluster fallback.
     base = ordinary_line()
