@@ -87,11 +87,29 @@ def cpu_seconds(pid: int) -> float:
     """The CPU time of ``pid``'s live threads, in seconds: the scheduler's run time of each
     (``/proc/PID/task/*/schedstat``, in ns), not utime + stime, which are counted in clock ticks
     (10 ms) charged to whichever thread runs at the tick — too coarse for a quiet minute."""
-    total = 0
+    return sum(thread_cpu_seconds(pid).values())
+
+
+def thread_cpu_seconds(pid: int) -> dict[tuple[int, str], float]:
+    """`cpu_seconds` of each live thread of ``pid``, by (thread id, name)."""
+    out: dict[tuple[int, str], float] = {}
     for task in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/schedstat") as fh:
-            total += int(fh.read().split()[0])
-    return total / 1e9
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/task/{task}/schedstat") as fh:
+                ns = int(fh.read().split()[0])
+            with open(f"/proc/{pid}/task/{task}/comm") as fh:
+                name = fh.read().strip()
+            out[(int(task), name)] = ns / 1e9
+    return out
+
+
+def tree_thread_cpu_seconds(pid: int) -> dict[tuple[int, str], float]:
+    """`thread_cpu_seconds` over `process_tree`."""
+    out: dict[tuple[int, str], float] = {}
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            out.update(thread_cpu_seconds(member))
+    return out
 
 
 def process_tree(pid: int) -> list[int]:

@@ -79,6 +79,7 @@ from bench.harness import (
     spawn,
     terminate,
     tree_cpu_seconds,
+    tree_thread_cpu_seconds,
     wait_until,
 )
 from jobcompd.encode import Encoder
@@ -911,12 +912,44 @@ def idle(run: Run) -> None:
                 alive=alive(daemon),
             )
             time.sleep(3)
-            cpu0, t0 = tree_cpu_seconds(daemon.proc.pid), time.monotonic()
-            time.sleep(seconds)
-            cpu1, t1 = tree_cpu_seconds(daemon.proc.pid), time.monotonic()
-    pct = 100 * (cpu1 - cpu0) / (t1 - t0)
+            pid = daemon.proc.pid
+            # Each thread's CPU, each second: where a slow minute's time went, if one comes.
+            before = first = tree_thread_cpu_seconds(pid)
+            t0 = time.monotonic()
+            seconds_spent: list[tuple[float, float, dict[str, float]]] = []  # (at, s, by thread)
+            while (at := time.monotonic() - t0) < seconds:
+                time.sleep(min(1.0, seconds - at))
+                now = tree_thread_cpu_seconds(pid)
+                seconds_spent.append((time.monotonic() - t0, *_spent(before, now)))
+                before = now
+            t1 = time.monotonic()
+    total, by_thread = _spent(first, before)
+    pct = 100 * total / (t1 - t0)
     run.figures["idle"] = {"pct": pct, "seconds": t1 - t0}
-    print(f"  idle: {cpu1 - cpu0:.3f} s of CPU in {t1 - t0:.0f} s = {pct:.3f}% of one core")
+    print(f"  idle: {total:.3f} s of CPU in {t1 - t0:.0f} s = {pct:.3f}% of one core")
+    print(f"  by thread (name/id; {pid} is the daemon's main thread): "
+          + ", ".join(f"{name} {1e3 * s:.1f} ms" for name, s in _top(by_thread, 6)))
+    busiest = sorted(seconds_spent, key=lambda second: -second[1])[:3]
+    print("  busiest seconds: " + "; ".join(
+        f"+{at:.0f} s {1e3 * s:.1f} ms ({', '.join(f'{n} {1e3 * v:.1f}' for n, v in _top(threads, 2))})"
+        for at, s, threads in busiest
+    ))
+
+
+def _spent(
+    before: dict[tuple[int, str], float], after: dict[tuple[int, str], float]
+) -> tuple[float, dict[str, float]]:
+    """The CPU seconds threads spent between two `tree_thread_cpu_seconds`, in all and by thread
+    (its name and id: jobcompd's Python threads share one name; a thread that started meanwhile
+    counts from 0, one that ended is not counted)."""
+    by_thread = {
+        f"{name}/{tid}": seconds - before.get((tid, name), 0.0) for (tid, name), seconds in after.items()
+    }
+    return sum(by_thread.values()), by_thread
+
+
+def _top(by_thread: dict[str, float], count: int) -> list[tuple[str, float]]:
+    return sorted(by_thread.items(), key=lambda item: -item[1])[:count]
 
 
 # -- profile -------------------------------------------------------------------------------------
