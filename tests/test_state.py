@@ -21,6 +21,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jobcompd.identity import Position
 from jobcompd.state import (
@@ -300,6 +302,48 @@ def test_reports_in_any_order_settle_exactly_their_records(state: State) -> None
 
     assert all_rids(state) == [f"r{i:09d}" for i in (3, 4, 6, 8)]
     assert state.stats().delivered_total == 6
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 40), min_size=1, max_size=4),
+    chunks=st.lists(st.lists(st.integers(-3, 170), max_size=60), max_size=8),
+    runs=st.lists(st.tuples(st.integers(0, 170), st.integers(1, 50)), max_size=4),
+)
+def test_reports_settle_in_runs_or_one_by_one_as_a_model_says(
+    tmp_path_factory: pytest.TempPathFactory, sizes: list[int], chunks: list[list[int]],
+    runs: list[tuple[int, int]],
+) -> None:
+    # Runs of seqs are settled at once (a partition's reports), anything else one by one: reports
+    # twice, out of order, of unknown seqs, across batches, mixed with runs.
+    with State.open(tmp_path_factory.mktemp("state")) as state:
+        start = 0
+        for size in sizes:
+            state.commit_batch(records(start, start + size))
+            start += size
+        seqs = [r.seq for r in state.pending(limit=10**9)]
+        waiting = set(seqs)
+        reports = [[seqs[0] + i for i in chunk] for chunk in chunks]
+        reports += [list(range(seqs[0] + first, seqs[0] + first + length)) for first, length in runs]
+        delivered = 0
+        for chunk in reports:
+            newly = waiting & set(chunk)
+            assert state.mark_delivered([Delivery(seq) for seq in chunk]) == len(newly)
+            waiting -= newly
+            delivered += len(newly)
+            assert sorted(r.seq for r in state.pending(limit=10**9)) == sorted(waiting)
+            assert state.stats().delivered_total == delivered
+        with sqlite3.connect(state.path) as raw:
+            left = raw.execute("SELECT first_seq, count FROM spool").fetchall()
+        raw.close()
+        # A batch's row stays while, and only while, one of its records waits.
+        assert {first for first, count in left} == {
+            first for first, count in left if waiting & set(range(first, first + count))
+        }
+        assert sum(count for _, count in left) == sum(
+            size for size, first in zip(sizes, [seqs[sum(sizes[:i])] for i in range(len(sizes))], strict=True)
+            if waiting & set(range(first, first + size))
+        )
 
 
 def test_a_delivery_report_resolves_a_dead_letter(state: State) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from itertools import accumulate, repeat
 from operator import itemgetter
@@ -268,7 +269,9 @@ class Spool(Database):
         if not deliveries:
             return 0
         now = time.time()
-        seqs = sorted(set(map(_SEQ, deliveries)))
+        seqs = sorted(map(_SEQ, deliveries))
+        if seqs != list(range(seqs[0], seqs[0] + len(seqs))):  # (usually a run: no set needed)
+            seqs = sorted(set(seqs))
         # A settlement lost to a power cut only sends its records again (the duplicates a crash
         # may cause; each carries its id): not worth a flush to disk per report batch. The next
         # flush of a commit of records carries it; once UNSYNCED_REPORTS have piled up unflushed
@@ -417,13 +420,30 @@ def _settle(db: sqlite3.Connection, seqs: Sequence[int]) -> tuple[int, list[int]
     were not (already settled, or never spooled)."""
     settled_now = 0
     elsewhere: list[int] = []
-    first = end = -1
-    flags = bytearray()
-    waiting = 0
-
-    def store() -> None:
-        if first < 0:
-            return
+    at, count = 0, len(seqs)
+    while at < count:
+        seq = seqs[at]
+        row = db.execute(_BATCH_OF, (seq,)).fetchone()
+        if row is None or seq >= row[0] + len(row[1]):
+            elsewhere.append(seq)
+            at += 1
+            continue
+        first, flags, waiting = row[0], bytearray(row[1]), row[2]
+        upto = bisect_left(seqs, first + len(flags), at)  # seqs[at:upto] are this batch's
+        start, stop = seq - first, seqs[upto - 1] - first + 1
+        if stop - start == upto - at and flags.count(0, start, stop) == stop - start:
+            # A run of records, none settled before (a partition's reports, the usual case): at once.
+            flags[start:stop] = b"\x01" * (stop - start)
+            waiting -= stop - start
+            settled_now += stop - start
+        else:
+            for one in seqs[at:upto]:
+                if flags[one - first]:
+                    elsewhere.append(one)
+                    continue
+                flags[one - first] = 1
+                waiting -= 1
+                settled_now += 1
         if waiting:
             db.execute(
                 "UPDATE spool_waiting SET settled = ?, waiting = ? WHERE first_seq = ?",
@@ -432,25 +452,8 @@ def _settle(db: sqlite3.Connection, seqs: Sequence[int]) -> tuple[int, list[int]
         else:  # the whole batch is settled: its payloads go
             db.execute("DELETE FROM spool WHERE first_seq = ?", (first,))
             db.execute("DELETE FROM spool_waiting WHERE first_seq = ?", (first,))
-            db.execute("DELETE FROM spool_attempt WHERE seq BETWEEN ? AND ?", (first, end - 1))
-
-    for seq in seqs:
-        if not first <= seq < end:
-            store()
-            first = end = -1
-            row = db.execute(_BATCH_OF, (seq,)).fetchone()
-            if row is None or seq >= row[0] + len(row[1]):
-                elsewhere.append(seq)
-                continue
-            first, flags, waiting = row[0], bytearray(row[1]), row[2]
-            end = first + len(flags)
-        if flags[seq - first]:
-            elsewhere.append(seq)
-            continue
-        flags[seq - first] = 1
-        waiting -= 1
-        settled_now += 1
-    store()
+            db.execute("DELETE FROM spool_attempt WHERE seq BETWEEN ? AND ?", (first, first + len(flags) - 1))
+        at = upto
     return settled_now, elsewhere
 
 
