@@ -774,6 +774,10 @@ static int read_record(Encoder *self, const char *line, Py_ssize_t n, fields *f)
  * glibc rounds an exact value, then trailing zeros dropped as %g drops them. 0 where that does not
  * hold (the caller then asks snprintf). */
 static int format_17g(float value, char *text, size_t size) {
+#ifndef __SIZEOF_INT128__
+    (void)value, (void)text, (void)size;
+    return 0; /* no 128-bit integers here (a 32-bit target): snprintf does it */
+#else
     uint32_t bits;
     memcpy(&bits, &value, sizeof bits);
     int biased = (int)((bits >> 23) & 0xFF);
@@ -852,6 +856,7 @@ static int format_17g(float value, char *text, size_t size) {
     memcpy(text, out, len);
     text[len] = '\0';
     return (int)len;
+#endif
 }
 
 /* C float arithmetic of the plugin: (elapsed * total_cpus) / 3600.0f. 0: out of reach. */
