@@ -83,15 +83,11 @@ def rss_kb(pid: int) -> tuple[int, int]:
     return rss, hwm
 
 
-def cpu_seconds(pid: int) -> float:
-    """The CPU time of ``pid``'s live threads, in seconds: the scheduler's run time of each
-    (``/proc/PID/task/*/schedstat``, in ns), not utime + stime, which are counted in clock ticks
-    (10 ms) charged to whichever thread runs at the tick — too coarse for a quiet minute."""
-    return sum(thread_cpu_seconds(pid).values())
-
-
 def thread_cpu_seconds(pid: int) -> dict[tuple[int, str], float]:
-    """`cpu_seconds` of each live thread of ``pid``, by (thread id, name)."""
+    """The CPU time of each live thread of ``pid``, in seconds, by (thread id, name): the
+    scheduler's run time of each (``/proc/PID/task/*/schedstat``, in ns), not utime + stime, which
+    are counted in clock ticks (10 ms) charged to whichever thread runs at the tick — too coarse
+    for a quiet minute."""
     out: dict[tuple[int, str], float] = {}
     for task in os.listdir(f"/proc/{pid}/task"):
         with contextlib.suppress(OSError):
@@ -123,13 +119,9 @@ def process_tree(pid: int) -> list[int]:
 
 
 def tree_cpu_seconds(pid: int) -> float:
-    """`cpu_seconds` summed over `process_tree` (a thread or child that exited meanwhile is not
-    counted)."""
-    total = 0.0
-    for member in process_tree(pid):
-        with contextlib.suppress(OSError):
-            total += cpu_seconds(member)
-    return total
+    """`thread_cpu_seconds` summed over `process_tree` (a thread or child that exited meanwhile is
+    not counted)."""
+    return sum(tree_thread_cpu_seconds(pid).values())
 
 
 _TICK_S = 1 / os.sysconf("SC_CLK_TCK")
