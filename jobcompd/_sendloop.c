@@ -878,6 +878,99 @@ static PyObject *Channel_produce_records(Channel *self, PyObject *const *args, P
     return Py_BuildValue("(nnN)", sent, size, error != NULL ? error : Py_NewRef(Py_None));
 }
 
+/* produce_columns(producer, topic, partition, rids, payloads, start, header) -> (records handed
+ * over, their payload bytes, None or the refusal as (code, fatal, reason), or an exception): records
+ * rids[i], payloads[i] for i from `start` on, in order, as produce_records() hands them over, for a
+ * batch not spooled yet (Sender.send_batch_early): nothing is entered in flight. */
+static PyObject *Channel_produce_columns(Channel *self, PyObject *const *args, Py_ssize_t nargs) {
+    channel_t *c = channel_of(self);
+    if (c == NULL) return NULL;
+    if (nargs != 7 || !PyUnicode_Check(args[1]) || !PyList_Check(args[3]) || !PyList_Check(args[4]) ||
+        !PyUnicode_Check(args[6])) {
+        PyErr_SetString(PyExc_TypeError, "produce_columns(producer, topic: str, partition: int, rids: list, "
+                                         "payloads: list, start: int, header: str)");
+        return NULL;
+    }
+    PyObject *rids = args[3], *payloads = args[4];
+    const char *topic = PyUnicode_AsUTF8(args[1]), *header = PyUnicode_AsUTF8(args[6]);
+    long partition = PyLong_AsLong(args[2]);
+    Py_ssize_t at = PyLong_AsSsize_t(args[5]);
+    if (topic == NULL || header == NULL || PyErr_Occurred()) return NULL;
+    if (PyList_GET_SIZE(rids) != PyList_GET_SIZE(payloads) || at < 0) {
+        PyErr_SetString(PyExc_ValueError, "produce_columns(): as many record ids as payloads, start >= 0");
+        return NULL;
+    }
+    pthread_mutex_lock(&c->lock);
+    rdk_client *client = c->client;
+    pthread_mutex_unlock(&c->lock);
+    if (client == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the channel has no librdkafka client");
+        return NULL;
+    }
+    outgoing_t out[CHUNK];
+    PyObject *held[CHUNK]; /* the payloads of out[] */
+    Py_ssize_t sent = 0, size = 0;
+    PyObject *error = NULL;
+    while (error == NULL && at < PyList_GET_SIZE(rids) && at < PyList_GET_SIZE(payloads)) {
+        Py_ssize_t n = 0;
+        for (; at + n < PyList_GET_SIZE(rids) && at + n < PyList_GET_SIZE(payloads) && n < CHUNK; n++) {
+            PyObject *rid = PyList_GET_ITEM(rids, at + n), *payload = PyList_GET_ITEM(payloads, at + n);
+            if (!PyUnicode_Check(rid) || !PyBytes_Check(payload)) {
+                PyErr_SetString(PyExc_TypeError, "a record id is not a str, or a payload not bytes");
+                break;
+            }
+            outgoing_t *o = &out[n];
+            o->rid = PyUnicode_AsUTF8AndSize(rid, &o->rid_len);
+            if (o->rid == NULL) break;
+            o->payload = PyBytes_AS_STRING(payload);
+            o->payload_len = PyBytes_GET_SIZE(payload);
+            /* Both held while the interpreter lock is let go (the rid's UTF-8 lives with it). */
+            o->record = Py_NewRef(rid);
+            held[n] = Py_NewRef(payload);
+        }
+        Py_ssize_t done = 0;
+        int code = 0, fatal = 0;
+        char reason[512] = "";
+        Py_BEGIN_ALLOW_THREADS
+        producing = c;
+        for (; done < n; done++) {
+            outgoing_t *o = &out[done];
+            rdk_vu vu[7] = {
+                {.vtype = VT_TOPIC, .u.cstr = topic},
+                {.vtype = VT_PARTITION, .u.i32 = (int32_t)partition},
+                {.vtype = VT_VALUE, .u.mem = {o->payload, (size_t)o->payload_len}},
+                {.vtype = VT_KEY, .u.mem = {o->rid, (size_t)o->rid_len}},
+                {.vtype = VT_MSGFLAGS, .u.i = MSG_F_COPY},
+                {.vtype = VT_HEADER, .u.header = {header, o->rid, o->rid_len}},
+                {.vtype = VT_OPAQUE, .u.ptr = NULL},
+            };
+            rdk_error *refused = rdk.produceva(client, vu, 7);
+            if (refused != NULL) {
+                code = rdk.error_code(refused);
+                fatal = rdk.error_is_fatal(refused);
+                const char *why = rdk.error_string(refused);
+                snprintf(reason, sizeof reason, "%s", why != NULL ? why : "");
+                rdk.error_destroy(refused);
+                break;
+            }
+        }
+        producing = NULL;
+        Py_END_ALLOW_THREADS
+        for (Py_ssize_t j = 0; j < n; j++) {
+            if (j < done) size += out[j].payload_len;
+            Py_DECREF(out[j].record);
+            Py_DECREF(held[j]);
+        }
+        sent += done;
+        at += done;
+        if (code != 0) error = Py_BuildValue("(iis)", code, fatal, reason);
+        else if (PyErr_Occurred()) error = take_exception();
+        else if (done < n) break;
+    }
+    if (error == NULL && PyErr_Occurred()) error = take_exception();
+    return Py_BuildValue("(nnN)", sent, size, error != NULL ? error : Py_NewRef(Py_None));
+}
+
 /* take(reports) -> the failures: the acks held since the last take() are handed over, each
  * delivered one's record id (bytes) appended to reports.delivered (reports.since set to the first
  * ack's time if reports held none), and each failure returned as (code, key, payload, partition,
@@ -932,6 +1025,9 @@ static PyMethodDef Channel_methods[] = {
     {"produce_records", (PyCFunction)(void (*)(void))Channel_produce_records, METH_FASTCALL,
      "produce_records(producer, topic, partition, backlog, end, budget, in_flight, header) -> (records "
      "handed over, their payload bytes, None or the refusal as (code, fatal, reason), or an exception)."},
+    {"produce_columns", (PyCFunction)(void (*)(void))Channel_produce_columns, METH_FASTCALL,
+     "produce_columns(producer, topic, partition, rids, payloads, start, header) -> (records handed over, "
+     "their payload bytes, None or the refusal as (code, fatal, reason), or an exception)."},
     {"take", (PyCFunction)Channel_take, METH_O,
      "take(reports) -> failures: delivered record ids to reports.delivered; each failure as (code, key, "
      "payload, partition, offset)."},

@@ -46,6 +46,7 @@ class RecordBatch(NamedTuple):
     ambiguous: list[int]
     packed: bytes | None = None
     typed: bool = False
+    sent: int = 0  # the number of the batch produced before its commit (Sender.send_batch_early)
 
     def then(self, later: RecordBatch, lines: int) -> RecordBatch:
         """These records, then those of ``later``, the batch of the lines read right after these
@@ -102,7 +103,7 @@ def _parse_batch(
     """The Python reader's loop, taking the compiled reader's records (if any) in their turn."""
     encoder = encoder_for(spec.zone, spec.cluster)
     out = RecordBatch([], [], [], [], [], [])
-    rids, jobids, payloads, at, bad, ambiguous, _, _ = out
+    rids, jobids, payloads, at, bad, ambiguous, *_ = out
     encode = encoder.encode
     record_id = encoder.record_id
     c_rids, c_jobids, c_payloads, c_at = compiled if compiled is not None else ([], [], [], [])

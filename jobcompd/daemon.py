@@ -6,6 +6,12 @@ Threads:
   it (records, quarantined lines and the read position in one transaction), reading one batch
   ahead so that the parse worker parses batch n+1 while batch n is committed; it also serves
   signals (SIGTERM/SIGINT stop, SIGHUP reload), systemd notifications and the watchdog;
+* the **parse thread** (the compiled reader's) parses a backlog's big batches and, while the
+  sender is caught up, sends their records to Kafka at once (:meth:`Sender.send_parsed`): the main
+  thread then commits such a batch once Kafka acknowledged its records (or ``_ACK_WAIT_S``
+  passed), those acknowledged as delivered, never spooled, the others spooled; meanwhile it reads
+  the next batches (up to ``_SENT_AHEAD`` held). A few lines at a time (a trickle) are parsed by
+  the main thread, their records sent before the commit too, and settled after it;
 * the **sender thread** runs the producer worker: it produces from the spool and settles
   delivery reports, and is woken as soon as a batch is committed.
 
@@ -32,6 +38,7 @@ from jobcompd.health import Health
 from jobcompd.identity import LIVE, Position, position_key
 from jobcompd.ingest import Ingestor, ReadAhead
 from jobcompd.lock import StateDirLock
+from jobcompd.logfile import BATCH_LINES
 from jobcompd.monitoring import Monitoring
 from jobcompd.producer import Sender, SenderThread
 from jobcompd.state import BatchResult, State, StateError
@@ -57,6 +64,11 @@ _BACKPRESSURE_CHECK_S = 0.5
 _HEALTH_EVERY_S = _IDLE_WAIT_S
 _TEXTFILE_EVERY_S = 15.0  # node_exporter's textfile: rewritten this often
 _GATHER_S = 0.010  # a trickle's reads, their records sent early, join one commit for this long
+# A backlog's batches are sent as soon as they are parsed, and committed once Kafka acknowledged
+# them (their records are not spooled then): a batch waits this long at most for its reports,
+# while up to _SENT_AHEAD batches are read, parsed and sent (within the sender's early window).
+_ACK_WAIT_S = 0.05
+_SENT_AHEAD = 6
 _SLOW_TURN_S = 0.2  # a turn of the reader (lines read → committed) longer than this is logged
 _PRUNE_EVERY_S = 600.0  # forget known ids past state.known_ids_days, in steps:
 
@@ -132,6 +144,7 @@ class Daemon(Monitoring):
         self._sender = SenderThread(sender, self._log)
         self._sender.start()
         self._ahead = ReadAhead(ingestor, state)
+        ingestor.send = self._sender.send_parsed
         self._tailer = Tailer(
             settings.source.path,
             lookup=self._lookup,
@@ -166,6 +179,10 @@ class Daemon(Monitoring):
         finally:
             self._notify("STOPPING=1")
             self._log.info("stopping")
+            try:
+                self._commit_held(self._ahead, self._sender)  # type: ignore[arg-type]
+            except Exception as exc:  # (stopping: what is not committed is read again)
+                self._log.error("cannot commit the batches held", error=repr(exc))
             if self._metrics is not None:
                 self._metrics.close()
             self._tailer.stop()
@@ -234,16 +251,18 @@ class Daemon(Monitoring):
                     continue
                 self._add(ahead, batch)
             turn = time.monotonic()
-            if len(ahead) == 1 and ahead.head.prepared.beside and self._health.state_error is None:
+            bulk = ahead.head.prepared.handed
+            if len(ahead) == 1 and bulk and self._health.state_error is None:
                 # Read the next batch while this one is parsed. A small batch (lines as they are
                 # written) is parsed here instead, its records sent at once, and the lines that
                 # come in the next moments join it (_gather) before it is committed.
                 more = tailer.read(timeout=0)
                 if more is not None:
                     self._add(ahead, more)
-            if (
-                not ahead.head.prepared.beside
-                and self._health.state_error is None
+            if bulk:
+                self._acknowledged(ahead, sender)
+            elif (
+                self._health.state_error is None
                 and self._send_early(ahead.head_records(), sender)
                 and len(ahead) == 1
             ):
@@ -254,12 +273,53 @@ class Daemon(Monitoring):
             self._slow_turn(turn, committing, lines)
             if result is not None:
                 self._lines_read += lines
-                depth += lines
+                depth += len(result.fresh)
                 sender.offer(result.fresh, size=result.fresh_bytes)
                 if depth >= self.settings.state.max_spool_records:
                     self._set_backpressure(True, depth)
             else:
                 self._stop.wait(_STATE_RETRY_S)
+
+    def _acknowledged(self, ahead: ReadAhead, sender: SenderThread) -> None:
+        """The oldest batch, parsed beside: if its records were sent as it was parsed
+        (:meth:`Sender.send_parsed`), wait up to ``_ACK_WAIT_S`` from then for Kafka to acknowledge
+        them — reading, parsing and sending the batches after it meanwhile — and set those it
+        acknowledged to be committed as delivered (``prepared.delivered``: kept if the commit
+        fails and is tried again)."""
+        prepared = ahead.head.prepared
+        parsed = ahead.head_records()
+        if prepared.delivered is not None or not parsed.sent:
+            return
+        number, worker = parsed.sent, sender.sender
+        deadline = worker.sent_at(number) + _ACK_WAIT_S
+        tailer = self._tailer
+        assert tailer is not None
+        while not worker.reported(number) and not self._stop.is_set():
+            now = time.monotonic()
+            if now >= deadline or self._health.state_error is not None:
+                break
+            # Read what comes next, to be parsed and sent, while there is room to send it.
+            while len(ahead) < _SENT_AHEAD and worker.early_room(
+                BATCH_LINES * (1 + sum(not ahead[i].prepared.ready for i in range(len(ahead))))
+            ):
+                more = tailer.read(timeout=0)
+                if more is None:
+                    break
+                self._add(ahead, more)
+            worker.wait_reported(number, min(deadline - now, 0.005))
+        prepared.delivered = worker.delivered_of(number, parsed.rids)
+
+    def _commit_held(self, ahead: ReadAhead, sender: SenderThread) -> None:
+        """At a stop: commit the batches read and held, whose records may be in Kafka already
+        (sent as they were parsed), so that they are not sent again at the next start. One the
+        state refuses is left, to be read again."""
+        while ahead and self._health.state_error is None:
+            if ahead.head.prepared.handed:
+                self._acknowledged(ahead, sender)
+            result = self._commit(ahead)
+            if result is None:
+                return
+            sender.offer(result.fresh, size=result.fresh_bytes)
 
     def _slow_turn(self, turn: float, committing: float, lines: int) -> None:
         """Say so when lines waited on the reader's own work: a turn (from lines read to their

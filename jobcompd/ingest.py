@@ -104,10 +104,16 @@ class ParseWorkerError(Exception):
         self.exited = exited
 
 
+SendParsed = Callable[[RecordBatch], int]
+"""What sends a batch's records before their commit (:attr:`Ingestor.send`)."""
+
+
 class Parser(Protocol):
     """Where big batches are parsed beside the caller: :class:`ParseThread` or :class:`ParseWorker`."""
 
-    def submit(self, spec: ParseSpec, lines: Sequence[bytes]) -> Future[RecordBatch] | None: ...
+    def submit(
+        self, spec: ParseSpec, lines: Sequence[bytes], send: SendParsed | None = None
+    ) -> Future[RecordBatch] | None: ...
 
     def failed(self, exc: BaseException) -> None: ...
 
@@ -127,10 +133,13 @@ class ParseThread:
         self._log = logger or structlog.get_logger("jobcompd.ingest")
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobcompd-parse")
 
-    def submit(self, spec: ParseSpec, lines: Sequence[bytes]) -> Future[RecordBatch] | None:
-        """Start parsing ``lines`` on the thread; ``None`` once closed."""
+    def submit(
+        self, spec: ParseSpec, lines: Sequence[bytes], send: SendParsed | None = None
+    ) -> Future[RecordBatch] | None:
+        """Start parsing ``lines`` on the thread (and sending their records with ``send``, if
+        given: :attr:`Ingestor.send`); ``None`` once closed."""
         try:
-            return self._pool.submit(_parse_packed, lines, spec)
+            return self._pool.submit(_parse_packed, lines, spec, send)
         except RuntimeError:  # shut down
             return None
 
@@ -143,10 +152,13 @@ class ParseThread:
         self._pool.shutdown(wait=wait, cancel_futures=True)
 
 
-def _parse_packed(lines: Sequence[bytes], spec: ParseSpec) -> RecordBatch:
-    """:func:`parse_batch`, with the payloads also packed as the spool stores them: on the parse
-    thread, so that the commit has less to do (packing runs without the interpreter lock)."""
+def _parse_packed(lines: Sequence[bytes], spec: ParseSpec, send: SendParsed | None = None) -> RecordBatch:
+    """:func:`parse_batch`, then the records sent with ``send`` if given (:attr:`Ingestor.send`),
+    else their payloads packed as the spool stores them: on the parse thread, so that the commit
+    has less to do (packing runs without the interpreter lock)."""
     batch = parse_batch(lines, spec)
+    if send is not None and batch.rids and (sent := send(batch)):
+        return batch._replace(sent=sent)
     if not batch.payloads or len(batch.payloads) > BATCH_RECORDS:
         return batch
     return batch._replace(packed=pack_payloads(batch.payloads))
@@ -172,8 +184,11 @@ class ParseWorker:
         child = self._child
         return None if child is None else child.proc.pid
 
-    def submit(self, spec: ParseSpec, lines: Sequence[bytes]) -> Future[RecordBatch] | None:
-        """Start parsing ``lines`` in the child; ``None`` if the child cannot take them."""
+    def submit(
+        self, spec: ParseSpec, lines: Sequence[bytes], send: SendParsed | None = None
+    ) -> Future[RecordBatch] | None:
+        """Start parsing ``lines`` in the child; ``None`` if the child cannot take them. (``send``
+        is not used: records parsed in another process are not sent before their commit.)"""
         with self._lock:
             child = self._child
             if child is not None and child.gone is not None:
@@ -306,13 +321,21 @@ class _Child:
 class Prepared:
     """A batch being parsed (in the child or already done), to be committed with :meth:`Ingestor.commit`."""
 
-    __slots__ = ("_future", "_parsed", "lines", "source")
+    __slots__ = ("_future", "_parsed", "delivered", "handed", "lines", "source")
 
     def __init__(self, lines: Sequence[bytes], source: str, parsed: RecordBatch | None = None) -> None:
         self.lines = lines
         self.source = source
         self._future: Future[RecordBatch] | None = None
         self._parsed = parsed
+        self.handed = False  # handed to the parse thread or worker (beside, or parsed there)
+        # The indexes of its records Kafka acknowledged before its commit, once they are known.
+        self.delivered: Sequence[int] | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Whether the batch is parsed (its records taken without a wait)."""
+        return self._parsed is not None or (self._future is not None and self._future.done())
 
     @property
     def beside(self) -> bool:
@@ -338,6 +361,10 @@ class Ingestor:
         self._log = logger or structlog.get_logger("jobcompd.ingest")
         self.last_quarantined: list[QuarantinedLine] = []
         """The lines the last :meth:`commit` quarantined (for the caller's log)."""
+        self.send: SendParsed | None = None
+        """Given, the parse thread hands each big batch it parsed to it: it sends the batch's
+        records before their commit and returns the number of the batch sent
+        (:meth:`jobcompd.producer.Sender.send_batch_early`), or 0; the batch's ``sent``."""
 
     @classmethod
     def configured(
@@ -383,7 +410,8 @@ class Ingestor:
         """Start parsing ``lines``: beside the caller for a big batch, so it can do other work."""
         prepared = Prepared(lines, source)
         if self._worker is not None and len(lines) >= WORKER_MIN_LINES:
-            prepared._future = self._worker.submit(self._spec, list(lines))
+            prepared._future = self._worker.submit(self._spec, list(lines), self.send)
+            prepared.handed = True
         return prepared
 
     def parse(self, lines: Sequence[bytes]) -> RecordBatch:
@@ -439,6 +467,7 @@ class Ingestor:
         first_offset: int,
         position: Position | None,
         offsets: Sequence[int] | None = None,
+        delivered: Sequence[int] | None = None,
     ) -> BatchResult:
         """Turn ``lines`` (each with its newline, if it had one) into one committed batch.
 
@@ -474,6 +503,7 @@ class Ingestor:
                 position=position,
                 quarantined=quarantined,
                 ambiguous=len(parsed.ambiguous),
+                delivered=delivered,
             )
         except StateError as exc:
             if not exc.rejected:
@@ -484,9 +514,10 @@ class Ingestor:
         self._log.error("the state refused a record of a batch; storing them one by one", path=source)
         spooled = known = 0
         records = map(NewRecord, parsed.rids, parsed.jobids, parsed.payloads, repeat(source))
-        for record, index in zip(records, parsed.at, strict=True):
+        acked = set(delivered or ())
+        for k, (record, index) in enumerate(zip(records, parsed.at, strict=True)):
             try:
-                one = self._state.commit_batch([record])
+                one = self._state.commit_batch([record], delivered=[0] if k in acked else None)
                 spooled += one.spooled
                 known += one.already_known
             except StateError as exc:
@@ -586,8 +617,12 @@ class ReadAhead:
         """The records of the oldest batch (parsed now if they are not yet)."""
         return self._ingestor._parsed(self._queue[0].prepared)
 
+    def __getitem__(self, index: int) -> Queued:
+        return self._queue[index]
+
     def commit(self) -> BatchResult:
-        """Commit the oldest batch with its position; on StateError it stays, to be tried again."""
+        """Commit the oldest batch with its position (its records that Kafka acknowledged already,
+        ``prepared.delivered``, as delivered); on StateError it stays, to be tried again."""
         head = self._queue[0]
         result = self._ingestor.commit(
             head.prepared,
@@ -596,6 +631,7 @@ class ReadAhead:
             first_offset=head.first_offset,
             position=head.position,
             offsets=head.offsets,
+            delivered=head.prepared.delivered,
         )
         self._queue.popleft()
         return result

@@ -15,7 +15,11 @@ reports inside ``poll()``, on that same thread. The reader may hand the records 
 there, without waiting for the sender thread to wake (the send side is under one lock). Lines that
 come a few at a time go further: their new records are produced before their batch is committed
 (:meth:`Sender.send_early`), so that they wait for Kafka while the batch is flushed to disk, and
-are settled only once it is committed (:meth:`Sender.confirm`).
+are settled only once it is committed (:meth:`Sender.confirm`). A backlog's batches go further
+still: their records are produced as soon as they are parsed (:meth:`Sender.send_parsed`, on the
+parse thread), and their batch is committed once Kafka acknowledged them — those records are
+committed as delivered, never spooled (:meth:`Sender.delivered_of`); only the others are spooled,
+in flight already, and settled by their reports as above.
 """
 
 from __future__ import annotations
@@ -32,16 +36,17 @@ from typing import Any
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from jobcompd.batch import RecordBatch
 from jobcompd.config import KafkaSettings
 from jobcompd.delivery import PRODUCER_STATE
 from jobcompd.logs import Quieter, librdkafka_logger
 from jobcompd.partitions import Partitions
 from jobcompd.producer_id import hasten_producer_id
 from jobcompd.reports import InFlight, ReportHandling, SenderCounters, _reason, _rid_of
-from jobcompd.sendloop import Reports, channel, failures, produce_records, refusal_error
+from jobcompd.sendloop import Reports, channel, failures, produce_columns, produce_records, refusal_error
 from jobcompd.state import SpooledRecord, State, StateError
 
-__all__ = ["REPLAY_WINDOW", "WINDOW", "Sender", "SenderCounters", "SenderThread"]
+__all__ = ["EARLY_WINDOW", "REPLAY_WINDOW", "WINDOW", "Sender", "SenderCounters", "SenderThread"]
 
 RECORD_ID_HEADER = "record_id"
 # librdkafka's statistics: which brokers are up. Some 50 kB of JSON made and read each time (per
@@ -55,6 +60,11 @@ WINDOW = 2_500
 # replay pumps the sender between batches (2,000 lines) on its one thread: with less than two
 # batches' room, the reader runs ahead of it and the sender reads everything back from the spool.
 REPLAY_WINDOW = 5_000
+# Batches produced before their commit (send_batch_early) and not acknowledged yet, with the records
+# in flight, at most: what Kafka acknowledges in the time a batch waits for it (tens of ms), not
+# more, so that brokers down or slow hold little in librdkafka (the batches after are spooled).
+EARLY_WINDOW = 6_000
+_EARLY_WINDOW_BYTES = 5 << 20
 _OFFERED_BYTES = 8 << 20  # payloads of batches offered and not yet sent, at most (~7 batches)
 # … and while the window is full: a batch or two, what the sender takes next once reports come
 # (replay fills the window before each offer); not the 8 MiB that would wait while brokers are down.
@@ -69,6 +79,23 @@ _OFFER_WAIT_S = 1.0  # how long the daemon's reader waits for room among the off
 _IDLE_POLL_S = 5.0
 _PAYLOAD = operator.attrgetter("payload")
 _UNCOMMITTED = 0  # the seq of a record in flight whose batch is not committed yet (seqs start at 1)
+
+
+class _EarlyBatch:
+    """A batch produced before its commit (:meth:`Sender.send_batch_early`): its records produced
+    (ids, job ids, payload sizes), and the ids of those Kafka acknowledged, and of those it
+    reported failed, so far."""
+
+    __slots__ = ("acked", "at", "failed", "jobids", "rids", "sizes")
+
+    def __init__(self, rids: Sequence[str], jobids: Sequence[int], sizes: Sequence[int]) -> None:
+        self.rids, self.jobids, self.sizes = rids, jobids, sizes
+        self.acked: set[str] = set()
+        self.failed: set[str] = set()
+        self.at = time.monotonic()
+
+    def done(self) -> bool:
+        return len(self.acked) + len(self.failed) >= len(self.rids)
 
 
 def payload_bytes(records: Sequence[SpooledRecord]) -> int:
@@ -128,6 +155,15 @@ class Sender(ReportHandling):
         self._early: set[str] = set()
         self._early_delivered: list[bytes | None] = []
         self._early_failed: list[tuple[KafkaError, Message]] = []
+        # Batches produced before their commit (send_batch_early), by a number of their own, and
+        # the number of each of their records not reported yet; their records and payload bytes
+        # (counted in the window, not in flight). The condition guards these, and is notified as
+        # their reports come; taken after the send lock where both are.
+        self._batches: dict[int, _EarlyBatch] = {}
+        self._batch_of: dict[str, int] = {}
+        self._batch_number = 0
+        self._early_records = self._early_bytes = 0
+        self._acked = threading.Condition(threading.Lock())
         self._unsettled: list[tuple[int, int]] = []
         self._unsettled_since = 0.0
         self._spool_exhausted = False
@@ -249,6 +285,11 @@ class Sender(ReportHandling):
         with suppress(KafkaException):
             producer.flush(0)
         self._take_reports()
+        self._sort_reports()
+        with self._acked:  # the records of batches sent before their commit not reported now never
+            for batch in self._batches.values():  # will be: spooled at the commit, sent again
+                batch.failed.update(rid for rid in batch.rids if rid not in batch.acked)
+            self._batch_of.clear()
         self._settle()
         self._settle_unsettled()
         # Anything still unreported stays in the spool; start over from its first record.
@@ -281,6 +322,7 @@ class Sender(ReportHandling):
         return (
             not self._rebuild
             and not self._in_flight
+            and not self._batches
             and not self._unsettled
             and not self._backlog
             and not self._offered
@@ -308,10 +350,40 @@ class Sender(ReportHandling):
             # confluent-kafka raises a fatal error (e.g. the idempotent producer lost its
             # sequence) from poll(): recreate the producer and send the spool again.
             self._on_error(exc.args[0])
-        self._take_reports()
+        with self._send_lock:
+            self._take_reports()
+            self._sort_reports()
         settled = self._settle() if self._settle_due() else 0
         self._quiet.flush()
         return settled
+
+    def _sort_reports(self) -> None:
+        """The reports of records of batches produced before their commit
+        (:meth:`send_batch_early`) are set aside with their batch, for :meth:`take_acked`."""
+        batch_of = self._batch_of
+        if not batch_of:
+            return
+        reports = self._reports
+        with self._acked:
+            rest: list[bytes | None] = []
+            for key in reports.delivered:
+                rid = key.decode() if isinstance(key, bytes) else ""
+                number = batch_of.pop(rid, None)
+                if number is None:
+                    rest.append(key)
+                else:
+                    self._batches[number].acked.add(rid)
+            failed = []
+            for error, message in reports.failed:
+                rid = _rid_of(message)
+                number = batch_of.pop(rid, None)
+                if number is None:
+                    failed.append((error, message))
+                else:  # sent again once spooled, where its failure is dealt with
+                    self._batches[number].failed.add(rid)
+            if len(rest) + len(failed) < len(reports.delivered) + len(reports.failed):
+                reports.delivered, reports.failed = rest, failed
+                self._acked.notify_all()
 
     def _take_reports(self) -> None:
         """The reports of the records produced through the channel, with the others served."""
@@ -393,6 +465,133 @@ class Sender(ReportHandling):
             return sent
         finally:
             self._send_lock.release()
+
+    def send_parsed(self, parsed: RecordBatch) -> int:
+        """A big batch just parsed (on the parse thread): its new records go to Kafka before the
+        batch is committed (:meth:`send_batch_early`), if the sender is caught up. Records whose
+        ids are known already are left out, as the commit leaves them. The batch's number, or 0
+        if nothing was sent."""
+        rids, jobids, payloads = parsed.rids, parsed.jobids, parsed.payloads
+        if not self.early_room(len(rids)):
+            return 0
+        try:
+            known = self._state.known_among(rids, jobids)
+        except StateError:
+            return 0  # the commit says what is wrong
+        if known:
+            fresh = [i for i in range(len(rids)) if i not in known]
+            rids = [rids[i] for i in fresh]
+            jobids = [jobids[i] for i in fresh]
+            payloads = [payloads[i] for i in fresh]
+        return self.send_batch_early(rids, jobids, payloads)
+
+    def send_batch_early(self, rids: list[str], jobids: list[int], payloads: list[bytes]) -> int:
+        """Produce a batch read and not yet committed, on the caller's thread, so that Kafka
+        acknowledges its records before the commit: :meth:`take_acked` then says which, and the
+        commit spools only the others. Only when the sender is caught up (nothing fetched, offered
+        or left in the spool to send, room for them all) and none of them is in flight. Returns the
+        batch's number (0: nothing was produced). Thread-safe."""
+        if not rids:
+            return 0
+        with self._send_lock:
+            producer = self._producer
+            if (
+                producer is None
+                or self._debug  # (each delivery logged: the records in flight say which job)
+                or self._rebuild
+                or self._backlog
+                or self._offered
+                or not self._spool_exhausted
+                or not self._early_room(len(rids), sum(map(len, payloads)))
+                or (self._in_flight and not self._in_flight.keys().isdisjoint(rids))
+            ):
+                return 0
+            topic = self._kafka.topic
+            partition = self._partitions.next(self._kafka)
+            through = self._channel
+            if through is not None:
+                sent, size, exc = through.produce_columns(
+                    producer, topic, partition, rids, payloads, 0, RECORD_ID_HEADER)
+                if isinstance(exc, tuple):
+                    exc = refusal_error(exc)
+            else:
+                sent, size, exc = produce_columns(
+                    producer.produce, topic, partition, rids, payloads, 0, RECORD_ID_HEADER)
+            self.counters.produced += sent
+            if exc is not None and not isinstance(exc, BufferError | KafkaException):
+                raise exc
+            if not sent:
+                return 0
+            if not self._in_flight and not self._early_records:
+                self._sending_since = time.time()
+            whole = sent == len(rids)
+            batch = _EarlyBatch(
+                rids if whole else rids[:sent],
+                jobids if whole else jobids[:sent],
+                list(map(len, payloads if whole else payloads[:sent])),
+            )
+            with self._acked:
+                self._batch_number += 1
+                number = self._batch_number
+                self._batches[number] = batch
+                self._batch_of.update(dict.fromkeys(batch.rids, number))
+                self._early_records += sent
+                self._early_bytes += size
+            return number
+
+    def sent_at(self, number: int) -> float:
+        """When batch ``number`` was produced (its ``time.monotonic()``; 0 if it is gone)."""
+        batch = self._batches.get(number)
+        return 0.0 if batch is None else batch.at
+
+    def reported(self, number: int) -> bool:
+        """Whether every record of batch ``number`` was reported (or the batch is gone)."""
+        batch = self._batches.get(number)
+        return batch is None or batch.done()
+
+    def wait_reported(self, number: int, timeout: float) -> None:
+        """Wait up to ``timeout`` s for batch ``number`` to be reported, or for the next report."""
+        with self._acked:
+            if not self.reported(number):
+                self._acked.wait(timeout)
+
+    def take_acked(self, number: int) -> set[str]:
+        """The record ids of batch ``number`` (:meth:`send_batch_early`) that Kafka acknowledged,
+        counted delivered here (the caller's commit makes them known and delivered). The others
+        not reported yet are in flight from now on, until their batch is committed
+        (:meth:`confirm`); those reported failed are sent again once spooled."""
+        with self._send_lock, self._acked:
+            batch = self._batches.pop(number, None)
+            if batch is None:
+                return set()
+            self._early_records -= len(batch.rids)
+            self._early_bytes -= sum(batch.sizes)
+            acked = batch.acked
+            if len(acked) < len(batch.rids):  # the others not reported yet are in flight from now on
+                failed, batch_of = batch.failed, self._batch_of
+                in_flight, early, size = self._in_flight, self._early, 0
+                for rid, jobid, length in zip(batch.rids, batch.jobids, batch.sizes, strict=True):
+                    if rid not in acked and rid not in failed:
+                        batch_of.pop(rid, None)
+                        in_flight[rid] = (_UNCOMMITTED, jobid, length)
+                        early.add(rid)
+                        size += length
+                self._in_flight_bytes += size
+            if acked:
+                self.counters.delivered += len(acked)
+                self.counters.last_delivery_at = time.time()
+            return acked
+
+    def delivered_of(self, number: int, rids: Sequence[str], *, wait: float = 0.0) -> Sequence[int]:
+        """The indexes in ``rids`` (a batch's records as read) of the records of batch ``number``
+        that Kafka acknowledged, waiting up to ``wait`` s for all of its reports: what the batch's
+        commit takes as delivered (:meth:`take_acked`)."""
+        deadline = time.monotonic() + wait
+        while not self.reported(number) and (left := deadline - time.monotonic()) > 0:
+            self.wait_reported(number, left)
+        acked = self.take_acked(number)
+        return range(len(rids)) if len(acked) == len(rids) else [
+            i for i, rid in enumerate(rids) if rid in acked]
 
     def confirm(self, records: Sequence[SpooledRecord]) -> Sequence[SpooledRecord]:
         """``records`` (`BatchResult.fresh`) are committed: those produced by :meth:`send_early`
@@ -495,11 +694,24 @@ class Sender(ReportHandling):
                     return records[sent:] if sent else records
         return None
 
+    def early_room(self, records: int) -> bool:
+        """Whether a batch of ``records`` (of the usual size) would fit :meth:`send_batch_early`'s window."""
+        return self._early_room(records, records * 1024)
+
+    def _early_room(self, records: int, size: int) -> bool:
+        """Whether a batch of ``records`` and ``size`` bytes of payloads fits the window of batches
+        produced before their commit (with the records in flight): ``EARLY_WINDOW`` records and
+        ``_EARLY_WINDOW_BYTES``, past which Kafka is not acknowledging them as they come."""
+        held = len(self._in_flight) + self._early_records
+        held_bytes = self._in_flight_bytes + self._early_bytes
+        return held + records <= max(self._window, EARLY_WINDOW) and (
+            not held or held_bytes + size <= _EARLY_WINDOW_BYTES)
+
     def _room(self) -> int:
         """How many more records the window takes (0 once its records or its bytes are full)."""
-        if self._in_flight_bytes >= self._window_bytes:
+        if self._in_flight_bytes + self._early_bytes >= self._window_bytes:
             return 0
-        return max(0, self._window - len(self._in_flight))
+        return max(0, self._window - len(self._in_flight) - self._early_records)
 
     def _produce_more(self) -> None:
         if self._spool_exhausted and (
@@ -623,6 +835,13 @@ class SenderThread(threading.Thread):
         if sent:
             self._wake.set()  # to serve their reports
         return sent
+
+    def send_parsed(self, parsed: RecordBatch) -> int:
+        """A big batch just parsed, to be committed once Kafka acknowledged it: :meth:`Sender.send_parsed`."""
+        number = self.sender.send_parsed(parsed)
+        if number:
+            self._wake.set()  # to serve their reports
+        return number
 
     def offer(self, records: Sequence[SpooledRecord], *, size: int | None = None) -> None:
         """New records are in the spool, and here they are: those sent early are confirmed

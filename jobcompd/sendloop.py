@@ -39,6 +39,7 @@ __all__ = [
     "delivered_pairs",
     "failures",
     "forget",
+    "produce_columns",
     "produce_records",
     "python_delivered_pairs",
     "python_forget",
@@ -86,6 +87,29 @@ def python_produce_records(
         size += len(payload)
         sent += 1
         backlog.pop()
+    return sent, size, None
+
+
+def produce_columns(
+    produce: Callable[..., Any],
+    topic: str,
+    partition: int,
+    rids: list[str],
+    payloads: list[bytes],
+    start: int,
+    header: str,
+) -> tuple[int, int, BaseException | None]:
+    """Hand records ``rids[i]``, ``payloads[i]`` from ``start`` on to ``produce``, in order, as
+    :func:`python_produce_records` does, entering none in flight (a batch not spooled yet). Returns
+    the records handed over, their payload bytes, and the exception that stopped the loop."""
+    sent = size = 0
+    for rid, payload in zip(rids[start:], payloads[start:], strict=True):
+        try:
+            produce(topic, payload, rid, partition, None, None, 0, [(header, rid)])
+        except BaseException as exc:  # handed to the caller, which raises what it does not expect
+            return sent, size, exc
+        size += len(payload)
+        sent += 1
     return sent, size, None
 
 

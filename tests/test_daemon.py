@@ -312,6 +312,32 @@ def test_backlog_and_trickle_arrive_exactly_once(kafka: MockCluster, tmp_path: P
     assert all(not alive(p) for p in children)
 
 
+def test_a_backlog_stopped_and_started_again_arrives_exactly_once(kafka: MockCluster, tmp_path: Path) -> None:
+    """A backlog's batches are sent as soon as they are parsed, and committed once Kafka
+    acknowledged them: a stop (SIGTERM) while some are sent and not committed commits them first,
+    so that the next start sends none of them again. Nothing is lost, nothing is sent twice."""
+    env = JobcompdEnv(tmp_path, kafka.bootstrap, params="poll_interval=1", kafka_toml=SPREAD_BY_KEY)
+    lines = mixed_lines(60_000, seed=47)
+    log = env.log_path
+    assert log is not None
+    rng = random.Random(4747)
+    with DaemonProcess(env) as proc:
+        for trial in range(6):
+            with log.open("ab") as f:  # (the backlog grows while the daemon is stopped)
+                f.write(b"".join(lines[trial * 10_000 : (trial + 1) * 10_000]))
+            proc.start()
+            time.sleep(rng.uniform(0.0, 0.08))
+            assert proc.stop() == 0
+            print(f"stop {trial}: {env.delivered()} delivered")
+        proc.start()
+        assert_all_arrived(kafka, env, lines)
+        assert proc.stop() == 0
+    with closing(sqlite3.connect(env.db)) as db:
+        spooled = db.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()[0]
+        assert db.execute("SELECT count(*) FROM spool").fetchone() == (0,)
+    print(f"{spooled} of {len(expected_messages(lines))} records spooled; the others acknowledged before their commit")
+
+
 def test_kill_9_while_appending(kafka: MockCluster, tmp_path: Path) -> None:
     # The default synchronous = "full": a commit is flushed by a thread of its own after it, and a
     # crash between the two loses nothing (the write-ahead log is written, the kernel holds it).

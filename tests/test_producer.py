@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 
 from jobcompd import reports, sendloop
 from jobcompd.config import load_settings
-from jobcompd.producer import _OFFERED_BYTES, _OFFERED_BYTES_WINDOW_FULL, Sender, SenderThread
+from jobcompd.producer import _OFFERED_BYTES, _OFFERED_BYTES_WINDOW_FULL, EARLY_WINDOW, Sender, SenderThread
 from jobcompd.state import BATCH_RECORDS, BatchResult, Delivery, NewRecord, SpooledRecord, State
 from tests.brokers.mockcluster import MockCluster
 from tests.brokers.readback import consume_all
@@ -389,6 +389,157 @@ def test_a_record_sent_early_and_refused_waits_for_its_commit_then_is_dead_lette
         assert state.stats().delivered_total == 5
     got = consume_all(mock_cluster.bootstrap, "mycluster", expected=5, timeout=30)
     assert [m.key() for m in got] == [r.rid.encode() for r in new(5, 10)]
+
+
+def send_batch_early(sender: Sender, records: Sequence[NewRecord]) -> int:
+    return sender.send_batch_early([r.rid for r in records], [r.jobid for r in records],
+                                   [r.payload for r in records])
+
+
+def all_reported(sender: Sender, number: int, timeout: float = 30) -> None:
+    """Serve reports until every record of batch ``number`` (send_batch_early) was reported."""
+    deadline = time.monotonic() + timeout
+    while not sender.reported(number):
+        assert time.monotonic() < deadline, "the batch's reports did not come"
+        sender.pump(0.05)
+
+
+def commit_as_delivered(state: State, records: Sequence[NewRecord], acked: set[str]) -> BatchResult:
+    return state.commit_batch(records, delivered=[i for i, r in enumerate(records) if r.rid in acked])
+
+
+def test_a_batch_sent_before_its_commit_is_committed_delivered_where_kafka_acknowledged_it(
+    mock_cluster: MockCluster, tmp_path: Path
+) -> None:
+    """A backlog's batch (Sender.send_batch_early): the records Kafka acknowledged before the
+    commit are committed known and delivered, never spooled; the others are spooled, stay in
+    flight, and are settled by their reports once committed. Each goes to Kafka once."""
+    with caught_up_sender(mock_cluster, tmp_path) as (_, state, sender):
+        first = new(0, 500)
+        number = send_batch_early(sender, first)
+        assert number and not sender.idle()
+        all_reported(sender, number)
+        acked = sender.take_acked(number)
+        assert acked == {r.rid for r in first}
+        assert sender.counters.delivered == 500 and sender.idle()
+        result = commit_as_delivered(state, first, acked)
+        assert (result.spooled, result.already_known, list(result.fresh)) == (500, 0, [])
+        assert sender.confirm(result.fresh) == []
+        stats = state.stats()
+        assert (stats.spooled_total, stats.delivered_total, stats.last_delivered_jobid) == (500, 500, 499)
+        assert state.spool_depth() == 0 and state.is_known(first[-1].rid, 499)
+
+        # Committed before any report was served: all spooled, in flight, settled as they come.
+        second = new(500, 600)
+        number = send_batch_early(sender, second)
+        assert sender.take_acked(number) == set()
+        result = commit_as_delivered(state, second, set())
+        assert len(result.fresh) == 100 and state.spool_depth() == 100
+        assert sender.confirm(result.fresh) == []  # all of them in flight already
+        assert send_batch_early(sender, new(590, 610)) == 0  # 590-599 are in flight
+        send_all(sender, state)
+        assert state.spool_depth() == 0 and state.stats().delivered_total == 600
+
+        # Part of a batch acknowledged by the time it is committed: the others' reports come
+        # after it was taken (here: held back, and served then), before or after the commit.
+        third = new(600, 700)
+        number = send_batch_early(sender, third)
+        all_reported(sender, number)
+        late = [r.rid for r in third[40:]]
+        sender._batches[number].acked.difference_update(late)
+        sender._batch_of.update(dict.fromkeys(late, number))
+        acked = sender.take_acked(number)
+        assert acked == {r.rid for r in third[:40]}
+        sender._reports.delivered += [rid.encode() for rid in late[:30]]
+        sender.pump(0)
+        result = commit_as_delivered(state, third, acked)
+        assert [r.rid for r in result.fresh] == late
+        assert sender.confirm(result.fresh) == []
+        sender._reports.delivered += [rid.encode() for rid in late[30:]]
+        send_all(sender, state)
+        assert state.records_read == 0, "records sent before their commit were read back"
+        assert sender.close() == 0
+        assert state.stats().delivered_total == 700
+    assert_sent_in_order(mock_cluster, 700)
+
+
+def test_a_batch_is_sent_before_its_commit_only_within_its_window_and_when_caught_up(
+    mock_cluster: MockCluster, tmp_path: Path
+) -> None:
+    mock_cluster.create_topic("mycluster", 1)
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=60")
+    with CountingState.open(env.state_dir, synchronous="normal") as state:
+        sender = Sender(state, load_settings(env.config).kafka)
+        sender.start()
+        assert send_batch_early(sender, new(0, 10)) == 0  # the spool was not looked at yet
+        sender.wake()
+        send_all(sender, state)
+        assert not sender.early_room(EARLY_WINDOW + 1)
+        assert send_batch_early(sender, new(0, EARLY_WINDOW + 1)) == 0
+        held = send_batch_early(sender, new(0, EARLY_WINDOW - 10))
+        assert held and not sender.early_room(11) and sender.early_room(10)
+        assert send_batch_early(sender, new(EARLY_WINDOW, EARLY_WINDOW + 11)) == 0
+        assert sender.offer(state.commit_batch(new(10_000, 10_010)).fresh)
+        assert send_batch_early(sender, new(20_000, 20_005)) == 0  # an offer is not taken yet
+        all_reported(sender, held)
+        assert len(sender.take_acked(held)) == EARLY_WINDOW - 10 and sender.early_room(EARLY_WINDOW)
+        send_all(sender, state)
+        assert sender.close() == 0
+        assert state.stats().delivered_total == 10
+
+
+def test_a_record_of_a_batch_sent_before_its_commit_the_broker_refuses_is_spooled_and_sent_again(
+    mock_cluster: MockCluster, tmp_path: Path
+) -> None:
+    """Its failed report leaves it out of the acknowledged, and out of flight: it is spooled at
+    the commit, sent as usual, and dead-lettered with the reason if the broker refuses it again."""
+    with caught_up_sender(mock_cluster, tmp_path) as (_, state, sender):
+        mock_cluster.push_request_errors(PRODUCE, [MSG_SIZE_TOO_LARGE])  # the next request: all of it
+        records = new(0, 5)
+        number = send_batch_early(sender, records)
+        all_reported(sender, number)
+        assert sender.take_acked(number) == set() and sender.idle()
+        rest = sender.confirm(commit_as_delivered(state, records, set()).fresh)
+        assert [r.rid for r in rest] == [r.rid for r in records]
+        assert sender.send_now(rest)
+        send_all(sender, state)
+        assert state.stats().delivered_total == 5 and not state.dead_letters()
+
+        mock_cluster.push_request_errors(PRODUCE, [MSG_SIZE_TOO_LARGE, MSG_SIZE_TOO_LARGE])
+        records = new(5, 10)
+        number = send_batch_early(sender, records)
+        all_reported(sender, number)
+        assert sender.take_acked(number) == set()
+        assert sender.send_now(sender.confirm(commit_as_delivered(state, records, set()).fresh))
+        send_all(sender, state)
+        letters = state.dead_letters()
+        assert sorted(d.rid for d in letters) == [r.rid for r in records]
+        assert all("MSG_SIZE_TOO_LARGE" in d.reason for d in letters)
+        assert sender.close() == 0
+    assert_sent_in_order(mock_cluster, 5)
+
+
+def test_a_batch_sent_before_its_commit_survives_a_producer_rebuild(
+    mock_cluster: MockCluster, tmp_path: Path
+) -> None:
+    """Its records the old producer delivered (before it was let go) are delivered; those it
+    purged are spooled at the commit and sent by the new producer: none lost, none sent twice."""
+    with caught_up_sender(mock_cluster, tmp_path) as (env, state, sender):
+        records = new(0, 300)
+        number = send_batch_early(sender, records)
+        env.properties = {"linger.ms": "6"}  # new librdkafka properties: a new producer
+        env.write_config()
+        sender.reconfigure(load_settings(env.config).kafka)
+        assert sender.reported(number)  # delivered while it flushed, or purged
+        acked = sender.take_acked(number)
+        rest = sender.confirm(commit_as_delivered(state, records, acked).fresh)
+        assert {r.rid for r in rest} == {r.rid for r in records} - acked
+        assert not rest or sender.send_now(rest)
+        send_all(sender, state)
+        assert sender.close() == 0
+        assert state.stats().delivered_total == 300
+    got = consume_all(mock_cluster.bootstrap, "mycluster", expected=300, timeout=30)
+    assert sorted(m.key() for m in got) == sorted(r.rid.encode() for r in records)  # once each
 
 
 def test_an_offered_batch_partly_read_back_is_sent_from_memory_for_the_rest(

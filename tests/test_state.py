@@ -184,6 +184,37 @@ def test_records_already_spooled_dead_lettered_or_delivered_are_skipped(state: S
     assert not state.is_known("r000000006", 6)
 
 
+@given(
+    known=st.sets(st.integers(0, 11), max_size=6),
+    acked=st.sets(st.integers(0, 12), max_size=13),
+)
+@settings(max_examples=60, deadline=None)
+def test_records_kafka_acknowledged_before_the_commit_are_known_and_delivered_never_spooled(
+    tmp_path_factory: pytest.TempPathFactory, known: set[int], acked: set[int]
+) -> None:
+    """``commit_batch(delivered=…)``: of a batch sent before its commit, the records Kafka
+    acknowledged are made known and counted delivered (the last of them the last delivered job),
+    the others spooled; records known already are skipped whether acknowledged or not."""
+    with State.open(tmp_path_factory.mktemp("state")) as state:
+        earlier = [records(i, i + 1)[0] for i in sorted(known)]
+        state.commit_batch(earlier)
+        batch = records(0, 12) + records(3, 4)  # record 3 twice: the commit sees it
+        result = state.commit_batch(batch, position=at(13), delivered=sorted(acked))
+
+        new_ones = set(range(12)) - known
+        done = {batch[i].jobid for i in acked} & new_ones  # (index 12: record 3 again)
+        assert result.spooled == len(new_ones) and result.already_known == len(batch) - len(new_ones)
+        assert [r.rid for r in result.fresh] == [batch[i].rid for i in sorted(new_ones - done)]
+        assert sorted(all_rids(state)) == sorted(
+            [r.rid for r in earlier] + [batch[i].rid for i in new_ones - done])
+        stats = state.stats()
+        assert stats.delivered_total == len(done)
+        assert stats.spooled_total == len(earlier) + len(new_ones)
+        assert stats.last_delivered_jobid == (max(done) if done else None)
+        assert all(state.is_known(r.rid, r.jobid) for r in batch)
+        assert state.position("log") == at(13)
+
+
 @pytest.mark.parametrize(
     "ids",
     [

@@ -98,6 +98,7 @@ class Spool(Database):
         quarantined: Sequence[QuarantinedLine] = (),
         ambiguous: int = 0,
         released: Sequence[int] = (),
+        delivered: Sequence[int] | None = None,
     ) -> BatchResult:
         """Spool ``records``, keep ``quarantined`` lines and move the read ``position``: all or nothing.
 
@@ -110,6 +111,9 @@ class Spool(Database):
         in the same transaction). A record whose
         ``rid`` is already spooled, dead-lettered or delivered (or repeated in this batch) is
         skipped and counted as ``already_known``.
+
+        ``delivered``: the indexes of the records Kafka acknowledged already (produced before this
+        commit): they are made known and counted delivered, and not spooled.
         """
         new = _columns(records, source)
         count = len(records) if not hasattr(records, "rids") else len(records.rids)
@@ -120,7 +124,7 @@ class Spool(Database):
         fresh: list[SpooledRecord] = []
         fresh_bytes = 0
         with self._transaction("commit a batch", records=count) as db:
-            spooled = 0
+            spooled = acked = 0
             if new.rids:
                 try:
                     if not getattr(records, "typed", False):  # not vouched for by the compiled reader
@@ -132,13 +136,33 @@ class Spool(Database):
                 # Usually every record is new: making them known says so (one statement, no
                 # look-up first). When some were known already, that is undone and they are found.
                 db.execute("SAVEPOINT new_ids")
+                skip: set[int] = set()
                 if db.execute(insert_known, ids).rowcount != len(new.rids):
                     db.execute("ROLLBACK TO new_ids")
                     skip = {k for (k,) in db.execute(already_known, ids)}
                     db.execute(insert_known, ids)
+                db.execute("RELEASE new_ids")
+                if delivered:
+                    # Acknowledged by Kafka before this commit: known, counted delivered, not spooled.
+                    if len(delivered) == count:
+                        done: Sequence[int] = range(len(new.rids))
+                    else:  # (by id: the repeats of an id in the batch are gone from ``new``)
+                        every_id = _record_ids(records)
+                        ids_acked = {every_id[i] for i in delivered}
+                        done = [i for i, rid in enumerate(new.rids) if rid in ids_acked]
+                    if skip:
+                        done = [i for i in done if i not in skip]
+                    acked = len(done)
+                    if acked:
+                        _bump(db, delivered_total=acked)
+                        db.executemany(_SET, [("last_delivered_at", now),
+                                              ("last_delivered_jobid", new.jobids[max(done)])])
+                    skip = skip.union(done) if acked < len(new.rids) else set()
+                    if acked == len(new.rids):
+                        new = _Columns([], [], [], [])
+                if skip:
                     keep = [i for i in range(len(new.rids)) if i not in skip]
                     new = _Columns(*([column[i] for i in keep] for column in new))  # type: ignore[arg-type]
-                db.execute("RELEASE new_ids")
                 for at in range(0, len(new.rids), BATCH_RECORDS):
                     part = _Columns(*(column[at : at + BATCH_RECORDS] for column in new))  # type: ignore[arg-type]
                     first = _next_seqs(db, len(part.rids))
@@ -157,13 +181,13 @@ class Spool(Database):
             )
             _bump(
                 db,
-                spooled_total=spooled,
-                already_known_total=count - spooled,
+                spooled_total=spooled + acked,
+                already_known_total=count - spooled - acked,
                 quarantined_total=len(quarantined),
                 ambiguous_total=ambiguous,
                 quarantine_released_total=gone,
             )
-        return BatchResult(spooled, count - spooled, len(quarantined), fresh, fresh_bytes)
+        return BatchResult(spooled + acked, count - spooled - acked, len(quarantined), fresh, fresh_bytes)
 
     def known_among(self, rids: Sequence[str], jobids: Sequence[int]) -> set[int]:
         """The indexes of the records (``rids[i]`` of job ``jobids[i]``) whose ids are known already:
@@ -336,6 +360,13 @@ def _ids(rids: Sequence[str], jobids: Sequence[int]) -> tuple[tuple[str, str], d
     if len(ends) == width * len(rids) and set(map(len, rids)) <= {width}:
         return _KNOWN_OF_WIDTH, {"jobids": orjson.dumps(jobids), "rids": ends, "width": width}
     return _KNOWN_AS_PAIRS, {"pairs": orjson.dumps(list(zip(rids, jobids, strict=True)))}
+
+
+def _record_ids(records: Sequence[NewRecord] | RecordColumns) -> Sequence[str]:
+    """The record ids of ``records``, in their order (repeats included)."""
+    if hasattr(records, "rids"):
+        return cast(RecordColumns, records).rids
+    return [r.rid for r in cast(Sequence[NewRecord], records)]
 
 
 def _check_types(new: _Columns) -> None:

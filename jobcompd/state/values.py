@@ -103,11 +103,11 @@ class Delivery(NamedTuple):
 
 
 class BatchResult:
-    """What `State.commit_batch` did: new records spooled, records it already held, lines quarantined.
+    """What `State.commit_batch` did: new records (spooled, or committed as delivered already),
+    records it already held, lines quarantined.
 
     ``fresh`` holds the spooled records as `State.pending` would return them, so a sender can take
-    them from memory; it is empty when the batch held records already known (`pending` finds
-    the others then). ``fresh_bytes`` is the size of their payloads.
+    them from memory. ``fresh_bytes`` is the size of their payloads.
     """
 
     spooled: int
