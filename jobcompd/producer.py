@@ -65,6 +65,7 @@ REPLAY_WINDOW = 5_000
 # more, so that brokers down or slow hold little in librdkafka (the batches after are spooled).
 EARLY_WINDOW = 6_000
 _EARLY_WINDOW_BYTES = 5 << 20
+_EARLY_STALL_S = 0.02
 _OFFERED_BYTES = 8 << 20  # payloads of batches offered and not yet sent, at most (~7 batches)
 # … and while the window is full: a batch or two, what the sender takes next once reports come
 # (replay fills the window before each offer); not the 8 MiB that would wait while brokers are down.
@@ -163,6 +164,7 @@ class Sender(ReportHandling):
         self._batch_of: dict[str, int] = {}
         self._batch_number = 0
         self._early_records = self._early_bytes = 0
+        self._acked_at = 0.0  # when a report that says delivered was last served
         self._acked = threading.Condition(threading.Lock())
         self._unsettled: list[tuple[int, int]] = []
         self._unsettled_since = 0.0
@@ -359,11 +361,14 @@ class Sender(ReportHandling):
 
     def _sort_reports(self) -> None:
         """The reports of records of batches produced before their commit
-        (:meth:`send_batch_early`) are set aside with their batch, for :meth:`take_acked`."""
+        (:meth:`send_batch_early`) are set aside with their batch, for :meth:`take_acked`; and
+        when a report that says delivered last came is noted (:meth:`_early_room`)."""
+        reports = self._reports
+        if reports.delivered:
+            self._acked_at = time.monotonic()
         batch_of = self._batch_of
         if not batch_of:
             return
-        reports = self._reports
         with self._acked:
             rest: list[bytes | None] = []
             for key in reports.delivered:
@@ -701,11 +706,15 @@ class Sender(ReportHandling):
     def _early_room(self, records: int, size: int) -> bool:
         """Whether a batch of ``records`` and ``size`` bytes of payloads fits the window of batches
         produced before their commit (with the records in flight): ``EARLY_WINDOW`` records and
-        ``_EARLY_WINDOW_BYTES``, past which Kafka is not acknowledging them as they come."""
+        ``_EARLY_WINDOW_BYTES`` while Kafka acknowledges records as they go (one came within
+        ``_EARLY_STALL_S``), else the usual window — brokers down or slow hold no more in
+        librdkafka than without it."""
         held = len(self._in_flight) + self._early_records
         held_bytes = self._in_flight_bytes + self._early_bytes
-        return held + records <= max(self._window, EARLY_WINDOW) and (
-            not held or held_bytes + size <= _EARLY_WINDOW_BYTES)
+        window = max(self._window, EARLY_WINDOW)
+        if held and time.monotonic() - self._acked_at > _EARLY_STALL_S:
+            window = self._window  # Kafka is not acknowledging as records go: the usual window
+        return held + records <= window and (not held or held_bytes + size <= _EARLY_WINDOW_BYTES)
 
     def _room(self) -> int:
         """How many more records the window takes (0 once its records or its bytes are full)."""

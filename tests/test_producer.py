@@ -464,28 +464,55 @@ def test_a_batch_sent_before_its_commit_is_committed_delivered_where_kafka_ackno
 
 
 def test_a_batch_is_sent_before_its_commit_only_within_its_window_and_when_caught_up(
-    mock_cluster: MockCluster, tmp_path: Path
+    mock_cluster: MockCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Batches sent before their commit hold at most EARLY_WINDOW records unreported while Kafka
+    acknowledges records as they go, and no more than the usual window once it does not (brokers
+    down: librdkafka holds no more than without them); and only while the sender is caught up."""
     mock_cluster.create_topic("mycluster", 1)
     env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=60")
     with CountingState.open(env.state_dir, synchronous="normal") as state:
-        sender = Sender(state, load_settings(env.config).kafka)
+        sender = Sender(state, load_settings(env.config).kafka, window=100)
         sender.start()
         assert send_batch_early(sender, new(0, 10)) == 0  # the spool was not looked at yet
         sender.wake()
         send_all(sender, state)
         assert not sender.early_room(EARLY_WINDOW + 1)
         assert send_batch_early(sender, new(0, EARLY_WINDOW + 1)) == 0
-        held = send_batch_early(sender, new(0, EARLY_WINDOW - 10))
+        monkeypatch.setattr("jobcompd.producer._EARLY_STALL_S", 3600.0)  # (however slow the machine)
+        first = send_batch_early(sender, new(0, 50))  # none unreported: the whole window
+        all_reported(sender, first)  # a report came: Kafka acknowledges as records go
+        held = send_batch_early(sender, new(50, EARLY_WINDOW - 10))
         assert held and not sender.early_room(11) and sender.early_room(10)
-        assert send_batch_early(sender, new(EARLY_WINDOW, EARLY_WINDOW + 11)) == 0
+        monkeypatch.setattr("jobcompd.producer._EARLY_STALL_S", 0.0)  # no report since: the usual
+        assert not sender.early_room(1)  # window (100), which these fill
+        all_reported(sender, held)
+        monkeypatch.setattr("jobcompd.producer._EARLY_STALL_S", 3600.0)
+        assert len(sender.take_acked(held)) == EARLY_WINDOW - 60 and len(sender.take_acked(first)) == 50
+        assert sender.early_room(EARLY_WINDOW)
         assert sender.offer(state.commit_batch(new(10_000, 10_010)).fresh)
         assert send_batch_early(sender, new(20_000, 20_005)) == 0  # an offer is not taken yet
-        all_reported(sender, held)
-        assert len(sender.take_acked(held)) == EARLY_WINDOW - 10 and sender.early_room(EARLY_WINDOW)
         send_all(sender, state)
         assert sender.close() == 0
         assert state.stats().delivered_total == 10
+
+    # Brokers down: a first batch goes; the next ones, once no report came for _EARLY_STALL_S,
+    # only within the usual window (2,500).
+    monkeypatch.setattr("jobcompd.producer._EARLY_STALL_S", 0.05)
+    env2 = JobcompdEnv(tmp_path / "down", mock_cluster.bootstrap, params="poll_interval=60")
+    with CountingState.open(env2.state_dir, synchronous="normal") as state:
+        sender = Sender(state, load_settings(env2.config).kafka)
+        sender.wake()
+        send_all(sender, state)
+        mock_cluster.broker_down(-1)
+        try:
+            assert send_batch_early(sender, new(30_000, 31_000))
+            time.sleep(0.1)
+            sender.pump(0)
+            assert sender.early_room(1_500) and not sender.early_room(1_501)
+            assert send_batch_early(sender, new(31_000, 33_000)) == 0
+        finally:
+            mock_cluster.broker_up(-1)
 
 
 def test_a_record_of_a_batch_sent_before_its_commit_the_broker_refuses_is_spooled_and_sent_again(

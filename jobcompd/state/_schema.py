@@ -26,8 +26,9 @@ write-ahead log frames: about a quarter less time per record. States made earlie
 
 SIDE_FILES = ("-wal", "-shm", "-journal")
 
-# ``known`` holds the id of every record ever spooled (and so spooled, dead-lettered or delivered):
-# a record is checked against it once, when it is read, and a delivery report only has to settle
+# ``known`` holds the id of every record ever committed (spooled, dead-lettered or delivered, or
+# committed as delivered without a spool row, Kafka having acknowledged it before the commit): a
+# record is checked against it once, when it is read, and a delivery report only has to settle
 # its ``seq``. It is keyed by (jobid, rid), never by the record id alone: ids are
 # hashes, so an index on them sends every insert to a random page (with a million ids, one page
 # written per record), while job ids mostly grow and keep the work at the index's end.
