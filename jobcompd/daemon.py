@@ -298,8 +298,10 @@ class Daemon(Monitoring):
             now = time.monotonic()
             if now >= deadline or self._health.state_error is not None:
                 break
-            # Read what comes next, to be parsed and sent, while there is room to send it.
-            while len(ahead) < _SENT_AHEAD and worker.early_room(
+            # Read what comes next, to be parsed and sent, while Kafka acknowledges records as
+            # they go and there is room to send it (brokers down, batches are not read ahead:
+            # they would only wait in memory).
+            while len(ahead) < _SENT_AHEAD and worker.acknowledging() and worker.early_room(
                 BATCH_LINES * (1 + sum(not ahead[i].prepared.ready for i in range(len(ahead))))
             ):
                 more = tailer.read(timeout=0)

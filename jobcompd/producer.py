@@ -699,6 +699,11 @@ class Sender(ReportHandling):
                     return records[sent:] if sent else records
         return None
 
+    def acknowledging(self) -> bool:
+        """Whether Kafka acknowledges records as they go: a report that says delivered came
+        within ``_EARLY_STALL_S``."""
+        return time.monotonic() - self._acked_at <= _EARLY_STALL_S
+
     def early_room(self, records: int) -> bool:
         """Whether a batch of ``records`` (of the usual size) would fit :meth:`send_batch_early`'s window."""
         return self._early_room(records, records * 1024)
@@ -712,7 +717,7 @@ class Sender(ReportHandling):
         held = len(self._in_flight) + self._early_records
         held_bytes = self._in_flight_bytes + self._early_bytes
         window = max(self._window, EARLY_WINDOW)
-        if held and time.monotonic() - self._acked_at > _EARLY_STALL_S:
+        if held and not self.acknowledging():
             window = self._window  # Kafka is not acknowledging as records go: the usual window
         return held + records <= window and (not held or held_bytes + size <= _EARLY_WINDOW_BYTES)
 
