@@ -765,6 +765,54 @@ typedef struct {
 
 enum { CHUNK = 256 }; /* records handed over for each time the interpreter lock is let go */
 
+typedef struct {
+    int code, fatal;
+    char reason[512];
+} refusal_t;
+
+/* The librdkafka client the channel serves (NULL, with a Python error, if it has none). */
+static rdk_client *channel_client(channel_t *c) {
+    pthread_mutex_lock(&c->lock);
+    rdk_client *client = c->client;
+    pthread_mutex_unlock(&c->lock);
+    if (client == NULL) PyErr_SetString(PyExc_RuntimeError, "the channel has no librdkafka client");
+    return client;
+}
+
+/* Hand out[0], out[1], ... out[n - 1] to rd_kafka_produceva() without the interpreter lock, with
+ * the arguments confluent-kafka's produce() is given; stop at the first one it refuses (the
+ * refusal in *refusal). How many it took. */
+static Py_ssize_t produce_out(channel_t *c, rdk_client *client, const char *topic, long partition,
+                              const char *header, const outgoing_t *out, Py_ssize_t n, refusal_t *refusal) {
+    Py_ssize_t done = 0;
+    Py_BEGIN_ALLOW_THREADS
+    producing = c;
+    for (; done < n; done++) {
+        const outgoing_t *o = &out[done];
+        rdk_vu vu[7] = {
+            {.vtype = VT_TOPIC, .u.cstr = topic},
+            {.vtype = VT_PARTITION, .u.i32 = (int32_t)partition},
+            {.vtype = VT_VALUE, .u.mem = {o->payload, (size_t)o->payload_len}},
+            {.vtype = VT_KEY, .u.mem = {o->rid, (size_t)o->rid_len}},
+            {.vtype = VT_MSGFLAGS, .u.i = MSG_F_COPY},
+            {.vtype = VT_HEADER, .u.header = {header, o->rid, o->rid_len}},
+            {.vtype = VT_OPAQUE, .u.ptr = NULL},
+        };
+        rdk_error *refused = rdk.produceva(client, vu, 7);
+        if (refused != NULL) {
+            refusal->code = rdk.error_code(refused);
+            refusal->fatal = rdk.error_is_fatal(refused);
+            const char *why = rdk.error_string(refused);
+            snprintf(refusal->reason, sizeof refusal->reason, "%s", why != NULL ? why : "");
+            rdk.error_destroy(refused);
+            break;
+        }
+    }
+    producing = NULL;
+    Py_END_ALLOW_THREADS
+    return done;
+}
+
 /* produce_records(producer, topic, partition, backlog, end, budget, in_flight, header) -> (records
  * handed over, their payload bytes, None or the refusal as (code, fatal, reason)): as the Python
  * loop does, with librdkafka called without the interpreter lock. `producer` is the Producer whose
@@ -784,13 +832,8 @@ static PyObject *Channel_produce_records(Channel *self, PyObject *const *args, P
     long partition = PyLong_AsLong(args[2]);
     Py_ssize_t end = PyLong_AsSsize_t(args[4]), budget = PyLong_AsSsize_t(args[5]);
     if (topic == NULL || header == NULL || PyErr_Occurred()) return NULL;
-    pthread_mutex_lock(&c->lock);
-    rdk_client *client = c->client;
-    pthread_mutex_unlock(&c->lock);
-    if (client == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "the channel has no librdkafka client");
-        return NULL;
-    }
+    rdk_client *client = channel_client(c);
+    if (client == NULL) return NULL;
     outgoing_t out[CHUNK];
     Py_ssize_t sent = 0, size = 0;
     PyObject *error = NULL;
@@ -811,34 +854,10 @@ static PyObject *Channel_produce_records(Channel *self, PyObject *const *args, P
             o->record = Py_NewRef(record);
             bytes += o->payload_len;
         }
-        Py_ssize_t done = 0;
-        int code = 0, fatal = 0;
-        char reason[512] = "";
-        Py_BEGIN_ALLOW_THREADS
-        producing = c;
-        for (; done < n; done++) {
-            outgoing_t *o = &out[done];
-            rdk_vu vu[7] = {
-                {.vtype = VT_TOPIC, .u.cstr = topic},
-                {.vtype = VT_PARTITION, .u.i32 = (int32_t)partition},
-                {.vtype = VT_VALUE, .u.mem = {o->payload, (size_t)o->payload_len}},
-                {.vtype = VT_KEY, .u.mem = {o->rid, (size_t)o->rid_len}},
-                {.vtype = VT_MSGFLAGS, .u.i = MSG_F_COPY},
-                {.vtype = VT_HEADER, .u.header = {header, o->rid, o->rid_len}},
-                {.vtype = VT_OPAQUE, .u.ptr = NULL},
-            };
-            rdk_error *refused = rdk.produceva(client, vu, 7);
-            if (refused != NULL) {
-                code = rdk.error_code(refused);
-                fatal = rdk.error_is_fatal(refused);
-                const char *why = rdk.error_string(refused);
-                snprintf(reason, sizeof reason, "%s", why != NULL ? why : "");
-                rdk.error_destroy(refused);
-                break;
-            }
-        }
-        producing = NULL;
-        Py_END_ALLOW_THREADS
+        refusal_t refusal = {0, 0, ""};
+        Py_ssize_t done = produce_out(c, client, topic, partition, header, out, n, &refusal);
+        int code = refusal.code, fatal = refusal.fatal;
+        const char *reason = refusal.reason;
         /* The records handed over leave the backlog's end -- which only this thread changes (the
          * sender's lock), checked all the same -- and are entered in flight. */
         int changed = PyList_GET_SIZE(backlog) != length;
@@ -900,13 +919,8 @@ static PyObject *Channel_produce_columns(Channel *self, PyObject *const *args, P
         PyErr_SetString(PyExc_ValueError, "produce_columns(): as many record ids as payloads, start >= 0");
         return NULL;
     }
-    pthread_mutex_lock(&c->lock);
-    rdk_client *client = c->client;
-    pthread_mutex_unlock(&c->lock);
-    if (client == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "the channel has no librdkafka client");
-        return NULL;
-    }
+    rdk_client *client = channel_client(c);
+    if (client == NULL) return NULL;
     outgoing_t out[CHUNK];
     PyObject *held[CHUNK]; /* the payloads of out[] */
     Py_ssize_t sent = 0, size = 0;
@@ -928,34 +942,10 @@ static PyObject *Channel_produce_columns(Channel *self, PyObject *const *args, P
             o->record = Py_NewRef(rid);
             held[n] = Py_NewRef(payload);
         }
-        Py_ssize_t done = 0;
-        int code = 0, fatal = 0;
-        char reason[512] = "";
-        Py_BEGIN_ALLOW_THREADS
-        producing = c;
-        for (; done < n; done++) {
-            outgoing_t *o = &out[done];
-            rdk_vu vu[7] = {
-                {.vtype = VT_TOPIC, .u.cstr = topic},
-                {.vtype = VT_PARTITION, .u.i32 = (int32_t)partition},
-                {.vtype = VT_VALUE, .u.mem = {o->payload, (size_t)o->payload_len}},
-                {.vtype = VT_KEY, .u.mem = {o->rid, (size_t)o->rid_len}},
-                {.vtype = VT_MSGFLAGS, .u.i = MSG_F_COPY},
-                {.vtype = VT_HEADER, .u.header = {header, o->rid, o->rid_len}},
-                {.vtype = VT_OPAQUE, .u.ptr = NULL},
-            };
-            rdk_error *refused = rdk.produceva(client, vu, 7);
-            if (refused != NULL) {
-                code = rdk.error_code(refused);
-                fatal = rdk.error_is_fatal(refused);
-                const char *why = rdk.error_string(refused);
-                snprintf(reason, sizeof reason, "%s", why != NULL ? why : "");
-                rdk.error_destroy(refused);
-                break;
-            }
-        }
-        producing = NULL;
-        Py_END_ALLOW_THREADS
+        refusal_t refusal = {0, 0, ""};
+        Py_ssize_t done = produce_out(c, client, topic, partition, header, out, n, &refusal);
+        int code = refusal.code, fatal = refusal.fatal;
+        const char *reason = refusal.reason;
         for (Py_ssize_t j = 0; j < n; j++) {
             if (j < done) size += out[j].payload_len;
             Py_DECREF(out[j].record);
