@@ -337,19 +337,13 @@ class Daemon(Monitoring):
         and flushed to disk, not after (a trickle's latency); see :meth:`Sender.send_early`.
         Records whose ids are known already are left out, as the commit leaves them. True if
         every new record was sent (or there was none)."""
-        rids, jobids, payloads = parsed.rids, parsed.jobids, parsed.payloads
-        if not rids:
+        if not parsed.rids:
             return True
         assert self._state is not None
         try:
-            known = self._state.known_among(rids, jobids)
+            rids, jobids, payloads = self._state.new_among(parsed.rids, parsed.jobids, parsed.payloads)
         except StateError:
             return False  # the commit says what is wrong
-        if known:
-            fresh = [i for i in range(len(rids)) if i not in known]
-            rids = [rids[i] for i in fresh]
-            jobids = [jobids[i] for i in fresh]
-            payloads = [payloads[i] for i in fresh]
         return sender.send_early(rids, jobids, payloads) == len(rids)
 
     def _gather(self, ahead: ReadAhead, sender: SenderThread) -> None:

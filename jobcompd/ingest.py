@@ -328,7 +328,9 @@ class Prepared:
         self.source = source
         self._future: Future[RecordBatch] | None = None
         self._parsed = parsed
-        self.handed = False  # handed to the parse thread or worker (beside, or parsed there)
+        # Handed to the parse thread or worker, to be parsed beside the caller (so that reading the
+        # next batch meanwhile pays); a small batch is parsed by the caller.
+        self.handed = False
         # The indexes of its records Kafka acknowledged before its commit, once they are known.
         self.delivered: Sequence[int] | None = None
 
@@ -336,12 +338,6 @@ class Prepared:
     def ready(self) -> bool:
         """Whether the batch is parsed (its records taken without a wait)."""
         return self._parsed is not None or (self._future is not None and self._future.done())
-
-    @property
-    def beside(self) -> bool:
-        """Whether the batch is parsed beside the caller (a thread or worker parses it), so that
-        reading the next one meanwhile pays; a small batch is parsed by the caller at its commit."""
-        return self._future is not None
 
 
 class Ingestor:
@@ -587,7 +583,7 @@ class ReadAhead:
         held = newest.position
         return (
             held is not None
-            and not newest.prepared.beside
+            and not newest.prepared.handed
             and (held.key, held.path, held.offset) == (position.key, position.path, first_offset)
             and len(newest.prepared.lines) + count < WORKER_MIN_LINES
         )

@@ -476,18 +476,12 @@ class Sender(ReportHandling):
         batch is committed (:meth:`send_batch_early`), if the sender is caught up. Records whose
         ids are known already are left out, as the commit leaves them. The batch's number, or 0
         if nothing was sent."""
-        rids, jobids, payloads = parsed.rids, parsed.jobids, parsed.payloads
-        if not self.early_room(len(rids)):
+        if not self.early_room(len(parsed.rids)):
             return 0
         try:
-            known = self._state.known_among(rids, jobids)
+            rids, jobids, payloads = self._state.new_among(parsed.rids, parsed.jobids, parsed.payloads)
         except StateError:
             return 0  # the commit says what is wrong
-        if known:
-            fresh = [i for i in range(len(rids)) if i not in known]
-            rids = [rids[i] for i in fresh]
-            jobids = [jobids[i] for i in fresh]
-            payloads = [payloads[i] for i in fresh]
         return self.send_batch_early(rids, jobids, payloads)
 
     def send_batch_early(self, rids: list[str], jobids: list[int], payloads: list[bytes]) -> int:

@@ -300,11 +300,11 @@ def test_only_a_big_batch_is_parsed_beside_the_caller(tmp_path: Path) -> None:
             ingestor = Ingestor(state, UTC_SPEC, worker=parser)
             big = ingestor.prepare(batch(WORKER_MIN_LINES, seed=5), source="log")
             small = ingestor.prepare(batch(3, seed=6), source="log")
-            assert big.beside and not small.beside
+            assert big.handed and not small.handed
             alone = Ingestor(state, UTC_SPEC).prepare(batch(WORKER_MIN_LINES, seed=7), source="log")
-            assert not alone.beside
+            assert not alone.handed and not alone.ready
             ingestor.commit(big, source="log", first_line_no=1, first_offset=0, position=None)
-            assert not big.beside  # parsed and taken
+            assert big.ready  # parsed and taken
         finally:
             parser.close()
 

@@ -174,6 +174,9 @@ def test_records_already_spooled_dead_lettered_or_delivered_are_skipped(state: S
     # a record repeated within the batch, which only the commit sees.
     assert state.known_among([r.rid for r in again], [r.jobid for r in again]) == {0, 1, 2, 3}
     assert state.known_among([], []) == set()
+    fresh = again[4:]
+    assert state.new_among([r.rid for r in again], [r.jobid for r in again], [r.payload for r in again]) == (
+        [r.rid for r in fresh], [r.jobid for r in fresh], [r.payload for r in fresh])
     result = state.commit_batch(again, position=at(6))
 
     assert result == BatchResult(spooled=2, already_known=5, quarantined=0)

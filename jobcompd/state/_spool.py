@@ -202,6 +202,18 @@ class Spool(Database):
         with self._reading("look up record ids") as db:
             return {int(k) for (k,) in db.execute(already_known, ids)}
 
+    def new_among(
+        self, rids: list[str], jobids: list[int], payloads: list[bytes]
+    ) -> tuple[list[str], list[int], list[bytes]]:
+        """The records (``rids[i]`` of job ``jobids[i]``, payload ``payloads[i]``) whose ids are not
+        known yet, as the same columns: those :meth:`commit_batch` would take as new
+        (:meth:`known_among`'s others)."""
+        known = self.known_among(rids, jobids)
+        if not known:
+            return rids, jobids, payloads
+        fresh = [i for i in range(len(rids)) if i not in known]
+        return [rids[i] for i in fresh], [jobids[i] for i in fresh], [payloads[i] for i in fresh]
+
     def pending(
         self, *, after_seq: int = 0, limit: int = 1000, whole_rows: bool = False
     ) -> list[SpooledRecord]:
