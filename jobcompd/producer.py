@@ -164,7 +164,7 @@ class Sender(ReportHandling):
         self._batch_of: dict[str, int] = {}
         self._batch_number = 0
         self._early_records = self._early_bytes = 0
-        self._acked_at = 0.0  # when a report that says delivered was last served
+        self._acked_at = float("-inf")  # when a report that says delivered was last served
         self._acked = threading.Condition(threading.Lock())
         self._unsettled: list[tuple[int, int]] = []
         self._unsettled_since = 0.0
@@ -473,10 +473,12 @@ class Sender(ReportHandling):
 
     def send_parsed(self, parsed: RecordBatch) -> int:
         """A big batch just parsed (on the parse thread): its new records go to Kafka before the
-        batch is committed (:meth:`send_batch_early`), if the sender is caught up. Records whose
-        ids are known already are left out, as the commit leaves them. The batch's number, or 0
-        if nothing was sent."""
-        if not self.early_room(len(parsed.rids)):
+        batch is committed (:meth:`send_batch_early`), if the sender is caught up and Kafka
+        acknowledges records as they go (:meth:`acknowledging`: a burst's first batch, or any
+        while brokers are down, is spooled first, and what librdkafka holds stays what it was).
+        Records whose ids are known already are left out, as the commit leaves them. The batch's
+        number, or 0 if nothing was sent."""
+        if not self.acknowledging() or not self.early_room(len(parsed.rids)):
             return 0
         try:
             rids, jobids, payloads = self._state.new_among(parsed.rids, parsed.jobids, parsed.payloads)

@@ -312,21 +312,23 @@ def test_backlog_and_trickle_arrive_exactly_once(kafka: MockCluster, tmp_path: P
     assert all(not alive(p) for p in children)
 
 
-def test_a_backlog_stopped_and_started_again_arrives_exactly_once(kafka: MockCluster, tmp_path: Path) -> None:
+def test_a_backlog_stopped_and_started_again_arrives_exactly_once(mock_cluster: MockCluster, tmp_path: Path) -> None:
     """A backlog's batches are sent as soon as they are parsed, and committed once Kafka
     acknowledged them: a stop (SIGTERM) while some are sent and not committed commits them first,
     so that the next start sends none of them again. Nothing is lost, nothing is sent twice."""
+    kafka = mock_cluster
+    kafka.create_topic("mycluster", partitions=32)  # (the mock keeps about 5 MB a partition)
     env = JobcompdEnv(tmp_path, kafka.bootstrap, params="poll_interval=1", kafka_toml=SPREAD_BY_KEY)
-    lines = mixed_lines(60_000, seed=47)
+    lines = mixed_lines(120_000, seed=47)
     log = env.log_path
     assert log is not None
     rng = random.Random(4747)
     with DaemonProcess(env) as proc:
         for trial in range(6):
             with log.open("ab") as f:  # (the backlog grows while the daemon is stopped)
-                f.write(b"".join(lines[trial * 10_000 : (trial + 1) * 10_000]))
+                f.write(b"".join(lines[trial * 20_000 : (trial + 1) * 20_000]))
             proc.start()
-            time.sleep(rng.uniform(0.0, 0.08))
+            time.sleep(rng.uniform(0.05, 0.2))
             assert proc.stop() == 0
             print(f"stop {trial}: {env.delivered()} delivered")
         proc.start()

@@ -16,6 +16,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from structlog.testing import capture_logs
 
 from jobcompd import reports, sendloop
+from jobcompd.batch import RecordBatch
 from jobcompd.config import load_settings
 from jobcompd.producer import _OFFERED_BYTES, _OFFERED_BYTES_WINDOW_FULL, EARLY_WINDOW, Sender, SenderThread
 from jobcompd.state import BATCH_RECORDS, BatchResult, Delivery, NewRecord, SpooledRecord, State
@@ -513,6 +514,34 @@ def test_a_batch_is_sent_before_its_commit_only_within_its_window_and_when_caugh
             assert send_batch_early(sender, new(31_000, 33_000)) == 0
         finally:
             mock_cluster.broker_up(-1)
+
+
+def test_a_parsed_batch_is_sent_before_its_commit_only_while_kafka_acknowledges_records(
+    mock_cluster: MockCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sender.send_parsed, the parse thread's: nothing before Kafka acknowledged a record (a
+    burst's first batch, or any while brokers are down, is spooled first); then a batch's new
+    records, the known ones left out as the commit leaves them."""
+
+    def parsed(records: Sequence[NewRecord]) -> RecordBatch:
+        return RecordBatch([r.rid for r in records], [r.jobid for r in records],
+                           [r.payload for r in records], list(range(len(records))), [], [])
+
+    with caught_up_sender(mock_cluster, tmp_path) as (_, state, sender):
+        assert sender.send_parsed(parsed(new(0, 20))) == 0  # nothing acknowledged yet
+        assert sender.send_now(state.commit_batch(new(0, 20)).fresh)
+        send_all(sender, state)
+        monkeypatch.setattr("jobcompd.producer._EARLY_STALL_S", 3600.0)  # (however slow the machine)
+        batch = new(10, 40)  # 10-19 known already
+        number = sender.send_parsed(parsed(batch))
+        assert number
+        all_reported(sender, number)
+        acked = sender.take_acked(number)
+        assert acked == {r.rid for r in new(20, 40)}
+        assert commit_as_delivered(state, batch, acked).fresh == []
+        assert sender.close() == 0
+        assert state.stats().delivered_total == 40
+    assert_sent_in_order(mock_cluster, 40)  # once each
 
 
 def test_a_record_of_a_batch_sent_before_its_commit_the_broker_refuses_is_spooled_and_sent_again(
