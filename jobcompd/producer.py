@@ -583,13 +583,9 @@ class Sender(ReportHandling):
                 self.counters.last_delivery_at = time.time()
             return acked
 
-    def delivered_of(self, number: int, rids: Sequence[str], *, wait: float = 0.0) -> Sequence[int]:
+    def delivered_of(self, number: int, rids: Sequence[str]) -> Sequence[int]:
         """The indexes in ``rids`` (a batch's records as read) of the records of batch ``number``
-        that Kafka acknowledged, waiting up to ``wait`` s for all of its reports: what the batch's
-        commit takes as delivered (:meth:`take_acked`)."""
-        deadline = time.monotonic() + wait
-        while not self.reported(number) and (left := deadline - time.monotonic()) > 0:
-            self.wait_reported(number, left)
+        that Kafka acknowledged: what the batch's commit takes as delivered (:meth:`take_acked`)."""
         acked = self.take_acked(number)
         return range(len(rids)) if len(acked) == len(rids) else [
             i for i, rid in enumerate(rids) if rid in acked]
