@@ -8,9 +8,9 @@ Threads:
   signals (SIGTERM/SIGINT stop, SIGHUP reload), systemd notifications and the watchdog;
 * the **parse thread** (the compiled reader's) parses a backlog's big batches and, while the
   sender is caught up, sends their records to Kafka at once (:meth:`Sender.send_parsed`): the main
-  thread then commits such a batch once Kafka acknowledged its records (or ``_ACK_WAIT_S``
-  passed), those acknowledged as delivered, never spooled, the others spooled; meanwhile it reads
-  the next batches (up to ``_SENT_AHEAD`` held). A few lines at a time (a trickle) are parsed by
+  thread then commits such a batch once Kafka acknowledged its records (or 50 ms passed), those
+  acknowledged as delivered, never spooled, the others spooled; meanwhile it reads the next
+  batches (:meth:`ReadAhead.await_reports`). A few lines at a time (a trickle) are parsed by
   the main thread, their records sent before the commit too, and settled after it;
 * the **sender thread** runs the producer worker: it produces from the spool and settles
   delivery reports, and is woken as soon as a batch is committed.
@@ -38,7 +38,6 @@ from jobcompd.health import Health
 from jobcompd.identity import LIVE, Position, position_key
 from jobcompd.ingest import Ingestor, ReadAhead
 from jobcompd.lock import StateDirLock
-from jobcompd.logfile import BATCH_LINES
 from jobcompd.monitoring import Monitoring
 from jobcompd.producer import Sender, SenderThread
 from jobcompd.state import BatchResult, State, StateError
@@ -64,11 +63,6 @@ _BACKPRESSURE_CHECK_S = 0.5
 _HEALTH_EVERY_S = _IDLE_WAIT_S
 _TEXTFILE_EVERY_S = 15.0  # node_exporter's textfile: rewritten this often
 _GATHER_S = 0.010  # a trickle's reads, their records sent early, join one commit for this long
-# A backlog's batches are sent as soon as they are parsed, and committed once Kafka acknowledged
-# them (their records are not spooled then): a batch waits this long at most for its reports,
-# while up to _SENT_AHEAD batches are read, parsed and sent (within the sender's early window).
-_ACK_WAIT_S = 0.05
-_SENT_AHEAD = 6
 _SLOW_TURN_S = 0.2  # a turn of the reader (lines read → committed) longer than this is logged
 _PRUNE_EVERY_S = 600.0  # forget known ids past state.known_ids_days, in steps:
 
@@ -281,35 +275,19 @@ class Daemon(Monitoring):
                 self._stop.wait(_STATE_RETRY_S)
 
     def _acknowledged(self, ahead: ReadAhead, sender: SenderThread) -> None:
-        """The oldest batch, parsed beside: if its records were sent as it was parsed
-        (:meth:`Sender.send_parsed`), wait up to ``_ACK_WAIT_S`` from then for Kafka to acknowledge
-        them — reading, parsing and sending the batches after it meanwhile — and set those it
-        acknowledged to be committed as delivered (``prepared.delivered``: kept if the commit
-        fails and is tried again)."""
-        prepared = ahead.head.prepared
-        parsed = ahead.head_records()
-        if prepared.delivered is not None or not parsed.sent:
-            return
-        number, worker = parsed.sent, sender.sender
-        deadline = worker.sent_at(number) + _ACK_WAIT_S
+        """The oldest batch, parsed beside: wait for Kafka's reports of its records if they were
+        sent as it was parsed, reading the next batches meanwhile (:meth:`ReadAhead.await_reports`)."""
         tailer = self._tailer
         assert tailer is not None
-        while not worker.reported(number) and not self._stop.is_set():
-            now = time.monotonic()
-            if now >= deadline or self._health.state_error is not None:
-                break
-            # Read what comes next, to be parsed and sent, while Kafka acknowledges records as
-            # they go and there is room to send it (brokers down, batches are not read ahead:
-            # they would only wait in memory).
-            while len(ahead) < _SENT_AHEAD and worker.acknowledging() and worker.early_room(
-                BATCH_LINES * (1 + sum(not ahead[i].prepared.ready for i in range(len(ahead))))
-            ):
-                more = tailer.read(timeout=0)
-                if more is None:
-                    break
+
+        def read_more() -> bool:
+            more = tailer.read(timeout=0)
+            if more is not None:
                 self._add(ahead, more)
-            worker.wait_reported(number, min(deadline - now, 0.005))
-        prepared.delivered = worker.delivered_of(number, parsed.rids)
+            return more is not None
+
+        ahead.await_reports(sender.sender, read_more,
+                            lambda: self._stop.is_set() or self._health.state_error is not None)
 
     def _commit_held(self, ahead: ReadAhead, sender: SenderThread) -> None:
         """At a stop: commit the batches read and held, whose records may be in Kafka already

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import repeat
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, Protocol
 
 import structlog
 
@@ -40,6 +40,7 @@ from jobcompd.config import SourceSettings
 from jobcompd.fastpath import PARSER
 from jobcompd.identity import Position
 from jobcompd.joining import unfinished_tail
+from jobcompd.logfile import BATCH_LINES
 from jobcompd.record import DEFAULT_MAX_LINE_BYTES
 from jobcompd.state import (
     BATCH_RECORDS,
@@ -50,6 +51,9 @@ from jobcompd.state import (
     StateError,
     pack_payloads,
 )
+
+if TYPE_CHECKING:
+    from jobcompd.producer import Sender
 
 __all__ = [
     "WORKER_MIN_LINES",
@@ -65,6 +69,11 @@ __all__ = [
 
 WORKER_MIN_LINES = 200
 """Smaller batches are parsed by the caller: the hand-over would cost more than it saves."""
+# A big batch's records are sent as soon as it is parsed, and it is committed once Kafka
+# acknowledged them (they are not spooled then): it waits this long at most for their reports,
+# while up to _SENT_AHEAD batches are read, parsed and sent (within the sender's early window).
+_ACK_WAIT_S = 0.05
+_SENT_AHEAD = 6
 
 def read_batches(
     fh: BinaryIO,
@@ -538,12 +547,13 @@ class Queued(NamedTuple):
 
 
 class ReadAhead:
-    """Batches read and not yet committed, oldest first: the daemon's (``replay`` commits on a
-    thread of its own, :class:`jobcompd.replay._Committer`).
+    """Batches read and not yet committed, oldest first (``run``'s and ``replay``'s).
 
-    The next batch is read (and handed to the parse worker) while the one before it is parsed and
-    committed. It owns the answer to "where does this file stand": the end of the newest batch
-    held for it, else the committed position.
+    The next batch is read (and handed to the parse thread) while the one before it is parsed and
+    committed; a big batch whose records the parse thread sent (:attr:`Ingestor.send`) waits for
+    Kafka's reports before its commit, the next ones read meanwhile (:meth:`await_reports`). It
+    owns the answer to "where does this file stand": the end of the newest batch held for it, else
+    the committed position.
     """
 
     def __init__(self, ingestor: Ingestor, state: State) -> None:
@@ -615,6 +625,36 @@ class ReadAhead:
 
     def __getitem__(self, index: int) -> Queued:
         return self._queue[index]
+
+    def await_reports(
+        self, sender: Sender, read_more: Callable[[], bool], halted: Callable[[], bool]
+    ) -> None:
+        """The oldest batch, parsed beside: if its records were sent as it was parsed
+        (:meth:`Sender.send_parsed`), wait up to ``_ACK_WAIT_S`` from then for Kafka to acknowledge
+        them — reading (``read_more``: whether it added a batch), parsing and sending the batches
+        after it meanwhile — and set those it acknowledged to be committed as delivered
+        (``prepared.delivered``: kept if the commit fails and is tried again). ``halted``: stop
+        waiting (a stop, a state error)."""
+        prepared = self.head.prepared
+        parsed = self.head_records()
+        if prepared.delivered is not None or not parsed.sent:
+            return
+        number = parsed.sent
+        deadline = sender.sent_at(number) + _ACK_WAIT_S
+        while not sender.reported(number) and not halted():
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            # Read what comes next, to be parsed and sent, while Kafka acknowledges records as
+            # they go and there is room to send it (brokers down, batches are not read ahead:
+            # they would only wait in memory).
+            while len(self) < _SENT_AHEAD and sender.acknowledging() and sender.early_room(
+                BATCH_LINES * (1 + sum(not queued.prepared.ready for queued in self._queue))
+            ):
+                if not read_more():
+                    break
+            sender.wait_reported(number, min(deadline - now, 0.005))
+        prepared.delivered = sender.delivered_of(number, parsed.rids)
 
     def commit(self) -> BatchResult:
         """Commit the oldest batch with its position (its records that Kafka acknowledged already,

@@ -12,31 +12,28 @@ spool to Kafka. Running replay again on the same files sends nothing twice:
 
 from __future__ import annotations
 
-import collections
 import io
 import itertools
 import os
 import time
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
+import structlog
+
 from jobcompd.config.settings import DEFAULT_MAX_SPOOL_RECORDS
 from jobcompd.identity import REPLAY, Position, fingerprint, position_key
-from jobcompd.ingest import Ingestor, Queued, read_batches
+from jobcompd.ingest import Ingestor, ReadAhead, read_batches
 from jobcompd.logfile import BATCH_LINES, is_compressed, open_log, raw_offset
-from jobcompd.producer import Sender
-from jobcompd.state import BatchResult, State
+from jobcompd.producer import Sender, SenderThread
+from jobcompd.state import State, StateError
 from jobcompd.wakeup import Wakeup
 
 __all__ = ["ReplaySummary", "Replayer"]
 
 _STDIN = "-"
-
-_COMMITS_AHEAD = 2
-"""Batches read and handed to the commit thread before the oldest one's records are sent."""
 
 
 @dataclass(slots=True)
@@ -103,7 +100,14 @@ class _Progress:
 
 
 class Replayer:
-    """Reads files into the state and drives the sender until the spool is empty."""
+    """Reads files into the state while a sender thread delivers, until the spool is empty.
+
+    Threads, as ``jobcompd run``'s: the caller's reads each file and commits its batches in
+    order (:class:`ReadAhead`); the parse thread parses big batches and, while Kafka acknowledges
+    records as they go, sends their records at once (the caller commits such a batch once they
+    were acknowledged, as delivered: never spooled); the sender thread sends the rest of the spool
+    and settles delivery reports.
+    """
 
     def __init__(
         self,
@@ -121,6 +125,7 @@ class Replayer:
         self._max_spool = max_spool_records
         self._progress_stream = progress
         self._stop = stop or Wakeup()
+        self._log = structlog.get_logger("jobcompd.replay")
         self.summary = ReplaySummary()
         self._depth_before = self._left_before = 0
 
@@ -130,80 +135,92 @@ class Replayer:
         progress = _Progress(self._progress_stream, total) if self._progress_stream else None
         done_before = 0
         sender = self._sender
-        dead_before = sender.counters.dead_lettered
-        delivered_before = sender.counters.delivered
-        produced_before = sender.counters.produced
+        counters = sender.counters
+        dead_before = counters.dead_lettered
+        delivered_before = counters.delivered
+        produced_before = counters.produced
         # What the spool held at the start, and what this replay took out of it since (below).
         self._depth_before = self._state.spool_depth()
         self._left_before = delivered_before + dead_before
+        thread = SenderThread(sender, structlog.get_logger("jobcompd.producer"))
+        self._ingestor.send = thread.send_parsed
+        thread.start()
+
+        def show(done: int, *, force: bool = False) -> None:
+            if progress:
+                progress.show(done, self.summary.records, counters.delivered - delivered_before, force=force)
+
         try:
             for name in names:
                 if self._stop.is_set():
                     break
                 self.summary.files += 1
-                for consumed in self._read_file(name):
-                    self._send_while_full(progress, done_before + consumed)
-                    sender.pump(0)
-                    if progress:
-                        progress.show(
-                            done_before + consumed,
-                            self.summary.records,
-                            sender.counters.delivered - delivered_before,
-                        )
-                    if self._stop.is_set():
-                        break
+                for consumed in self._read_file(name, thread):
+                    self._wait_while_full(thread)
+                    show(done_before + consumed)
                 if name != _STDIN and os.path.exists(name):
                     done_before += os.path.getsize(name)
-            sender.wake()
-            while not self._stop.is_set() and not sender.idle():
-                sender.pump(0.1)
-                if progress:
-                    progress.show(
-                        done_before,
-                        self.summary.records,
-                        sender.counters.delivered - delivered_before,
-                    )
+            while not self._stop.is_set() and not self._call(thread, sender.idle):
+                self._stop.wait(0.05)
+                show(done_before)
         finally:
+            self._ingestor.send = None
+            show(done_before, force=True)
             if progress:
-                progress.show(
-                    done_before,
-                    self.summary.records,
-                    sender.counters.delivered - delivered_before,
-                    force=True,
-                )
                 progress.end()
+            thread.stop()
+            thread.join()
+        if thread.error is not None:
+            raise thread.error
         self.summary.interrupted = self._stop.is_set()
-        self.summary.left_in_spool = sender.close()
-        self.summary.delivered = sender.counters.delivered - delivered_before
-        self.summary.produced = sender.counters.produced - produced_before
-        self.summary.dead_lettered = sender.counters.dead_lettered - dead_before
+        self.summary.left_in_spool = thread.left_in_spool
+        self.summary.delivered = counters.delivered - delivered_before
+        self.summary.produced = counters.produced - produced_before
+        self.summary.dead_lettered = counters.dead_lettered - dead_before
         return self.summary
 
-    def _send_while_full(self, progress: _Progress | None, done: int) -> None:
-        """Backpressure: past ``max_spool_records``, send before reading more. The spool's depth is
-        looked up only once what this replay spooled, and has not seen leave it, may bring it
-        there: the look-up waits while a batch is committed."""
+    @staticmethod
+    def _call(thread: SenderThread, fn: Callable[[], bool]) -> bool:
+        """``fn()`` on the sender thread; its error if it stopped."""
+        if not thread.is_alive():
+            raise thread.error or RuntimeError("the sender thread stopped")
+        return bool(thread.call(fn))
+
+    def _wait_while_full(self, thread: SenderThread) -> None:
+        """Backpressure: past ``max_spool_records``, wait for the sender before reading more. The
+        spool's depth is looked up only once what this replay spooled, and has not seen leave it,
+        may bring it there."""
         counters = self._sender.counters
         left = counters.delivered + counters.dead_lettered - self._left_before
         if self._depth_before + self.summary.records - left <= self._max_spool:
             return
         while not self._stop.is_set() and self._state.spool_depth() > self._max_spool:
-            self._sender.pump(0.1)
+            if not thread.is_alive():
+                raise thread.error or RuntimeError("the sender thread stopped")
+            self._stop.wait(0.1)
 
-    def _committed(self, commits: _Committer) -> tuple[int, BatchResult]:
-        """The oldest batch's commit, serving delivery reports while it is not done."""
-        oldest = commits.oldest()
-        while not oldest.done():
-            self._sender.pump(0.002)
-        return commits.take()
-
-    def _count(self, read: int, result: BatchResult) -> None:
+    def _commit(self, ahead: ReadAhead, thread: SenderThread) -> None:
+        """Commit the oldest batch held, count it, and hand its new records to the sender."""
+        read = len(ahead.head.prepared.lines)
+        result = ahead.commit()
         self.summary.lines += read
         self.summary.records += result.spooled
         self.summary.already_known += result.already_known
         self.summary.quarantined += result.quarantined
+        thread.offer(result.fresh, size=result.fresh_bytes)
 
-    def _read_file(self, name: str) -> Iterator[int]:
+    def _commit_held(self, ahead: ReadAhead, thread: SenderThread) -> None:
+        """At a stop: commit the batches read and held, whose records may be in Kafka already
+        (sent as they were parsed), so that they are not sent again by the next replay."""
+        try:
+            while ahead:
+                if ahead.head.prepared.handed:
+                    ahead.await_reports(thread.sender, lambda: False, lambda: True)
+                self._commit(ahead, thread)
+        except StateError as exc:  # (what is not committed is read again next time)
+            self._log.error("cannot commit the batches held", error=str(exc))
+
+    def _read_file(self, name: str, thread: SenderThread) -> Iterator[int]:
         """Read one file in committed batches; yield the compressed bytes consumed so far."""
         label = "<stdin>" if name == _STDIN else str(Path(name).resolve())
         fh = open_log(name)
@@ -230,114 +247,54 @@ class Replayer:
             else:
                 pending = [first]
             st = os.fstat(fh.fileno()) if name != _STDIN else None
-            # Batch n+2 is parsed (on the parse thread) while batch n+1 is committed (on the
-            # commit thread: SQLite lets the interpreter go meanwhile) and batch n is sent.
-            commits = _Committer(self._ingestor)
             batches = read_batches(
                 itertools.chain(pending, fh),  # type: ignore[arg-type]
                 BATCH_LINES,
                 unfinished=self._ingestor.unfinished,
             )
+            ahead = ReadAhead(self._ingestor, self._state)
+
+            def read_more() -> bool:
+                """Read the next batch and hand it to the parse thread; whether there was one."""
+                nonlocal offset, line_no
+                lines = next(batches, None)
+                if not lines:
+                    return False
+                consumed = sum(map(len, lines))
+                position = None
+                if key is not None:
+                    position = Position(
+                        key=key,
+                        path=label,
+                        fingerprint=fp,
+                        offset=offset + consumed,
+                        line_no=line_no + len(lines),
+                        inode=st.st_ino if st else 0,
+                        dev=st.st_dev if st else 0,
+                    )
+                ahead.add(lines, source=label, position=position, first_line_no=line_no + 1,
+                          first_offset=offset)
+                offset += consumed
+                line_no += len(lines)
+                return True
+
+            halted = self._stop.is_set
             try:
-                while True:
-                    lines = next(batches, None)
-                    if lines:
-                        consumed = sum(map(len, lines))
-                        position = None
-                        if key is not None:
-                            position = Position(
-                                key=key,
-                                path=label,
-                                fingerprint=fp,
-                                offset=offset + consumed,
-                                line_no=line_no + len(lines),
-                                inode=st.st_ino if st else 0,
-                                dev=st.st_dev if st else 0,
-                            )
-                        prepared = self._ingestor.prepare(lines, source=label)
-                        commits.submit(Queued(prepared, position, line_no + 1, offset, None))
-                        offset += consumed
-                        line_no += len(lines)
-                    if len(commits) > _COMMITS_AHEAD or (commits and not lines):
-                        read, result = self._committed(commits)
-                        self._count(read, result)
-                        sender = self._sender
-                        # Flow control: while the sender delivers, read on only once it takes these.
-                        fresh, size = result.fresh, result.fresh_bytes
-                        while not self._stop.is_set() and sender.delivering() and not sender.takes(size):
-                            sender.pump(0.05)
-                        if not sender.offer(fresh, size=size):
-                            sender.wake()  # read them from the spool
-                        yield raw_offset(fh) if name != _STDIN else 0
-                        if self._stop.is_set():
-                            return
-                    if not lines and not commits:
-                        break
+                while not halted() and (ahead or read_more()):
+                    # Batch n+1 is parsed (and its records sent) while batch n waits for Kafka's
+                    # reports and is committed.
+                    if ahead.head.prepared.handed:
+                        if len(ahead) == 1:
+                            read_more()
+                        ahead.await_reports(thread.sender, read_more, halted)
+                    self._commit(ahead, thread)
+                    yield raw_offset(fh) if name != _STDIN else 0
             finally:
-                # Batches committed and not counted yet (stopped meanwhile) are counted; those
-                # not started are not committed, and are read again next time.
-                for read, result in commits.close():
-                    self._count(read, result)
+                # Stopped: the batches read are committed (their records may be in Kafka already).
+                self._commit_held(ahead, thread)
         finally:
             if name != _STDIN:
                 fh.close()
-
-
-class _Committer:
-    """Commits the batches of one file in order, on a thread of its own, beside the sender.
-
-    A failed commit stops the ones after it (they would move the position past its lines): they
-    fail too, and the first failure is what :meth:`take` raises.
-    """
-
-    def __init__(self, ingestor: Ingestor) -> None:
-        self._ingestor = ingestor
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobcompd-commit")
-        self._futures: collections.deque[tuple[int, Future[BatchResult]]] = collections.deque()
-        self._failed: BaseException | None = None
-
-    def __len__(self) -> int:
-        return len(self._futures)
-
-    def submit(self, queued: Queued) -> None:
-        """Commit ``queued`` after the batches submitted before it."""
-        self._futures.append((len(queued.prepared.lines), self._pool.submit(self._commit, queued)))
-
-    def _commit(self, queued: Queued) -> BatchResult:
-        if self._failed is not None:
-            raise self._failed
-        try:
-            return self._ingestor.commit(
-                queued.prepared,
-                source=queued.prepared.source,
-                first_line_no=queued.first_line_no,
-                first_offset=queued.first_offset,
-                position=queued.position,
-            )
-        except BaseException as exc:
-            self._failed = exc
-            raise
-
-    def oldest(self) -> Future[BatchResult]:
-        """The commit of the oldest batch not taken yet."""
-        return self._futures[0][1]
-
-    def take(self) -> tuple[int, BatchResult]:
-        """The lines and the commit of the oldest batch (waiting for it); raises its error."""
-        read, future = self._futures.popleft()
-        return read, future.result()
-
-    def close(self) -> list[tuple[int, BatchResult]]:
-        """Stop: the commit under way ends, those not started are dropped. The lines and commits of
-        the batches committed and not taken."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        done = [
-            (read, future.result())
-            for read, future in self._futures
-            if not future.cancelled() and future.exception() is None
-        ]
-        self._futures.clear()
-        return done
 
 
 def _skip(fh: BinaryIO, count: int) -> None:

@@ -1,5 +1,5 @@
 """``jobcompd replay`` end to end: a real jobcompd process, real brokers, checked record by record;
-and its commit thread on a real state."""
+and a failed commit on a real state."""
 
 from __future__ import annotations
 
@@ -11,20 +11,21 @@ import os
 import random
 import signal
 import socket
+import sqlite3
 import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
-from jobcompd.batch import ParseSpec
-from jobcompd.identity import Position
-from jobcompd.ingest import Ingestor, Prepared, Queued
+from jobcompd.config import load_settings
+from jobcompd.ingest import Ingestor
 from jobcompd.logfile import BATCH_LINES
-from jobcompd.producer import REPLAY_WINDOW
-from jobcompd.replay import _Committer
+from jobcompd.producer import REPLAY_WINDOW, Sender
+from jobcompd.replay import Replayer
 from jobcompd.state import State, StateError
 from tests.brokers import Broker
 from tests.brokers.mockcluster import MockCluster
@@ -295,6 +296,45 @@ def test_kill_9_at_random_points_then_rerun_loses_nothing(mock_cluster: MockClus
     assert mid_run >= trials // 2, "too few kills landed in the middle of a replay"
 
 
+def test_a_replay_stopped_and_run_again_sends_each_record_once(mock_cluster: MockCluster, tmp_path: Path) -> None:
+    """Replay sends a backlog's batches as soon as they are parsed, and commits them once Kafka
+    acknowledged them: a stop (SIGTERM) while some are sent and not committed commits them first,
+    so that the next replay sends none of them again. Nothing is lost, nothing is sent twice."""
+    mock_cluster.create_topic("mycluster", partitions=64)  # (the mock keeps about 5 MB a partition)
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, kafka_toml=SPREAD_BY_KEY)
+    lines = mixed_lines(150_000, seed=48)
+    log = tmp_path / "jobcomp.log"
+    rng = random.Random(4848)
+    stopped = 0
+    for trial in range(5):
+        with log.open("ab") as f:  # (the backlog grows between replays)
+            f.write(b"".join(lines[trial * 30_000 : (trial + 1) * 30_000]))
+        before = env.delivered()
+        proc = env.popen("replay", "--json", str(log))
+        # Stopped once a few more records were delivered, at a point of the backlog drawn.
+        target = before + rng.randint(1_000, 25_000)
+        while proc.poll() is None and env.delivered() < target:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode in (0, 1), err[-3000:]
+        summary = summary_json(subprocess.CompletedProcess([], 0, out, err))
+        stopped += summary["interrupted"]
+        print(f"stop {trial}: {summary['lines']} lines read, {summary['delivered']} delivered, "
+              f"interrupted {summary['interrupted']}")
+    done = env.run("replay", "--json", str(log))
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = expected_messages(lines)
+    arrival = check_arrival(
+        consume_all(mock_cluster.bootstrap, "mycluster", expected=len(expected), timeout=60), expected
+    )
+    assert arrival.exactly_once, (len(arrival.missing), arrival.duplicates, arrival.wrong_payload[:3])
+    assert stopped >= 3, "too few stops landed in the middle of a replay"
+    with closing(sqlite3.connect(env.db)) as db:
+        spooled = db.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()[0]
+    print(f"{spooled} of {len(expected)} records spooled; the others acknowledged before their commit")
+
+
 def test_check_config_connect(mock_cluster: MockCluster, tmp_path: Path) -> None:
     mock_cluster.create_topic("mycluster", partitions=3)
     env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, properties={"sasl.password": "hunter2"})
@@ -478,42 +518,42 @@ def test_fatal_idempotence_error_rebuilds_the_producer(mock_cluster: MockCluster
     print(f"fatal {code}: rebuilt, nothing lost, {arrival.duplicates} duplicate(s)")
 
 
-def test_a_failed_commit_stops_the_commits_after_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Replay commits on a thread of its own. When a batch's commit fails (here a flush the disk
-    refused), the batches after it are not committed, even once the disk takes them again: the
-    position would pass the failed batch's lines."""
+def test_a_failed_commit_stops_the_replay_where_the_state_stands_and_a_rerun_sends_the_rest(
+    mock_cluster: MockCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's commit fails (here the flush of the ones before it, which the disk refused): the
+    replay stops with the state's error, the position where the last batch committed left the
+    file, so that no line is passed over; a rerun, the disk good again, sends every record."""
     monkeypatch.setattr("jobcompd.state._flush._RETRY_S", 0.05)
-    lines = mixed_lines(900, seed=11)
-    batches = [lines[:300], lines[300:600], lines[600:]]
-    with State.open(tmp_path / "state") as state:
+    mock_cluster.create_topic("mycluster", partitions=16)
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, kafka_toml=SPREAD_BY_KEY)  # (the mock keeps ~5 MB a partition)
+    settings = load_settings(env.config)
+    lines = mixed_lines(8 * BATCH_LINES, seed=11)
+    log = tmp_path / "jobcomp.log"
+    log.write_bytes(b"".join(lines))
+
+    def replayer(state: State) -> Replayer:
+        ingestor = Ingestor.configured(state, settings.source, settings.cluster)
+        return Replayer(state, ingestor, Sender(state, settings.kafka, window=REPLAY_WINDOW))
+
+    with State.open(env.state_dir) as state:  # (synchronous = "full": flushed by a thread)
         disk = slow_disk(state)
-        commits = _Committer(Ingestor(state, ParseSpec(("UTC", None), None, 65536)))
-        offset = 0
-
-        def submit(part: list[bytes], line_no: int) -> None:
-            nonlocal offset
-            size = sum(map(len, part))
-            position = Position("replay:fp", "log", "fp", offset + size, line_no + len(part) - 1)
-            commits.submit(Queued(Prepared(part, "log"), position, line_no, offset, None))
-            offset += size
-
         disk.error = OSError(errno.EIO, os.strerror(errno.EIO))
-        submit(batches[0], 1)
-        assert commits.take()[1].spooled == 300
-        assert disk.failed.wait(10)  # the flush of the first batch failed ...
-        wait_for(lambda: state._flusher is not None and state._flusher._error is not None,
-                 timeout=10, what="the failed flush noted")  # ... and the flusher noted it
-        submit(batches[1], 301)
+        first = replayer(state)
         with pytest.raises(StateError, match="cannot flush"):
-            commits.take()
+            first.run([str(log)])
+        read = first.summary.lines
+        assert 0 < read < len(lines)
+        (stored,) = state.positions()
+        assert (stored.offset, stored.line_no) == (sum(map(len, lines[:read])), read)
         disk.error = None
-        disk.wait_for(1)  # the disk takes the log again: a commit would go through now
+        disk.wait_for(1)
         wait_for(lambda: state._flusher is not None and state._flusher._error is None,
                  timeout=10, what="the flush noted")
-        submit(batches[2], 601)
-        with pytest.raises(StateError, match="cannot flush"):
-            commits.take()
-        assert commits.close() == []
-        stored = state.position("replay:fp")
-        assert stored is not None and stored.offset == sum(map(len, batches[0]))
-        assert len(state.pending(limit=10**6)) == 300
+        again = replayer(state).run([str(log)])
+    assert again.complete and again.lines == len(lines) - read, again
+    expected = expected_messages(lines)
+    arrival = check_arrival(
+        consume_all(mock_cluster.bootstrap, "mycluster", expected=len(expected), timeout=60), expected
+    )
+    assert not arrival.missing and not arrival.unexpected and not arrival.wrong_payload
