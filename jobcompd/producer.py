@@ -46,7 +46,16 @@ from jobcompd.reports import InFlight, ReportHandling, SenderCounters, _reason, 
 from jobcompd.sendloop import Reports, channel, failures, produce_columns, produce_records, refusal_error
 from jobcompd.state import SpooledRecord, State, StateError
 
-__all__ = ["EARLY_WINDOW", "REPLAY_WINDOW", "WINDOW", "Sender", "SenderCounters", "SenderThread"]
+__all__ = [
+    "EARLY_WINDOW",
+    "REPLAY_EARLY_WINDOW",
+    "REPLAY_EARLY_WINDOW_BYTES",
+    "REPLAY_WINDOW",
+    "WINDOW",
+    "Sender",
+    "SenderCounters",
+    "SenderThread",
+]
 
 RECORD_ID_HEADER = "record_id"
 # librdkafka's statistics: which brokers are up. Some 50 kB of JSON made and read each time (per
@@ -57,14 +66,18 @@ _STATS_INTERVAL_MS = 15_000
 # Records handed to librdkafka and not yet reported, at most: at 50,000 records/s that is 50 ms of
 # records, several round trips to a broker; librdkafka holds a copy of each, so it is memory too.
 WINDOW = 2_500
-# replay pumps the sender between batches (2,000 lines) on its one thread: with less than two
-# batches' room, the reader runs ahead of it and the sender reads everything back from the spool.
+# replay's batches are 2,000 lines, the daemon's about 1,300 (512 KiB read at a time): with less
+# than two batches' room, the reader runs ahead of the sender, which reads everything back.
 REPLAY_WINDOW = 5_000
 # Batches produced before their commit (send_batch_early) and not acknowledged yet, with the records
 # in flight, at most: what Kafka acknowledges in the time a batch waits for it (tens of ms), not
 # more, so that brokers down or slow hold little in librdkafka (the batches after are spooled).
 EARLY_WINDOW = 6_000
 _EARLY_WINDOW_BYTES = 5 << 20
+# … replay's: it reads a file as fast as it can, and four of its batches in Kafka's hands (not
+# three) made it a fifth faster (the daemon's `run` not, its reader waiting on the tailer too).
+REPLAY_EARLY_WINDOW = 12_000
+REPLAY_EARLY_WINDOW_BYTES = 10 << 20
 _EARLY_STALL_S = 0.02
 _OFFERED_BYTES = 8 << 20  # payloads of batches offered and not yet sent, at most (~7 batches)
 # … and while the window is full: a batch or two, what the sender takes next once reports come
@@ -109,6 +122,8 @@ class Sender(ReportHandling):
 
     ``window`` bounds the records handed to librdkafka and not yet reported (and ``window_bytes``
     their payloads); the spool, not librdkafka's queue, is where the backlog waits.
+    ``early_window`` (and ``early_window_bytes``) bounds them with those of the batches produced
+    before their commit, while Kafka acknowledges records as they go (:meth:`_early_room`).
     """
 
     def __init__(
@@ -119,6 +134,8 @@ class Sender(ReportHandling):
         debug_jobcomp: bool = False,
         window: int = WINDOW,
         window_bytes: int = _WINDOW_BYTES,
+        early_window: int = EARLY_WINDOW,
+        early_window_bytes: int = _EARLY_WINDOW_BYTES,
         fetch: int = 1_000,
         logger: Any = None,
         producer_factory: Callable[[dict[str, Any]], Producer] = Producer,
@@ -128,6 +145,7 @@ class Sender(ReportHandling):
         self._debug = debug_jobcomp
         self._window = window
         self._window_bytes = window_bytes
+        self._early_window, self._early_window_bytes = early_window, early_window_bytes
         self._in_flight_bytes = 0
         self._fetch = fetch
         self._log = logger or structlog.get_logger("jobcompd.producer")
@@ -702,16 +720,16 @@ class Sender(ReportHandling):
 
     def _early_room(self, records: int, size: int) -> bool:
         """Whether a batch of ``records`` and ``size`` bytes of payloads fits the window of batches
-        produced before their commit (with the records in flight): ``EARLY_WINDOW`` records and
-        ``_EARLY_WINDOW_BYTES`` while Kafka acknowledges records as they go (one came within
-        ``_EARLY_STALL_S``), else the usual window — brokers down or slow hold no more in
-        librdkafka than without it."""
+        produced before their commit (with the records in flight): the early window
+        (``EARLY_WINDOW`` records and ``_EARLY_WINDOW_BYTES`` unless given) while Kafka
+        acknowledges records as they go (one came within ``_EARLY_STALL_S``), else the usual
+        window — brokers down or slow hold no more in librdkafka than without it."""
         held = len(self._in_flight) + self._early_records
         held_bytes = self._in_flight_bytes + self._early_bytes
-        window = max(self._window, EARLY_WINDOW)
+        window = max(self._window, self._early_window)
         if held and not self.acknowledging():
             window = self._window  # Kafka is not acknowledging as records go: the usual window
-        return held + records <= window and (not held or held_bytes + size <= _EARLY_WINDOW_BYTES)
+        return held + records <= window and (not held or held_bytes + size <= self._early_window_bytes)
 
     def _room(self) -> int:
         """How many more records the window takes (0 once its records or its bytes are full)."""

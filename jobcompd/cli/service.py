@@ -27,7 +27,7 @@ from jobcompd.state import StateError
 def _cmd_replay(args: argparse.Namespace) -> int:
     from jobcompd import logs
     from jobcompd.ingest import Ingestor
-    from jobcompd.producer import REPLAY_WINDOW, Sender
+    from jobcompd.producer import REPLAY_EARLY_WINDOW, REPLAY_EARLY_WINDOW_BYTES, REPLAY_WINDOW, Sender
     from jobcompd.replay import Replayer
 
     tune_memory()
@@ -57,7 +57,10 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     stop = _stop_on_signals()
     ingestor = Ingestor.configured(state, settings.source, settings.cluster)
     try:
-        sender = Sender(state, settings.kafka, debug_jobcomp=settings.log.debug_jobcomp, window=REPLAY_WINDOW)
+        sender = Sender(
+            state, settings.kafka, debug_jobcomp=settings.log.debug_jobcomp, window=REPLAY_WINDOW,
+            early_window=REPLAY_EARLY_WINDOW, early_window_bytes=REPLAY_EARLY_WINDOW_BYTES,
+        )
         replayer = Replayer(
             state,
             ingestor,
