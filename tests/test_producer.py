@@ -18,7 +18,14 @@ from structlog.testing import capture_logs
 from jobcompd import reports, sendloop
 from jobcompd.batch import RecordBatch
 from jobcompd.config import load_settings
-from jobcompd.producer import _OFFERED_BYTES, _OFFERED_BYTES_WINDOW_FULL, EARLY_WINDOW, Sender, SenderThread
+from jobcompd.producer import (
+    _OFFERED_BYTES,
+    _OFFERED_BYTES_WINDOW_FULL,
+    EARLY_WINDOW,
+    REPLAY_EARLY_WINDOW,
+    Sender,
+    SenderThread,
+)
 from jobcompd.state import BATCH_RECORDS, BatchResult, Delivery, NewRecord, SpooledRecord, State
 from tests.brokers.mockcluster import MockCluster
 from tests.brokers.readback import consume_all
@@ -464,33 +471,34 @@ def test_a_batch_sent_before_its_commit_is_committed_delivered_where_kafka_ackno
     assert_sent_in_order(mock_cluster, 700)
 
 
+@pytest.mark.parametrize("early", [EARLY_WINDOW, REPLAY_EARLY_WINDOW], ids=["run", "replay"])
 def test_a_batch_is_sent_before_its_commit_only_within_its_window_and_when_caught_up(
-    mock_cluster: MockCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    mock_cluster: MockCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, early: int
 ) -> None:
-    """Batches sent before their commit hold at most EARLY_WINDOW records unreported while Kafka
+    """Batches sent before their commit hold at most the early window's records unreported while Kafka
     acknowledges records as they go, and no more than the usual window once it does not (brokers
     down: librdkafka holds no more than without them); and only while the sender is caught up."""
     mock_cluster.create_topic("mycluster", 1)
     env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, params="poll_interval=60")
     with CountingState.open(env.state_dir, synchronous="normal") as state:
-        sender = Sender(state, load_settings(env.config).kafka, window=100)
+        sender = Sender(state, load_settings(env.config).kafka, window=100, early_window=early)
         sender.start()
         assert send_batch_early(sender, new(0, 10)) == 0  # the spool was not looked at yet
         sender.wake()
         send_all(sender, state)
-        assert not sender.early_room(EARLY_WINDOW + 1)
-        assert send_batch_early(sender, new(0, EARLY_WINDOW + 1)) == 0
+        assert not sender.early_room(early + 1)
+        assert send_batch_early(sender, new(0, early + 1)) == 0
         monkeypatch.setattr("jobcompd.producer._EARLY_STALL_S", 3600.0)  # (however slow the machine)
         first = send_batch_early(sender, new(0, 50))  # none unreported: the whole window
         all_reported(sender, first)  # a report came: Kafka acknowledges as records go
-        held = send_batch_early(sender, new(50, EARLY_WINDOW - 10))
+        held = send_batch_early(sender, new(50, early - 10))
         assert held and not sender.early_room(11) and sender.early_room(10)
         monkeypatch.setattr("jobcompd.producer._EARLY_STALL_S", 0.0)  # no report since: the usual
         assert not sender.early_room(1)  # window (100), which these fill
         all_reported(sender, held)
         monkeypatch.setattr("jobcompd.producer._EARLY_STALL_S", 3600.0)
-        assert len(sender.take_acked(held)) == EARLY_WINDOW - 60 and len(sender.take_acked(first)) == 50
-        assert sender.early_room(EARLY_WINDOW)
+        assert len(sender.take_acked(held)) == early - 60 and len(sender.take_acked(first)) == 50
+        assert sender.early_room(early)
         assert sender.offer(state.commit_batch(new(10_000, 10_010)).fresh)
         assert send_batch_early(sender, new(20_000, 20_005)) == 0  # an offer is not taken yet
         send_all(sender, state)
