@@ -12,9 +12,11 @@ spool to Kafka. Running replay again on the same files sends nothing twice:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import os
+import queue
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -180,23 +182,29 @@ class Replayer:
         return self.summary
 
     @staticmethod
-    def _call(thread: SenderThread, fn: Callable[[], bool]) -> bool:
-        """``fn()`` on the sender thread; its error if it stopped."""
+    def _alive(thread: SenderThread) -> None:
+        """Raise the sender thread's error if it stopped (reading on would be for nothing)."""
         if not thread.is_alive():
             raise thread.error or RuntimeError("the sender thread stopped")
-        return bool(thread.call(fn))
+
+    def _call(self, thread: SenderThread, fn: Callable[[], bool]) -> bool:
+        """``fn()`` on the sender thread; its error if it stopped (meanwhile, too)."""
+        while True:
+            self._alive(thread)
+            with contextlib.suppress(queue.Empty):
+                return bool(thread.call(fn, timeout=1.0))
 
     def _wait_while_full(self, thread: SenderThread) -> None:
         """Backpressure: past ``max_spool_records``, wait for the sender before reading more. The
         spool's depth is looked up only once what this replay spooled, and has not seen leave it,
         may bring it there."""
+        self._alive(thread)
         counters = self._sender.counters
         left = counters.delivered + counters.dead_lettered - self._left_before
         if self._depth_before + self.summary.records - left <= self._max_spool:
             return
         while not self._stop.is_set() and self._state.spool_depth() > self._max_spool:
-            if not thread.is_alive():
-                raise thread.error or RuntimeError("the sender thread stopped")
+            self._alive(thread)
             self._stop.wait(0.1)
 
     def _commit(self, ahead: ReadAhead, thread: SenderThread) -> None:

@@ -557,3 +557,38 @@ def test_a_failed_commit_stops_the_replay_where_the_state_stands_and_a_rerun_sen
         consume_all(mock_cluster.bootstrap, "mycluster", expected=len(expected), timeout=60), expected
     )
     assert not arrival.missing and not arrival.unexpected and not arrival.wrong_payload
+
+
+def test_a_sender_that_fails_ends_the_replay_with_its_error_and_loses_nothing(
+    mock_cluster: MockCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sender's thread fails (a bug, say): the replay stops reading and ends with that error,
+    not a wait for a sender that is gone; what it read stays in the state, for the next run."""
+    mock_cluster.create_topic("mycluster", partitions=16)
+    env = JobcompdEnv(tmp_path, mock_cluster.bootstrap, kafka_toml=SPREAD_BY_KEY)
+    settings = load_settings(env.config)
+    lines = mixed_lines(20 * BATCH_LINES, seed=12)
+    log = tmp_path / "jobcomp.log"
+    log.write_bytes(b"".join(lines))
+
+    def failing(self: Sender, timeout: float = 0.1) -> int:
+        raise RuntimeError("the sender's bug")
+
+    monkeypatch.setattr(Sender, "pump", failing)
+    with State.open(env.state_dir, synchronous="normal") as state:
+        ingestor = Ingestor.configured(state, settings.source, settings.cluster)
+        replayer = Replayer(state, ingestor, Sender(state, settings.kafka, window=REPLAY_WINDOW))
+        with pytest.raises(RuntimeError, match="the sender's bug"):
+            replayer.run([str(log)])
+        ingestor.close()
+        read = replayer.summary.records
+        assert 0 < read < len(lines)  # it stopped reading
+        assert state.spool_depth() + state.stats().delivered_total == read
+    monkeypatch.undo()
+    done = env.run("replay", "--json", str(log))
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = expected_messages(lines)
+    arrival = check_arrival(
+        consume_all(mock_cluster.bootstrap, "mycluster", expected=len(expected), timeout=60), expected
+    )
+    assert not arrival.missing and not arrival.unexpected and not arrival.wrong_payload
