@@ -18,7 +18,7 @@ import itertools
 import os
 import queue
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TextIO
@@ -157,9 +157,11 @@ class Replayer:
                 if self._stop.is_set():
                     break
                 self.summary.files += 1
-                for consumed in self._read_file(name, thread):
-                    self._wait_while_full(thread)
-                    show(done_before + consumed)
+                # (closed at once if the loop ends early: the batches held are committed now)
+                with contextlib.closing(self._read_file(name, thread)) as reading:
+                    for consumed in reading:
+                        self._wait_while_full(thread)
+                        show(done_before + consumed)
                 if name != _STDIN and os.path.exists(name):
                     done_before += os.path.getsize(name)
             while not self._stop.is_set() and not self._call(thread, sender.idle):
@@ -228,7 +230,7 @@ class Replayer:
         except StateError as exc:  # (what is not committed is read again next time)
             self._log.error("cannot commit the batches held", error=str(exc))
 
-    def _read_file(self, name: str, thread: SenderThread) -> Iterator[int]:
+    def _read_file(self, name: str, thread: SenderThread) -> Generator[int, None, None]:
         """Read one file in committed batches; yield the compressed bytes consumed so far."""
         label = "<stdin>" if name == _STDIN else str(Path(name).resolve())
         fh = open_log(name)
