@@ -75,6 +75,7 @@ WORKER_MIN_LINES = 200
 _ACK_WAIT_S = 0.05
 _SENT_AHEAD = 6
 
+
 def read_batches(
     fh: BinaryIO,
     size: int,
