@@ -68,3 +68,37 @@ print("stopped", flush=True)
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     assert proc.stdout.read() == "stopped\n"
+
+
+def test_its_waiter_serves_the_descriptors_it_watches_in_its_own_thread() -> None:
+    # The reader waits for inotify's descriptor beside its wake-up (no thread hands events over): a
+    # descriptor readable while it waits, or when it asks without waiting, is served by the waiting
+    # thread, which may set the wake-up or wait on.
+    wakeup = Wakeup()
+    r, w = os.pipe()
+    served: list[tuple[threading.Thread, bytes]] = []
+
+    def ready() -> None:
+        data = os.read(r, 100)
+        served.append((threading.current_thread(), data))
+        if b"x" in data:
+            wakeup.set()
+
+    wakeup.watch(r, ready)
+    try:
+        os.write(w, b"a")
+        started = time.monotonic()
+        assert not wakeup.wait(0.05) and time.monotonic() - started >= 0.05  # served, not set
+        assert served == [(threading.current_thread(), b"a")]
+        os.write(w, b"x")
+        assert wakeup.wait(0) and served[-1] == (threading.current_thread(), b"x")  # no wait
+        wakeup.clear()
+        threading.Timer(0.05, os.write, (w, b"x")).start()
+        assert wakeup.wait(30) and served[-1] == (threading.current_thread(), b"x")
+        wakeup.clear()
+        wakeup.unwatch(r)
+        os.write(w, b"x")
+        assert not wakeup.wait(0.05) and len(served) == 3  # no longer watched
+    finally:
+        os.close(r)
+        os.close(w)

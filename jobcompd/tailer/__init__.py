@@ -74,20 +74,6 @@ __all__ = [
 
 _PROBLEM_EVERY_S = 300.0  # a log that cannot be read is logged again this often
 
-__all__ = [
-    "Change",
-    "FileStatus",
-    "LineBatch",
-    "Lines",
-    "Observed",
-    "TailStatus",
-    "Tailer",
-    "classify",
-    "rotation_keys",
-    "rotation_stamp",
-    "take_lines",
-]
-
 
 class Tailer(FileReading, Siblings):
     """Follows one log file and returns batches of complete lines with their positions.
@@ -101,7 +87,8 @@ class Tailer(FileReading, Siblings):
     ``hold_for`` seconds of quiet before they are delivered as they are — only when the file ends
     where a ``write()`` can be seen cut (:data:`jobcompd.tailer.followed.WRITE_CUT`): elsewhere
     its end is a write's end.
-    :meth:`read` is called from one thread; the observer thread only wakes it.
+    :meth:`read` is called from one thread, which serves inotify's events as it waits (the polling
+    observer's thread, with ``poll``, only wakes it).
     """
 
     def __init__(
@@ -142,7 +129,9 @@ class Tailer(FileReading, Siblings):
         self._hold = hold
         self._hold_for = hold_for
         self._log = logger or structlog.get_logger("jobcompd.tailer")
-        self._wake = Wakeup()  # set by the watcher's thread, and by a signal handler (wake())
+        # Set by inotify's events (served as read() waits), the polling observer's thread, and a
+        # signal handler (wake()).
+        self._wake = Wakeup()
         self._interrupted = False  # set by wake(): the waiting read() returns
         self._read_all = False  # the last look left nothing to read, and inotify watches
         self._quiet_ends: float | None = None  # see FileReading._holding
@@ -236,7 +225,7 @@ class Tailer(FileReading, Siblings):
         # than one more for the look alone.
         look = (
             not self._read_all
-            or self._wake.is_set()
+            or self._wake.wait(0)  # (inotify's events queued are served: they may set it)
             or time.monotonic() >= self._next_look - max(timeout, 0.0)
         )
         while True:

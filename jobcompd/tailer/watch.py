@@ -1,15 +1,20 @@
 """The watch on the log's directory: watchdog events only wake the reader (they are hints).
 
-With inotify, the reader is woken from watchdog's inotify reader thread itself (``InotifyFD``, one
-thread). watchdog's ``Observer`` would pass each event through two more threads (an emitter that
-builds event objects, a dispatcher that calls handlers): at a thousand lines a second that was a
-quarter of the daemon's CPU and three thread hand-offs on the way from a write to the read. With
-``poll`` (NFS), watchdog's ``PollingObserver`` compares directory snapshots as before.
+With inotify, the reader waits for watchdog's inotify reader (``InotifyFD``) itself: its
+descriptor is polled beside the reader's wake-up (:meth:`Wakeup.watch`), and its events are read
+and matched by the reader's own thread, as it waits or before it looks. watchdog's ``Observer``
+would pass each event through three threads (the inotify reader, an emitter that builds event
+objects, a dispatcher that calls handlers): at a thousand lines a second that was a quarter of the
+daemon's CPU and three thread hand-offs on the way from a write to the read; ``InotifyFD``'s own
+thread alone was one hand-off, a tenth of a millisecond at the median. With ``poll`` (NFS),
+watchdog's ``PollingObserver`` compares directory snapshots on its thread, which sets the wake-up.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,7 @@ from watchdog.events import (
 )
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.inotify_c import (
+    DEFAULT_EVENT_BUFFER_SIZE,
     CallbackId,
     InotifyConstants,
     InotifyEvent,
@@ -50,6 +56,49 @@ _ENTRY_CHANGES = (
     _C.IN_CREATE | _C.IN_DELETE | _C.IN_MOVED_FROM | _C.IN_MOVED_TO | _C.IN_DELETE_SELF
     | _C.IN_MOVE_SELF | _C.IN_Q_OVERFLOW
 )
+
+
+class _InotifyHere(InotifyFD):
+    """watchdog's inotify reader without its thread: :meth:`dispatch` reads and serves the events
+    queued, when the caller's ``poll()`` says its descriptor (:meth:`fileno`) is readable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._is_reading = False  # no thread of its own reads it: close() closes it at once
+        os.set_blocking(self._inotify_fd, False)
+
+    def fileno(self) -> int:
+        return self._inotify_fd
+
+    def dispatch(self, written: bytes, wake: Wakeup) -> None:
+        """Read the events queued and serve each as watchdog's thread does (``handle_event``) —
+        except when they are all ``written``, the event of a write to the log (what a live log
+        makes, once per line): they only set ``wake``, without an object made for each."""
+        if self._closed:
+            return
+        try:
+            buffer = os.read(self._inotify_fd, DEFAULT_EVENT_BUFFER_SIZE)
+        except BlockingIOError:
+            return  # nothing queued after all
+        except OSError as exc:
+            if exc.errno == errno.EBADF:
+                return  # closed meanwhile (stopping)
+            raise
+        if written and buffer == written * (len(buffer) // len(written)):
+            wake.set()
+            return
+        for wd, mask, cookie, name in self._parse_event_buffer(buffer):
+            # (as watchdog's read_events(): the kernel's other events without a watch are ignored)
+            if wd != -1 or mask & _C.IN_Q_OVERFLOW:
+                self.handle_event(InotifyEvent(wd, mask, cookie, name))
+
+
+def _write_event(wd: int, name: bytes) -> bytes:
+    """The bytes of inotify's event for a write to the file ``name`` in the directory watched as
+    ``wd``: ``struct inotify_event`` and the name, padded with NULs to a multiple of its 16 bytes,
+    as the kernel pads it (another padding only makes every event take the general way)."""
+    size = (len(name) + 1 + 15) // 16 * 16
+    return struct.pack("iIII", wd, _C.IN_MODIFY, 0, size) + name.ljust(size, b"\0")
 
 
 class _Wake(FileSystemEventHandler):
@@ -118,8 +167,9 @@ class DirectoryWatch:
         self._log = logger
         self._observer: BaseObserver | None = None  # polling
         self._watch: ObservedWatch | None = None
-        self._inotify: InotifyFD | None = None
+        self._inotify: _InotifyHere | None = None
         self._wd: WatchDescriptor | None = None
+        self._written = b""  # inotify's event for a write to the log (_write_event), once watched
         self._target: tuple[str, str] | None = None  # a symbolic link's target: (directory, name)
         self._target_wd: WatchDescriptor | None = None
         # The path's entry may have changed (made, replaced: a link pointed elsewhere): look up
@@ -134,11 +184,22 @@ class DirectoryWatch:
             self._observer.daemon = True
             self._observer.start()
         else:
-            self._inotify = InotifyFD()  # one of its own, not watchdog's shared instance
-            self._inotify.daemon = True
-            self._inotify.name = "jobcompd-inotify"
-            self._inotify.start()
+            self._inotify = _InotifyHere()  # one of its own, not watchdog's shared instance
+            self._wake.watch(self._inotify.fileno(), self._dispatch)
         self.ensure()
+
+    def _dispatch(self) -> None:
+        """Serve inotify's events (the reader's thread, as it waits: :meth:`Wakeup.watch`)."""
+        inotify = self._inotify
+        if inotify is None:
+            return
+        try:
+            inotify.dispatch(self._written, self._wake)
+        except OSError as exc:  # as if events were lost: look, and look the path's entry up again
+            self._log.warning("cannot read inotify's events; looking at the log instead",
+                              error=str(exc))
+            self._resolve = True
+            self._wake.set()
 
     def ensure(self) -> None:
         """Watch the directory, if it is not watched yet and can be now; with inotify, and the log's
@@ -152,6 +213,7 @@ class DirectoryWatch:
                     self._wd = self._inotify.add_callback(
                         os.fsencode(directory), _INOTIFY_MASK, callback, _CALLBACK_ID
                     )
+                    self._written = _write_event(self._wd, os.fsencode(self._path.name))
                     self._resolve = True
                 if self._resolve or (self._target is not None and self._target_wd is None):
                     self._resolve = False
@@ -201,6 +263,7 @@ class DirectoryWatch:
         # One watch may serve both (a link to another name in its own directory).
         if wd == self._wd:
             self._wd = None
+            self._written = b""
         if wd == self._target_wd:
             self._target_wd = None
 
@@ -209,8 +272,11 @@ class DirectoryWatch:
         observer, self._observer = self._observer, None
         inotify, self._inotify = self._inotify, None
         self._watch = self._wd = self._target_wd = self._target = None
-        for thread in (observer, inotify):
-            if thread is not None:
-                thread.stop()
-                thread.join(timeout=10)
+        self._written = b""
+        if inotify is not None:
+            self._wake.unwatch(inotify.fileno())
+            inotify.close()
+        if observer is not None:
+            observer.stop()
+            observer.join(timeout=10)
 
