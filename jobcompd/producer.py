@@ -43,7 +43,15 @@ from jobcompd.logs import Quieter, librdkafka_logger
 from jobcompd.partitions import Partitions
 from jobcompd.producer_id import hasten_producer_id
 from jobcompd.reports import InFlight, ReportHandling, SenderCounters, _reason, _rid_of
-from jobcompd.sendloop import Reports, channel, failures, produce_columns, produce_records, refusal_error
+from jobcompd.sendloop import (
+    PythonReports,
+    Reports,
+    channel,
+    failures,
+    produce_columns,
+    produce_records,
+    refusal_error,
+)
 from jobcompd.state import SpooledRecord, State, StateError
 
 __all__ = [
@@ -379,14 +387,28 @@ class Sender(ReportHandling):
 
     def _sort_reports(self) -> None:
         """The reports of records of batches produced before their commit
-        (:meth:`send_batch_early`) are set aside with their batch, for :meth:`take_acked`; and
-        when a report that says delivered last came is noted (:meth:`_early_room`)."""
+        (:meth:`send_batch_early`) are set aside with their batch, for :meth:`take_acked`, and
+        those of records produced by :meth:`send_early` that say delivered, for
+        :meth:`take_early_acked`; and when a report that says delivered last came is noted
+        (:meth:`_early_room`)."""
         reports = self._reports
         if reports.delivered:
             self._acked_at = time.monotonic()
+        if self._batch_of:
+            self._sort_batches(reports)
+        early = self._early
+        if early and reports.delivered:
+            kept: list[bytes | None] = []
+            for key in reports.delivered:
+                rid = key.decode() if isinstance(key, bytes) else ""
+                if rid in early:
+                    self._early_delivered.append(key)
+                else:
+                    kept.append(key)
+            reports.delivered = kept
+
+    def _sort_batches(self, reports: PythonReports) -> None:
         batch_of = self._batch_of
-        if not batch_of:
-            return
         with self._acked:
             rest: list[bytes | None] = []
             for key in reports.delivered:
@@ -488,6 +510,33 @@ class Sender(ReportHandling):
             return sent
         finally:
             self._send_lock.release()
+
+    def take_early_acked(self, rids: Sequence[str]) -> set[str]:
+        """Of ``rids``, records produced by :meth:`send_early` whose batch is not committed yet,
+        those Kafka acknowledged already: no longer in flight, counted delivered here. The
+        caller's commit takes them as delivered (known, never spooled); :meth:`confirm` the others
+        once it is done."""
+        with self._send_lock:
+            reports = self._early_delivered
+            if not reports:
+                return set()
+            wanted = self._early.intersection(rids)
+            acked: set[str] = set()
+            kept: list[bytes | None] = []
+            for key in reports:
+                rid = _rid_of(key)
+                if rid in wanted:
+                    acked.add(rid)
+                else:
+                    kept.append(key)
+            if acked:
+                self._early_delivered = kept
+                self._early -= acked
+                entries = [self._in_flight.pop(rid, None) for rid in acked]
+                self._in_flight_bytes -= sum(entry[2] for entry in entries if entry is not None)
+                self.counters.delivered += len(acked)
+                self.counters.last_delivery_at = time.time()
+            return acked
 
     def send_parsed(self, parsed: RecordBatch) -> int:
         """A big batch just parsed (on the parse thread): its new records go to Kafka before the

@@ -298,6 +298,31 @@ def test_records_sent_before_their_commit_are_settled_once_it_is_and_sent_once(
     assert_sent_in_order(mock_cluster, 200)  # once each
 
 
+def test_records_sent_early_and_acknowledged_before_their_commit_are_committed_as_delivered(
+    mock_cluster: MockCluster, tmp_path: Path
+) -> None:
+    """A trickle's batch (``Daemon._early_acked``): the records sent early that Kafka acknowledged
+    before the commit are taken (``take_early_acked``) and committed as delivered — never
+    spooled, nothing to settle after; the others are spooled and settled by their reports once
+    confirmed, as before. Each goes to Kafka once, and counts once."""
+    with caught_up_sender(mock_cluster, tmp_path, window=250) as (_, state, sender):
+        batch = new(0, 100)
+        assert send_early(sender, batch[:60]) == 60
+        reports_for_early(sender, 60)
+        assert send_early(sender, batch[60:]) == 40  # their reports not served yet
+        acked = sender.take_early_acked([r.rid for r in batch])
+        assert acked == {r.rid for r in batch[:60]}
+        assert sender.counters.delivered == 60 and sender.take_early_acked([r.rid for r in batch]) == set()
+        result = commit_as_delivered(state, batch, acked)
+        assert [r.rid for r in result.fresh] == [r.rid for r in batch[60:]]
+        assert state.spool_depth() == 40 and state.stats().delivered_total == 60
+        assert sender.confirm(result.fresh) == []  # in flight already
+        send_all(sender, state)
+        assert state.records_read == 0 and sender.close() == 0
+        assert state.stats().delivered_total == 100 and sender.counters.delivered == 100
+    assert_sent_in_order(mock_cluster, 100)  # once each
+
+
 def test_a_batch_whose_later_records_were_sent_early_does_not_hold_up_the_next(
     mock_cluster: MockCluster, tmp_path: Path
 ) -> None:
