@@ -232,6 +232,13 @@ def test_record_ids_of_any_shape_are_made_known_and_found_again(state: State, id
     assert state.commit_batch(batch[:2]).spooled == 2
     assert state.known_among(ids, [0, 1, 2]) == {0, 1}
     assert state.known_among(ids, [7, 1, 2]) == {1}  # a record id is known with its job id
+    # One record alone (a trickle's, most often) is looked up by its key instead.
+    assert [state.known_among([rid], [i]) for i, rid in enumerate(ids)] == [{0}, {0}, set()]
+    assert state.known_among(ids[:1], [7]) == set()
+    for bad_rids, bad_jobids in (([b"x"], [0]), (["x"], [1 << 63]), ([b"x", "y"], [0, 1])):
+        with pytest.raises(StateError, match="a value was rejected") as refused:
+            state.known_among(bad_rids, bad_jobids)  # type: ignore[arg-type]
+        assert refused.value.rejected
     assert state.commit_batch(batch) == BatchResult(spooled=1, already_known=2, quarantined=0)
     assert [r.rid for r in state.pending()] == ids
     assert all(state.is_known(rid, i) for i, rid in enumerate(ids))
