@@ -26,10 +26,11 @@ class Wakeup:
     """``threading.Event``'s ``set``/``is_set``/``clear``/``wait``, with a ``set()`` that is safe in a
     signal handler (and from any thread). For one waiting thread: a ``set()`` wakes one waiter."""
 
-    __slots__ = ("_fd", "_flag", "_poll", "_ready")
+    __slots__ = ("_fd", "_flag", "_poll", "_ready", "_written")
 
     def __init__(self) -> None:
         self._flag = False
+        self._written = False  # set() may have added to the eventfd's count since clear() read it
         self._fd = -1
         self._fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._poll = select.poll()
@@ -44,13 +45,21 @@ class Wakeup:
     def set(self) -> None:
         self._flag = True
         os.eventfd_write(self._fd, 1)
+        self._written = True
+
+    def set_in_wait(self) -> None:
+        """:meth:`set`, from the waiting thread itself (a watched descriptor's ``ready()``): the
+        wait sees the flag as ``ready()`` returns, so nothing is written to wake it."""
+        self._flag = True
 
     def is_set(self) -> bool:
         return self._flag
 
     def clear(self) -> None:
         self._flag = False
-        self._drain()
+        if self._written:  # (else the count is 0: no read, no EAGAIN raised and caught)
+            self._written = False
+            self._drain()
 
     def _drain(self) -> None:
         try:

@@ -82,7 +82,7 @@ def test_its_waiter_serves_the_descriptors_it_watches_in_its_own_thread() -> Non
         data = os.read(r, 100)
         served.append((threading.current_thread(), data))
         if b"x" in data:
-            wakeup.set()
+            wakeup.set_in_wait()  # (the waiting thread itself: nothing written to wake it)
 
     wakeup.watch(r, ready)
     try:
@@ -99,6 +99,10 @@ def test_its_waiter_serves_the_descriptors_it_watches_in_its_own_thread() -> Non
         wakeup.unwatch(r)
         os.write(w, b"x")
         assert not wakeup.wait(0.05) and len(served) == 3  # no longer watched
+        wakeup.set()  # from any thread, as before
+        assert wakeup.wait(0)
+        wakeup.clear()
+        assert not wakeup.wait(0.05)  # what set() wrote was read by clear()
     finally:
         os.close(r)
         os.close(w)

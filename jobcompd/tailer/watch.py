@@ -85,7 +85,7 @@ class _InotifyHere(InotifyFD):
                 return  # closed meanwhile (stopping)
             raise
         if written and buffer == written * (len(buffer) // len(written)):
-            wake.set()
+            wake.set_in_wait()
             return
         for wd, mask, cookie, name in self._parse_event_buffer(buffer):
             # (as watchdog's read_events(): the kernel's other events without a watch are ignored)
@@ -126,20 +126,20 @@ class _InotifyWake:
         self._lost = lost
         self._moved = moved  # called when an entry of the log's own name may have changed
 
-    def on_event(self, event: InotifyEvent) -> None:
+    def on_event(self, event: InotifyEvent) -> None:  # (served by the reader, as it waits)
         if event.name.startswith(self._name) or not event.name:  # no name: the directory itself
             if self._moved is not None and event.mask & _ENTRY_CHANGES and event.name in (self._name, b""):
                 self._moved()
-            self._wake.set()
+            self._wake.set_in_wait()
 
     def on_watch_deleted(self, wd: WatchDescriptor) -> None:
         self._lost(wd)
         self._wake.set()
 
-    def on_queue_overflow(self) -> None:
+    def on_queue_overflow(self) -> None:  # (served by the reader, as it waits)
         if self._moved is not None:
             self._moved()
-        self._wake.set()
+        self._wake.set_in_wait()
 
 
 _WAKING_EVENTS: list[type[FileSystemEvent]] = [
