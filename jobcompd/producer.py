@@ -30,6 +30,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import suppress
 from typing import Any
 
@@ -118,6 +119,17 @@ class _EarlyBatch:
 
     def done(self) -> bool:
         return len(self.acked) + len(self.failed) >= len(self.rids)
+
+
+def _split_by_rid(
+    keys: list[bytes | None], rids: AbstractSet[str]
+) -> tuple[list[bytes | None], list[bytes | None]]:
+    """Of reports' message ``keys``, those of records in ``rids``, and the others, in their order."""
+    inside: list[bytes | None] = []
+    outside: list[bytes | None] = []
+    for key in keys:
+        (inside if _rid_of(key) in rids else outside).append(key)
+    return inside, outside
 
 
 def payload_bytes(records: Sequence[SpooledRecord]) -> int:
@@ -396,16 +408,9 @@ class Sender(ReportHandling):
             self._acked_at = time.monotonic()
         if self._batch_of:
             self._sort_batches(reports)
-        early = self._early
-        if early and reports.delivered:
-            kept: list[bytes | None] = []
-            for key in reports.delivered:
-                rid = key.decode() if isinstance(key, bytes) else ""
-                if rid in early:
-                    self._early_delivered.append(key)
-                else:
-                    kept.append(key)
-            reports.delivered = kept
+        if self._early and reports.delivered:
+            early, reports.delivered = _split_by_rid(reports.delivered, self._early)
+            self._early_delivered += early
 
     def _sort_batches(self, reports: PythonReports) -> None:
         batch_of = self._batch_of
@@ -517,18 +522,10 @@ class Sender(ReportHandling):
         caller's commit takes them as delivered (known, never spooled); :meth:`confirm` the others
         once it is done."""
         with self._send_lock:
-            reports = self._early_delivered
-            if not reports:
+            if not self._early_delivered:
                 return set()
-            wanted = self._early.intersection(rids)
-            acked: set[str] = set()
-            kept: list[bytes | None] = []
-            for key in reports:
-                rid = _rid_of(key)
-                if rid in wanted:
-                    acked.add(rid)
-                else:
-                    kept.append(key)
+            taken, kept = _split_by_rid(self._early_delivered, self._early.intersection(rids))
+            acked = set(map(_rid_of, taken))
             if acked:
                 self._early_delivered = kept
                 self._early -= acked

@@ -31,7 +31,7 @@ class Wakeup:
     def __init__(self) -> None:
         self._flag = False
         self._written = False  # set() may have added to the eventfd's count since clear() read it
-        self._fd = -1
+        self._fd = -1  # (what __del__ finds, should eventfd() fail)
         self._fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._poll = select.poll()
         self._poll.register(self._fd, select.POLLIN)
