@@ -11,8 +11,11 @@ three-broker Kafka in its own process, on loopback; a fresh one per measurement)
    and the floor: confluent-kafka alone (``bench/bulk_producer.py``) sending the records of the
    same lines as jobcompd sends them (through jobcompd's channel where the compiled send loop is
    in use), with nothing else to do (no reading, parsing or state).
-   The baselines, ``replay`` and ``run`` in the default configuration are the median of
-   ``--baseline-runs`` runs each (3); the other steps run once;
+   ``replay`` and ``run`` in the default configuration and their rsyslog baselines are measured in
+   ``--baseline-runs`` rounds (5), each of the four once a round, in turn (rsyslog, ``replay``,
+   rsyslog appended, ``run``): each rate is the median of its rounds, and each ratio to rsyslog
+   the median of the rounds' ratios, of runs seconds apart (the machine's speed drifts over
+   minutes). kcat is the median of as many runs; the other steps run once;
 2. latency: lines appended one at a time at a steady rate, write → delivery report (the daemon's
    "job delivered" log line, ``debug_jobcomp``) and write → a consumer receiving the message
    (matched by record id); then rsyslog imfile → omkafka on the same lines at the same rate, write →
@@ -199,31 +202,81 @@ def rate(records: int, seconds: float) -> float:
 # -- 1. throughput -------------------------------------------------------------------------------
 
 
-def _median_of(run: Run, key: str, label: str, runs: int, once: Callable[[int], dict[str, Any]]) -> None:
-    """``once(i)`` for each of ``runs`` runs (each returns its figures, ``elapsed`` among them; each
-    has a workspace of its own): the median run's figures are ``run.figures[key]``, as the
-    baselines are medians of theirs."""
-    results = [once(i) for i in range(runs)]
-    median = sorted(results, key=lambda one: one["elapsed"])[len(results) // 2]
+def _median_figures(run: Run, key: str, label: str, results: list[dict[str, Any]]) -> None:
+    """The median of ``results`` (the figures of runs, ``elapsed`` among them) is
+    ``run.figures[key]``, with every run's rate (``rates``)."""
+    median = dict(sorted(results, key=lambda one: one["elapsed"])[len(results) // 2])
+    median["rates"] = [one["rate"] for one in results]
     run.figures[key] = median
-    if runs > 1:
+    if len(results) > 1:
         times = ", ".join(f"{one['elapsed']:.2f}" for one in results)
-        print(f"  {label}: median of {runs} runs ({times} s) = {median['rate']:,.0f} records/s")
+        print(f"  {label}: median of {len(results)} runs ({times} s) = {median['rate']:,.0f} records/s")
+
+
+# The default configuration's throughput and the rsyslog baseline each is a ratio to, measured in
+# rounds: each of these once a round, in this order. Runs of a round are seconds apart, the
+# rounds a minute: a machine whose speed drifts over minutes (some 10-20 % within a session here)
+# then slows or speeds each pair alike, which runs measured minutes apart it does not.
+ROUNDS = ("rsyslog", "replay", "rsyslog-run", "daemon")
+PAIRED = {"replay": "rsyslog", "daemon": "rsyslog-run"}  # shipper -> its baseline
+
+
+def in_rounds(key: str, run: Run) -> None:
+    """``key`` (of ``ROUNDS``) alone in :func:`throughput_rounds`."""
+    throughput_rounds(run, [key])
+
+
+def throughput_rounds(run: Run, keys: list[str]) -> None:
+    """``keys`` (of ``ROUNDS``, in its order) measured ``--baseline-runs`` times in rounds; each
+    one's figures the median of its runs (``rates``: every run's), and ``paired`` of a shipper
+    whose baseline ran too: the ratio of its rate to the baseline's, in each round. A measurement
+    that fails is reported and left out of the rounds after."""
+    once: dict[str, Callable[[int], Any]] = {
+        "rsyslog": functools.partial(_rsyslog_once, run, "rsyslog", False),
+        "replay": functools.partial(_replay_once, run, "replay", False, DEFAULT_PARTITIONING),
+        "rsyslog-run": functools.partial(_rsyslog_once, run, "rsyslog-run", True),
+        "daemon": functools.partial(_daemon_once, run, "daemon", False, DEFAULT_PARTITIONING),
+    }
+    results: dict[str, list[Any]] = {key: [] for key in keys}
+    rounds = run.args.baseline_runs
+    for i in range(rounds):
+        print(f"  round {i + 1} of {rounds}", flush=True)
+        for key in keys:
+            if key in run.failures:
+                continue
+            try:
+                results[key].append(once[key](i))
+            except BenchError as exc:
+                run.failures[key] = str(exc)
+                print(f"  FAILED: {key}: {exc}", flush=True)
+            except Exception as exc:
+                run.failures[key] = f"{type(exc).__name__}: {exc}"
+                print(f"  FAILED: {key}: {type(exc).__name__}: {exc}", flush=True)
+                traceback.print_exc()
+    for key in keys:
+        if key in run.failures or not results[key]:
+            continue
+        if key.startswith("rsyslog"):
+            _rsyslog_figures(run, key, results[key])
+        else:
+            _median_figures(run, key, f"jobcompd {'replay' if key == 'replay' else 'run'}", results[key])
+    for key, base in PAIRED.items():
+        if key in run.figures and base in run.figures and key in keys and base in keys:
+            paired = [one["rate"] / rate(run.n, other.elapsed)
+                      for one, other in zip(results[key], results[base], strict=True)]
+            run.figures[key]["paired"] = paired
+            print(f"  {'replay' if key == 'replay' else 'run'} / {RSYSLOG_NAME[base]}, round by round: "
+                  f"{', '.join(f'{r:.3g}' for r in paired)}; median {statistics.median(paired):.3g}")
 
 
 def throughput_replay(
     run: Run, *, parse_worker: bool = False, partitioning: str = DEFAULT_PARTITIONING
 ) -> None:
-    """``jobcompd replay`` of the N lines, timed from exec to its last delivery report (committed),
-    as ``run`` is timed; in the default configuration ``--baseline-runs`` times (median), as the
-    baselines."""
-    key = (
-        "replay-worker" if parse_worker
-        else "replay" if partitioning == DEFAULT_PARTITIONING else f"replay-{partitioning}"
-    )
-    runs = run.args.baseline_runs if key == "replay" else 1
-    _median_of(run, key, "jobcompd replay", runs,
-               functools.partial(_replay_once, run, key, parse_worker, partitioning))
+    """``jobcompd replay`` of the N lines with a parse worker or another partitioning, once, timed
+    from exec to its last delivery report (committed), as ``run`` is timed (the default
+    configuration is measured in rounds: :func:`throughput_rounds`)."""
+    key = "replay-worker" if parse_worker else f"replay-{partitioning}"
+    run.figures[key] = _replay_once(run, key, parse_worker, partitioning, 0)
 
 
 def _replay_once(run: Run, key: str, parse_worker: bool, partitioning: str, i: int) -> dict[str, Any]:
@@ -282,15 +335,11 @@ def _replay_once(run: Run, key: str, parse_worker: bool, partitioning: str, i: i
 def throughput_daemon(
     run: Run, *, parse_worker: bool = False, partitioning: str = DEFAULT_PARTITIONING
 ) -> None:
-    """The live daemon: N lines appended in bulk to its log, until the state counts N delivered; in
-    the default configuration ``--baseline-runs`` times (median), as the baselines."""
-    key = (
-        "daemon-worker" if parse_worker
-        else "daemon" if partitioning == DEFAULT_PARTITIONING else f"daemon-{partitioning}"
-    )
-    runs = run.args.baseline_runs if key == "daemon" else 1
-    _median_of(run, key, "jobcompd run", runs,
-               functools.partial(_daemon_once, run, key, parse_worker, partitioning))
+    """The live daemon with a parse worker or another partitioning, once: N lines appended in bulk
+    to its log, until the state counts N delivered (the default configuration is measured in
+    rounds: :func:`throughput_rounds`)."""
+    key = "daemon-worker" if parse_worker else f"daemon-{partitioning}"
+    run.figures[key] = _daemon_once(run, key, parse_worker, partitioning, 0)
 
 
 def _daemon_once(run: Run, key: str, parse_worker: bool, partitioning: str, i: int) -> dict[str, Any]:
@@ -355,47 +404,45 @@ def baseline_kcat(run: Run) -> None:
     )
 
 
-def baseline_rsyslog(run: Run) -> None:
-    """rsyslog imfile → omkafka on the same file, its own rsyslogd, ``--baseline-runs`` times
-    (median): started on the whole file, as ``replay`` is timed."""
-    _baseline_rsyslog(run, "rsyslog", appended=False)
-
-
-def baseline_rsyslog_run(run: Run) -> None:
-    """The same, running while the file is appended to it in bulk, timed from the first byte, as
-    ``run`` is timed (``--baseline-runs`` times, median)."""
-    _baseline_rsyslog(run, "rsyslog-run", appended=True)
-
-
-def _baseline_rsyslog(run: Run, key: str, *, appended: bool) -> None:
+def _rsyslog_once(run: Run, key: str, appended: bool, i: int) -> baselines.BaselineRun:
+    """One run of rsyslog imfile → omkafka (its own rsyslogd and broker): the file appended while
+    it runs (``appended``), else started on the whole file."""
     if run.baselines_unavailable:
         raise BenchError(f"skipped: {run.baselines_unavailable}")
-    results = []
-    for i in range(run.args.baseline_runs):
-        with mock_cluster(TOPIC, run.partitions) as cluster:
-            result = baselines.run_rsyslog(
-                run.lines_file,
-                run.n,
-                cluster,
-                TOPIC,
-                run.partitions,
-                run.workspace / f"{key}-{i}",
-                timeout=run.timeout(),
-                appended=appended,
-            )
-        if result.stored != run.n:
-            raise BenchError(f"{key}: the topic holds {result.stored} messages, expected {run.n}")
-        results.append(result)
+    with mock_cluster(TOPIC, run.partitions) as cluster:
+        result = baselines.run_rsyslog(
+            run.lines_file,
+            run.n,
+            cluster,
+            TOPIC,
+            run.partitions,
+            run.workspace / f"{key}-{i}",
+            timeout=run.timeout(),
+            appended=appended,
+        )
+    if result.stored != run.n:
+        raise BenchError(f"{key}: the topic holds {result.stored} messages, expected {run.n}")
+    print(f"  rsyslog omkafka ({APPENDED[appended]}): {run.n:,} lines delivered in {result.elapsed:.2f} s "
+          f"= {rate(run.n, result.elapsed):,.0f} records/s", flush=True)
+    return result
+
+
+APPENDED = {False: "from its start", True: "appended while it runs"}
+
+
+def _rsyslog_figures(run: Run, key: str, results: list[baselines.BaselineRun]) -> None:
+    """rsyslog's figures (``run.figures[key]``): the median of its runs."""
     times = [r.elapsed for r in results]
     elapsed = statistics.median(times)
     notes = "; ".join(sorted({r.note for r in results if r.note}))
     r = rate(run.n, elapsed)
     median_run = sorted(results, key=lambda one: one.elapsed)[len(results) // 2]
     cpu = median_run.cpu.figures() if median_run.cpu else {}
-    run.figures[key] = {"rate": r, "elapsed": elapsed, "note": notes, **cpu}
-    how = "appended while it runs" if appended else "from its start"
+    rates = [rate(run.n, t) for t in times]
+    run.figures[key] = {"rate": r, "elapsed": elapsed, "note": notes, "rates": rates, **cpu}
+    appended = key == "rsyslog-run"
     print(
-        f"  rsyslog omkafka ({how}): {run.n:,} lines delivered in {elapsed:.2f} s = {r:,.0f} records/s "
+        f"  rsyslog omkafka ({APPENDED[appended]}): median {r:,.0f} records/s "
         f"(median of {len(times)} runs: {', '.join(f'{t:.2f}' for t in times)} s"
         + (f"; the median run's {median_run.cpu.text()}" if median_run.cpu else "") + ")"
         + (f"\n  {'notes' if appended else 'quirk'}: {notes}" if notes else "")
@@ -1069,11 +1116,14 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
     def failed(name: str) -> str:
         return "failed: " + run.failures[name].splitlines()[0][:120] if name in run.failures else "not run"
 
-    def ratios(r: float, rsyslog: str = "rsyslog") -> str:
+    def ratios(r: float, rsyslog: str = "rsyslog", paired: list[float] | None = None) -> str:
         parts = []
         for base in ("kcat", rsyslog):
             if base in f:
-                parts.append(f"{r / f[base]['rate']:.3g}× {RSYSLOG_NAME.get(base, base)}")
+                ratio = statistics.median(paired) if paired and base == rsyslog else r / f[base]["rate"]
+                parts.append(f"{ratio:.3g}× {RSYSLOG_NAME.get(base, base)}")
+        if paired and rsyslog in f:
+            parts.append(f"the median of the rounds' {', '.join(f'{one:.3g}' for one in paired)}")
         return ", ".join(parts) or "—"
 
     for key, label in (
@@ -1091,9 +1141,12 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
         goal = f"≥ {GOAL_RSYSLOG_RATIO:.1f}× {RSYSLOG_NAME[rsyslog]}"
         if key in f:
             r = f[key]["rate"]
-            met = _met(r / f[rsyslog]["rate"] >= GOAL_RSYSLOG_RATIO) if rsyslog in f else "—"
+            # A shipper measured in rounds with its baseline: the median of the rounds' ratios.
+            paired = f[key].get("paired") if rsyslog == PAIRED.get(key) else None
+            ratio = statistics.median(paired) if paired else r / f[rsyslog]["rate"] if rsyslog in f else None
+            met = _met(ratio >= GOAL_RSYSLOG_RATIO) if ratio is not None else "—"
             value = f"{r:,.0f} records/s ({f[key]['elapsed']:.1f} s)"
-            rows.append((label, value, goal, met, ratios(r, rsyslog)))
+            rows.append((label, value, goal, met, ratios(r, rsyslog, paired)))
         else:
             rows.append((label, failed(key), goal, "—", "—"))
     for key, label in (
@@ -1251,7 +1304,7 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
 
 
 STEPS: dict[str, tuple[str, Callable[[Run], None]]] = {
-    "replay": ("1. throughput: jobcompd replay", throughput_replay),
+    "replay": ("1. throughput: jobcompd replay", functools.partial(in_rounds, "replay")),
     "replay-worker": (
         "1. throughput: jobcompd replay, parse_worker = true",
         functools.partial(throughput_replay, parse_worker=True),
@@ -1260,7 +1313,7 @@ STEPS: dict[str, tuple[str, Callable[[Run], None]]] = {
         '1. throughput: jobcompd replay, kafka.partitioning = "key"',
         functools.partial(throughput_replay, partitioning="key"),
     ),
-    "daemon": ("1. throughput: jobcompd run (live daemon)", throughput_daemon),
+    "daemon": ("1. throughput: jobcompd run (live daemon)", functools.partial(in_rounds, "daemon")),
     "daemon-worker": (
         "1. throughput: jobcompd run, parse_worker = true",
         functools.partial(throughput_daemon, parse_worker=True),
@@ -1270,10 +1323,10 @@ STEPS: dict[str, tuple[str, Callable[[Run], None]]] = {
         functools.partial(throughput_daemon, partitioning="key"),
     ),
     "kcat": ("1. throughput baseline: kcat", baseline_kcat),
-    "rsyslog": ("1. throughput baseline: rsyslog imfile → omkafka", baseline_rsyslog),
+    "rsyslog": ("1. throughput baseline: rsyslog imfile → omkafka", functools.partial(in_rounds, "rsyslog")),
     "rsyslog-run": (
         "1. throughput baseline: rsyslog imfile → omkafka, the lines appended while it runs",
-        baseline_rsyslog_run,
+        functools.partial(in_rounds, "rsyslog-run"),
     ),
     "floor": ("1. throughput floor: confluent-kafka alone, jobcompd's records", throughput_floor),
     "latency": ("2. latency", latency),
@@ -1300,7 +1353,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--only", help=f"comma-separated subset of: {','.join(MEASUREMENTS)}")
     ap.add_argument(
-        "--baseline-runs", type=int, default=3,
+        "--baseline-runs", type=int, default=5,
         help="runs of each baseline, and of replay and run in the default configuration (median)",
     )
     ap.add_argument("--seed", type=int, default=42)
@@ -1354,8 +1407,15 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         run = Run(args, workspace, lines_file, args.lines, baselines_unavailable=unavailable)
+        rounds = [key for key in ROUNDS if key in args.only]
+        if rounds:
+            which = ", ".join(STEPS[key][0].split(": ", 1)[1] for key in rounds)
+            print(f"\n== 1. throughput in rounds: {which}", flush=True)
+            t = time.monotonic()
+            throughput_rounds(run, rounds)
+            print(f"  ({time.monotonic() - t:.0f} s)", flush=True)
         for name in MEASUREMENTS:
-            if name not in args.only:
+            if name not in args.only or name in rounds:
                 continue
             title, step = STEPS[name]
             print(f"\n== {title}", flush=True)
