@@ -601,54 +601,147 @@ def _records(lines: list[bytes]) -> Iterator[tuple[str, bytes]]:
 
 
 def latency(run: Run) -> None:
-    """One line at a time at ``--latency-rate`` lines/s: write → consumer in the default
-    configuration, then write → delivery report in a second run with ``debug_jobcomp`` on (each
-    report logged, the only way to see when it came; that logging costs CPU the default spares),
-    then write → consumer again with ``kafka.partitioning = "key"``."""
-    per_s, seconds = run.args.latency_rate, run.args.latency_seconds
-    count = int(per_s * seconds)
-    lines = mixed_lines(WARMUP_LINES + count, seed=20261124)
-    rids = [rid for rid, _ in _records(lines)]
-    measured = rids[WARMUP_LINES:]
-    # What a slurmctld of 17.11 or later writes is timed apart as well: a 17.02 line waited for
-    # the next line before the nineteenth pass (it may start a newer record cut by a line break,
-    # docs/reading.md); now only when the file ends on a page boundary.
-    newer = {rid for rid, line in zip(rids, lines, strict=True) if _generation(line) != "17.02"}
-    figures: dict[str, Any] = {"count": count, "seconds": seconds}
-    for logged, partitioning in (
-        (False, DEFAULT_PARTITIONING), (True, DEFAULT_PARTITIONING), (False, OTHER_PARTITIONING)
-    ):
-        written, consumed_at, delivered_at, cpu, created = _latency_run(
-            run, lines, logged=logged, partitioning=partitioning
-        )
-        consumed = [
-            consumed_at[rid] - w for rid, w in zip(measured, written, strict=True) if rid in consumed_at
-        ]
-        if len(consumed) != count:
-            raise BenchError(f"latency: {len(consumed)} consumed of {count}")
-        figures["rate"] = rate(count - 1, written[-1] - written[0])
-        consumed_newer = [
-            consumed_at[rid] - w for rid, w in zip(measured, written, strict=True) if rid in newer
-        ]
-        if partitioning == OTHER_PARTITIONING:
-            figures["consumer_other"] = _summary_ms(consumed)
-            figures["consumer_other_newer"] = _summary_ms(consumed_newer)
-            figures["cpu_other_pct"] = cpu
-            continue
-        if not logged:
-            figures["consumer"] = _summary_ms(consumed)
-            figures["consumer_newer"] = _summary_ms(consumed_newer)
-            figures["cpu_pct"] = cpu
-            figures["produce"] = _summary_ms(
-                [created[rid] - w for rid, w in zip(measured, written, strict=True) if rid in created]
-            )
-            continue
-        figures["consumer_logged"] = _summary_ms(consumed)
-        dr = [delivered_at[rid] - w for rid, w in zip(measured, written, strict=True) if rid in delivered_at]
-        if len(dr) != count:
-            raise BenchError(f"latency: {len(dr)} delivery reports of {count}")
-        figures["dr"] = _summary_ms(dr)
-    run.figures["latency"] = figures
+    """The latency step alone (without rsyslog's): :func:`latency_rounds`."""
+    latency_rounds(run, ["latency"])
+
+
+# Write → consumer in the default configuration and rsyslog's, measured in rounds as throughput
+# is: rsyslog, then jobcompd, ``--latency-rounds`` times; each p99 ratio is of runs a minute apart.
+LATENCY_ROUNDS = ("latency-rsyslog", "latency")
+
+
+@dataclass
+class LatencyLines:
+    """The lines every latency run writes (a warm-up first), and which records it times."""
+
+    lines: list[bytes]
+    measured: list[str]  # the record ids of the lines timed, in order
+    newer: set[str]  # the record ids of lines a slurmctld of 17.11 or later writes
+
+    @classmethod
+    def of(cls, run: Run) -> LatencyLines:
+        count = int(run.args.latency_rate * run.args.latency_seconds)
+        lines = mixed_lines(WARMUP_LINES + count, seed=20261124)
+        rids = [rid for rid, _ in _records(lines)]
+        # What a slurmctld of 17.11 or later writes is timed apart as well: a 17.02 line waited for
+        # the next line before the nineteenth pass (it may start a newer record cut by a line
+        # break, docs/reading.md); now only when the file ends on a page boundary.
+        newer = {rid for rid, line in zip(rids, lines, strict=True) if _generation(line) != "17.02"}
+        return cls(lines, rids[WARMUP_LINES:], newer)
+
+
+def latency_rounds(run: Run, keys: list[str]) -> None:
+    """``keys`` (of ``LATENCY_ROUNDS``, in its order) measured ``--latency-rounds`` times in
+    rounds: one line at a time at ``--latency-rate`` lines/s, write → consumer, rsyslog's
+    (:func:`_latency_rsyslog_once`) and jobcompd's in the default configuration; each figure the
+    round with the median p99, and ``paired``: jobcompd's p99 over rsyslog's, round by round. Then,
+    once each, jobcompd's runs with ``debug_jobcomp`` (write → delivery report) and by key."""
+    text = LatencyLines.of(run)
+    results: dict[str, list[dict[str, Any]]] = {key: [] for key in keys}
+    rounds = run.args.latency_rounds
+    for i in range(rounds):
+        if rounds > 1:
+            print(f"  round {i + 1} of {rounds}", flush=True)
+        for key in keys:
+            if key in run.failures:
+                continue
+            try:
+                if key == "latency-rsyslog":
+                    results[key].append(_latency_rsyslog_once(run, i))
+                else:
+                    results[key].append(_latency_default(run, i, text=text))
+            except BenchError as exc:
+                run.failures[key] = str(exc)
+                print(f"  FAILED: {key}: {exc}", flush=True)
+            except Exception as exc:
+                run.failures[key] = f"{type(exc).__name__}: {exc}"
+                print(f"  FAILED: {key}: {type(exc).__name__}: {exc}", flush=True)
+                traceback.print_exc()
+    for key in keys:
+        if key not in run.failures and results[key]:
+            run.figures[key] = _median_round(results[key])
+    lat, rsyslog = run.figures.get("latency"), run.figures.get("latency-rsyslog")
+    if lat is not None and rsyslog is not None:
+        lat["paired"] = {
+            which: [ours[which]["p99"] / theirs["consumer"]["p99"]
+                    for ours, theirs in zip(results["latency"], results["latency-rsyslog"], strict=True)]
+            for which in ("consumer", "consumer_newer")
+        }
+        for which, label in (("consumer", "all lines"), ("consumer_newer", "lines of 17.11 on")):
+            paired = lat["paired"][which]
+            print(f"  p99 write → consumer over rsyslog's, {label}, round by round: "
+                  f"{', '.join(f'{r:.3g}' for r in paired)}; median {statistics.median(paired):.3g}")
+    if "latency" in keys and lat is not None:
+        try:
+            _latency_others(run, text, lat)
+        except BenchError as exc:
+            run.failures["latency"] = str(exc)
+            print(f"  FAILED: latency: {exc}", flush=True)
+            return
+    if lat is not None and "dr" in lat:
+        _print_latency(lat)
+
+
+def _median_round(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Of rounds' figures, the round whose write → consumer p99 is the median, with every round's
+    p99 (``p99s``)."""
+    median = dict(sorted(results, key=lambda one: one["consumer"]["p99"])[len(results) // 2])
+    median["p99s"] = [one["consumer"]["p99"] for one in results]
+    return median
+
+
+def _consumed(
+    text: LatencyLines, written: list[float], at: dict[str, float], rids: set[str] | None = None
+) -> list[float]:
+    """Write → ``at`` of each measured record (of ``rids``, if given) that has a time there."""
+    return [at[rid] - w for rid, w in zip(text.measured, written, strict=True)
+            if rid in at and (rids is None or rid in rids)]
+
+
+def _latency_default(run: Run, i: int, *, text: LatencyLines) -> dict[str, Any]:
+    """jobcompd in the default configuration, write → consumer (all lines, and lines of 17.11 on),
+    write → produce (the record's CreateTime) and its CPU meanwhile."""
+    written, consumed_at, _, cpu, created = _latency_run(run, text.lines, logged=False, round_=i)
+    consumed = _consumed(text, written, consumed_at)
+    if len(consumed) != len(text.measured):
+        raise BenchError(f"latency: {len(consumed)} consumed of {len(text.measured)}")
+    one = {
+        "count": len(text.measured), "seconds": run.args.latency_seconds,
+        "rate": rate(len(written) - 1, written[-1] - written[0]),
+        "consumer": _summary_ms(consumed),
+        "consumer_newer": _summary_ms(_consumed(text, written, consumed_at, text.newer)),
+        "cpu_pct": cpu,
+        "produce": _summary_ms(_consumed(text, written, created)),
+    }
+    s = one["consumer"]
+    print(f"  jobcompd write → consumer: p50 {s['p50']:.1f} ms, p99 {s['p99']:.1f} ms, "
+          f"max {s['max']:.1f} ms ({s['n']:,} lines at {one['rate']:,.0f} lines/s); "
+          f"CPU meanwhile {cpu:.1f}% of one core", flush=True)
+    return one
+
+
+def _latency_others(run: Run, text: LatencyLines, figures: dict[str, Any]) -> None:
+    """Into ``figures``: write → delivery report in a run with ``debug_jobcomp`` on (each report
+    logged, the only way to see when it came; that logging costs CPU the default spares), and
+    write → consumer with ``kafka.partitioning = "key"``."""
+    written, consumed_at, delivered_at, _, _ = _latency_run(run, text.lines, logged=True)
+    figures["consumer_logged"] = _summary_ms(_consumed(text, written, consumed_at))
+    dr = _consumed(text, written, delivered_at)
+    if len(dr) != len(text.measured):
+        raise BenchError(f"latency: {len(dr)} delivery reports of {len(text.measured)}")
+    figures["dr"] = _summary_ms(dr)
+    written, consumed_at, _, cpu, _ = _latency_run(
+        run, text.lines, logged=False, partitioning=OTHER_PARTITIONING
+    )
+    consumed = _consumed(text, written, consumed_at)
+    if len(consumed) != len(text.measured):
+        raise BenchError(f"latency: {len(consumed)} consumed of {len(text.measured)}")
+    figures["consumer_other"] = _summary_ms(consumed)
+    figures["consumer_other_newer"] = _summary_ms(_consumed(text, written, consumed_at, text.newer))
+    figures["cpu_other_pct"] = cpu
+
+
+def _print_latency(figures: dict[str, Any]) -> None:
     for label, key in (
         ("write → consumer                    ", "consumer"),
         ("write → produce (CreateTime, ±0.5 ms)", "produce"),
@@ -668,7 +761,7 @@ def latency(run: Run) -> None:
 
 
 def _latency_run(
-    run: Run, lines: list[bytes], *, logged: bool, partitioning: str = DEFAULT_PARTITIONING
+    run: Run, lines: list[bytes], *, logged: bool, partitioning: str = DEFAULT_PARTITIONING, round_: int = 0
 ) -> tuple[list[float], dict[str, float], dict[str, float], float, dict[str, float]]:
     """Write ``lines`` one at a time (after a warm-up) to a running daemon; when each measured line
     was written, when each record reached the consumer and (``logged``) its delivery report, the
@@ -681,7 +774,7 @@ def _latency_run(
         name = (
             "latency-logged" if logged
             else "latency" if partitioning == DEFAULT_PARTITIONING else f"latency-{partitioning}"
-        )
+        ) + (f"-{round_}" if round_ else "")
         env = run.env(name, cluster.bootstrap, log_deliveries=logged, partitioning=partitioning)
         state = StateView(env.db)
         consumer = LatencyConsumer(cluster.bootstrap, TOPIC, partitions)
@@ -725,6 +818,11 @@ def _latency_run(
 
 
 def latency_rsyslog(run: Run) -> None:
+    """The rsyslog latency baseline alone: :func:`latency_rounds`."""
+    latency_rounds(run, ["latency-rsyslog"])
+
+
+def _latency_rsyslog_once(run: Run, i: int) -> dict[str, Any]:
     """rsyslog imfile → omkafka on the same lines at the same rate: write → a consumer receiving the
     raw line (matched by its first word, ``JobId=N``)."""
     per_s, seconds = run.args.latency_rate, run.args.latency_seconds
@@ -734,7 +832,7 @@ def latency_rsyslog(run: Run) -> None:
     keys = [_first_word(line) if line.startswith(b"JobId=") and line.count(b"\n") == 1 else None
             for line in lines]
     partitions = run.args.latency_partitions
-    workdir = run.workspace / "latency-rsyslog"
+    workdir = run.workspace / ("latency-rsyslog" + (f"-{i}" if i else ""))
     log_path = workdir / "jobcomp.log"
     workdir.mkdir(parents=True, exist_ok=True)
     log_path.touch()
@@ -764,14 +862,13 @@ def latency_rsyslog(run: Run) -> None:
         finally:
             consumer.stop()
     consumed = [consumer.received[k] - w for k, w in timed]
-    run.figures["latency-rsyslog"] = {
-        "consumer": _summary_ms(consumed), "count": len(consumed), "cpu_pct": cpu,
-    }
-    s = run.figures["latency-rsyslog"]["consumer"]
+    one = {"consumer": _summary_ms(consumed), "count": len(consumed), "cpu_pct": cpu}
+    s = one["consumer"]
     print(
         f"  rsyslog write → consumer: p50 {s['p50']:.1f} ms, p99 {s['p99']:.1f} ms, max {s['max']:.1f} ms "
-        f"({s['n']:,} of {count:,} lines timed); CPU meanwhile {cpu:.1f}% of one core"
+        f"({s['n']:,} of {count:,} lines timed); CPU meanwhile {cpu:.1f}% of one core", flush=True
     )
+    return one
 
 
 def latency_floor(run: Run) -> None:
@@ -1194,7 +1291,13 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
         if lat:
             s = lat[key]
             met = ratio = "—"
-            if to_consumer and rsyslog_p99 is not None:
+            paired = lat.get("paired", {}).get(key)
+            if to_consumer and paired:  # measured in rounds with rsyslog: the median of the rounds' ratios
+                middle = statistics.median(paired)
+                met = _met(middle <= 1.0)
+                ratio = (f"p99 {middle:.3g}× rsyslog's, the median of the rounds' "
+                         f"{', '.join(f'{one:.3g}' for one in paired)}")
+            elif to_consumer and rsyslog_p99 is not None:
                 met, ratio = _met(s["p99"] <= rsyslog_p99), f"p99 {s['p99'] / rsyslog_p99:.3g}× rsyslog's"
             if to_consumer and floor:
                 mode = FLOOR_MODE[OTHER_PARTITIONING if "other" in key else DEFAULT_PARTITIONING]
@@ -1347,6 +1450,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--latency-rate", type=int, default=1000, help="lines/s written one at a time")
     ap.add_argument("--latency-seconds", type=int, help="default 30 (10 with --quick)")
     ap.add_argument("--latency-partitions", type=int, default=16)
+    ap.add_argument(
+        "--latency-rounds", type=int, default=3,
+        help="rounds of rsyslog's and jobcompd's write → consumer in the default configuration (median)",
+    )
     ap.add_argument("--idle-seconds", type=int, help="default 60 (10 with --quick)")
     ap.add_argument(
         "--profile-lines", type=int, help="lines replayed / tailed under py-spy (default 200,000)"
@@ -1416,6 +1523,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  ({time.monotonic() - t:.0f} s)", flush=True)
         for name in MEASUREMENTS:
             if name not in args.only or name in rounds:
+                continue
+            if name in LATENCY_ROUNDS:
+                both = [key for key in LATENCY_ROUNDS if key in args.only]
+                if name != both[0]:
+                    continue  # (measured with the first, in rounds)
+                which = " and ".join({"latency": "jobcompd", "latency-rsyslog": "rsyslog"}[k] for k in both)
+                print(f"\n== 2. latency, {which} in rounds", flush=True)
+                t = time.monotonic()
+                latency_rounds(run, both)
+                print(f"  ({time.monotonic() - t:.0f} s)", flush=True)
                 continue
             title, step = STEPS[name]
             print(f"\n== {title}", flush=True)
