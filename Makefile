@@ -51,7 +51,7 @@ bench-parse: $(STAMP)
 	$(PY) bench/bench_parse.py
 
 # End to end against a local broker, with kcat and rsyslog baselines (installs them: run as root).
-# About 8 minutes on 2 cores; `make bench BENCH_ARGS=--quick` takes about 2 minutes. jobcompd's
+# About 10 minutes on 2 cores; `make bench BENCH_ARGS=--quick` takes about 3 minutes. jobcompd's
 # modules are compiled to bytecode first, as an installed package has them (where
 # PYTHONDONTWRITEBYTECODE is set, each start would compile them again).
 bench: $(STAMP)

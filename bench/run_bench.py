@@ -670,7 +670,7 @@ def latency_rounds(run: Run, keys: list[str]) -> None:
         for which, label in (("consumer", "all lines"), ("consumer_newer", "lines of 17.11 on")):
             paired = lat["paired"][which]
             print(f"  p99 write → consumer over rsyslog's, {label}, round by round: "
-                  f"{', '.join(f'{r:.3g}' for r in paired)}; median {statistics.median(paired):.3g}")
+                  f"{', '.join(f'{r:.4g}' for r in paired)}; median {statistics.median(paired):.4g}")
     if "latency" in keys and lat is not None:
         try:
             _latency_others(run, text, lat)
@@ -1295,8 +1295,9 @@ def results_table(run: Run, machine: Machine, started: datetime.datetime, wall: 
             if to_consumer and paired:  # measured in rounds with rsyslog: the median of the rounds' ratios
                 middle = statistics.median(paired)
                 met = _met(middle <= 1.0)
-                ratio = (f"p99 {middle:.3g}× rsyslog's, the median of the rounds' "
-                         f"{', '.join(f'{one:.3g}' for one in paired)}")
+                # (four digits: p99s within a few hundredths of a millisecond differ in the fourth)
+                ratio = (f"p99 {middle:.4g}× rsyslog's, the median of the rounds' "
+                         f"{', '.join(f'{one:.4g}' for one in paired)}")
             elif to_consumer and rsyslog_p99 is not None:
                 met, ratio = _met(s["p99"] <= rsyslog_p99), f"p99 {s['p99'] / rsyslog_p99:.3g}× rsyslog's"
             if to_consumer and floor:
