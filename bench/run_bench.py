@@ -148,6 +148,12 @@ class Run:
         """How long any step on ``records`` may take before the run gives up on it."""
         return max(180.0, (records or self.n) / 2_000)
 
+    def discard(self, directory: Path) -> None:
+        """A measured run's directory (its copy of the lines, its state) removed, unless
+        ``--keep``: the rounds would otherwise hold some 6 GB at once."""
+        if not self.args.keep:
+            shutil.rmtree(directory, ignore_errors=True)
+
     def env(
         self, name: str, bootstrap: str, *, parse_worker: bool = False, log_deliveries: bool = False,
         partitioning: str = DEFAULT_PARTITIONING,
@@ -319,6 +325,7 @@ def _replay_once(run: Run, key: str, parse_worker: bool, partitioning: str, i: i
         # rsyslog's end is its last Produce request. Closing the state and the process comes after.
         elapsed = min(exited, view.last_delivered_at() - started_at)
         cpu = CpuShare(reaped_cpu_seconds() - reaped0, brokers, run.n, elapsed, machine)
+    run.discard(env.root)
     r = rate(run.n, elapsed)
     print(
         f"  jobcompd replay{WORKER_TAG[parse_worker]}{PARTITIONING_TAG[partitioning]}: "
@@ -369,6 +376,7 @@ def _daemon_once(run: Run, key: str, parse_worker: bool, partitioning: str, i: i
             delivered = state.counter("delivered_total")
     if delivered != run.n:
         raise BenchError(f"daemon: {delivered} delivered, expected {run.n}")
+    run.discard(env.root)
     elapsed = last - start
     r = rate(run.n, elapsed)
     read = trace.reached(1, run.n)
@@ -422,6 +430,7 @@ def _rsyslog_once(run: Run, key: str, appended: bool, i: int) -> baselines.Basel
         )
     if result.stored != run.n:
         raise BenchError(f"{key}: the topic holds {result.stored} messages, expected {run.n}")
+    run.discard(run.workspace / f"{key}-{i}")
     print(f"  rsyslog omkafka ({APPENDED[appended]}): {run.n:,} lines delivered in {result.elapsed:.2f} s "
           f"= {rate(run.n, result.elapsed):,.0f} records/s", flush=True)
     return result
