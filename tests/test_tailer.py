@@ -8,6 +8,7 @@ file is read contiguously: a batch starts exactly where the committed position o
 from __future__ import annotations
 
 import bz2
+import errno
 import gzip
 import lzma
 import os
@@ -38,6 +39,7 @@ from jobcompd.tailer import (
     rotation_stamp,
     take_lines,
 )
+from jobcompd.tailer import watch as tailer_watch
 from tests.slurmctld import SlurmctldWriter, mixed_lines, page_filler
 
 LOG = "slurm_jobcomp.log"
@@ -397,6 +399,34 @@ def test_after_a_look_that_read_everything_a_read_waits_for_a_write_to_look(
             batch = h.step(10.0)
             assert batch is not None and batch.lines == [line]
             assert time.monotonic() - started < 5.0  # (polling: the observer's second)
+
+
+def test_inotify_events_that_cannot_be_read_turn_the_watch_to_polling(
+    log: Path, pool: Pool, harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read of inotify's events that fails (never seen) would fail again at each wait, the
+    descriptor still readable: the reader would loop on it, a warning each time. It is said once,
+    the directory is watched by polling from then on, and the lines written after are read."""
+    lines = pool.take(3)
+    with SlurmctldWriter(log) as w:
+        w.write(lines[0])
+        h = harness(log, recheck_interval=30.0)
+        h.start()
+        h.wait_lines(1)
+
+        def unreadable(self: object, written: bytes, wake: object) -> None:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        monkeypatch.setattr(tailer_watch._InotifyHere, "dispatch", unreadable)
+        w.write(lines[1])  # its event cannot be read
+        h.wait_lines(2)
+        looks = counted_looks(monkeypatch)
+        assert h.t.read(0.5) is None
+        assert len(looks) <= 5, len(looks)  # the polling observer's second, not a loop
+        w.write(lines[2])
+        h.wait_lines(3)
+    assert h.received == lines
+    assert h.log.count("cannot read inotify's events", "warning") == 1
 
 
 def test_once_events_tell_every_change_the_clock_looks_every_quiet_recheck(

@@ -195,11 +195,28 @@ class DirectoryWatch:
             return
         try:
             inotify.dispatch(self._written, self._wake)
-        except OSError as exc:  # as if events were lost: look, and look the path's entry up again
-            self._log.warning("cannot read inotify's events; looking at the log instead",
-                              error=str(exc))
-            self._resolve = True
+        except OSError as exc:
+            # (Never seen.) Its descriptor would stay readable, and each wait would fail again at
+            # once: a loop of failed reads and warnings. The directory is watched by polling from
+            # now on, as on NFS, and the log looked at now.
+            self._log.warning("cannot read inotify's events: watching the log directory by "
+                              "polling from now on", path=str(self._path.parent), error=str(exc))
+            self._to_polling()
             self._wake.set()
+
+    def _to_polling(self) -> None:
+        """Let inotify go, and watch the directory with watchdog's polling observer instead."""
+        inotify, self._inotify = self._inotify, None
+        self._wd = self._target_wd = self._target = None
+        self._written = b""
+        if inotify is not None:
+            self._wake.unwatch(inotify.fileno())
+            inotify.close()
+        self._poll = True
+        self._observer = PollingObserver(timeout=self._timeout)
+        self._observer.daemon = True
+        self._observer.start()
+        self.ensure()
 
     def ensure(self) -> None:
         """Watch the directory, if it is not watched yet and can be now; with inotify, and the log's
