@@ -219,6 +219,36 @@ def _median_figures(run: Run, key: str, label: str, results: list[dict[str, Any]
         print(f"  {label}: median of {len(results)} runs ({times} s) = {median['rate']:,.0f} records/s")
 
 
+def _in_rounds(
+    run: Run, rounds: int, keys: list[str], once: Callable[[str, int], Any]
+) -> dict[str, list[Any]]:
+    """``once(key, i)`` for each of ``keys``, in order, in each of ``rounds`` rounds: each key's
+    results. A measurement that fails is reported and left out of the rounds after."""
+    results: dict[str, list[Any]] = {key: [] for key in keys}
+    for i in range(rounds):
+        if rounds > 1:
+            print(f"  round {i + 1} of {rounds}", flush=True)
+        for key in keys:
+            if key not in run.failures:
+                with _reported(run, key):
+                    results[key].append(once(key, i))
+    return results
+
+
+@contextlib.contextmanager
+def _reported(run: Run, name: str) -> Iterator[None]:
+    """A measurement's failure recorded in ``run.failures`` and printed; the run goes on."""
+    try:
+        yield
+    except BenchError as exc:
+        run.failures[name] = str(exc)
+        print(f"  FAILED: {exc}", flush=True)
+    except Exception as exc:
+        run.failures[name] = f"{type(exc).__name__}: {exc}"
+        print(f"  FAILED: {type(exc).__name__}: {exc}", flush=True)
+        traceback.print_exc()
+
+
 # The default configuration's throughput and the rsyslog baseline each is a ratio to, measured in
 # rounds: each of these once a round, in this order. Runs of a round are seconds apart, the
 # rounds a minute: a machine whose speed drifts over minutes (some 10-20 % within a session here)
@@ -243,22 +273,7 @@ def throughput_rounds(run: Run, keys: list[str]) -> None:
         "rsyslog-run": functools.partial(_rsyslog_once, run, "rsyslog-run", True),
         "daemon": functools.partial(_daemon_once, run, "daemon", False, DEFAULT_PARTITIONING),
     }
-    results: dict[str, list[Any]] = {key: [] for key in keys}
-    rounds = run.args.baseline_runs
-    for i in range(rounds):
-        print(f"  round {i + 1} of {rounds}", flush=True)
-        for key in keys:
-            if key in run.failures:
-                continue
-            try:
-                results[key].append(once[key](i))
-            except BenchError as exc:
-                run.failures[key] = str(exc)
-                print(f"  FAILED: {key}: {exc}", flush=True)
-            except Exception as exc:
-                run.failures[key] = f"{type(exc).__name__}: {exc}"
-                print(f"  FAILED: {key}: {type(exc).__name__}: {exc}", flush=True)
-                traceback.print_exc()
+    results = _in_rounds(run, run.args.baseline_runs, keys, lambda key, i: once[key](i))
     for key in keys:
         if key in run.failures or not results[key]:
             continue
@@ -646,26 +661,12 @@ def latency_rounds(run: Run, keys: list[str]) -> None:
     round with the median p99, and ``paired``: jobcompd's p99 over rsyslog's, round by round. Then,
     once each, jobcompd's runs with ``debug_jobcomp`` (write → delivery report) and by key."""
     text = LatencyLines.of(run)
-    results: dict[str, list[dict[str, Any]]] = {key: [] for key in keys}
-    rounds = run.args.latency_rounds
-    for i in range(rounds):
-        if rounds > 1:
-            print(f"  round {i + 1} of {rounds}", flush=True)
-        for key in keys:
-            if key in run.failures:
-                continue
-            try:
-                if key == "latency-rsyslog":
-                    results[key].append(_latency_rsyslog_once(run, i))
-                else:
-                    results[key].append(_latency_default(run, i, text=text))
-            except BenchError as exc:
-                run.failures[key] = str(exc)
-                print(f"  FAILED: {key}: {exc}", flush=True)
-            except Exception as exc:
-                run.failures[key] = f"{type(exc).__name__}: {exc}"
-                print(f"  FAILED: {key}: {type(exc).__name__}: {exc}", flush=True)
-                traceback.print_exc()
+    def once(key: str, i: int) -> dict[str, Any]:
+        if key == "latency-rsyslog":
+            return _latency_rsyslog_once(run, i)
+        return _latency_default(run, i, text=text)
+
+    results = _in_rounds(run, run.args.latency_rounds, keys, once)
     for key in keys:
         if key not in run.failures and results[key]:
             run.figures[key] = _median_round(results[key])
@@ -1547,15 +1548,8 @@ def main(argv: list[str] | None = None) -> int:
             title, step = STEPS[name]
             print(f"\n== {title}", flush=True)
             t = time.monotonic()
-            try:
+            with _reported(run, name):
                 step(run)
-            except BenchError as exc:
-                run.failures[name] = str(exc)
-                print(f"  FAILED: {exc}", flush=True)
-            except Exception as exc:
-                run.failures[name] = f"{type(exc).__name__}: {exc}"
-                print(f"  FAILED: {type(exc).__name__}: {exc}", flush=True)
-                traceback.print_exc()
             print(f"  ({time.monotonic() - t:.0f} s)", flush=True)
         print("\n== results\n")
         print(results_table(run, machine, started, time.monotonic() - began))
