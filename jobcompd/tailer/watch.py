@@ -180,9 +180,7 @@ class DirectoryWatch:
     def start(self) -> None:
         """Start watching (inotify, or polling for NFS) the directory, if it can be now."""
         if self._poll:
-            self._observer = PollingObserver(timeout=self._timeout)
-            self._observer.daemon = True
-            self._observer.start()
+            self._start_polling()
         else:
             self._inotify = _InotifyHere()  # one of its own, not watchdog's shared instance
             self._wake.watch(self._inotify.fileno(), self._dispatch)
@@ -213,10 +211,13 @@ class DirectoryWatch:
             self._wake.unwatch(inotify.fileno())
             inotify.close()
         self._poll = True
+        self._start_polling()
+        self.ensure()
+
+    def _start_polling(self) -> None:
         self._observer = PollingObserver(timeout=self._timeout)
         self._observer.daemon = True
         self._observer.start()
-        self.ensure()
 
     def ensure(self) -> None:
         """Watch the directory, if it is not watched yet and can be now; with inotify, and the log's
