@@ -31,6 +31,8 @@ from bench.harness import (
     lifetime_cpu_seconds,
     spawn,
     terminate,
+    thread_cpu_by_name,
+    tree_thread_cpu_seconds,
     wait_until,
 )
 from tests.brokers.mockcluster import ApiKey, MockCluster
@@ -129,6 +131,9 @@ def run_rsyslog(
     assert cluster.pid is not None
     cluster_pid = cluster.pid
 
+    def rsyslogd() -> int:
+        return int((workdir / "rsyslogd.pid").read_text())
+
     def begin() -> tuple[float, MachineTicks | None, float]:  # the brokers' CPU, the machine's, the clock
         return lifetime_cpu_seconds(cluster_pid), MachineTicks.now(), time.monotonic()
 
@@ -136,13 +141,14 @@ def run_rsyslog(
         cluster.clear_requests()
         cluster.start_request_tracking()
         shipper0 = 0.0
+        threads0: dict[tuple[int, str], float] = {}  # (from exec: each thread's whole run)
         brokers0, ticks0, start = begin()  # from exec
         with rsyslog_running(conf, workdir) as alive:
             if appended:  # from the first byte appended, once the warm-up line is shipped
                 with open(followed, "ab") as fh:
                     fh.write(WARMUP_LINE)
                 wait_until(lambda: size() >= warm, timeout=60, what="rsyslog warm-up → Kafka", alive=alive)
-                shipper0 = lifetime_cpu_seconds(int((workdir / "rsyslogd.pid").read_text()))
+                shipper0, threads0 = lifetime_cpu_seconds(rsyslogd()), tree_thread_cpu_seconds(rsyslogd())
                 cluster.clear_requests()
                 brokers0, ticks0, start = begin()
                 append_bulk(lines, followed)
@@ -156,7 +162,8 @@ def run_rsyslog(
             )
             polled = time.monotonic()
             machine = MachineShare.between(ticks0, MachineTicks.now())
-            shipper = lifetime_cpu_seconds(int((workdir / "rsyslogd.pid").read_text())) - shipper0
+            shipper = lifetime_cpu_seconds(rsyslogd()) - shipper0
+            threads = thread_cpu_by_name(tree_thread_cpu_seconds(rsyslogd()), threads0)
             brokers = lifetime_cpu_seconds(cluster.pid) - brokers0
             cluster.stop_request_tracking()
             produce = [r.timestamp_us for r in cluster.requests() if r.api_key == ApiKey.PRODUCE]
@@ -173,7 +180,8 @@ def run_rsyslog(
         note = f"file written in {written - start:.2f} s"
     elif acked is not None:
         note = f"omkafka impstats acked={acked} when the broker held all {expected}"
-    return BaselineRun(end - start, stored, note, CpuShare(shipper, brokers, expected, end - start, machine))
+    cpu = CpuShare(shipper, brokers, expected, end - start, machine, threads)
+    return BaselineRun(end - start, stored, note, cpu)
 
 
 def rsyslog_configured(lines: Path, cluster: MockCluster, topic: str, workdir: Path) -> Path:

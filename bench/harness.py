@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -105,6 +105,19 @@ def tree_thread_cpu_seconds(pid: int) -> dict[tuple[int, str], float]:
     for member in process_tree(pid):
         with contextlib.suppress(OSError):
             out.update(thread_cpu_seconds(member))
+    return out
+
+
+def thread_cpu_by_name(
+    after: dict[tuple[int, str], float], before: dict[tuple[int, str], float] | None = None
+) -> dict[str, float]:
+    """The CPU seconds threads spent between two `tree_thread_cpu_seconds` (since they started,
+    without ``before``), summed by name: jobcompd names its threads (``parse``, ``sender``,
+    ``flush``; the main thread carries the process's), as librdkafka (``rdk:broker1``) and rsyslog
+    (``in:imfile``) name theirs."""
+    out: dict[str, float] = {}
+    for (tid, name), seconds in after.items():
+        out[name] = out.get(name, 0.0) + seconds - (before or {}).get((tid, name), 0.0)
     return out
 
 
@@ -201,6 +214,7 @@ class CpuShare:
     records: int
     elapsed: float
     machine: MachineShare | None = None
+    threads: dict[str, float] = field(default_factory=dict)  # the shipper's CPU s by thread name
 
     @property
     def shipper_us(self) -> float:
@@ -216,16 +230,35 @@ class CpuShare:
         """How many cores the shipper kept busy on average."""
         return self.shipper_s / self.elapsed
 
-    def figures(self) -> dict[str, float]:
-        figures = {"cpu_us": self.shipper_us, "brokers_us": self.brokers_us, "cores": self.cores}
+    def figures(self) -> dict[str, Any]:
+        figures: dict[str, Any] = {
+            "cpu_us": self.shipper_us, "brokers_us": self.brokers_us, "cores": self.cores,
+        }
         if self.machine is not None:
             figures |= {"machine_cores": self.machine.cores, "steal": self.machine.steal}
+        if self.threads:
+            figures["threads"] = self.busiest()
         return figures
+
+    def busiest(self, count: int = 5) -> list[tuple[str, float, float]]:
+        """The shipper's ``count`` busiest threads (by name): each one's CPU a record (µs) and the
+        share of the elapsed time it ran. The one that ran nearest all the time is the one the
+        others wait for, if any is."""
+        top = sorted(self.threads.items(), key=lambda item: -item[1])[:count]
+        return [(name, 1e6 * s / self.records, s / self.elapsed) for name, s in top if s > 0]
 
     def text(self) -> str:
         machine = f"; {self.machine.text()}" if self.machine is not None else ""
+        threads = f"; {threads_text(self.busiest())}" if self.threads else ""
         return (f"CPU a record {self.shipper_us:.2f} µs ({self.cores:.2f} cores busy), "
-                f"the brokers {self.brokers_us:.2f} µs{machine}")
+                f"the brokers {self.brokers_us:.2f} µs{machine}{threads}")
+
+
+def threads_text(busiest: list[tuple[str, float, float]]) -> str:
+    """`CpuShare.busiest` as text."""
+    return "busiest threads: " + ", ".join(
+        f"{name} {us:.2f} µs ({100 * share:.0f} % of the time)" for name, us, share in busiest
+    )
 
 
 class RssSampler:

@@ -81,6 +81,8 @@ from bench.harness import (
     reaped_cpu_seconds,
     spawn,
     terminate,
+    thread_cpu_by_name,
+    threads_text,
     tree_cpu_seconds,
     tree_thread_cpu_seconds,
     wait_until,
@@ -315,10 +317,13 @@ def _replay_once(run: Run, key: str, parse_worker: bool, partitioning: str, i: i
             try:
                 # stdout is one JSON line at exit: it cannot fill the pipe while we wait (for its
                 # exit, to the moment: the trace is sampled between waits).
+                threads: dict[tuple[int, str], float] = {}  # to the last sample before its exit
                 while True:
                     if time.monotonic() - start > run.timeout():
                         raise BenchError(f"replay did not finish within {run.timeout():.0f} s")
                     trace.sample()
+                    with contextlib.suppress(OSError):
+                        threads = tree_thread_cpu_seconds(proc.pid) or threads
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         proc.wait(timeout=0.25)
                         break
@@ -339,7 +344,8 @@ def _replay_once(run: Run, key: str, parse_worker: bool, partitioning: str, i: i
         # Timed to the last acknowledgement (its report committed), as `run` and the issue time it;
         # rsyslog's end is its last Produce request. Closing the state and the process comes after.
         elapsed = min(exited, view.last_delivered_at() - started_at)
-        cpu = CpuShare(reaped_cpu_seconds() - reaped0, brokers, run.n, elapsed, machine)
+        cpu = CpuShare(reaped_cpu_seconds() - reaped0, brokers, run.n, elapsed, machine,
+                       thread_cpu_by_name(threads))
     run.discard(env.root)
     r = rate(run.n, elapsed)
     print(
@@ -373,6 +379,7 @@ def _daemon_once(run: Run, key: str, parse_worker: bool, partitioning: str, i: i
         with running_daemon(env) as daemon:
             assert daemon.proc is not None
             cpu0, brokers0 = lifetime_cpu_seconds(daemon.proc.pid), lifetime_cpu_seconds(cluster.pid)
+            threads0 = tree_thread_cpu_seconds(daemon.proc.pid)
             ticks0 = MachineTicks.now()
             start = time.time()
             trace = CounterTrace(state, start)
@@ -387,6 +394,7 @@ def _daemon_once(run: Run, key: str, parse_worker: bool, partitioning: str, i: i
             )
             machine = MachineShare.between(ticks0, MachineTicks.now())  # (to the sample that saw the last)
             used = lifetime_cpu_seconds(daemon.proc.pid) - cpu0, lifetime_cpu_seconds(cluster.pid) - brokers0
+            threads = thread_cpu_by_name(tree_thread_cpu_seconds(daemon.proc.pid), threads0)
             last = state.last_delivered_at()
             delivered = state.counter("delivered_total")
     if delivered != run.n:
@@ -395,7 +403,7 @@ def _daemon_once(run: Run, key: str, parse_worker: bool, partitioning: str, i: i
     elapsed = last - start
     r = rate(run.n, elapsed)
     read = trace.reached(1, run.n)
-    cpu = CpuShare(*used, run.n, elapsed, machine)
+    cpu = CpuShare(*used, run.n, elapsed, machine, threads)
     print(
         f"  jobcompd run{WORKER_TAG[parse_worker]}{PARTITIONING_TAG[partitioning]}:    "
         f"{run.n:,} records delivered "
@@ -1203,6 +1211,8 @@ def cpu_rows(f: dict[str, dict[str, Any]], cpus: int) -> list[tuple[str, str, st
             value += f"; the machine {one['machine_cores']:.2f} of {cpus} cores busy"
             if one["steal"] >= 0.005:
                 value += f" ({100 * one['steal']:.1f} % stolen by the host)"
+        if one.get("threads"):
+            value += f"; {threads_text(one['threads'][:3])}"
         ceiling = 1e6 * cpus / (one["cpu_us"] + one["brokers_us"])
         against = []
         baseline = key.startswith("rsyslog")

@@ -51,6 +51,7 @@ from jobcompd.state import (
     StateError,
     pack_payloads,
 )
+from jobcompd.threads import NamedThread, name_this_thread
 
 if TYPE_CHECKING:
     from jobcompd.producer import Sender
@@ -141,7 +142,10 @@ class ParseThread:
 
     def __init__(self, *, logger: Any = None) -> None:
         self._log = logger or structlog.get_logger("jobcompd.ingest")
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobcompd-parse")
+        self._pool = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="jobcompd-parse",
+            initializer=name_this_thread, initargs=("jobcompd-parse",),
+        )
 
     def submit(
         self, spec: ParseSpec, lines: Sequence[bytes], send: SendParsed | None = None
@@ -256,8 +260,8 @@ class _Child:
         self._waiting: collections.deque[Future[RecordBatch]] = collections.deque()
         self._requests: queue.SimpleQueue[tuple[object, ...] | None] = queue.SimpleQueue()
         self._threads = [
-            threading.Thread(target=self._write, name="parse-worker-writer", daemon=True),
-            threading.Thread(target=self._read, name="parse-worker-reader", daemon=True),
+            NamedThread(target=self._write, name="jobcompd-worker-in", daemon=True),
+            NamedThread(target=self._read, name="jobcompd-worker-out", daemon=True),
         ]
         for thread in self._threads:
             thread.start()

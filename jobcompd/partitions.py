@@ -22,6 +22,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 
 from jobcompd.config import KafkaSettings
+from jobcompd.threads import NamedThread
 
 __all__ = ["UNASSIGNED", "Partitions"]
 
@@ -73,7 +74,7 @@ class Partitions:
         if now - self._looked_at < (_REFRESH_S if self._available else _RETRY_S):
             return
         self._looked_at = now
-        self._looking = threading.Thread(
+        self._looking = NamedThread(
             target=self._look_up, args=(producer, kafka.topic), name="jobcompd-partitions", daemon=True
         )
         self._looking.start()

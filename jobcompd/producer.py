@@ -54,6 +54,7 @@ from jobcompd.sendloop import (
     refusal_error,
 )
 from jobcompd.state import SpooledRecord, State, StateError
+from jobcompd.threads import name_this_thread
 
 __all__ = [
     "EARLY_WINDOW",
@@ -944,6 +945,7 @@ class SenderThread(threading.Thread):
         self._wake.set()
 
     def run(self) -> None:
+        name_this_thread(self.name)
         sender = self.sender
         idle_wait = max(0.05, float(sender.kafka.params.poll_interval), _IDLE_POLL_S)
         try:

@@ -22,6 +22,8 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
+from jobcompd.threads import NamedThread
+
 __all__ = ["hasten_producer_id"]
 
 _FIRST_S = 0.5  # librdkafka's own wait
@@ -34,7 +36,7 @@ def hasten_producer_id(producer: Any, topic: str, done: Callable[[], bool]) -> t
     """Have ``producer`` (just made) ask for its producer id as soon as a broker is up: metadata
     of ``topic`` asked for until ``done()`` (it delivered a record, or was let go), on a thread
     (returned, started)."""
-    thread = threading.Thread(
+    thread = NamedThread(
         target=_ask, args=(producer, topic, done, time.monotonic()),
         name="jobcompd-producer-id", daemon=True,
     )

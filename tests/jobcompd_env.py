@@ -178,6 +178,17 @@ def parse_workers(parent: int) -> list[int]:
     return workers
 
 
+def thread_names(pid: int) -> set[str]:
+    """The names the OS gives the threads of ``pid`` (``/proc/PID/task/*/comm``)."""
+    names = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            names.add(Path(f"/proc/{pid}/task/{task}/comm").read_text().strip())
+        except OSError:  # ended meanwhile
+            continue
+    return names
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     """Poll ``predicate`` until it is true, or fail naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

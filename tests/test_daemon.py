@@ -41,6 +41,7 @@ from tests.jobcompd_env import (
     expected_messages,
     mounted_tmpfs,
     parse_workers,
+    thread_names,
     wait_for,
 )
 from tests.slurmctld import SlurmctldWriter, mixed_lines, page_filler
@@ -328,6 +329,14 @@ def test_backlog_and_trickle_arrive_exactly_once(kafka: MockCluster, tmp_path: P
         assert_all_arrived(kafka, env, lines)
         children = parse_workers(proc.proc.pid)
         assert bool(children) is wanted, children
+        # Its threads are named in the OS (jobcompd.threads), as librdkafka's are: top -H says
+        # which one is busy.
+        names = thread_names(proc.proc.pid)
+        assert "sender" in names, names
+        assert {
+            "parse": parsing == "thread", "worker-in": wanted, "worker-out": wanted,
+            "flush": synchronous == "full",  # (the write-ahead log flushed on a thread of its own)
+        } == {name: name in names for name in ("parse", "worker-in", "worker-out", "flush")}, names
         assert proc.stop() == 0
         assert f"parsing={parsing}" in proc.output() or f"parsing='{parsing}'" in proc.output()
     with closing(sqlite3.connect(env.db)) as db:

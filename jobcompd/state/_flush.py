@@ -29,6 +29,7 @@ from pathlib import Path
 
 from jobcompd.state._errors import RECOVER_DISK, StateError, _recovery, _sidecar
 from jobcompd.state._schema import BUSY_TIMEOUT_MS, _connect
+from jobcompd.threads import NamedThread
 
 FLUSH_LAG_RECORDS = 5000
 """Records of committed batches not yet flushed to disk, at most, before the next batch waits."""
@@ -66,7 +67,7 @@ class Flusher:
         self._closing = False
         self._checkpoints: sqlite3.Connection | None = None
         self._checkpointed_at = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name="jobcompd-flush", daemon=True)
+        self._thread = NamedThread(target=self._run, name="jobcompd-flush", daemon=True)
         self._thread.start()
 
     def admit(self, records: int) -> None:
