@@ -131,6 +131,9 @@ class Parser(Protocol):
     def close(self, *, wait: bool = True) -> None: ...
 
 
+_PARSE_THREAD = "jobcompd-parse"  # its name, in Python and (without the prefix) in the OS
+
+
 class ParseThread:
     """A thread that parses and encodes big batches with the compiled reader, which reads a batch
     without holding the interpreter, and packs their payloads as the spool stores them (also
@@ -143,8 +146,8 @@ class ParseThread:
     def __init__(self, *, logger: Any = None) -> None:
         self._log = logger or structlog.get_logger("jobcompd.ingest")
         self._pool = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="jobcompd-parse",
-            initializer=name_this_thread, initargs=("jobcompd-parse",),
+            max_workers=1, thread_name_prefix=_PARSE_THREAD,
+            initializer=name_this_thread, initargs=(_PARSE_THREAD,),
         )
 
     def submit(
